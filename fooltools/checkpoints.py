@@ -1,0 +1,328 @@
+"""Read PyTorch checkpoints safely, without torch.
+
+``torch.save`` writes pickles, and unpickling runs whatever callables the file names, so
+loading an untrusted ``.pth`` with ``pickle.load`` (or ``torch.load`` with
+``weights_only=False``) can run arbitrary code. This module unpickles with a restricted
+:class:`pickle.Unpickler` that resolves only an explicit allow-list of globals (the ones a
+state dict needs) to local stand-ins, and refuses every other global before anything is
+called. Tensors are rebuilt from their raw storages with numpy.
+
+Two on-disk formats are read:
+
+- the zip format of ``torch.save`` since PyTorch 1.6: ``<prefix>/data.pkl`` plus one raw
+  storage per tensor storage in ``<prefix>/data/<key>``;
+- the legacy format (``_use_new_zipfile_serialization=False``, and every file from before
+  1.6): a stream of pickles (magic number, protocol version, sys_info, the object, the list
+  of storage keys) followed, for each key in that order, by an int64 element count and the
+  storage's raw bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import struct
+import zipfile
+from collections.abc import Callable
+from typing import Any, BinaryIO, NamedTuple
+
+import numpy as np
+
+from fooltools.errors import CheckpointError
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+
+# torch dtype name -> little-endian numpy dtype. numpy has no bfloat16: its raw 16 bits are
+# read as uint16 and widened to float32 (exactly) in _to_array.
+_NUMPY_DTYPES = {
+    "float32": "<f4",
+    "float64": "<f8",
+    "float16": "<f2",
+    "bfloat16": "<u2",
+    "int64": "<i8",
+    "int32": "<i4",
+    "int16": "<i2",
+    "int8": "i1",
+    "uint8": "u1",
+    "bool": "?",
+}
+_STORAGE_DTYPES = {
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "UntypedStorage": "uint8",  # a byte buffer; tensors on it carry their own dtype (v3)
+}
+
+
+# The stand-ins are named tuples because the pickle can apply BUILD (setstate) to any object
+# it holds, including the shared values of _ALLOWED: tuples have neither __dict__ nor
+# settable attributes, so a malicious file cannot retarget them for later loads. (Frozen
+# slotted dataclasses do not do: they define a __setstate__ that overwrites fields; plain
+# functions do not either: BUILD could replace their __defaults__.)
+class _DType(NamedTuple):
+    """Stand-in for a ``torch.dtype`` global such as ``torch.float32``."""
+
+    name: str
+
+
+class _StorageType(NamedTuple):
+    """Stand-in for a storage class such as ``torch.FloatStorage``."""
+
+    dtype: str
+
+
+class _Storage(NamedTuple):
+    """A reference to raw storage ``key``, whose bytes may only be read later (legacy)."""
+
+    key: str
+    dtype: str
+    byte_offset: int  # non-zero only for the storage views of very old legacy files
+
+
+class _Tensor(NamedTuple):
+    """A tensor to materialise: ``dtype`` elements of ``storage`` at offset and strides."""
+
+    storage: _Storage
+    dtype: str
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+class _Function(NamedTuple):
+    """Immutable callable stand-in for an allowed torch function."""
+
+    fn: Callable[..., Any]
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> _Tensor:
+    if not isinstance(storage, _Storage):
+        raise pickle.UnpicklingError("tensor without a storage")
+    return _Tensor(storage, storage.dtype, offset, tuple(size), tuple(stride))
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, meta=None):
+    # Non-empty metadata flags lazy conj/neg views, which plain weights never are.
+    if meta:
+        raise pickle.UnpicklingError(f"unsupported tensor metadata {meta!r:.80}")
+    return _rebuild_tensor(storage, offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype, meta=None):
+    if not isinstance(dtype, _DType) or meta:
+        raise pickle.UnpicklingError("bad dtype or metadata in _rebuild_tensor_v3")
+    return _rebuild_tensor(storage, offset, size, stride)._replace(dtype=dtype.name)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, hooks: Any, state: Any = None) -> Any:
+    return data  # a Parameter's values are its tensor's; grad flags and state do not matter
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor_v3"): _Function(_rebuild_tensor_v3),
+    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Function(_rebuild_parameter),
+    ("torch", "Size"): tuple,
+    ("torch.storage", "UntypedStorage"): _StorageType("uint8"),
+    **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
+    **{("torch", name): _DType(name) for name in _NUMPY_DTYPES},
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickler that resolves only the globals in ``_ALLOWED`` and records storages."""
+
+    def __init__(self, file: BinaryIO, path: str, storages: dict[str, str] | None = None):
+        super().__init__(file)
+        self._path = path
+        self._storages = storages  # key -> dtype of its first reference; None: none allowed
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = _ALLOWED.get((module, name))
+        if found is None:
+            ref = f"{module}.{name}"
+            ref = ref if ref.isprintable() and len(ref) <= 100 else ascii(ref[:100])
+            raise CheckpointError(
+                f"refusing to load {self._path}: it references {ref}, which a weights file "
+                "never needs (the file may be malicious)"
+            )
+        return found
+
+    def persistent_load(self, pid: Any) -> _Storage:
+        if self._storages is None or not isinstance(pid, tuple) or len(pid) not in (5, 6):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+        kind, storage_type, key, _location, _numel, *view = pid
+        if kind != "storage" or not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
+        key = str(key)
+        self._storages.setdefault(key, storage_type.dtype)
+        byte_offset = 0
+        if view and view[0] is not None:  # legacy (view_key, offset, size), in elements
+            byte_offset = int(view[0][1]) * np.dtype(_NUMPY_DTYPES[storage_type.dtype]).itemsize
+            if byte_offset < 0:
+                raise pickle.UnpicklingError(f"negative storage view offset in {pid!r:.80}")
+        return _Storage(key, storage_type.dtype, byte_offset)
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    # Check against the file size before reading, so a corrupt count cannot make us
+    # allocate gigabytes.
+    left = os.fstat(f.fileno()).st_size - f.tell()
+    if not 0 <= n <= left:
+        raise EOFError(f"needs {n} bytes, {left} left")
+    return f.read(n)
+
+
+def _load_legacy(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
+    try:
+        magic = _Unpickler(f, path).load()
+    except CheckpointError:
+        raise
+    except Exception:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither a zip archive nor a legacy "
+            "torch.save pickle stream)"
+        ) from None
+    if magic != _LEGACY_MAGIC:
+        raise CheckpointError(
+            f"{path} is a pickle but not a PyTorch checkpoint (no torch.save magic number)"
+        )
+    version = _Unpickler(f, path).load()
+    sys_info = _Unpickler(f, path).load()
+    if version != _LEGACY_PROTOCOL:
+        raise CheckpointError(f"{path}: unsupported legacy checkpoint protocol {version!r}")
+    if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+        raise CheckpointError(f"{path} was saved on a big-endian machine, which is unsupported")
+    storages: dict[str, str] = {}
+    tree = _Unpickler(f, path, storages).load()
+    keys = _Unpickler(f, path).load()
+    if not isinstance(keys, list):
+        raise pickle.UnpicklingError("storage key list is not a list")
+    data = {}
+    for key in map(str, keys):
+        itemsize = np.dtype(_NUMPY_DTYPES[storages[key]]).itemsize
+        (count,) = struct.unpack("<q", _read_exact(f, 8))
+        data[key] = _read_exact(f, count * itemsize)
+    return tree, data
+
+
+def _load_zip(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
+    with zipfile.ZipFile(f) as zf:
+        names = zf.namelist()
+        pickles = [n for n in names if n.split("/")[-1] == "data.pkl" and n.count("/") <= 1]
+        if len(pickles) != 1 or any(n.endswith("constants.pkl") for n in names):
+            raise CheckpointError(
+                f"{path} is a zip archive but not a torch.save checkpoint (no single "
+                "<prefix>/data.pkl, or a TorchScript archive)"
+            )
+        prefix = pickles[0][: -len("data.pkl")]
+        if prefix + "byteorder" in names:
+            order = zf.read(prefix + "byteorder").strip()
+            if order != b"little":
+                raise CheckpointError(
+                    f"{path} was saved with byte order {order.decode('ascii', 'replace')!r}; "
+                    "only little-endian checkpoints are supported"
+                )
+        storages: dict[str, str] = {}
+        tree = _Unpickler(io.BytesIO(zf.read(pickles[0])), path, storages).load()
+        data = {key: zf.read(f"{prefix}data/{key}") for key in storages}
+    return tree, data
+
+
+def _to_array(t: _Tensor, data: dict[str, bytes]) -> np.ndarray:
+    """Materialise ``t`` as a C-contiguous array owning its memory (bfloat16 -> float32)."""
+    dtype = np.dtype(_NUMPY_DTYPES[t.dtype])
+    size, stride, offset = t.size, t.stride, t.offset
+    ints = (*size, *stride, offset)
+    if len(size) != len(stride) or not all(type(i) is int and i >= 0 for i in ints):
+        raise ValueError(f"bad tensor geometry size={size} stride={stride} offset={offset}")
+    raw = data[t.storage.key]
+    count = max(len(raw) - t.storage.byte_offset, 0) // dtype.itemsize
+    if 0 in size:
+        arr = np.empty(size, dtype)
+    else:
+        # as_strided does no bounds checking: verify that the furthest element the view
+        # reaches lies inside the storage, or a crafted file could read arbitrary memory.
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+        if last >= count:
+            raise ValueError(f"tensor needs {last + 1} elements, its storage has {count}")
+        flat = np.frombuffer(raw, dtype, count, t.storage.byte_offset)[offset:]
+        strides = tuple(s * dtype.itemsize for s in stride)
+        arr = np.lib.stride_tricks.as_strided(flat, size, strides, writeable=False).copy()
+    if t.dtype == "bfloat16":  # its 16 bits are the top half of a float32's
+        wide = np.empty(arr.shape, np.float32)
+        wide.view(np.uint32)[...] = arr.astype(np.uint32) << 16
+        arr = wide
+    return arr
+
+
+def _is_state_dict(tree: Any) -> bool:
+    return isinstance(tree, dict) and all(
+        isinstance(k, str) and isinstance(v, _Tensor) for k, v in tree.items()
+    )
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Load the state dict of a PyTorch checkpoint as numpy arrays, without running code.
+
+    Reads both the zip format of ``torch.save`` and the legacy pre-1.6 format. A checkpoint
+    that wraps its state dict as ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped.
+
+    Args:
+        path: The ``.pth``/``.pt`` file written by ``torch.save``.
+
+    Returns:
+        Parameter name -> array, in the file's order. Each array has the tensor's shape
+        (``()`` for 0-d tensors), is C-contiguous and owns its memory, whatever the
+        tensor's storage offset and strides. Dtypes follow the tensors': float32, float64,
+        float16, int64, int32, int16, int8, uint8, bool; bfloat16 becomes float32 (exactly).
+
+    Raises:
+        CheckpointError: The file is missing or unreadable, not a PyTorch checkpoint,
+            truncated or corrupt, big-endian, not a state dict of tensors, or references
+            a global outside the allow-list (the file may be malicious; nothing was run).
+    """
+    path = os.fspath(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    with f:
+        try:
+            is_zip = f.read(2) == b"PK"
+            f.seek(0)
+            tree, data = (_load_zip if is_zip else _load_legacy)(f, path)
+            if isinstance(tree, dict) and not _is_state_dict(tree):
+                inner = [tree[k] for k in ("state_dict", "model") if isinstance(tree.get(k), dict)]
+                tree = inner[0] if inner else tree
+            if not _is_state_dict(tree):
+                raise CheckpointError(
+                    f"{path} holds a {type(tree).__name__} that is not a state dict "
+                    "(a dict of parameter name -> tensor)"
+                )
+            return {name: _to_array(t, data) for name, t in tree.items()}
+        except CheckpointError:
+            raise
+        except Exception as e:  # anything else is a malformed file; report it in one line
+            detail = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise CheckpointError(
+                f"cannot load checkpoint {path}: truncated or corrupt ({detail})"
+            ) from None
