@@ -1,0 +1,66 @@
+"""Batched classification of [0, 1] images at their own resolutions."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fooltools.models.base import Classifier
+
+CHUNK = 8  # images per forward pass; a fixed size so apply compiles once
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Top-k classes of one image.
+
+    Attributes:
+        indices: Class indices, most probable first, shape (k,).
+        probs: Softmax probabilities of those classes, shape (k,).
+        labels: Display names of those classes.
+    """
+
+    indices: tuple[int, ...]
+    probs: tuple[float, ...]
+    labels: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(clf: Classifier):
+    # Preprocessing jits once per image shape (cheap); the network once per chunk.
+    return jax.jit(clf.preprocess), jax.jit(clf.apply)
+
+
+def probabilities(clf: Classifier, images: list[np.ndarray]) -> np.ndarray:
+    """Softmax class probabilities for images of any (possibly different) sizes.
+
+    Args:
+        clf: The classifier.
+        images: Each shape (H_i, W_i, 3), float32 in [0, 1].
+
+    Returns:
+        Shape (len(images), num_classes), float32.
+    """
+    preprocess, apply = _jitted(clf)
+    inputs = [preprocess(jnp.asarray(img))[0] for img in images]
+    out = []
+    for start in range(0, len(inputs), CHUNK):
+        chunk = inputs[start : start + CHUNK]
+        pad = CHUNK - len(chunk)
+        batch = jnp.stack(chunk + [jnp.zeros_like(chunk[0])] * pad)
+        out.append(np.asarray(jax.nn.softmax(apply(clf.params, batch), axis=-1))[: len(chunk)])
+    return np.concatenate(out)
+
+
+def top_k(clf: Classifier, probs: np.ndarray, k: int) -> Prediction:
+    """The k most probable classes of one probability vector of shape (num_classes,)."""
+    idx = np.argsort(-probs, kind="stable")[:k]
+    return Prediction(
+        indices=tuple(int(i) for i in idx),
+        probs=tuple(float(probs[i]) for i in idx),
+        labels=tuple(clf.labels.name(int(i)) for i in idx),
+    )
