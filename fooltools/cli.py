@@ -91,6 +91,19 @@ def classify(
                 click.echo(f"  {i:4d}  {lab:30s} {100 * p:6.2f}%")
 
 
+@cli.command(name="labels")
+@click.argument("queries", nargs=-1, required=True)
+def labels_cmd(queries: tuple[str, ...]) -> None:
+    """Look up ImageNet classes by name, synonym, WordNet id or index."""
+    from fooltools.labels import imagenet
+
+    labelset = imagenet()
+    for query in queries:
+        index = labelset.lookup(query)
+        names = ", ".join((labelset.name(index), *labelset.synonyms[index]))
+        click.echo(f"{index:4d}  {labelset.wnids[index]}  {names}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``fool`` console script."""
     from fooltools.cache import enable_compilation_cache

@@ -1,0 +1,143 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fooltools.cli import main
+from fooltools.io import sample_path
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def run_ok(capsys, *args):
+    try:
+        main(list(args))
+    except SystemExit as e:  # click may exit 0 explicitly
+        assert e.code in (0, None)
+    return capsys.readouterr()
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_classify_cat_json(capsys):
+    out, _ = run_ok(capsys, "classify", "sample:cat", "sample:coffee", "--json", "--top", "3")
+    cat, coffee = (json.loads(line) for line in out.strip().splitlines())
+    assert cat["model"] == "efficientnet_lite0.in1k"
+    assert cat["image"].endswith("cat.png")
+    assert cat["top"][0]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert coffee["top"][0] == {"index": 967, "label": "espresso", "prob": coffee["top"][0]["prob"]}
+    assert len(cat["top"]) == 3
+    probs = [t["prob"] for t in cat["top"]]
+    assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+
+
+def test_classify_table_other_model(capsys):
+    out, _ = run_ok(capsys, "classify", str(sample_path("coffee")), "--model", "efficientnet_lite1")
+    assert "efficientnet_lite1.in1k" in out
+    assert "espresso" in out.splitlines()[1]
+
+
+def test_models_table(capsys):
+    out, _ = run_ok(capsys, "models")
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:3] == ["name", "top-1", "input"]
+    assert any(line.startswith("efficientnet_lite0.in1k") and "yes" in line for line in lines)
+    assert any("260x260" in line for line in lines)
+
+
+def test_labels_lookup(capsys):
+    out, _ = run_ok(capsys, "labels", "ostrich", "American robin", "9")
+    assert [int(line.split()[0]) for line in out.strip().splitlines()] == [9, 15, 9]
+
+
+def test_missing_file(capsys, tmp_path):
+    code, _, err = run(capsys, "classify", str(tmp_path / "nope.jpg"))
+    assert_one_line_error(code, err, "no such file", "nope.jpg")
+
+
+def test_non_image_file(capsys, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are not pixels\n")
+    code, _, err = run(capsys, "classify", str(bad))
+    assert_one_line_error(code, err, "notes.png")
+
+
+def test_truncated_jpeg(capsys, tmp_path):
+    data = (Path(sample_path("rocket"))).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    code, _, err = run(capsys, "classify", str(cut))
+    assert_one_line_error(code, err, "cut.jpg")
+
+
+def test_unknown_model(capsys):
+    code, _, err = run(capsys, "classify", "sample:cat", "--model", "resnet9000")
+    assert_one_line_error(code, err, "unknown model 'resnet9000'")
+
+
+def test_unknown_class_name_suggests(capsys):
+    code, _, err = run(capsys, "labels", "ostrch")
+    assert_one_line_error(code, err, 'unknown class "ostrch"', "ostrich (9)")
+
+
+def test_unknown_sample(capsys):
+    code, _, err = run(capsys, "classify", "sample:dog")
+    assert_one_line_error(code, err, "dog", "cat")
+
+
+def test_usage_error_is_one_line(capsys):
+    code, _, err = run(capsys, "classify", "sample:cat", "--top", "0")
+    assert_one_line_error(code, err, "--top")
+
+
+def test_wrong_weights_file(capsys, tmp_path):
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(b"\x80\x02not really a checkpoint")
+    code, _, err = run(capsys, "classify", "sample:cat", "--weights", str(bad))
+    assert_one_line_error(code, err, "weights.pth")
+
+
+def test_console_script_exit_code_and_compilation_cache(tmp_path):
+    """The installed `fool` really exits 2 with one line; a repeat run compiles nothing new."""
+    env = dict(os.environ, FOOLTOOLS_CACHE_DIR=str(tmp_path))
+    fool = [sys.executable, "-c", "from fooltools.cli import main; main()"]
+    bad = subprocess.run(
+        [*fool, "classify", "missing.png"], env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: no such file: missing.png"
+
+    first = subprocess.run(
+        [*fool, "classify", "sample:cat", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    xla = tmp_path / "xla"
+    entries = set(os.listdir(xla))
+    assert entries, "the persistent compilation cache stayed empty"
+    second = subprocess.run(
+        [*fool, "classify", "sample:cat", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert set(os.listdir(xla)) == entries  # every executable came from the cache
+    assert first.stdout == second.stdout
