@@ -22,9 +22,12 @@ $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $@ $(VENV)/.installed $(VENV)/.test-installed
 
-## demo: classify the bundled sample photos with the bundled default model
+## demo: turn the bundled cat photo into an "ostrich" with the bundled default model
 demo: $(VENV)/.installed
-	$(BIN)/fool classify sample:cat sample:coffee sample:rocket sample:astronaut
+	$(BIN)/fool classify sample:cat --top 3
+	$(BIN)/fool perturb sample:cat --target ostrich --out runs/demo-cat-ostrich
+	$(BIN)/fool classify runs/demo-cat-ostrich/adversarial.png --top 3
+	$(BIN)/fool gallery runs/demo-cat-ostrich --out runs/gallery
 
 ## test: the whole suite (no network, no torch)
 test: $(VENV)/.test-installed

@@ -91,6 +91,113 @@ def classify(
                 click.echo(f"  {i:4d}  {lab:30s} {100 * p:6.2f}%")
 
 
+def parse_eps(text: str | None) -> float | None:
+    """Parse ``--eps``: a number or a fraction such as ``8/255``."""
+    if text is None:
+        return None
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise FoolError(f"--eps must be a number or a fraction like 8/255, got {text!r}") from None
+
+
+@cli.command()
+@click.argument("image")
+@click.option("--target", help="Class to reach: name, synonym, WordNet id or index.")
+@click.option("--untargeted", is_flag=True, help="Just leave the current class.")
+@click.option(
+    "--method",
+    type=click.Choice(["pgd", "fgsm", "szegedy", "lbfgs", "cw"]),
+    default="pgd",
+    show_default=True,
+)
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option(
+    "--eps",
+    help="Budget for pgd/fgsm in [0,1] pixel units, e.g. 8/255 (default) for linf, 3.0 for l2.",
+)
+@click.option("--steps", type=int, help="Iterations (per search round for lbfgs/cw).")
+@click.option("--model", "model_name", default=None, help="Registry name (see `fool models`).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file to load instead.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Run directory [default: runs/perturb-<timestamp>].",
+)
+def perturb(
+    image: str,
+    target: str | None,
+    untargeted: bool,
+    method: str,
+    norm: str,
+    eps: str | None,
+    steps: int | None,
+    model_name: str | None,
+    weights: str | None,
+    seed: int,
+    out_dir: str | None,
+) -> None:
+    """Perturb IMAGE imperceptibly so the model sees --target (or anything else).
+
+    Writes adversarial.png (same size as IMAGE), perturbation.png, report.json and
+    index.html. Success and distortions are measured on the PNG re-read from disk. If the
+    image already is the target class, the run is written unchanged and counts as a
+    success (exit 0).
+    """
+    from fooltools.labels import imagenet
+    from fooltools.models import DEFAULT_MODEL, load_model
+    from fooltools.perturb import PerturbConfig, default_out_dir, perturb_file, total_steps
+    from fooltools.progress import Progress
+
+    if (target is None) == (not untargeted):
+        raise FoolError("give exactly one of --target CLASS or --untargeted")
+    cfg = PerturbConfig(
+        method=method,
+        target=None if untargeted else imagenet().lookup(target),
+        norm=norm,
+        eps=parse_eps(eps),
+        steps=steps,
+        seed=seed,
+    ).resolved()
+    path = resolve_image(image)
+    clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
+    out = Path(out_dir) if out_dir else default_out_dir()
+    bar = Progress(total_steps(cfg), label=f"{method} {path.name}")
+    try:
+        report = perturb_file(clf, path, cfg, out, progress=bar)
+    finally:
+        bar.close()
+    fin, dist = report["final"], report["distortion_255"]
+    status = "success" if report["success"] else "FAILED"
+    if report["note"]:
+        click.echo(f"nothing to do: {path} is {report['note']}")
+    click.echo(
+        f"{status}: {report['source']['label']} -> {fin['label']} ({100 * fin['confidence']:.1f}%)"
+        f"  L-inf {dist['linf']:.0f}/255  L2 {dist['l2']:.1f}  in {report['seconds']:.1f}s"
+    )
+    click.echo(f"wrote {out / 'adversarial.png'}; open {out / 'index.html'}")
+
+
+@cli.command()
+@click.argument("dirs", nargs=-1, required=True)
+@click.option(
+    "--out", "out_dir", default="gallery", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option("--title", default="fooltools gallery", show_default=True)
+def gallery(dirs: tuple[str, ...], out_dir: str, title: str) -> None:
+    """Build an HTML gallery and a PNG contact sheet from result directories DIRS."""
+    from fooltools import gallery as gallery_mod
+
+    runs = gallery_mod.collect_runs(dirs)
+    index = gallery_mod.build_gallery(runs, out_dir, title=title)
+    click.echo(f"{len(runs)} runs; open {index}")
+
+
 @cli.command(name="labels")
 @click.argument("queries", nargs=-1, required=True)
 def labels_cmd(queries: tuple[str, ...]) -> None:

@@ -8,6 +8,7 @@ gradients with respect to the user's image at its own resolution and save exactl
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pathlib
 import secrets
@@ -188,13 +189,27 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray | jax.Array) -> pa
         pixels = pixels[..., 0]
     if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 3)) or not pixels.size:
         raise ValueError(f"expected a non-empty (H, W, 3) or (H, W) image, got {pixels.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> pathlib.Path:
+    """Write ``data`` to ``path`` atomically, creating parent directories.
+
+    Written to a temp file next to the destination, synced, then moved there with
+    ``os.replace``: a killed process leaves the old file or the new one, never half a file.
+
+    Raises:
+        ImageError: the file cannot be written (permissions, disk full, ...).
+    """
     dest = pathlib.Path(path)
     tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # os.open with mode 0o666 lets the umask decide the final permissions (mkstemp: 0600).
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            Image.fromarray(pixels).save(f, format="PNG")
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)

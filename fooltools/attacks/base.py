@@ -1,0 +1,145 @@
+"""Shared pieces of the gradient attacks: result type, losses, criteria, the 8-bit grid.
+
+Conventions for every attack in this package:
+
+* Images are batches ``x`` of shape (N, H, W, 3) in [0, 1] at the user's own
+  resolution; the model function ``model(params, x) -> logits`` (N, K) includes the
+  preprocessing (e.g. :meth:`fooltools.models.Classifier.logits`), so gradients flow
+  back to the original pixels.
+* ``target`` has shape (N,): the class to reach (targeted) or the true class to leave
+  (untargeted).
+* With ``quantize=True`` every candidate is *snapped to the 8-bit grid* before it is
+  evaluated, so the success, logits and distortions an attack reports are those of the
+  PNG that will be written, not of a float tensor that rounding might undo. Snapping
+  moves each pixel towards the original (never away), so a norm budget still holds.
+  Gradients pass straight through the snap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fooltools import io
+
+Params = Any
+Model = Callable[[Params, jax.Array], jax.Array]
+
+# Slack when converting a float difference to whole grid steps: 8/255 in float32 times
+# 255 is 7.9999995, which must count as 8 steps, not 7.
+_GRID_TOL = 1e-3
+
+
+class AttackResult(NamedTuple):
+    """What an attack returns, per example of the batch.
+
+    Attributes:
+        x: Adversarial images, shape (N, H, W, 3), in [0, 1] (on the 8-bit grid when the
+            attack quantizes).
+        success: Whether ``x`` meets the criterion, shape (N,), bool.
+        logits: Model logits at ``x``, shape (N, K).
+        linf: L-inf distortion ``max |x - x0|``, shape (N,), in [0, 1] units.
+        l2: L2 distortion ``||x - x0||_2``, shape (N,), in [0, 1] units.
+        l0: Number of changed pixel values (over H*W*3), shape (N,).
+    """
+
+    x: jax.Array
+    success: jax.Array
+    logits: jax.Array
+    linf: jax.Array
+    l2: jax.Array
+    l0: jax.Array
+
+
+def report_progress(progress: Callable[[jax.Array], None] | None, step: jax.Array) -> None:
+    """Call the host ``progress(step)`` from inside a jitted loop, if one was given.
+
+    Under ``vmap`` the callback may run once per example with the same step, so progress
+    callbacks must treat ``step`` as a position, not an increment.
+    """
+    if progress is not None:
+        jax.debug.callback(progress, step)
+
+
+def criterion(logits: jax.Array, target: jax.Array, targeted: bool) -> jax.Array:
+    """Success mask, shape (N,): top-1 is ``target`` (targeted) or is not (untargeted)."""
+    hit = jnp.argmax(logits, axis=-1) == target
+    return hit if targeted else ~hit
+
+
+def cross_entropy(logits: jax.Array, target: jax.Array, targeted: bool) -> jax.Array:
+    """Per-example loss to *minimise*, shape (N,): CE to the target, or minus CE to the label."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ce = -jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
+    return ce if targeted else -ce
+
+
+def margin(logits: jax.Array, target: jax.Array, targeted: bool, kappa: float = 0.0) -> jax.Array:
+    """Carlini-Wagner's f6 on logits, shape (N,); <= -kappa once the attack succeeds.
+
+    Targeted: ``max(max_{i != t} Z_i - Z_t, -kappa)``; untargeted:
+    ``max(Z_t - max_{i != t} Z_i, -kappa)``.
+    """
+    onehot = jax.nn.one_hot(target, logits.shape[-1], dtype=bool)
+    z_t = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
+    z_other = jnp.max(jnp.where(onehot, -jnp.inf, logits), axis=-1)
+    diff = z_other - z_t if targeted else z_t - z_other
+    return jnp.maximum(diff, -kappa)
+
+
+def snap(x0: jax.Array, x: jax.Array) -> jax.Array:
+    """Move ``x`` onto the 8-bit grid, rounding each change towards ``x0``.
+
+    Args:
+        x0: Originals, on the 8-bit grid (see :func:`fooltools.io.quantize`).
+        x: Candidates of the same shape, in [0, 1].
+
+    Returns:
+        ``x0 + trunc(x - x0)`` in whole 1/255 steps, exactly on the grid that
+        :func:`fooltools.io.write_png` / :func:`fooltools.io.read_image` round-trip; the
+        gradient is the identity (straight-through).
+    """
+    d = x - x0
+    steps = jnp.sign(d) * jnp.floor(jnp.abs(d) * 255.0 + _GRID_TOL)
+    snapped = io.quantize(x0 + steps / 255.0)
+    return x + jax.lax.stop_gradient(snapped - x)
+
+
+def distortions(x0: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(L-inf, L2, L0) of ``x - x0`` per example, each shape (N,), [0, 1] units."""
+    d = (x - x0).reshape(x.shape[0], -1)
+    return (
+        jnp.max(jnp.abs(d), axis=-1),
+        jnp.sqrt(jnp.sum(d * d, axis=-1)),
+        jnp.sum(jnp.abs(d) > 0.5 / 255.0, axis=-1),
+    )
+
+
+def result(
+    x0: jax.Array, x: jax.Array, logits: jax.Array, target: jax.Array, targeted: bool
+) -> AttackResult:
+    """Assemble an :class:`AttackResult` for final images ``x`` with their ``logits``."""
+    linf, l2, l0 = distortions(x0, x)
+    return AttackResult(x, criterion(logits, target, targeted), logits, linf, l2, l0)
+
+
+def prepare(x0: jax.Array, target: jax.Array, quantize: bool) -> tuple[jax.Array, jax.Array]:
+    """Validate shapes and put the originals on the grid if the attack quantizes.
+
+    Args:
+        x0: Shape (N, H, W, 3) in [0, 1].
+        target: Shape (N,) integer classes.
+        quantize: Whether the attack works on the 8-bit grid.
+
+    Returns:
+        ``(x0, target)`` as float32 / int32 arrays.
+    """
+    if x0.ndim != 4 or x0.shape[-1] != 3:
+        raise ValueError(f"expected images of shape (N, H, W, 3), got {x0.shape}")
+    if target.shape != (x0.shape[0],):
+        raise ValueError(f"expected target of shape ({x0.shape[0]},), got {target.shape}")
+    x0 = jnp.asarray(x0, jnp.float32)
+    return (io.quantize(x0) if quantize else x0), jnp.asarray(target, jnp.int32)

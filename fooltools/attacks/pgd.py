@@ -1,0 +1,142 @@
+"""Projected gradient descent (Madry et al. 2018) in L-inf and L2, targeted or not.
+
+``run = pgd(model, params, eps=8/255); res = run(key, x, target)``. The whole loop is one
+``lax.fori_loop`` inside one jitted function, compiled once per input shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fooltools.attacks import base
+
+Run = Callable[[jax.Array, jax.Array, jax.Array], base.AttackResult]
+
+
+def _flat_norm(v: jax.Array) -> jax.Array:
+    # Per-example L2 norm broadcastable against (N, H, W, C).
+    return jnp.sqrt(jnp.sum(v * v, axis=(1, 2, 3), keepdims=True))
+
+
+def project(delta: jax.Array, eps: float, norm: str) -> jax.Array:
+    """Project perturbations (N, H, W, C) onto the ``norm`` ball of radius ``eps``."""
+    if norm == "linf":
+        return jnp.clip(delta, -eps, eps)
+    return delta * jnp.minimum(1.0, eps / jnp.maximum(_flat_norm(delta), 1e-12))
+
+
+def _step_direction(grad: jax.Array, norm: str) -> jax.Array:
+    # Steepest-descent direction of unit norm for the chosen geometry.
+    if norm == "linf":
+        return jnp.sign(grad)
+    return grad / jnp.maximum(_flat_norm(grad), 1e-12)
+
+
+def _random_start(key: jax.Array, shape: tuple[int, ...], eps: float, norm: str) -> jax.Array:
+    if norm == "linf":
+        return jax.random.uniform(key, shape, minval=-eps, maxval=eps)
+    # Uniform in the L2 ball: a random direction times radius eps * u^(1/d).
+    kd, kr = jax.random.split(key)
+    g = jax.random.normal(kd, shape)
+    d = shape[1] * shape[2] * shape[3]
+    r = eps * jax.random.uniform(kr, (shape[0], 1, 1, 1)) ** (1.0 / d)
+    return g / _flat_norm(g) * r
+
+
+def pgd(
+    model: base.Model,
+    params: base.Params,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 40,
+    step_size: float | None = None,
+    schedule: str = "constant",
+    random_start: bool = True,
+    targeted: bool = True,
+    quantize: bool = True,
+    loss: str = "ce",
+    progress: Callable[[jax.Array], None] | None = None,
+) -> Run:
+    """Build a PGD attack.
+
+    Args:
+        model: ``model(params, x) -> logits`` on (N, H, W, 3) images in [0, 1].
+        params: Passed to ``model`` (kept as a jit argument, not baked in as constants).
+        eps: Radius of the ball, in [0, 1] pixel units (8/255 is the classic L-inf budget).
+        norm: ``"linf"`` or ``"l2"``.
+        steps: Number of gradient steps (>= 1).
+        step_size: Step length; default ``2.5 * eps / steps`` (Madry et al.).
+        schedule: ``"constant"`` or ``"cosine"`` decay of the step length to 0.
+        random_start: Start from a uniform random point of the ball.
+        targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
+        quantize: Evaluate and return images on the 8-bit grid (see :mod:`.base`).
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner f6 on logits).
+        progress: Optional host callback ``progress(step)`` called with the 0-based
+            iteration number as the loop runs (for a progress bar); None: no callback.
+
+    Returns:
+        ``run(key, x, target) -> AttackResult`` for x (N, H, W, 3) and target (N,). Each
+        example returns its last successful iterate if it ever succeeded, else the
+        final iterate.
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if loss not in ("ce", "margin"):
+        raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    if schedule == "constant":
+        lr = optax.constant_schedule(alpha)
+    elif schedule == "cosine":
+        lr = optax.cosine_decay_schedule(alpha, steps)
+    else:
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    loss_fn = base.cross_entropy if loss == "ce" else base.margin
+
+    def evaluate(p, x0, x, target):
+        xq = base.snap(x0, x) if quantize else x
+        logits = model(p, xq)
+        return jnp.sum(loss_fn(logits, target, targeted)), (xq, logits)
+
+    grad_fn = jax.value_and_grad(evaluate, argnums=2, has_aux=True)
+
+    @jax.jit
+    def run(p, key, x, target):
+        x0, target = base.prepare(x, target, quantize)
+        if random_start:
+            x = jnp.clip(x0 + _random_start(key, x0.shape, eps, norm), 0.0, 1.0)
+        else:
+            x = x0
+        best = (x0, jnp.zeros(x0.shape[0], bool), model(p, x0))
+
+        def body(i, carry):
+            x, (bx, bok, blog) = carry
+            base.report_progress(progress, i)
+            (_, (xq, logits)), g = grad_fn(p, x0, x, target)
+            ok = base.criterion(logits, target, targeted)
+            sel = ok[:, None, None, None]
+            best = (jnp.where(sel, xq, bx), bok | ok, jnp.where(ok[:, None], logits, blog))
+            x = x - lr(i) * _step_direction(g, norm)
+            x = jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
+            return x, best
+
+        x, (bx, bok, blog) = jax.lax.fori_loop(0, steps, body, (x, best))
+        xq = base.snap(x0, x) if quantize else x
+        logits = model(p, xq)
+        ok = base.criterion(logits, target, targeted)
+        # Prefer the final iterate when it succeeds (it is the most confident), else the
+        # last iterate that did.
+        use_best = (~ok & bok)[:, None, None, None]
+        xf = jnp.where(use_best, bx, xq)
+        lf = jnp.where(use_best[:, :, 0, 0], blog, logits)
+        return base.result(x0, xf, lf, target, targeted)
+
+    return lambda key, x, target: run(params, key, x, target)

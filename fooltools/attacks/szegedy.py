@@ -1,0 +1,196 @@
+"""Szegedy et al. (ICLR 2014), "Intriguing properties of neural networks".
+
+Two solvers of the seed formulation:
+
+* :func:`szegedy`: ``min_r ||softmax(NN(I + r)) - S||^2 + lambda ||r||^2`` by gradient
+  descent with any optax optimiser, projected onto the box ``I + r in [0, 1]``; ``S``
+  is the one-hot target (targeted) or, untargeted, the squared distance to the true
+  class's one-hot is maximised instead.
+* :func:`lbfgs`: the paper's attack, ``min_r c |r|^2 + loss_f(I + r, l)`` by L-BFGS
+  with a search over ``c`` for the largest constant (smallest perturbation) whose
+  minimiser is still classified ``l``. The box constraint is enforced by the change of
+  variables ``I + r = (tanh(w) + 1) / 2`` rather than by L-BFGS-B's active set (optax has
+  no bound-constrained L-BFGS); the feasible set is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fooltools.attacks import base
+from fooltools.attacks.pgd import Run
+
+_BOX = 1.0 - 1e-6
+
+
+def szegedy(
+    model: base.Model,
+    params: base.Params,
+    *,
+    lam: float = 0.01,
+    steps: int = 100,
+    optimizer: optax.GradientTransformation | None = None,
+    targeted: bool = True,
+    quantize: bool = True,
+    progress: Callable[[jax.Array], None] | None = None,
+) -> Run:
+    """Build the gradient-descent solver of Szegedy et al.'s formulation.
+
+    Args:
+        model: ``model(params, x) -> logits`` on (N, H, W, 3) images in [0, 1].
+        params: Passed to ``model``.
+        lam: Weight of ``||r||^2`` (r in [0, 1] pixel units).
+        steps: Optimiser steps.
+        optimizer: Any optax transformation; default ``optax.adam(1e-3)``.
+        targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
+        quantize: Evaluate and return images on the 8-bit grid (see :mod:`.base`).
+        progress: Optional host callback ``progress(step)`` called with the 0-based
+            iteration number as the loop runs (for a progress bar); None: no callback.
+
+    Returns:
+        ``run(key, x, target) -> AttackResult``; the smallest-L2 successful iterate of
+        each example, else its final iterate.
+    """
+    if steps < 1 or not lam >= 0:
+        raise ValueError("steps must be >= 1 and lam >= 0")
+    opt = optimizer or optax.adam(1e-3)
+
+    def objective(p, x0, r, target):
+        xq = base.snap(x0, x0 + r) if quantize else x0 + r
+        logits = model(p, xq)
+        s = jax.nn.one_hot(target, logits.shape[-1])
+        dist = jnp.sum((jax.nn.softmax(logits) - s) ** 2, axis=-1)
+        l2sq = jnp.sum((xq - x0) ** 2, axis=(1, 2, 3))
+        fit = dist if targeted else -dist
+        return jnp.sum(fit + lam * l2sq), (xq, logits, l2sq)
+
+    grad_fn = jax.value_and_grad(objective, argnums=2, has_aux=True)
+
+    @jax.jit
+    def run(p, key, x, target):
+        del key
+        x0, target = base.prepare(x, target, quantize)
+        r = jnp.zeros_like(x0)
+        n = x0.shape[0]
+
+        def step(i, carry):
+            r, state, (bx, bl2, blog) = carry
+            base.report_progress(progress, i)
+            (_, (xq, logits, l2sq)), g = grad_fn(p, x0, r, target)
+            better = base.criterion(logits, target, targeted) & (l2sq < bl2)
+            best = (
+                jnp.where(better[:, None, None, None], xq, bx),
+                jnp.where(better, l2sq, bl2),
+                jnp.where(better[:, None], logits, blog),
+            )
+            updates, state = opt.update(g, state, r)
+            r = optax.apply_updates(r, updates)
+            return jnp.clip(x0 + r, 0.0, 1.0) - x0, state, best
+
+        init = (r, opt.init(r), (x0, jnp.full(n, jnp.inf), model(p, x0)))
+        r, _, (bx, bl2, blog) = jax.lax.fori_loop(0, steps, step, init)
+        xq = base.snap(x0, x0 + r) if quantize else x0 + r
+        found = jnp.isfinite(bl2)
+        xf = jnp.where(found[:, None, None, None], bx, xq)
+        lf = jnp.where(found[:, None], blog, model(p, xq))
+        return base.result(x0, xf, lf, target, targeted)
+
+    return lambda key, x, target: run(params, key, x, target)
+
+
+def lbfgs(
+    model: base.Model,
+    params: base.Params,
+    *,
+    c: float = 1.0,
+    steps: int = 20,
+    search_steps: int = 5,
+    targeted: bool = True,
+    quantize: bool = True,
+    progress: Callable[[jax.Array], None] | None = None,
+) -> Run:
+    """Build Szegedy et al.'s L-BFGS attack with a search over ``c``.
+
+    Each example is solved independently (``vmap``) so every one gets its own curvature
+    estimate and its own ``c``: after a success ``c`` is raised (x10 until the first
+    failure, then bisected in log space), after a failure it is lowered.
+
+    Args:
+        model: ``model(params, x) -> logits`` on (N, H, W, 3) images in [0, 1].
+        params: Passed to ``model``.
+        c: Initial weight of ``|r|^2`` (r in [0, 1] pixel units).
+        steps: L-BFGS iterations per value of ``c``.
+        search_steps: Values of ``c`` tried.
+        targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
+        quantize: Judge and return the minimiser snapped to the 8-bit grid.
+        progress: Optional host callback ``progress(step)`` called with the 0-based
+            iteration number as the loop runs (for a progress bar); None: no callback.
+
+    Returns:
+        ``run(key, x, target) -> AttackResult`` holding the smallest successful
+        perturbation found for each example (else the unperturbed input).
+    """
+    if steps < 1 or search_steps < 1 or not c > 0:
+        raise ValueError("steps and search_steps must be >= 1 and c > 0")
+    opt = optax.lbfgs(memory_size=10)
+
+    def solve_one(p, x0, target):
+        # x0: (H, W, 3) on the grid; target: () int.
+        w0 = jnp.arctanh((x0 * 2.0 - 1.0) * _BOX)
+
+        def to_x(w):
+            return (jnp.tanh(w) + 1.0) / 2.0
+
+        def loss_at(w, const):
+            x = to_x(w)
+            logits = model(p, x[None])
+            ce = base.cross_entropy(logits, target[None], targeted)[0]
+            return const * jnp.sum((x - x0) ** 2) + ce
+
+        def minimise(const, r):
+            fn = lambda w: loss_at(w, const)  # noqa: E731  (L-BFGS needs a unary function)
+            value_and_grad = optax.value_and_grad_from_state(fn)
+
+            def step(i, carry):
+                w, state = carry
+                base.report_progress(progress, r * steps + i)
+                value, grad = value_and_grad(w, state=state)
+                updates, state = opt.update(grad, state, w, value=value, grad=grad, value_fn=fn)
+                return optax.apply_updates(w, updates), state
+
+            w, _ = jax.lax.fori_loop(0, steps, step, (w0, opt.init(w0)))
+            xq = base.snap(x0, to_x(w)) if quantize else to_x(w)
+            return xq
+
+        def round_(r, carry):
+            const, lo, hi, (bx, bl2) = carry
+            xq = minimise(const, r)
+            logits = model(p, xq[None])
+            ok = base.criterion(logits, target[None], targeted)[0]
+            l2sq = jnp.sum((xq - x0) ** 2)
+            better = ok & (l2sq < bl2)
+            best = (jnp.where(better, xq, bx), jnp.where(better, l2sq, bl2))
+            # Success: the penalty can grow (smaller r); failure: it must shrink.
+            lo = jnp.where(ok, const, lo)
+            hi = jnp.where(ok, hi, const)
+            const = jnp.where(
+                jnp.isfinite(hi), jnp.sqrt(jnp.maximum(lo, 1e-6 * hi) * hi), const * 10.0
+            )
+            return const, lo, hi, best
+
+        init = (jnp.asarray(c), jnp.asarray(0.0), jnp.asarray(jnp.inf), (x0, jnp.inf))
+        _, _, _, (bx, _) = jax.lax.fori_loop(0, search_steps, round_, init)
+        return bx
+
+    @jax.jit
+    def run(p, key, x, target):
+        del key
+        x0, target = base.prepare(x, target, quantize)
+        xf = jax.vmap(solve_one, in_axes=(None, 0, 0))(p, x0, target)
+        return base.result(x0, xf, model(p, xf), target, targeted)
+
+    return lambda key, x, target: run(params, key, x, target)

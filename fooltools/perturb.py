@@ -1,0 +1,252 @@
+"""``fool perturb``: attack one image with one method and write a self-describing run.
+
+The attack runs on the image at its own resolution (preprocessing is inside the
+differentiated model), and everything the report says — success, confidences,
+distortions — is measured on the PNG as written and read back from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fooltools import __version__, attacks, io
+from fooltools.errors import FoolError
+from fooltools.models.base import Classifier
+
+METHODS = ("pgd", "fgsm", "szegedy", "lbfgs", "cw")
+DEFAULT_STEPS = {"pgd": 40, "fgsm": 1, "szegedy": 300, "lbfgs": 20, "cw": 100}
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 3.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class PerturbConfig:
+    """What to run.
+
+    Attributes:
+        method: One of :data:`METHODS`.
+        target: Class index to reach, or None for an untargeted attack.
+        norm: ``"linf"`` or ``"l2"`` (PGD/FGSM budget geometry).
+        eps: Budget radius in [0, 1] pixel units (PGD/FGSM only); None: the default.
+        steps: Iterations (per search round for lbfgs/cw); None: the method's default.
+        seed: PRNG seed (random start of PGD).
+    """
+
+    method: str = "pgd"
+    target: int | None = None
+    norm: str = "linf"
+    eps: float | None = None
+    steps: int | None = None
+    seed: int = 0
+
+    def resolved(self) -> PerturbConfig:
+        """A copy with defaults filled in, after validating every field.
+
+        Raises:
+            FoolError: An unknown method or norm, eps outside (0, 1], steps < 1.
+        """
+        if self.method not in METHODS:
+            raise FoolError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.norm not in DEFAULT_EPS:
+            raise FoolError(f"unknown norm {self.norm!r}; choose linf or l2")
+        eps = DEFAULT_EPS[self.norm] if self.eps is None else self.eps
+        if self.norm == "linf" and not 0 < eps <= 1:
+            raise FoolError(f"eps must be in (0, 1] (pixel values are in [0, 1]), got {eps:g}")
+        if self.norm == "l2" and not eps > 0:
+            raise FoolError(f"eps must be > 0, got {eps:g}")
+        steps = DEFAULT_STEPS[self.method] if self.steps is None else self.steps
+        if steps < 1:
+            raise FoolError(f"steps must be >= 1, got {steps}")
+        return dataclasses.replace(self, eps=eps, steps=steps)
+
+
+def build_attack(clf: Classifier, cfg: PerturbConfig, progress: Callable | None = None):
+    """The jitted ``run(key, x, target)`` for a resolved config (see :mod:`.attacks`)."""
+    targeted = cfg.target is not None
+    common = {"targeted": targeted, "progress": progress}
+    if cfg.method == "pgd":
+        return attacks.pgd(
+            clf.logits, clf.params, eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, **common
+        )
+    if cfg.method == "fgsm":
+        return attacks.fgsm(clf.logits, clf.params, eps=cfg.eps, norm=cfg.norm, **common)
+    if cfg.method == "szegedy":
+        return attacks.szegedy(clf.logits, clf.params, steps=cfg.steps, **common)
+    if cfg.method == "lbfgs":
+        return attacks.lbfgs(clf.logits, clf.params, steps=cfg.steps, **common)
+    return attacks.cw(clf.logits, clf.params, steps=cfg.steps, **common)
+
+
+def total_steps(cfg: PerturbConfig) -> int:
+    """Gradient iterations the progress bar counts for a resolved config."""
+    rounds = 5 if cfg.method in ("lbfgs", "cw") else 1
+    return cfg.steps * rounds
+
+
+def default_out_dir(root: str | os.PathLike[str] = "runs") -> Path:
+    """``runs/perturb-<timestamp>``, with a numeric suffix if that already exists."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(root) / f"perturb-{stamp}"
+    n = 1
+    while out.exists():
+        n += 1
+        out = Path(root) / f"perturb-{stamp}-{n}"
+    return out
+
+
+def _top(clf: Classifier, logits: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits)))
+    idx = np.argsort(-probs, kind="stable")[:k]
+    return [
+        {"index": int(i), "label": clf.labels.name(int(i)), "prob": float(probs[i])} for i in idx
+    ]
+
+
+def _versions() -> dict[str, str]:
+    import flax
+    import optax
+
+    return {
+        "fooltools": __version__,
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+    }
+
+
+def perturb_file(
+    clf: Classifier,
+    image: str | os.PathLike[str],
+    cfg: PerturbConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    progress: Callable | None = None,
+) -> dict[str, Any]:
+    """Attack one image file and write the run directory.
+
+    Writes ``adversarial.png`` (at the input's size), ``original.png`` (the input as the
+    attack saw it, 8-bit), ``perturbation.png`` (the difference, amplified to be visible),
+    ``report.json`` and ``index.html``. Every file is written atomically.
+
+    Args:
+        clf: The classifier to fool.
+        image: Path of the photo.
+        cfg: What to run (validated here).
+        out_dir: The run directory (created).
+        progress: Optional ``progress(step)`` host callback, called once per iteration.
+
+    Returns:
+        The report dict (also in ``report.json``).
+
+    Raises:
+        FoolError: Invalid config or unreadable image.
+    """
+    from fooltools import gallery
+
+    cfg = cfg.resolved()
+    x = io.quantize(jnp.asarray(io.read_image(image)))[None]
+    source_logits = np.asarray(jax.jit(clf.logits)(clf.params, x))[0]
+    source = int(source_logits.argmax())
+    target = source if cfg.target is None else cfg.target
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    if cfg.target is not None and source == cfg.target:
+        adv, note, steps = x[0], f"already classified as {clf.labels.name(target)}", 0
+    else:
+        run = build_attack(clf, cfg, progress)
+        res = run(jax.random.key(cfg.seed), x, jnp.asarray([target]))
+        adv, note, steps = res.x[0], None, total_steps(cfg)
+    adv = np.asarray(jax.block_until_ready(adv))
+    seconds = time.perf_counter() - t0
+
+    # Judge the file, not the tensor: write, read back, classify what was read.
+    io.write_png(out / "original.png", x[0])
+    written = io.read_image(io.write_png(out / "adversarial.png", adv))
+    diff = written - np.asarray(x[0])
+    gain = 0.5 / max(float(np.abs(diff).max()), 1 / 255)
+    io.write_png(out / "perturbation.png", np.clip(0.5 + gain * diff, 0, 1))
+    adv_logits = np.asarray(jax.jit(clf.logits)(clf.params, jnp.asarray(written)[None]))[0]
+    top1 = int(adv_logits.argmax())
+    success = top1 == target if cfg.target is not None else top1 != source
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(adv_logits)))
+    src_probs = np.asarray(jax.nn.softmax(jnp.asarray(source_logits)))
+    # Distortions of the files themselves, in whole 8-bit levels.
+    d255 = np.abs(io.to_uint8(written).astype(np.int32) - io.to_uint8(x[0]).astype(np.int32))
+    d255 = d255.reshape(-1).astype(np.float64)
+    report = {
+        "kind": "perturb",
+        "title": f"{Path(image).name} -> "
+        + (clf.labels.name(target) if cfg.target is not None else "untargeted")
+        + f" ({cfg.method} {cfg.norm})",
+        "success": bool(success),
+        "image": str(image),
+        "size": list(written.shape[:2]),
+        "model": clf.name,
+        "method": cfg.method,
+        "norm": cfg.norm,
+        "eps": cfg.eps,
+        "eps_255": cfg.eps * 255,
+        "targeted": cfg.target is not None,
+        "source": {
+            "index": source,
+            "label": clf.labels.name(source),
+            "confidence": float(src_probs[source]),
+        },
+        "target": {"index": target, "label": clf.labels.name(target)},
+        "final": {
+            "index": top1,
+            "label": clf.labels.name(top1),
+            "confidence": float(probs[top1]),
+            "target_confidence": float(probs[target]),
+            "source_confidence": float(probs[source]),
+        },
+        "distortion_255": {
+            "linf": float(d255.max()),
+            "l2": float(np.sqrt((d255**2).sum())),
+            "l0": int((d255 > 0.5).sum()),
+        },
+        "steps": steps,
+        "seconds": round(seconds, 3),
+        "seed": cfg.seed,
+        "note": note,
+        "versions": _versions(),
+        "images": [
+            {
+                "file": "original.png",
+                "caption": f"original: {clf.labels.name(source)} {100 * src_probs[source]:.1f}%",
+                "top": _top(clf, source_logits),
+            },
+            {"file": "perturbation.png", "caption": f"perturbation x{gain:.0f}"},
+            {
+                "file": "adversarial.png",
+                "caption": f"adversarial: {clf.labels.name(top1)} {100 * probs[top1]:.1f}%",
+                "top": _top(clf, adv_logits),
+            },
+        ],
+    }
+    report["metrics"] = {
+        "success": report["success"],
+        "target confidence": round(report["final"]["target_confidence"], 4),
+        "L-inf (0-255)": round(report["distortion_255"]["linf"], 2),
+        "L2 (0-255)": round(report["distortion_255"]["l2"], 2),
+        "L0 (values)": report["distortion_255"]["l0"],
+        "steps": steps,
+        "seconds": report["seconds"],
+    }
+    io.write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+    gallery.write_run_page(out)
+    return report

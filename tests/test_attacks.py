@@ -1,0 +1,157 @@
+"""Attack properties on a tiny linear model (fast), plus the model-level contracts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fooltools import attacks, io
+from fooltools.attacks import base
+
+H, W, K = 6, 5, 4
+
+
+def linear_model(trace_log=None):
+    w = jax.random.normal(jax.random.key(1), (H * W * 3, K))
+    b = jnp.zeros(K)
+
+    def model(p, x):
+        if trace_log is not None:
+            trace_log.append(x.shape)
+        return x.reshape(x.shape[0], -1) @ p["w"] + p["b"]
+
+    return model, {"w": w, "b": b}
+
+
+def images(n=3, seed=0):
+    x = jax.random.uniform(jax.random.key(seed), (n, H, W, 3))
+    return io.quantize(x)
+
+
+def targets_for(model, params, x):
+    # A target different from the current class for every example.
+    return (jnp.argmax(model(params, x), axis=-1) + 1) % K
+
+
+ATTACKS = {
+    "pgd-linf": lambda m, p, **kw: attacks.pgd(m, p, eps=8 / 255, steps=10, **kw),
+    "pgd-l2": lambda m, p, **kw: attacks.pgd(m, p, eps=0.5, norm="l2", steps=10, **kw),
+    "pgd-cosine": lambda m, p, **kw: attacks.pgd(m, p, eps=0.1, steps=5, schedule="cosine", **kw),
+    "fgsm": lambda m, p, **kw: attacks.fgsm(m, p, eps=8 / 255, **kw),
+    "szegedy": lambda m, p, **kw: attacks.szegedy(m, p, steps=20, optimizer=None, **kw),
+    "lbfgs": lambda m, p, **kw: attacks.lbfgs(m, p, steps=5, search_steps=2, **kw),
+    "cw": lambda m, p, **kw: attacks.cw(m, p, steps=20, search_steps=2, lr=0.05, **kw),
+}
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("targeted", [True, False])
+def test_outputs_valid_and_reported_metrics_true(name, targeted):
+    model, params = linear_model()
+    x0 = images()
+    tgt = targets_for(model, params, x0) if targeted else jnp.argmax(model(params, x0), -1)
+    res = ATTACKS[name](model, params, targeted=targeted)(jax.random.key(0), x0, tgt)
+    x = np.asarray(res.x)
+    assert x.shape == x0.shape and x.min() >= 0.0 and x.max() <= 1.0
+    np.testing.assert_array_equal(x, np.asarray(io.quantize(res.x)))  # on the 8-bit grid
+    # The reported logits, success and distortions describe the returned images.
+    np.testing.assert_allclose(res.logits, model(params, res.x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(res.success, base.criterion(res.logits, tgt, targeted))
+    d = (x - np.asarray(x0)).reshape(len(x), -1)
+    np.testing.assert_allclose(res.linf, np.abs(d).max(1), atol=1e-6)
+    np.testing.assert_allclose(res.l2, np.sqrt((d**2).sum(1)), atol=1e-5)
+    np.testing.assert_array_equal(res.l0, (np.abs(d) > 0.5 / 255).sum(1))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    eps_steps=st.integers(1, 40),
+    norm=st.sampled_from(["linf", "l2"]),
+    seed=st.integers(0, 2**31 - 1),
+    quantize=st.booleans(),
+)
+def test_pgd_distortion_within_budget(eps_steps, norm, seed, quantize):
+    model, params = linear_model()
+    x0 = images(seed=seed % 97)
+    eps = eps_steps / 255 if norm == "linf" else eps_steps / 40
+    run = attacks.pgd(model, params, eps=eps, norm=norm, steps=4, quantize=quantize)
+    res = run(jax.random.key(seed), x0, targets_for(model, params, x0))
+    budget = res.linf if norm == "linf" else res.l2
+    assert np.all(np.asarray(budget) <= eps + 1e-5)
+    assert float(res.x.min()) >= 0.0 and float(res.x.max()) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["pgd-linf", "pgd-l2"])
+def test_same_seed_same_bytes_other_seed_differs(name):
+    model, params = linear_model()
+    x0 = images()
+    tgt = targets_for(model, params, x0)
+    run = ATTACKS[name](model, params)
+    a = np.asarray(run(jax.random.key(7), x0, tgt).x)
+    b = np.asarray(run(jax.random.key(7), x0, tgt).x)
+    c = np.asarray(run(jax.random.key(8), x0, tgt).x)
+    assert a.tobytes() == b.tobytes()
+    assert a.tobytes() != c.tobytes()
+
+
+@pytest.mark.parametrize("name", ["pgd-linf", "cw", "szegedy"])
+def test_jitted_and_unjitted_agree(name):
+    model, params = linear_model()
+    x0 = images()
+    tgt = targets_for(model, params, x0)
+    jitted = ATTACKS[name](model, params)(jax.random.key(3), x0, tgt)
+    with jax.disable_jit():
+        eager = ATTACKS[name](model, params)(jax.random.key(3), x0, tgt)
+    np.testing.assert_allclose(jitted.x, eager.x, atol=1.5 / 255)
+    np.testing.assert_array_equal(jitted.success, eager.success)
+
+
+@pytest.mark.parametrize("name", ["pgd-linf", "cw", "lbfgs", "szegedy"])
+def test_second_call_does_not_recompile(name):
+    log = []
+    model, params = linear_model(log)
+    x0 = images()
+    tgt = targets_for(model, params, x0)
+    run = ATTACKS[name](model, params)
+    run(jax.random.key(0), x0, tgt)
+    traced = len(log)
+    run(jax.random.key(1), images(seed=5), tgt)
+    assert len(log) == traced  # same shapes: no retrace, hence no recompilation
+
+
+def test_progress_callback_sees_every_step():
+    model, params = linear_model()
+    seen = []
+    x0 = images()
+    run = attacks.pgd(model, params, eps=0.1, steps=6, progress=lambda i: seen.append(int(i)))
+    jax.block_until_ready(run(jax.random.key(0), x0, targets_for(model, params, x0)).x)
+    jax.effects_barrier()
+    assert sorted(set(seen)) == list(range(6))
+
+
+def test_snap_rounds_towards_original_and_is_straight_through():
+    x0 = io.quantize(jnp.full((1, 2, 2, 3), 0.5))
+    x = x0 + jnp.array([3.7, -3.7, 0.4, 8.0]).reshape(1, 2, 2, 1) / 255
+    snapped = base.snap(x0, x)
+    steps = np.round((np.asarray(snapped) - np.asarray(x0)) * 255)[0, :, :, 0].ravel()
+    np.testing.assert_array_equal(steps, [3, -3, 0, 8])
+    g = jax.grad(lambda x: base.snap(x0, x).sum())(x)
+    np.testing.assert_array_equal(g, jnp.ones_like(x))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, p: attacks.pgd(m, p, eps=0),
+        lambda m, p: attacks.pgd(m, p, eps=0.1, steps=0),
+        lambda m, p: attacks.pgd(m, p, eps=0.1, norm="l1"),
+        lambda m, p: attacks.cw(m, p, steps=0),
+        lambda m, p: attacks.lbfgs(m, p, c=0),
+    ],
+)
+def test_invalid_configuration_raises(make):
+    model, params = linear_model()
+    with pytest.raises(ValueError):
+        make(model, params)
