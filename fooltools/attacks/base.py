@@ -8,11 +8,13 @@ Conventions for every attack in this package:
   back to the original pixels.
 * ``target`` has shape (N,): the class to reach (targeted) or the true class to leave
   (untargeted).
-* With ``quantize=True`` every candidate is *snapped to the 8-bit grid* before it is
+* With ``quantize=True`` every candidate is put *on the 8-bit grid* before it is
   evaluated, so the success, logits and distortions an attack reports are those of the
-  PNG that will be written, not of a float tensor that rounding might undo. Snapping
-  moves each pixel towards the original (never away), so a norm budget still holds.
-  Gradients pass straight through the snap.
+  PNG that will be written, not of a float tensor that rounding might undo. Budgeted
+  attacks (PGD, FGSM) use :func:`snap`, which rounds each change towards the original so
+  the norm budget still holds; minimal-perturbation attacks (Szegedy, L-BFGS, C&W) round
+  to the nearest level (:func:`fooltools.io.quantize`), because truncation would erase
+  the many sub-level changes they spread over the image. Gradients pass straight through.
 """
 
 from __future__ import annotations
@@ -106,6 +108,19 @@ def snap(x0: jax.Array, x: jax.Array) -> jax.Array:
     steps = jnp.sign(d) * jnp.floor(jnp.abs(d) * 255.0 + _GRID_TOL)
     snapped = io.quantize(x0 + steps / 255.0)
     return x + jax.lax.stop_gradient(snapped - x)
+
+
+def to_tanh_space(x: jax.Array) -> jax.Array:
+    """``w`` with ``(tanh(w) + 1) / 2 == x`` for x in [0, 1] (a change of variables for the box).
+
+    Pixels at exactly 0 or 1 are pulled in by 1e-6 so that ``arctanh`` stays finite.
+    """
+    return jnp.arctanh((x * 2.0 - 1.0) * (1.0 - 1e-6))
+
+
+def from_tanh_space(w: jax.Array) -> jax.Array:
+    """Inverse of :func:`to_tanh_space`: images in [0, 1] whatever ``w``."""
+    return (jnp.tanh(w) + 1.0) / 2.0
 
 
 def distortions(x0: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fooltools import io
 from fooltools.attacks import base
 from fooltools.attacks.pgd import Run
-
-_BOX = 1.0 - 1e-6  # keeps arctanh finite for pixels at exactly 0 or 1
 
 
 def cw(
@@ -60,8 +59,8 @@ def cw(
     opt = optax.adam(lr)
 
     def objective(p, x0, w, target, const):
-        x = (jnp.tanh(w) + 1.0) / 2.0
-        xq = base.snap(x0, x) if quantize else x
+        x = base.from_tanh_space(w)
+        xq = io.quantize(x) if quantize else x
         logits = model(p, xq)
         l2sq = jnp.sum((xq - x0) ** 2, axis=(1, 2, 3))
         f = base.margin(logits, target, targeted, kappa)
@@ -74,7 +73,7 @@ def cw(
         del key
         x0, target = base.prepare(x, target, quantize)
         n = x0.shape[0]
-        w0 = jnp.arctanh((x0 * 2.0 - 1.0) * _BOX)
+        w0 = base.to_tanh_space(x0)
         best = (x0, jnp.full(n, jnp.inf), model(p, x0))
 
         def round_(r, carry):

@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fooltools import io
 from fooltools.attacks import base
 from fooltools.attacks.pgd import Run
-
-_BOX = 1.0 - 1e-6
 
 
 def szegedy(
@@ -60,7 +59,7 @@ def szegedy(
     opt = optimizer or optax.adam(1e-3)
 
     def objective(p, x0, r, target):
-        xq = base.snap(x0, x0 + r) if quantize else x0 + r
+        xq = io.quantize(x0 + r) if quantize else x0 + r
         logits = model(p, xq)
         s = jax.nn.one_hot(target, logits.shape[-1])
         dist = jnp.sum((jax.nn.softmax(logits) - s) ** 2, axis=-1)
@@ -93,7 +92,7 @@ def szegedy(
 
         init = (r, opt.init(r), (x0, jnp.full(n, jnp.inf), model(p, x0)))
         r, _, (bx, bl2, blog) = jax.lax.fori_loop(0, steps, step, init)
-        xq = base.snap(x0, x0 + r) if quantize else x0 + r
+        xq = io.quantize(x0 + r) if quantize else x0 + r
         found = jnp.isfinite(bl2)
         xf = jnp.where(found[:, None, None, None], bx, xq)
         lf = jnp.where(found[:, None], blog, model(p, xq))
@@ -140,10 +139,8 @@ def lbfgs(
 
     def solve_one(p, x0, target):
         # x0: (H, W, 3) on the grid; target: () int.
-        w0 = jnp.arctanh((x0 * 2.0 - 1.0) * _BOX)
-
-        def to_x(w):
-            return (jnp.tanh(w) + 1.0) / 2.0
+        w0 = base.to_tanh_space(x0)
+        to_x = base.from_tanh_space
 
         def loss_at(w, const):
             x = to_x(w)
@@ -163,7 +160,7 @@ def lbfgs(
                 return optax.apply_updates(w, updates), state
 
             w, _ = jax.lax.fori_loop(0, steps, step, (w0, opt.init(w0)))
-            xq = base.snap(x0, to_x(w)) if quantize else to_x(w)
+            xq = io.quantize(to_x(w)) if quantize else to_x(w)
             return xq
 
         def round_(r, carry):
