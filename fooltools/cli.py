@@ -184,6 +184,90 @@ def perturb(
 
 
 @cli.command()
+@click.option("--class", "target", help="Class to fool, e.g. robin (single-target search).")
+@click.option("--map-elites", is_flag=True, help="MAP-Elites: one archive cell per class.")
+@click.option(
+    "--classes",
+    default="all",
+    show_default=True,
+    help="MAP-Elites cells: all, or a comma-separated list of classes.",
+)
+@click.option(
+    "--encoding", type=click.Choice(["cppn", "direct"]), default="cppn", show_default=True
+)
+@click.option(
+    "--generations",
+    type=int,
+    default=None,
+    help="Generations [default: 1000 single, 5000 MAP-Elites].",
+)
+@click.option(
+    "--population",
+    type=int,
+    default=None,
+    help="Population / offspring per generation [default: 100 single, 400 MAP-Elites].",
+)
+@click.option(
+    "--stop-at",
+    type=float,
+    default=0.99,
+    show_default=True,
+    help="Single target: stop once the best confidence reaches this (0: never).",
+)
+@click.option("--model", "model_name", default=None, help="Registry name (see `fool models`).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file to load instead.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Run directory [default: runs/evolve-<timestamp>].",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
+def evolve(
+    target: str | None,
+    map_elites: bool,
+    classes: str,
+    encoding: str,
+    generations: int | None,
+    population: int | None,
+    stop_at: float,
+    model_name: str | None,
+    weights: str | None,
+    seed: int,
+    out_dir: str | None,
+    resume: bool,
+    checkpoint_every: int,
+) -> None:
+    """Evolve fooling images (Nguyen et al. 2015) with a CPPN or direct encoding.
+
+    Writes best.png (or cells/*.png), history.jsonl, confidence.png, report.json,
+    index.html and checkpoint.npz; Ctrl-C saves the state for --resume.
+    """
+    from fooltools.evolve import cli_support
+    from fooltools.models import DEFAULT_MODEL, load_model
+
+    job = cli_support.parse_job(
+        target=target,
+        map_elites=map_elites,
+        classes=classes,
+        encoding=encoding,
+        generations=generations,
+        population=population,
+        stop_at=stop_at,
+        seed=seed,
+        out_dir=out_dir,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+    )
+    clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
+    report = cli_support.run_job(clf, job)
+    click.echo(report["title"])
+    click.echo(f"open {Path(job.out) / 'index.html'}")
+
+
+@cli.command()
 @click.argument("dirs", nargs=-1, required=True)
 @click.option(
     "--out", "out_dir", default="gallery", show_default=True, type=click.Path(file_okay=False)

@@ -1,0 +1,1 @@
+"""Evolutionary search for fooling images: genome encodings and the search loop."""

@@ -1,0 +1,93 @@
+"""Search state on disk: atomic, pickle-free, validated on load.
+
+A checkpoint is one ``.npz`` (read with ``allow_pickle=False``, so it can never run code)
+holding the stacked genome leaves, the other state arrays, and a JSON ``meta`` blob that
+names the configuration it belongs to. Loading checks that the configuration matches and
+that every array has the shape the encoding expects; a mismatch or corrupt file raises a
+:class:`~fooltools.errors.FoolError` and leaves the file untouched.
+"""
+
+from __future__ import annotations
+
+import io as _bytes_io
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fooltools import io
+from fooltools.errors import FoolError
+
+FORMAT = 1
+
+
+def save(path: Path, genomes: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write a checkpoint atomically.
+
+    Args:
+        path: Destination ``.npz``.
+        genomes: Stacked genome pytree (device or host arrays).
+        arrays: Other named state arrays (fitness, ...).
+        meta: JSON-serialisable description (config, generation, ...).
+    """
+    leaves = jax.tree_util.tree_leaves(genomes)
+    payload = {f"genome_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    payload.update({f"state_{k}": np.asarray(v) for k, v in arrays.items()})
+    blob = json.dumps({"format": FORMAT, **meta}, sort_keys=True).encode()
+    payload["meta"] = np.frombuffer(blob, dtype=np.uint8)
+    buf = _bytes_io.BytesIO()
+    np.savez(buf, **payload)
+    io.write_bytes_atomic(path, buf.getvalue())
+
+
+def load(
+    path: Path, template: Any, expect: dict[str, Any]
+) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save` for the same configuration.
+
+    Args:
+        path: The ``.npz``.
+        template: Genome pytree of ``jax.ShapeDtypeStruct`` (stacked) giving the
+            expected structure, shapes and dtypes.
+        expect: Meta entries that must match exactly (e.g. the search configuration).
+
+    Returns:
+        ``(genomes, arrays, meta)``.
+
+    Raises:
+        FoolError: Missing, corrupt, or written for another configuration.
+    """
+    if not Path(path).is_file():
+        raise FoolError(f"no checkpoint to resume from: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = {k: data[k] for k in data.files}
+        meta = json.loads(files.pop("meta").tobytes().decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise FoolError(f"corrupt checkpoint {path} ({type(e).__name__}); left untouched") from None
+    if meta.get("format") != FORMAT:
+        raise FoolError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT}")
+    for key, value in expect.items():
+        if meta.get(key) != value:
+            raise FoolError(
+                f"checkpoint {path} belongs to another run ({key} = {meta.get(key)!r}, "
+                f"this run has {value!r}); use another --out or drop --resume"
+            )
+    specs, treedef = jax.tree_util.tree_flatten(template)
+    leaves = []
+    for i, spec in enumerate(specs):
+        arr = files.get(f"genome_{i}")
+        if arr is None or arr.shape != tuple(spec.shape) or arr.dtype != spec.dtype:
+            raise FoolError(f"corrupt checkpoint {path} (genome array {i}); left untouched")
+        leaves.append(arr)
+    arrays = {k.removeprefix("state_"): v for k, v in files.items() if k.startswith("state_")}
+    return jax.tree_util.tree_unflatten(treedef, leaves), arrays, meta
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    """Whether a checkpoint file is present."""
+    return Path(path).is_file()

@@ -1,0 +1,176 @@
+"""Outputs of ``fool evolve``: images, confidence plot, report.json and the gallery page."""
+
+from __future__ import annotations
+
+import io as _bytes_io
+import json
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from fooltools import __version__, gallery, io
+from fooltools.models.base import Classifier
+
+PLOT = "confidence.png"
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Draw best / median / mean confidence against generation as a PNG (Pillow only).
+
+    Args:
+        history: ``history.jsonl`` records (``generation``, ``best``, ``median``, ``mean``).
+        path: Destination PNG, written atomically.
+        title: Text above the plot.
+
+    Returns:
+        ``path``.
+    """
+    w, h, left, right, top, bottom = 640, 360, 50, 15, 28, 36
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    draw.text((left, 8), title, fill="black", font=font)
+    x0, x1, y0, y1 = left, w - right, h - bottom, top
+    draw.rectangle([x0, y1, x1, y0], outline="black")
+    gens = [r["generation"] for r in history] or [0]
+    g_max = max(max(gens), 1)
+    for frac in (0.0, 0.25, 0.5, 0.75, 0.99, 1.0):
+        y = y0 - frac * (y0 - y1)
+        draw.line([x0, y, x1, y], fill=(225, 225, 225) if frac < 1 else "black")
+        draw.text((4, y - 6), f"{frac:.2f}", fill="black", font=font)
+    draw.text((x0, y0 + 6), "0", fill="black", font=font)
+    draw.text((x1 - 40, y0 + 6), f"{g_max}", fill="black", font=font)
+    draw.text(((x0 + x1) // 2 - 30, y0 + 18), "generation", fill="black", font=font)
+    series = (("best", (200, 30, 30)), ("median", (30, 30, 200)), ("mean", (30, 150, 30)))
+    for n, (name, colour) in enumerate(series):
+        pts = [
+            (x0 + (x1 - x0) * r["generation"] / g_max, y0 - (y0 - y1) * r[name])
+            for r in history
+            if name in r
+        ]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        draw.text((x1 - 140 + 48 * n, 8), name, fill=colour, font=font)
+    buf = _bytes_io.BytesIO()
+    img.save(buf, format="PNG")
+    return io.write_bytes_atomic(path, buf.getvalue())
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "fooltools": __version__,
+        "jax": jax.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "backend": jax.default_backend(),
+    }
+
+
+def _confidence(clf: Classifier, path: Path, index: int) -> float:
+    # Re-read what was written: the reported confidence is that of the file.
+    x = jnp.asarray(io.read_image(path))[None]
+    return float(jax.nn.softmax(jax.jit(clf.logits)(clf.params, x))[0, index])
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    io.write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+    gallery.write_run_page(out)
+
+
+def write_single(
+    out: Path, clf: Classifier, target: int, summary: dict[str, Any], common: dict[str, Any]
+) -> dict[str, Any]:
+    """Write best.png, the plot, report.json and index.html of a single-target run."""
+    label = clf.labels.name(target)
+    best = io.write_png(out / "best.png", summary["best_image"])
+    conf = _confidence(clf, best, target)
+    plot_history(summary["history"], out / PLOT, f"{label}: confidence by generation")
+    evals, secs = summary["evaluations"], summary["seconds"]
+    report = {
+        "kind": "evolve",
+        "title": f"{label} ({common['encoding']}) {100 * conf:.1f}%",
+        "success": conf >= 0.99,
+        "target": {"index": target, "label": label},
+        "best_confidence": conf,
+        "best_confidence_in_search": summary["best_confidence"],
+        "best_generation": summary["best_generation"],
+        "generations_run": summary["generation"],
+        "evaluations": evals,
+        "seconds": round(secs, 2),
+        "evaluations_per_second": round(evals / max(secs, 1e-9), 2),
+        "size": list(summary["size"]),
+        **common,
+        "versions": _versions(),
+        "images": [
+            {"file": "best.png", "caption": f"{label} {100 * conf:.2f}%"},
+            {"file": PLOT, "caption": "confidence by generation"},
+        ],
+        "metrics": {
+            "confidence": round(conf, 4),
+            "generation": summary["best_generation"],
+            "evaluations": evals,
+            "seconds": round(secs, 1),
+        },
+    }
+    _write_report(out, report)
+    return report
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
+
+
+def write_map_elites(
+    out: Path, clf: Classifier, classes: list[int], summary: dict[str, Any], common: dict[str, Any]
+) -> dict[str, Any]:
+    """Write one PNG per filled cell, the plot, report.json and index.html (paper layout)."""
+    panels, confs = [], []
+    for i, cls in enumerate(classes):
+        if summary["fitness"][i] < 0:
+            continue
+        label = clf.labels.name(cls)
+        name = f"cells/{cls:03d}-{_slug(label)}.png"
+        path = io.write_png(out / name, summary["images"][i])
+        conf = _confidence(clf, path, cls)
+        confs.append(conf)
+        panels.append({"file": name, "caption": f"{label} {100 * conf:.1f}%"})
+    plot_history(summary["history"], out / PLOT, "MAP-Elites: confidence of the archive")
+    median = float(np.median(confs)) if confs else 0.0
+    evals, secs = summary["evaluations"], summary["seconds"]
+    report = {
+        "kind": "map-elites",
+        "title": f"MAP-Elites {common['encoding']}: {len(panels)}/{len(classes)} cells, "
+        f"median {100 * median:.1f}%",
+        "success": len(panels) == len(classes),
+        "classes": classes,
+        "filled": len(panels),
+        "median_confidence": median,
+        "cells_at_99": report_count(confs),
+        "generations_run": summary["generation"],
+        "evaluations": evals,
+        "seconds": round(secs, 2),
+        "evaluations_per_second": round(evals / max(secs, 1e-9), 2),
+        **common,
+        "versions": _versions(),
+        "images": [{"file": PLOT, "caption": "confidence by generation"}, *panels],
+        "metrics": {
+            "filled": f"{len(panels)}/{len(classes)}",
+            "median": round(median, 4),
+            ">= 99%": report_count(confs),
+            "evaluations": evals,
+            "seconds": round(secs, 1),
+        },
+    }
+    _write_report(out, report)
+    return report
+
+
+def report_count(confs: list[float]) -> int:
+    """How many confidences reach 99%."""
+    return int(sum(c >= 0.99 for c in confs))

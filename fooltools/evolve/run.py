@@ -1,0 +1,291 @@
+"""Drivers of ``fool evolve``: run a search generation by generation, with checkpoints.
+
+Each generation appends a line to ``history.jsonl``; every ``checkpoint_every``
+generations, at the end, and on Ctrl-C the state is saved atomically to
+``checkpoint.npz``; ``resume=True`` continues from it and ends bit-identical to an
+uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fooltools import io
+from fooltools.errors import FoolError
+from fooltools.evolve import checkpoint, search
+from fooltools.evolve.search import SearchConfig
+from fooltools.models.base import Classifier
+
+CHECKPOINT = "checkpoint.npz"
+HISTORY = "history.jsonl"
+Progress = Callable[[int, float], None]
+
+
+@dataclasses.dataclass
+class Loop:
+    """Book-keeping shared by both searches: history, checkpoints, interruption."""
+
+    out: Path
+    generations: int
+    checkpoint_every: int
+    progress: Progress | None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    def restore_history(self, generation: int) -> None:
+        """Keep the history lines up to the checkpointed ``generation``."""
+        path = self.out / HISTORY
+        lines = path.read_text().splitlines() if path.is_file() else []
+        self.history = [json.loads(x) for x in lines if x.strip()]
+        self.history = [h for h in self.history if h["generation"] <= generation]
+        self.seconds = sum(h["seconds"] for h in self.history)
+        text = "".join(json.dumps(h) + "\n" for h in self.history)
+        io.write_bytes_atomic(path, text.encode())
+
+    def run(
+        self,
+        start: int,
+        step: Callable[[int], tuple[np.ndarray, int]],
+        save: Callable[[int], None],
+        stop_at: float | None = None,
+    ) -> int:
+        """Run generations ``start+1 .. generations``; return the last one completed.
+
+        ``step(g)`` advances the state by one generation and returns the fitness values
+        the statistics are computed over and the number of evaluations it made.
+        """
+        stats = search.statistics()
+        done = start
+        try:
+            with open(self.out / HISTORY, "a") as log:
+                for gen in range(start + 1, self.generations + 1):
+                    t0 = time.perf_counter()
+                    fitness, evals = step(gen)
+                    dt = time.perf_counter() - t0
+                    done, self.seconds = gen, self.seconds + dt
+                    rec = stats.compile([search.Individual(0, float(f)) for f in fitness])
+                    line = {"generation": gen, "evaluations": evals, "seconds": round(dt, 4)}
+                    line.update({k: float(v) for k, v in rec.items()})
+                    self.history.append(line)
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                    if self.progress is not None:
+                        self.progress(gen, line["best"])
+                    finished = stop_at is not None and line["best"] >= stop_at
+                    if gen % self.checkpoint_every == 0 or finished:
+                        save(gen)
+                    if finished:
+                        break
+        except KeyboardInterrupt:
+            if done > start:
+                save(done)
+            raise FoolError(
+                f"interrupted after generation {done}; state saved in {self.out / CHECKPOINT}, "
+                "continue with --resume"
+            ) from None
+        if done % self.checkpoint_every:
+            save(done)
+        return done
+
+
+def _template(encoding: search.Encoding, n: int) -> Any:
+    keys = jax.ShapeDtypeStruct((n,), jax.random.key(0).dtype)
+    return jax.eval_shape(jax.vmap(encoding.init), keys)
+
+
+def _meta(
+    kind: str, clf: Classifier, enc_name: str, cfg: SearchConfig, seed: int, classes: list[int]
+) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "model": clf.name,
+        "encoding": enc_name,
+        "seed": seed,
+        "classes": classes,
+        "population": cfg.population,
+        "elites": cfg.elites,
+        "tournament": cfg.tournament,
+        "cxpb": cfg.cxpb,
+    }
+
+
+def evolve_single(
+    clf: Classifier,
+    encoding: search.Encoding,
+    enc_name: str,
+    target: int,
+    cfg: SearchConfig,
+    *,
+    seed: int,
+    out: Path,
+    resume: bool = False,
+    checkpoint_every: int = 10,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Evolve one image that the classifier labels ``target`` with maximal confidence.
+
+    Returns:
+        A summary: ``best_image`` (H, W, 3) on the 8-bit grid, ``best_confidence``,
+        ``best_generation``, ``generation`` (last completed), ``evaluations``, ``seconds``,
+        ``history``.
+    """
+    if cfg.population < 2 or cfg.elites >= cfg.population:
+        raise FoolError("population must be >= 2 and larger than the number of elites")
+    out.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(seed)
+    evaluate = search.make_evaluator(clf, encoding)
+    breed = search.make_breeder(encoding, cfg.cxpb)
+    meta = _meta("single", clf, enc_name, cfg, seed, [target])
+    loop = Loop(out, cfg.generations, checkpoint_every, progress)
+    h, w = clf.info.input_size
+    if resume:
+        genomes, arrays, saved = checkpoint.load(
+            out / CHECKPOINT, _template(encoding, cfg.population), meta
+        )
+        state = {k: arrays[k] for k in ("fitness", "best_image", "best")}
+        start = saved["generation"]
+        loop.restore_history(start)
+    else:
+        k_init, _ = search.generation_key(key, 0)
+        genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
+        images, probs = evaluate(genomes)
+        fitness = np.asarray(probs[:, target])
+        i = int(fitness.argmax())
+        state = {
+            "fitness": fitness,
+            "best_image": io.to_uint8(images[i]),
+            "best": np.array([fitness[i], 0.0, cfg.population]),
+        }
+        start = 0
+        (out / HISTORY).unlink(missing_ok=True)
+    pop = {"genomes": genomes}
+
+    def step(gen: int) -> tuple[np.ndarray, int]:
+        k_gen, py_seed = search.generation_key(key, gen)
+        elites, parents = search.select_parents(state["fitness"], cfg, py_seed)
+        kids = breed(k_gen, pop["genomes"], jnp.asarray(parents))
+        images, probs = evaluate(kids)
+        kid_fit = np.asarray(probs[:, target])
+        keep = search.take(pop["genomes"], jnp.asarray(elites))
+        new = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), keep, kids)
+        fitness = np.concatenate([state["fitness"][elites], kid_fit])
+        best = state["best"].copy()
+        best[2] += len(parents)
+        i = int(kid_fit.argmax())
+        if kid_fit[i] > best[0]:  # hall of fame of one; elites are never re-evaluated
+            best[:2] = kid_fit[i], gen
+            state["best_image"] = io.to_uint8(images[i])
+        pop["genomes"], state["fitness"], state["best"] = new, fitness, best
+        return fitness, len(parents)
+
+    def save(gen: int) -> None:
+        checkpoint.save(out / CHECKPOINT, pop["genomes"], state, {**meta, "generation": gen})
+
+    if not resume:
+        save(0)
+    last = loop.run(start, step, save, cfg.stop_at)
+    best = state["best"]
+    return {
+        "best_image": state["best_image"].astype(np.float32) / 255.0,
+        "best_confidence": float(best[0]),
+        "best_generation": int(best[1]),
+        "evaluations": int(best[2]),
+        "generation": last,
+        "seconds": loop.seconds,
+        "history": loop.history,
+        "size": (h, w),
+    }
+
+
+def evolve_map_elites(
+    clf: Classifier,
+    encoding: search.Encoding,
+    enc_name: str,
+    classes: list[int],
+    cfg: SearchConfig,
+    *,
+    seed: int,
+    out: Path,
+    resume: bool = False,
+    checkpoint_every: int = 10,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """MAP-Elites with one archive cell per class in ``classes``.
+
+    Each generation draws ``cfg.population`` parents uniformly from the filled cells,
+    varies them and offers every offspring to every cell; a cell keeps the image with the
+    highest confidence for its class.
+
+    Returns:
+        A summary with ``archive`` (stacked elite genomes), ``fitness`` (C,), ``images``
+        (C, H, W, 3) of the elites, ``generation``, ``evaluations``, ``seconds``, ``history``.
+    """
+    if cfg.population < 2:
+        raise FoolError("population must be >= 2")
+    out.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(seed)
+    cols = jnp.asarray(classes)
+    evaluate = search.make_evaluator(clf, encoding)
+    breed = search.make_breeder(encoding, cfg.cxpb)
+    meta = _meta("map-elites", clf, enc_name, cfg, seed, classes)
+    loop = Loop(out, cfg.generations, checkpoint_every, progress)
+    if resume:
+        archive, arrays, saved = checkpoint.load(
+            out / CHECKPOINT, _template(encoding, len(classes)), meta
+        )
+        state = {"fitness": arrays["fitness"], "evaluations": arrays["evaluations"]}
+        start = saved["generation"]
+        loop.restore_history(start)
+    else:
+        k_init, _ = search.generation_key(key, 0)
+        genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
+        empty = search.take(genomes, jnp.zeros(len(classes), int))
+        _, probs = evaluate(genomes)
+        archive, fit, _ = search.archive_update(
+            empty, jnp.full(len(classes), -1.0), genomes, probs[:, cols]
+        )
+        state = {"fitness": np.asarray(fit), "evaluations": np.array(cfg.population)}
+        start = 0
+        (out / HISTORY).unlink(missing_ok=True)
+    pop = {"archive": archive}
+
+    def step(gen: int) -> tuple[np.ndarray, int]:
+        k_gen, py_seed = search.generation_key(key, gen)
+        parents = search.select_random(state["fitness"] >= 0, cfg.population, py_seed)
+        kids = breed(k_gen, pop["archive"], jnp.asarray(parents))
+        _, probs = evaluate(kids)
+        archive, fit, _ = search.archive_update(
+            pop["archive"], jnp.asarray(state["fitness"]), kids, probs[:, cols]
+        )
+        pop["archive"], state["fitness"] = archive, np.asarray(fit)
+        state["evaluations"] = state["evaluations"] + cfg.population
+        return state["fitness"], cfg.population
+
+    def save(gen: int) -> None:
+        checkpoint.save(out / CHECKPOINT, pop["archive"], state, {**meta, "generation": gen})
+
+    if not resume:
+        save(0)
+    last = loop.run(start, step, save)
+    images = []
+    for i in range(0, len(classes), cfg.population):
+        idx = jnp.arange(i, min(i + cfg.population, len(classes)))
+        images.append(np.asarray(evaluate(search.take(pop["archive"], idx))[0]))
+    return {
+        "archive": pop["archive"],
+        "fitness": state["fitness"],
+        "images": np.concatenate(images),
+        "generation": last,
+        "evaluations": int(state["evaluations"]),
+        "seconds": loop.seconds,
+        "history": loop.history,
+    }

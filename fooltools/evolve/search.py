@@ -1,0 +1,226 @@
+"""Evolutionary searches for fooling images: single target and MAP-Elites.
+
+DEAP supplies the toolbox, tournament/random selection, statistics, logbook and hall of
+fame; the population itself lives on the device as one stacked pytree, and each
+generation is one jitted call that gathers the selected parents, varies them (vmapped
+encoding operators), renders, quantizes to 8 bits and classifies the whole brood. The
+host only selects and keeps books, so the cost is dominated by the network's forward
+pass.
+
+Randomness: every generation's randomness derives from ``fold_in(key, generation)``;
+DEAP's selection draws from Python's ``random``, which is re-seeded from that key each
+generation, so a run is a pure function of (config, key) and a resumed run is
+bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from deap import base as deap_base
+from deap import tools
+
+from fooltools import io
+from fooltools.models.base import Classifier
+
+Genomes = Any  # a pytree of arrays with a leading population axis
+
+
+class Encoding(Protocol):
+    """What a search needs of an encoding (see ``direct.py`` and ``cppn.py``)."""
+
+    def init(self, key: jax.Array) -> Any: ...  # noqa: D102
+
+    def mutate(self, key: jax.Array, genome: Any) -> Any: ...  # noqa: D102
+
+    def render(self, genomes: Genomes, height: int, width: int) -> jax.Array: ...  # noqa: D102
+
+
+class _Fitness(deap_base.Fitness):
+    weights = (1.0,)
+
+
+class Individual:
+    """A host-side handle on one member of the device population (DEAP needs objects)."""
+
+    __slots__ = ("fitness", "index")
+
+    def __init__(self, index: int, fitness: float):
+        self.index = index
+        self.fitness = _Fitness((fitness,))
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Hyper-parameters shared by both searches.
+
+    Attributes:
+        population: Individuals per generation (single target) or offspring per
+            generation (MAP-Elites).
+        generations: Generations to run.
+        selection: ``"truncation"``: the ``elites`` best are the parents of every child
+            (a (mu + lambda) evolution strategy, strong pressure); ``"tournament"``: DEAP's
+            tournament selection of size ``tournament`` (weaker pressure, more diversity).
+        tournament: Tournament size of the tournament selection.
+        elites: Best individuals copied unchanged into the next generation.
+        cxpb: Probability that a pair of parents is recombined (encodings with a
+            ``crossover`` only; the paper's 0.5 for the direct encoding).
+        stop_at: Stop the single-target search once the best confidence reaches this.
+    """
+
+    population: int = 100
+    generations: int = 1000
+    selection: str = "truncation"
+    tournament: int = 3
+    elites: int = 10
+    cxpb: float = 0.5
+    stop_at: float | None = 0.99
+
+
+def take(genomes: Genomes, idx: jax.Array) -> Genomes:
+    """Gather individuals ``idx`` (shape (k,)) of a stacked population."""
+    return jax.tree_util.tree_map(lambda a: a[idx], genomes)
+
+
+@functools.lru_cache(maxsize=16)
+def make_evaluator(clf: Classifier, encoding: Encoding) -> Callable[[Genomes], jax.Array]:
+    """``evaluate(genomes) -> (images, probs)``, jitted.
+
+    Images are rendered at the model's input size and snapped to the 8-bit grid, so the
+    confidence a search reports is the confidence of the PNG it saves.
+
+    Returns:
+        A function of a stacked population (P, ...) returning images (P, H, W, 3) in [0, 1]
+        and softmax probabilities (P, K). Memoised per (classifier, encoding), so repeated
+        and resumed searches in one process compile once.
+    """
+    h, w = clf.info.input_size
+
+    def evaluate(params, genomes):
+        images = io.quantize(encoding.render(genomes, h, w))
+        return images, jax.nn.softmax(clf.logits(params, images), axis=-1)
+
+    jitted = jax.jit(evaluate)
+    return lambda genomes: jitted(clf.params, genomes)
+
+
+@functools.lru_cache(maxsize=16)
+def make_breeder(encoding: Encoding, cxpb: float) -> Callable[..., Genomes]:
+    """``breed(key, genomes, parents) -> offspring``: gather, recombine, mutate (jitted).
+
+    ``parents`` (k,) indexes the population; with a ``crossover`` operator, consecutive
+    pairs of parents are recombined with probability ``cxpb`` (k must then be even).
+    """
+    crossover = getattr(encoding, "crossover", None)
+
+    @jax.jit
+    def breed(key, genomes, parents):
+        k_cx, k_mut, k_pair = jax.random.split(key, 3)
+        kids = take(genomes, parents)
+        k = parents.shape[0]
+        if crossover is not None and cxpb > 0 and k % 2 == 0:
+            a = jax.tree_util.tree_map(lambda x: x[0::2], kids)
+            b = jax.tree_util.tree_map(lambda x: x[1::2], kids)
+            ca, cb = jax.vmap(crossover)(jax.random.split(k_cx, k // 2), a, b)
+            mate = jax.random.uniform(k_pair, (k // 2,)) < cxpb
+
+            def mix(x, y, cx):
+                m = mate.reshape((-1,) + (1,) * (x.ndim - 1))
+                return jnp.where(m, cx, x)
+
+            a = jax.tree_util.tree_map(mix, a, b, ca)
+            b = jax.tree_util.tree_map(lambda y, x, cy: mix(y, x, cy), b, a, cb)
+            kids = jax.tree_util.tree_map(
+                lambda x, y: jnp.stack([x, y], 1).reshape((k,) + x.shape[1:]), a, b
+            )
+        return jax.vmap(encoding.mutate)(jax.random.split(k_mut, k), kids)
+
+    return breed
+
+
+def generation_key(key: jax.Array, generation: int) -> tuple[jax.Array, int]:
+    """(JAX key, Python seed) for one generation, both derived from ``key``."""
+    k = jax.random.fold_in(key, generation)
+    k_jax, k_py = jax.random.split(k)
+    seed = int(jax.random.randint(k_py, (), 0, 2**31 - 1))
+    return k_jax, seed
+
+
+def statistics() -> tools.Statistics:
+    """DEAP statistics over individuals' fitness: best, median, mean."""
+    stats = tools.Statistics(lambda ind: ind.fitness.values[0])
+    stats.register("best", np.max)
+    stats.register("median", np.median)
+    stats.register("mean", np.mean)
+    return stats
+
+
+def select_parents(
+    fitness: np.ndarray, cfg: SearchConfig, seed: int
+) -> tuple[list[int], list[int]]:
+    """Elites and selected parents of the next generation (DEAP, seeded).
+
+    Args:
+        fitness: Shape (P,), the current population's fitness.
+        cfg: The search configuration.
+        seed: Seed of Python's ``random`` for this generation.
+
+    Returns:
+        ``(elites, parents)``: indices of the ``cfg.elites`` best and of the
+        ``population - elites`` parents of the children (see ``SearchConfig.selection``).
+    """
+    random.seed(seed)
+    inds = [Individual(i, float(f)) for i, f in enumerate(fitness)]
+    best = tools.selBest(inds, cfg.elites)
+    n = cfg.population - cfg.elites
+    if cfg.selection == "truncation":
+        chosen = [best[i % len(best)] for i in range(n)]
+    else:
+        chosen = tools.selTournament(inds, n, tournsize=cfg.tournament)
+    return [ind.index for ind in best], [ind.index for ind in chosen]
+
+
+def select_random(filled: np.ndarray, k: int, seed: int) -> list[int]:
+    """``k`` archive cells drawn uniformly (with replacement) among the filled ones (DEAP)."""
+    random.seed(seed)
+    cells = [Individual(int(i), 0.0) for i in np.flatnonzero(filled)]
+    return [ind.index for ind in tools.selRandom(cells, k)]
+
+
+@jax.jit
+def archive_update(
+    archive: Genomes, fitness: jax.Array, kids: Genomes, conf: jax.Array
+) -> tuple[Genomes, jax.Array, jax.Array]:
+    """MAP-Elites insertion: each cell keeps the most confident image ever seen for it.
+
+    Args:
+        archive: Stacked elites, leading axis C (one cell per class).
+        fitness: Shape (C,), the elites' confidences (-1 for an empty cell).
+        kids: Stacked offspring, leading axis P.
+        conf: Shape (P, C), each offspring's confidence for each cell's class.
+
+    Returns:
+        ``(archive, fitness, replaced)``; a cell changes only when an offspring is
+        strictly better, so an elite is never replaced by a worse one.
+    """
+    best = jnp.argmax(conf, axis=0)
+    best_conf = jnp.max(conf, axis=0)
+    replaced = best_conf > fitness
+    cand = take(kids, best)
+
+    def put(old, new):
+        m = replaced.reshape((-1,) + (1,) * (old.ndim - 1))
+        return jnp.where(m, new, old)
+
+    return (
+        jax.tree_util.tree_map(put, archive, cand),
+        jnp.where(replaced, best_conf, fitness),
+        replaced,
+    )

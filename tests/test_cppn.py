@@ -1,0 +1,298 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fooltools.evolve import cppn as cppn_mod
+from fooltools.evolve.cppn import SFERES2, CPPNGenome, cppn, is_valid
+
+P = 6
+NO_MUTATION = dict.fromkeys((f for f in cppn_mod.CPPN._fields if f.startswith("rate_")), 0.0)
+ENCODINGS = {
+    "default": cppn(),
+    "sferes2": cppn(**SFERES2),
+    # Few slots, so add-neuron regularly finds the genome full; grayscale output.
+    "small_gray": cppn(max_nodes=10, channels=1, init_hidden=1, activations=cppn_mod.ACTIVATIONS),
+}
+# Float32 vs float64 (or a different summation order): sferes2's weights up to 10 amplify
+# rounding through chains of sines and gaussians.
+ATOL = {"default": 1e-4, "sferes2": 2e-3, "small_gray": 1e-4}
+
+
+def unbatch(genomes: CPPNGenome) -> list[CPPNGenome]:
+    n = genomes.order.shape[0]
+    return [jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i]), genomes) for i in range(n)]
+
+
+MAX_STEPS = 200
+
+
+@functools.cache
+def init_fn(enc):
+    return jax.jit(jax.vmap(enc.init))
+
+
+def population(enc, seed=0, n=P):
+    return init_fn(enc)(jax.random.split(jax.random.key(seed), n))
+
+
+def mutation_keys(seed, n=P):
+    return jax.random.split(jax.random.key(seed), (MAX_STEPS, n))
+
+
+@functools.cache
+def evolve_fn(enc):
+    """One compilation per encoding: the first `steps` of MAX_STEPS mutation rounds apply."""
+
+    def run(keys, g, steps):
+        def body(g, xs):
+            i, k = xs
+            new = jax.vmap(enc.mutate)(k, g)
+            g = jax.tree_util.tree_map(lambda a, b: jnp.where(i < steps, a, b), new, g)
+            return g, g
+
+        return jax.lax.scan(body, g, (jnp.arange(MAX_STEPS), keys))
+
+    return jax.jit(run)
+
+
+def evolve(enc, g, steps, seed=1):
+    """(final population, populations after each of the `steps` rounds)."""
+    final, history = evolve_fn(enc)(mutation_keys(seed, g.order.shape[0]), g, steps)
+    return final, jax.tree_util.tree_map(lambda a: a[:steps], history)
+
+
+def acyclic(g: CPPNGenome) -> bool:
+    """Kahn's algorithm on the edge matrix, independent of `order`."""
+    conn = np.asarray(g.conn).copy()
+    alive = np.ones(conn.shape[0], bool)
+    while alive.any():
+        sources = alive & ~conn[alive].any(axis=0)
+        if not sources.any():
+            return False
+        alive &= ~sources
+        conn[sources] = False
+    return True
+
+
+_NP_ACTS = (
+    np.sin,
+    lambda z: 2 / (1 + np.exp(-z)) - 1,
+    lambda z: np.exp(-z * z),
+    lambda z: np.clip(z, -3, 3) / 3,
+    np.tanh,
+    lambda z: np.minimum(np.abs(z), 3) / 3,
+)
+
+
+def reference_render(g: CPPNGenome, h: int, w: int, channels: int) -> np.ndarray:
+    """Float64 recursive evaluation of the graph, ignoring `order` entirely."""
+    y, x = np.meshgrid(
+        (np.arange(h) + 0.5) / h * 2 - 1, (np.arange(w) + 0.5) / w * 2 - 1, indexing="ij"
+    )
+    values = {0: x, 1: y, 2: np.hypot(x, y) / np.sqrt(2), 3: np.ones_like(x)}
+    outputs = range(4, 4 + channels)
+
+    def value(j):
+        if j not in values:
+            z = sum(
+                (g.weight[i, j] * value(i) for i in np.flatnonzero(g.conn[:, j])), np.zeros_like(x)
+            )
+            values[j] = z if j in outputs else _NP_ACTS[g.act[j]](z)
+        return values[j]
+
+    img = np.stack([(np.tanh(value(j)) + 1) / 2 for j in outputs], axis=-1)
+    return np.broadcast_to(img, (h, w, 3))
+
+
+def test_factory_validates():
+    for bad in (
+        {"channels": 2},
+        {"max_nodes": 8},
+        {"activations": ("relu",)},
+        {"rate_add_conn": 1.5},
+    ):
+        with pytest.raises(ValueError):
+            cppn(**bad)
+    with pytest.raises(TypeError):
+        cppn(no_such_field=1)
+    assert cppn(activations=["sine"]).activations == ("sine",)
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_init_is_valid(name):
+    enc = ENCODINGS[name]
+    g = population(enc)
+    m = enc.max_nodes
+    assert g.weight.shape == (P, m, m) and g.conn.shape == (P, m, m) and g.act.shape == (P, m)
+    for one in unbatch(g):
+        assert is_valid(one, channels=enc.channels, weight_limit=enc.weight_limit)
+        assert one.active.sum() == 4 + enc.channels + enc.init_hidden
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_render_shape_range_and_reference(name):
+    enc = ENCODINGS[name]
+    g, _ = evolve(enc, population(enc), 30)
+    for h, w in ((16, 16), (12, 20)):
+        img = enc.render(g, h, w)
+        assert img.shape == (P, h, w, 3) and img.dtype == jnp.float32
+        assert np.isfinite(img).all() and (img >= 0).all() and (img <= 1).all()
+    for one, got in zip(unbatch(g), np.asarray(img), strict=True):
+        np.testing.assert_allclose(
+            got, reference_render(one, 12, 20, enc.channels), atol=ATOL[name]
+        )
+
+
+@pytest.mark.parametrize("name", ["default", "sferes2"])
+def test_render_is_resolution_independent(name):
+    # Pixel centres of an N grid are every third centre (offset 1) of a 3N grid.
+    enc = ENCODINGS[name]
+    g, _ = evolve(enc, population(enc), 30)
+    small, big = enc.render(g, 8, 10), enc.render(g, 24, 30)
+    np.testing.assert_allclose(big[:, 1::3, 1::3], small, atol=ATOL[name])
+
+
+def test_grayscale_is_replicated():
+    enc = ENCODINGS["small_gray"]
+    img = np.asarray(enc.render(population(enc), 8, 8))
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 0] == img[..., 2]).all()
+
+
+def test_render_compiles_once_per_shape():
+    enc = ENCODINGS["default"]
+    before = cppn_mod._render._cache_size()
+    enc.render(population(enc, 1), 13, 17)
+    enc.render(population(enc, 2), 13, 17)
+    assert cppn_mod._render._cache_size() == before + 1
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_200_mutations_stay_valid(name):
+    enc = ENCODINGS[name]
+    _, history = evolve(enc, population(enc), 200)
+    history = jax.tree_util.tree_map(np.asarray, history)
+    for step in range(0, 200, 7):
+        for one in unbatch(jax.tree_util.tree_map(lambda a, s=step: a[s], history)):
+            assert is_valid(one, channels=enc.channels, weight_limit=enc.weight_limit)
+            assert acyclic(one)
+    sizes = history.active.sum(-1)
+    assert sizes.max() > 4 + enc.channels + enc.init_hidden  # the topology did evolve
+    assert sizes.max() <= enc.max_nodes
+
+
+def test_add_and_delete_neuron():
+    base = ENCODINGS["default"]._replace(**NO_MUTATION)
+    n0 = 4 + 3 + base.init_hidden
+    _, grow = evolve(base._replace(rate_add_neuron=1.0), population(base), 40)
+    sizes = np.asarray(grow.active.sum(-1))  # (steps, P): one more node per step until full
+    expected = np.minimum(n0 + np.arange(1, 41), base.max_nodes)[:, None]
+    np.testing.assert_array_equal(sizes, np.broadcast_to(expected, sizes.shape))
+    _, shrink = evolve(base._replace(rate_del_neuron=1.0), population(base), 5)
+    sizes = np.asarray(shrink.active.sum(-1))
+    expected = np.maximum(n0 - np.arange(1, 6), 7)[:, None]
+    np.testing.assert_array_equal(sizes, np.broadcast_to(expected, sizes.shape))
+    conn = np.asarray(shrink.conn[-1])
+    assert not conn[:, 7:].any() and not conn[:, :, 7:].any()  # their edges went too
+
+
+def test_add_and_delete_connection():
+    base = ENCODINGS["default"]._replace(**NO_MUTATION)
+    add_conn = base._replace(rate_add_conn=1.0)
+    g = population(base)
+    full, _ = evolve(add_conn, g, 1)  # init is complete feed-forward: nothing to add
+    np.testing.assert_array_equal(full.conn, g.conn)
+    g, _ = evolve(base._replace(rate_add_neuron=1.0), g, 5)
+    e0 = np.asarray(g.conn.sum((1, 2)))
+    _, hist = evolve(add_conn, g, 5)
+    np.testing.assert_array_equal(hist.conn.sum((2, 3)), e0 + np.arange(1, 6)[:, None])
+    final, _ = evolve(base._replace(rate_del_conn=1.0), g, 40)
+    assert not final.conn.any() and not final.weight.any()
+
+
+def test_zero_rates_change_nothing():
+    enc = ENCODINGS["sferes2"]._replace(**NO_MUTATION)
+    g = population(enc)
+    final, _ = evolve(enc, g, 10)
+    for a, b in zip(jax.tree_util.tree_leaves(final), jax.tree_util.tree_leaves(g), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_vmap_matches_single():
+    enc = ENCODINGS["default"]
+    g, _ = evolve(enc, population(enc), 20)
+    batched, _ = evolve(enc, g, 1, seed=5)
+    keys = mutation_keys(5)[0]
+    single = jax.jit(enc.mutate)
+    for i, one in enumerate(unbatch(g)):
+        expected = jax.tree_util.tree_map(lambda x, i=i: x[i], batched)
+        for a, b in zip(single(keys[i], one), expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+    init_keys = jax.random.split(jax.random.key(0), P)
+    for a, b in zip(jax.jit(enc.init)(init_keys[2]), population(enc), strict=True):
+        np.testing.assert_array_equal(a, b[2])
+    # One genome renders the same alone as inside a population.
+    one = jax.tree_util.tree_map(lambda x: x[2:3], g)
+    np.testing.assert_array_equal(enc.render(one, 16, 16)[0], enc.render(g, 16, 16)[2])
+
+
+def test_deterministic_and_diverse():
+    enc = ENCODINGS["default"]
+    g1, _ = evolve(enc, population(enc, seed=3), 10, seed=4)
+    g2, _ = evolve(enc, population(enc, seed=3), 10, seed=4)
+    for a, b in zip(g1, g2, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(enc.render(g1, 16, 16), enc.render(g2, 16, 16))
+    img = np.asarray(enc.render(population(enc, seed=3), 16, 16))
+    other = np.asarray(enc.render(population(enc, seed=9), 16, 16))
+    assert np.abs(img - other).max() > 0.05
+    diffs = [np.abs(img[i] - img[j]).mean() for i in range(P) for j in range(i)]
+    assert min(diffs) > 0.01  # no two individuals of an initial population look alike
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), name=st.sampled_from(sorted(ENCODINGS)))
+def test_random_lineages_stay_valid(seed, name):
+    enc = ENCODINGS[name]
+    final, _ = evolve(enc, population(enc, seed=seed), 60, seed=seed + 1)
+    for one in unbatch(final):
+        assert is_valid(one, channels=enc.channels, weight_limit=enc.weight_limit) and acyclic(one)
+    img = enc.render(final, 16, 16)
+    assert np.isfinite(img).all() and (img >= 0).all() and (img <= 1).all()
+
+
+def test_is_valid_rejects_broken_genomes():
+    enc = ENCODINGS["default"]
+    g = unbatch(population(enc, n=1))[0]
+    assert is_valid(g)
+    hidden = 7  # an init hidden node, order 0.5
+    broken = {
+        "edge into an input": g._replace(
+            conn=_set(g.conn, (5, 0), True), weight=_set(g.weight, (5, 0), 1.0)
+        ),
+        "backward edge": g._replace(
+            conn=_set(g.conn, (4, hidden), True), weight=_set(g.weight, (4, hidden), 1.0)
+        ),
+        "edge from a free slot": g._replace(
+            conn=_set(g.conn, (20, 4), True), weight=_set(g.weight, (20, 4), 1.0)
+        ),
+        "inactive output": g._replace(active=_set(g.active, 4, False)),
+        "hidden at order 1": g._replace(order=_set(g.order, hidden, 1.0)),
+        "NaN weight": g._replace(weight=_set(g.weight, (0, 4), np.nan)),
+        "weight without edge": g._replace(weight=_set(g.weight, (20, 21), 1.0)),
+        "unknown activation": g._replace(act=_set(g.act, hidden, 99)),
+        "wrong dtype": g._replace(act=g.act.astype(np.int64)),
+    }
+    for why, bad in broken.items():
+        assert not is_valid(bad), why
+    assert not is_valid(g._replace(weight=_set(g.weight, (0, 4), 5.0)), weight_limit=3.0)
+
+
+def _set(a, idx, v):
+    a = np.array(a)
+    a[idx] = v
+    return a

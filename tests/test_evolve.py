@@ -1,0 +1,259 @@
+"""Evolution: operators, searches, checkpoints, outputs — on a tiny model (fast)."""
+
+import json
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from deap import tools
+
+from fooltools.errors import FoolError
+from fooltools.evolve import checkpoint, report, search
+from fooltools.evolve.cppn import cppn
+from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
+from fooltools.evolve.run import evolve_map_elites, evolve_single
+from fooltools.evolve.search import SearchConfig
+from fooltools.labels import imagenet
+from fooltools.models.base import Classifier, ModelInfo
+
+S = 12  # tiny input size
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A linear 'ImageNet' classifier on 12x12 images: fast to compile and to fool."""
+    w = jax.random.normal(jax.random.key(0), (S * S * 3, 1000)) * 0.05
+    info = ModelInfo("tiny", (S, S), S, (0.5,) * 3, (0.5,) * 3, (0.0, 1.0), 0.0, "test", "-", "-")
+    return Classifier(
+        info=info,
+        apply=lambda p, x: x.reshape(x.shape[0], -1) @ p["w"],
+        params={"w": w},
+        labels=imagenet(),
+        features=lambda p, x: {},
+    )
+
+
+# --- direct encoding operators -------------------------------------------------------
+
+
+def test_polynomial_mutation_matches_deap_distribution():
+    x = 0.3
+    ours = np.asarray(polynomial_mutation(jax.random.key(0), jnp.full(20000, x), eta=15, rate=1.0))
+    random.seed(0)
+    theirs = np.array(
+        [
+            tools.mutPolynomialBounded([x], eta=15, low=0.0, up=1.0, indpb=1.0)[0][0]
+            for _ in range(20000)
+        ]
+    )
+    assert abs(ours.mean() - theirs.mean()) < 3e-3
+    assert abs(ours.std() - theirs.std()) < 3e-3
+    for q in (0.05, 0.25, 0.5, 0.75, 0.95):
+        assert abs(np.quantile(ours, q) - np.quantile(theirs, q)) < 5e-3
+
+
+def test_sbx_matches_deap_distribution():
+    a, b = 0.2, 0.6
+    # DEAP recombines each gene pair with probability 0.5, our default rate.
+    c1, c2 = sbx_crossover(jax.random.key(1), jnp.full(20000, a), jnp.full(20000, b), eta=10)
+    ours = np.concatenate([np.asarray(c1), np.asarray(c2)])
+    random.seed(1)
+    theirs = []
+    for _ in range(10000):
+        k1, k2 = tools.cxSimulatedBinaryBounded([a], [b], eta=10, low=0.0, up=1.0)
+        theirs += [k1[0], k2[0]]
+    theirs = np.array(theirs)
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert abs(np.quantile(ours, q) - np.quantile(theirs, q)) < 1e-2
+    assert ours.min() >= 0.0 and ours.max() <= 1.0
+
+
+def test_direct_encoding_valid_and_rate_zero_is_identity():
+    enc = direct(height=8, width=6)
+    g = jax.vmap(enc.init)(jax.random.split(jax.random.key(0), 4))
+    img = enc.render(g, 16, 12)
+    assert img.shape == (4, 16, 12, 3) and float(img.min()) >= 0 and float(img.max()) <= 1
+    m = jax.vmap(enc.mutate)(jax.random.split(jax.random.key(1), 4), g)
+    assert m.shape == g.shape and float(m.min()) >= 0 and float(m.max()) <= 1
+    changed = float((m != g).mean())
+    assert 0.05 < changed < 0.15  # per-gene rate 0.1
+    frozen = direct(height=8, width=6, mutation_rate=0.0)
+    np.testing.assert_array_equal(frozen.mutate(jax.random.key(2), g[0]), g[0])
+
+
+# --- searches -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["direct", "cppn"])
+def test_single_target_search_improves_confidence(tiny, tmp_path, encoding):
+    enc = direct(height=S, width=S) if encoding == "direct" else cppn()
+    cfg = SearchConfig(population=16, generations=8, elites=2, stop_at=None)
+    out = evolve_single(tiny, enc, encoding, 15, cfg, seed=0, out=tmp_path)
+    hist = out["history"]
+    assert len(hist) == 8
+    assert hist[-1]["best"] > hist[0]["best"] * 1.2
+    assert all(b["best"] >= a["best"] for a, b in zip(hist, hist[1:], strict=False))  # elitism
+
+
+def test_map_elites_never_replaces_an_elite_with_a_worse_one():
+    archive = jnp.arange(5.0)[:, None]
+    fitness = jnp.array([0.5, -1.0, 0.9, 0.2, 0.7])
+    kids = jnp.arange(10.0, 13.0)[:, None]
+    conf = jnp.array(
+        [[0.4, 0.1, 0.95, 0.1, 0.7], [0.6, 0.0, 0.10, 0.3, 0.1], [0.1, 0.2, 0.20, 0.1, 0.1]]
+    )
+    new, fit, replaced = search.archive_update(archive, fitness, kids, conf)
+    np.testing.assert_allclose(fit, [0.6, 0.2, 0.95, 0.3, 0.7])
+    np.testing.assert_array_equal(new[:, 0], [11, 12, 10, 11, 4])  # a tie (0.7) keeps the elite
+    np.testing.assert_array_equal(replaced, [True, True, True, True, False])
+
+
+def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
+    classes = [1, 15, 130, 282, 967]
+    cfg = SearchConfig(population=12, generations=6, elites=0, stop_at=None)
+    out = evolve_map_elites(
+        tiny, cppn(), "cppn", classes, cfg, seed=3, out=tmp_path, checkpoint_every=1
+    )
+    assert (out["fitness"] >= 0).all()
+    assert out["images"].shape == (5, S, S, 3)
+    best = [h["best"] for h in out["history"]]
+    assert best == sorted(best)
+    rep = report.write_map_elites(tmp_path, tiny, classes, out, {"encoding": "cppn"})
+    assert rep["filled"] == 5 and (tmp_path / "index.html").is_file()
+    assert len(list((tmp_path / "cells").glob("*.png"))) == 5
+
+
+@pytest.mark.parametrize("kind", ["single", "map-elites"])
+def test_resume_is_bit_identical(tiny, tmp_path, kind):
+    cfg = SearchConfig(
+        population=10, generations=6, elites=2 if kind == "single" else 0, stop_at=None
+    )
+    enc = cppn()
+
+    def run(out, generations, resume=False):
+        c = SearchConfig(**{**cfg.__dict__, "generations": generations})
+        if kind == "single":
+            return evolve_single(
+                tiny, enc, "cppn", 15, c, seed=1, out=out, resume=resume, checkpoint_every=2
+            )
+        return evolve_map_elites(
+            tiny, enc, "cppn", [1, 15, 130], c, seed=1, out=out, resume=resume, checkpoint_every=2
+        )
+
+    whole = tmp_path / "whole"
+    part = tmp_path / "part"
+    run(whole, 6)
+    run(part, 3)
+    run(part, 6, resume=True)
+    a = np.load(whole / "checkpoint.npz")
+    b = np.load(part / "checkpoint.npz")
+    assert a.files == b.files
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    hist = [json.loads(x)["generation"] for x in (part / "history.jsonl").read_text().splitlines()]
+    assert hist == list(range(1, 7))
+
+
+def test_corrupt_checkpoint_is_refused_and_left_untouched(tiny, tmp_path):
+    cfg = SearchConfig(population=6, generations=2, elites=1, stop_at=None)
+    evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path)
+    ck = tmp_path / "checkpoint.npz"
+    data = ck.read_bytes()
+    ck.write_bytes(data[: len(data) // 2])
+    before = ck.read_bytes()
+    with pytest.raises(FoolError, match="corrupt checkpoint"):
+        evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path, resume=True)
+    assert ck.read_bytes() == before
+
+
+def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
+    cfg = SearchConfig(population=6, generations=2, elites=1, stop_at=None)
+    evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path)
+    with pytest.raises(FoolError, match="another run"):
+        evolve_single(tiny, cppn(), "cppn", 16, cfg, seed=0, out=tmp_path, resume=True)
+
+
+def test_checkpoint_never_unpickles(tmp_path):
+    # A checkpoint holding an object array would need pickle: it must be refused.
+    path = tmp_path / "checkpoint.npz"
+    np.savez(
+        path,
+        meta=np.frombuffer(b'{"format": 1}', np.uint8),
+        genome_0=np.array([object()], dtype=object),
+    )
+    template = jax.ShapeDtypeStruct((1,), jnp.float32)
+    with pytest.raises(FoolError):
+        checkpoint.load(path, template, {})
+
+
+def test_single_outputs_report_the_saved_file(tiny, tmp_path):
+    cfg = SearchConfig(population=8, generations=3, elites=1, stop_at=None)
+    out = evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=tmp_path)
+    rep = report.write_single(tmp_path, tiny, 15, out, {"encoding": "direct"})
+    assert abs(rep["best_confidence"] - rep["best_confidence_in_search"]) <= 0.01
+    for name in ("best.png", "confidence.png", "report.json", "index.html", "history.jsonl"):
+        assert (tmp_path / name).is_file(), name
+
+
+# --- the command line -----------------------------------------------------------------
+
+
+def fool(capsys, *args):
+    from fooltools.cli import main
+
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--class", "robn"], "robin (15)"),
+        (["--class", "robin", "--population", "1"], "population must be >= 2"),
+        (["--class", "robin", "--generations", "0"], "generations must be >= 1"),
+        ([], "exactly one of --class NAME or --map-elites"),
+        (["--map-elites", "--classes", "robin,ostrch"], "ostrich (9)"),
+        (["--class", "robin", "--resume"], "--resume needs --out"),
+    ],
+)
+def test_bad_evolve_arguments(capsys, args, fragment):
+    code, _, err = fool(capsys, "evolve", *args)
+    assert code == 2 and fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_resume_of_corrupt_checkpoint_via_cli(capsys, tmp_path):
+    (tmp_path / "checkpoint.npz").write_bytes(b"PK\x03\x04 garbage")
+    code, _, err = fool(capsys, "evolve", "--class", "robin", "--out", str(tmp_path), "--resume")
+    assert code == 2 and "corrupt checkpoint" in err
+    assert (tmp_path / "checkpoint.npz").read_bytes() == b"PK\x03\x04 garbage"
+
+
+def test_evolve_end_to_end_on_lite0(capsys, tmp_path):
+    code, out, _ = fool(
+        capsys,
+        "evolve",
+        "--class",
+        "robin",
+        "--population",
+        "4",
+        "--generations",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--seed",
+        "1",
+    )
+    assert code == 0, out
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["target"] == {"index": 15, "label": "robin"}
+    assert rep["generations_run"] == 2 and rep["evaluations"] == 4 + 2 * 2
+    assert abs(rep["best_confidence"] - rep["best_confidence_in_search"]) <= 0.01
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2
