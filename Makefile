@@ -36,6 +36,8 @@ test: $(VENV)/.test-installed
 ## bench: fooltools vs the PyTorch peers on the same weights, same run
 bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/bench_classify.py
+	$(BIN)/python benchmarks/bench_attacks.py
+	$(BIN)/python benchmarks/bench_evolve.py
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
