@@ -152,15 +152,24 @@ class Side:
         return [dt for dt, others in self.runs if not others > BUSY]
 
     @property
+    def used(self) -> list[float]:
+        """The runs the figures come from: the clean ones, else the fastest (least spoilt)."""
+        return self.clean or [min(dt for dt, _ in self.runs)]
+
+    @property
     def median(self) -> float:
-        """Median seconds of the clean runs, or of all of them if none was clean."""
-        return statistics.median(self.clean or [dt for dt, _ in self.runs])
+        return statistics.median(self.used)
+
+    def spread(self) -> str:
+        """Fastest-slowest of the runs used, e.g. ``4.3-4.6``."""
+        return f"{min(self.used):.1f}-{max(self.used):.1f}"
 
     def busy_note(self) -> str:
         """'' if the median comes from clean runs, else how busy the machine was."""
         if self.clean:
             return ""
-        return f"  (busy: others used {min(o for _, o in self.runs):.0%} of the CPU)"
+        others = min(o for _, o in self.runs)
+        return f"  (machine busy, others used >= {others:.0%} of the CPU: fastest run shown)"
 
 
 def time_sides(sides: list[Side], repeats: int, warm_up: bool = True) -> None:
@@ -251,7 +260,7 @@ def bench_pgd(args, clf, model, fool_model, x, target) -> None:
 
     ours = batch * steps / sides[0].median
     print(
-        f"{'side':<30} {'1st call s':>10} {'compile s':>9} {'median s':>8} "
+        f"{'side':<30} {'1st call s':>10} {'compile s':>9} {'median s':>8} {'range s':>9} "
         f"{'img-steps/s':>11} {'success':>7} {'fooltools/side':>14}"
     )
     for side in sides:
@@ -264,7 +273,7 @@ def bench_pgd(args, clf, model, fool_model, x, target) -> None:
             first, compile_s = f"{'-':>10}", f"{'-':>9}"  # warm-up was a 2-step run
         theirs = batch * steps / side.median
         print(
-            f"{side.name:<30} {first} {compile_s} {side.median:>8.2f} "
+            f"{side.name:<30} {first} {compile_s} {side.median:>8.2f} {side.spread():>9} "
             f"{theirs:>11.1f} {f'{success.sum()}/{batch}':>7} {ours / theirs:>13.2f}x"
             f"{side.busy_note()}"
         )
@@ -358,8 +367,8 @@ def bench_cw(args, clf, model, fool_model, x, target) -> None:
     time_sides(sides, args.repeats, warm_up=False)
 
     print(
-        f"{'side':<32} {'steps':>5} {'success':>7} {'median s':>8} {'1st call s':>10} "
-        f"{'median L2':>9} {'torchattacks/side':>17}"
+        f"{'side':<32} {'steps':>5} {'success':>7} {'median s':>8} {'range s':>9} "
+        f"{'1st call s':>10} {'median L2':>9} {'torchattacks/side':>17}"
     )
     ref = sides[-1].median if found[-1][1] else float("nan")
     for side, (total, all_ok) in zip(sides, found, strict=True):
@@ -370,6 +379,7 @@ def bench_cw(args, clf, model, fool_model, x, target) -> None:
         note = "" if all_ok else "  (ladder exhausted)"
         print(
             f"{side.name:<32} {total:>5} {f'{ok.sum()}/{batch}':>7} {side.median:>8.2f} "
+            f"{side.spread():>9} "
             f"{first:>10} {med_l2:>9.3f} {ratio:>17}{note}{side.busy_note()}"
         )
 
@@ -403,7 +413,7 @@ def main() -> None:
 
     fb_version = f"foolbox {foolbox.__version__}" if foolbox is not None else "no foolbox"
     print(
-        f"# attacks, EfficientNet-Lite0 224x224, {platform.machine()}, {os.cpu_count()} cores "
+        f"# attacks, EfficientNet-Lite0 224x224, {platform.machine()}, {os.cpu_count()} cores, "
         f"jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"torchattacks {torchattacks.__version__}, {fb_version}, numpy {np.__version__}"

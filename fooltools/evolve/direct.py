@@ -31,13 +31,48 @@ def polynomial_mutation(key: jax.Array, x: jax.Array, *, eta: float, rate: float
     """
     k_sel, k_u = jax.random.split(key)
     u = jax.random.uniform(k_u, x.shape)
-    pw = 1.0 / (eta + 1.0)
+    power, root = _powers(eta + 1.0)
     # DEAP's two branches: move down when u < 0.5, up otherwise, scaled by the room left.
-    low = (2.0 * u + (1.0 - 2.0 * u) * (1.0 - x) ** (eta + 1.0)) ** pw - 1.0
-    up = 1.0 - (2.0 * (1.0 - u) + 2.0 * (u - 0.5) * x ** (eta + 1.0)) ** pw
+    low = root(2.0 * u + (1.0 - 2.0 * u) * power(1.0 - x)) - 1.0
+    up = 1.0 - root(2.0 * (1.0 - u) + 2.0 * (u - 0.5) * power(x))
     delta = jnp.where(u < 0.5, low, up)
-    mutate = jax.random.uniform(k_sel, x.shape) < rate
+    mutate = _coin(k_sel, x.shape, rate)
     return jnp.clip(jnp.where(mutate, x + delta, x), 0.0, 1.0)
+
+
+def _coin(key: jax.Array, shape: tuple[int, ...], p: float) -> jax.Array:
+    """Bernoulli(p) mask from 16-bit draws (p resolved to 1/65536).
+
+    Random bits dominate the cost of mutating a population of 150k-gene genomes; half-width
+    draws halve it, and a 1/65536 resolution of a rate is far below anything that matters.
+    """
+    bits = jax.random.bits(key, shape, dtype=jnp.uint16)
+    return bits < jnp.uint32(round(p * 65536))
+
+
+def _powers(e: float):
+    """``(v -> v**e, v -> v**(1/e))``, cheap when ``e`` is an integer / a power of two.
+
+    A 150k-gene genome times a population makes ``pow`` (exp + log per element) the
+    dominant cost of a generation; integer powers are a few multiplications and a
+    power-of-two root is repeated square roots (eta = 15 gives e = 16: both).
+    """
+    if float(e).is_integer():
+        n = int(e)
+
+        def power(v):
+            return v**n  # a Python int exponent lowers to lax.integer_pow (multiplies)
+
+        if n & (n - 1) == 0:
+
+            def root(v):
+                for _ in range(n.bit_length() - 1):
+                    v = jnp.sqrt(v)
+                return v
+
+            return power, root
+        return power, lambda v: v ** (1.0 / e)
+    return (lambda v: v**e), (lambda v: v ** (1.0 / e))
 
 
 def sbx_crossover(
@@ -62,21 +97,20 @@ def sbx_crossover(
     gap = jnp.maximum(x2 - x1, 1e-14)
     u = jax.random.uniform(k_u, a.shape)
 
+    power, root = _powers(eta + 1.0)
+
     def beta_q(beta):
-        alpha = 2.0 - beta ** -(eta + 1.0)
-        return jnp.where(
-            u <= 1.0 / alpha,
-            (u * alpha) ** (1.0 / (eta + 1.0)),
-            (1.0 / (2.0 - u * alpha)) ** (1.0 / (eta + 1.0)),
-        )
+        alpha = 2.0 - 1.0 / power(beta)
+        # One root of whichever branch applies instead of evaluating both.
+        return root(jnp.where(u <= 1.0 / alpha, u * alpha, 1.0 / (2.0 - u * alpha)))
 
     c1 = 0.5 * (x1 + x2 - beta_q(1.0 + 2.0 * x1 / gap) * gap)
     c2 = 0.5 * (x1 + x2 + beta_q(1.0 + 2.0 * (1.0 - x2) / gap) * gap)
     c1, c2 = jnp.clip(c1, 0.0, 1.0), jnp.clip(c2, 0.0, 1.0)
     # DEAP swaps the two children at random, then keeps parents where no crossover happens.
-    swap = jax.random.uniform(k_swap, a.shape) < 0.5
+    swap = _coin(k_swap, a.shape, 0.5)
     c1, c2 = jnp.where(swap, c2, c1), jnp.where(swap, c1, c2)
-    cross = (jax.random.uniform(k_sel, a.shape) < rate) & (jnp.abs(a - b) > 1e-14)
+    cross = _coin(k_sel, a.shape, rate) & (jnp.abs(a - b) > 1e-14)
     return jnp.where(cross, c1, a), jnp.where(cross, c2, b)
 
 
