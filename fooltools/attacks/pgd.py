@@ -72,7 +72,8 @@ def pgd(
         steps: Number of gradient steps (>= 1).
         step_size: Step length; default ``2.5 * eps / steps`` (Madry et al.).
         schedule: ``"constant"`` or ``"cosine"`` decay of the step length to 0.
-        random_start: Start from a uniform random point of the ball.
+        random_start: Start from a uniform random point of the ball (restricted to the
+            pixels the model sees, e.g. inside its centre crop).
         targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
         quantize: Evaluate and return images on the 8-bit grid (see :mod:`.base`).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner f6 on logits).
@@ -112,7 +113,11 @@ def pgd(
     def run(p, key, x, target):
         x0, target = base.prepare(x, target, quantize)
         if random_start:
-            x = jnp.clip(x0 + _random_start(key, x0.shape, eps, norm), 0.0, 1.0)
+            # Only where the model can see: pixels that preprocessing crops away have zero
+            # gradient, and noise there would be pure, never-undone distortion.
+            seen = jax.grad(lambda x: jnp.sum(model(p, x)))(x0) != 0
+            noise = jnp.where(seen, _random_start(key, x0.shape, eps, norm), 0.0)
+            x = jnp.clip(x0 + noise, 0.0, 1.0)
         else:
             x = x0
         best = (x0, jnp.zeros(x0.shape[0], bool), model(p, x0))
