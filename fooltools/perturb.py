@@ -113,7 +113,8 @@ def _top(clf: Classifier, logits: np.ndarray, k: int = 5) -> list[dict[str, Any]
     ]
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of the packages a result depends on, for reports."""
     import flax
     import optax
 
@@ -223,7 +224,7 @@ def perturb_file(
         "seconds": round(seconds, 3),
         "seed": cfg.seed,
         "note": note,
-        "versions": _versions(),
+        "versions": versions(),
         "images": [
             {
                 "file": "original.png",

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import io as _bytes_io
 import json
-import platform
 import re
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fooltools import __version__, gallery, io
+from fooltools import gallery, io
+from fooltools.classify import probabilities
 from fooltools.models.base import Classifier
+from fooltools.perturb import versions
 
 PLOT = "confidence.png"
 
@@ -62,20 +61,10 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
     return io.write_bytes_atomic(path, buf.getvalue())
 
 
-def _versions() -> dict[str, str]:
-    return {
-        "fooltools": __version__,
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "backend": jax.default_backend(),
-    }
-
-
 def _confidence(clf: Classifier, path: Path, index: int) -> float:
-    # Re-read what was written: the reported confidence is that of the file.
-    x = jnp.asarray(io.read_image(path))[None]
-    return float(jax.nn.softmax(jax.jit(clf.logits)(clf.params, x))[0, index])
+    # Re-read what was written: the reported confidence is that of the file. The
+    # classifier's jitted functions are memoised, so 1000 cells compile once.
+    return float(probabilities(clf, [io.read_image(path)])[0, index])
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:
@@ -106,7 +95,7 @@ def write_single(
         "evaluations_per_second": round(evals / max(secs, 1e-9), 2),
         "size": list(summary["size"]),
         **common,
-        "versions": _versions(),
+        "versions": versions(),
         "images": [
             {"file": "best.png", "caption": f"{label} {100 * conf:.2f}%"},
             {"file": PLOT, "caption": "confidence by generation"},
@@ -157,7 +146,7 @@ def write_map_elites(
         "seconds": round(secs, 2),
         "evaluations_per_second": round(evals / max(secs, 1e-9), 2),
         **common,
-        "versions": _versions(),
+        "versions": versions(),
         "images": [{"file": PLOT, "caption": "confidence by generation"}, *panels],
         "metrics": {
             "filled": f"{len(panels)}/{len(classes)}",
