@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 REF := .venv-ref
 
-.PHONY: demo test bench lint format reference clean
+.PHONY: demo test bench lint format reference reference-yolo reference-rcnn clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,5 +60,27 @@ reference: $(REF)/.installed
 	$(REF)/bin/python tests/reference/make_goldens.py
 	$(REF)/bin/python tests/reference/make_checkpoint_fixtures.py
 
+## reference-yolo: YOLO goldens from OpenCV's independent Darknet importer (OpenCV 4.x)
+REF_CV := .venv-ref-cv
+$(REF_CV)/.installed:
+	$(PYTHON) -m venv $(REF_CV)
+	$(REF_CV)/bin/python -m pip install -q --upgrade pip
+	$(REF_CV)/bin/python -m pip install -q 'opencv-python-headless>=4.8,<5' 'numpy<3'
+	touch $@
+
+reference-yolo: $(REF_CV)/.installed
+	$(REF_CV)/bin/python tests/reference/make_yolo_goldens.py
+
+## reference-rcnn: Faster R-CNN goldens from torchvision (a ~5 GB CUDA build; runs on CPU)
+REF_TV := .venv-ref-tv
+$(REF_TV)/.installed:
+	$(PYTHON) -m venv $(REF_TV)
+	$(REF_TV)/bin/python -m pip install -q --upgrade pip
+	$(REF_TV)/bin/python -m pip install -q torch==2.12.1 torchvision==0.27.1 numpy
+	touch $@
+
+reference-rcnn: $(REF_TV)/.installed
+	$(REF_TV)/bin/python tests/reference/make_rcnn_goldens.py
+
 clean:
-	rm -rf $(VENV) $(REF) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(REF) $(REF_CV) $(REF_TV) build *.egg-info .pytest_cache .ruff_cache

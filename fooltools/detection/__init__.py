@@ -1,0 +1,1 @@
+"""Object detectors (YOLO, Faster R-CNN) in Flax, their box utilities and attacks."""
