@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -25,6 +26,31 @@ def resolve_image(arg: str) -> Path:
     if arg.startswith("sample:"):
         return io.sample_path(arg.removeprefix("sample:"))
     return Path(arg)
+
+
+def _model_options(f: Callable) -> Callable:
+    """The ``--model`` and ``--weights`` options every model-using command shares."""
+    f = click.option(
+        "--weights", type=click.Path(dir_okay=False), help="Weights file to load instead."
+    )(f)
+    return click.option(
+        "--model", "model_name", default=None, help="Registry name (see `fool models`)."
+    )(f)
+
+
+def _run_options(kind: str) -> Callable[[Callable], Callable]:
+    """``--seed`` and ``--out`` (default ``runs/<kind>-<timestamp>``) of a command's run."""
+
+    def decorate(f: Callable) -> Callable:
+        f = click.option(
+            "--out",
+            "out_dir",
+            type=click.Path(file_okay=False),
+            help=f"Run directory [default: runs/{kind}-<timestamp>].",
+        )(f)
+        return click.option("--seed", default=0, show_default=True, type=int)(f)
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,8 +88,7 @@ def models() -> None:
 
 @cli.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", "model_name", default=None, help="Registry name (see `fool models`).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file to load instead.")
+@_model_options
 @click.option("--top", "k", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 def classify(
@@ -120,15 +145,8 @@ def parse_eps(text: str | None) -> float | None:
     help="Budget for pgd/fgsm in [0,1] pixel units, e.g. 8/255 (default) for linf, 3.0 for l2.",
 )
 @click.option("--steps", type=int, help="Iterations (per search round for lbfgs/cw).")
-@click.option("--model", "model_name", default=None, help="Registry name (see `fool models`).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file to load instead.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    help="Run directory [default: runs/perturb-<timestamp>].",
-)
+@_model_options
+@_run_options("perturb")
 def perturb(
     image: str,
     target: str | None,
@@ -214,15 +232,8 @@ def perturb(
     show_default=True,
     help="Single target: stop once the best confidence reaches this (0: never).",
 )
-@click.option("--model", "model_name", default=None, help="Registry name (see `fool models`).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file to load instead.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    help="Run directory [default: runs/evolve-<timestamp>].",
-)
+@_model_options
+@_run_options("evolve")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
 def evolve(
