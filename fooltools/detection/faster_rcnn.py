@@ -1,0 +1,427 @@
+"""Faster R-CNN (Ren et al. 2015) in torchvision's layout, in JAX/Flax (NHWC).
+
+Loads torchvision state dicts (``fasterrcnn_resnet50_fpn`` and any ResNet-FPN model with
+the same key names, widths and depths read off the weights) through the torch-free
+:func:`fooltools.checkpoints.load_state_dict`, and reproduces torchvision's eval-mode
+forward stage by stage:
+
+1. ``GeneralizedRCNNTransform``: ImageNet normalisation, bilinear resize so the short
+   side is ``min_size`` and the long side at most ``max_size``, zero padding to a multiple
+   of 32 (:func:`transform`);
+2. the ResNet-FPN backbone (:mod:`fooltools.detection.resnet_fpn`);
+3. the RPN head and proposal filtering (:mod:`fooltools.detection.rpn`);
+4. ``MultiScaleRoIAlign`` (:mod:`fooltools.detection.roi_align`), ``TwoMLPHead`` and
+   ``FastRCNNPredictor`` (:func:`box_head_outputs`);
+5. ``RoIHeads.postprocess_detections`` and the transform's box rescaling
+   (:func:`postprocess`).
+
+Every variable-length step of torchvision (filtering, NMS) is fixed-size here, with
+validity masks, so ``apply`` and ``detect`` jit once per input shape. ``apply`` returns the
+raw head outputs (differentiable w.r.t. the input), ``detect`` the decoded detections.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fooltools import checkpoints
+from fooltools.detection import boxes as box_ops
+from fooltools.detection import resnet_fpn, roi_align, rpn
+from fooltools.detection.rcnn_transform import resized_size, transform
+from fooltools.errors import ModelError
+from fooltools.models.registry import merge_params
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+POOLED = 7  # MultiScaleRoIAlign output size
+SAMPLING_RATIO = 2
+
+
+class FasterRCNNConfig(NamedTuple):
+    """Static architecture and inference settings (torchvision's eval defaults)."""
+
+    backbone: resnet_fpn.ResNetFPNSpec
+    num_classes: int  # including background (index 0)
+    representation: int  # TwoMLPHead width
+    num_anchors: int = 3
+    min_size: int = 800
+    max_size: int = 1333
+    size_divisible: int = 32
+    image_mean: tuple[float, float, float] = IMAGE_MEAN
+    image_std: tuple[float, float, float] = IMAGE_STD
+    anchor_sizes: tuple[tuple[int, ...], ...] = rpn.ANCHOR_SIZES
+    aspect_ratios: tuple[float, ...] = rpn.ASPECT_RATIOS
+    rpn_pre_nms_top_n: int = 1000
+    rpn_post_nms_top_n: int = 1000
+    rpn_nms_thresh: float = 0.7
+    rpn_score_thresh: float = 0.0
+    rpn_min_size: float = 1e-3
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+    box_min_size: float = 1e-2
+
+
+class RawOutputs(NamedTuple):
+    """Raw head outputs of a batch (N images of one size); see :func:`apply`."""
+
+    objectness: list[jax.Array]  # per level (N, h, w, A) logits
+    rpn_deltas: list[jax.Array]  # per level (N, h, w, A, 4)
+    proposals: jax.Array  # (N, P, 4) in resized-image pixels, by decreasing objectness
+    proposal_scores: jax.Array  # (N, P) objectness probabilities
+    proposal_valid: jax.Array  # (N, P) bool
+    class_logits: jax.Array  # (N, P, K)
+    box_regression: jax.Array  # (N, P, 4K)
+
+
+class RCNNDetections(NamedTuple):
+    """Fixed-size detections; rows where ``valid`` is False are padding (label -1)."""
+
+    boxes: jax.Array  # (N, D, 4) (x1, y1, x2, y2) in original-image pixels
+    scores: jax.Array  # (N, D)
+    labels: jax.Array  # (N, D) int32, 1..K-1; -1 for padding
+    valid: jax.Array  # (N, D) bool, a prefix of each row
+
+
+class FasterRCNN(NamedTuple):
+    """A loaded detector: ``apply(params, x) -> RawOutputs``, ``detect(params, x)``.
+
+    ``x`` is a batch of RGB images in [0, 1], shape (N, H, W, 3), all of one size; both
+    functions are jitted (once per input shape) and pure.
+    """
+
+    params: Any
+    config: FasterRCNNConfig
+    apply: Callable[[Any, jax.Array], RawOutputs]
+    detect: Callable[[Any, jax.Array], RCNNDetections]
+
+
+# --- the network -----------------------------------------------------------------------
+
+
+class _BoxHead(nn.Module):
+    """TwoMLPHead (fc6, fc7) + FastRCNNPredictor (cls_score, bbox_pred)."""
+
+    representation: int
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = pooled.reshape(*pooled.shape[:-3], -1)  # (7, 7, C) flattened NHWC-wise
+        x = nn.relu(nn.Dense(self.representation, name="fc6")(x))
+        x = nn.relu(nn.Dense(self.representation, name="fc7")(x))
+        logits = nn.Dense(self.num_classes, name="cls_score")(x)
+        return logits, nn.Dense(4 * self.num_classes, name="bbox_pred")(x)
+
+
+class _Net(nn.Module):
+    config: FasterRCNNConfig
+
+    def setup(self) -> None:
+        c = self.config
+        self.backbone = resnet_fpn.ResNetFPN(c.backbone)
+        self.rpn = rpn.RPNHead(c.backbone.fpn_channels, c.num_anchors)
+        self.box_head = _BoxHead(c.representation, c.num_classes)
+
+    def __call__(self, images: jax.Array, pooled: jax.Array) -> Any:
+        feats = self.backbone(images)
+        return feats, self.rpn(list(feats.values())), self.box_head(pooled)
+
+    def features(self, images: jax.Array) -> dict[str, jax.Array]:
+        return self.backbone(images)
+
+    def rpn_head(self, feats: list[jax.Array]) -> Any:
+        return self.rpn(feats)
+
+    def predict(self, pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.box_head(pooled)
+
+
+def backbone_features(
+    config: FasterRCNNConfig, params: Any, images: jax.Array
+) -> dict[str, jax.Array]:
+    """FPN features ``{"0", "1", "2", "3", "pool"}`` (N, h, w, C) of transformed images."""
+    return _Net(config).apply({"params": params}, images, method=_Net.features)
+
+
+def rpn_head_outputs(
+    config: FasterRCNNConfig, params: Any, features: Mapping[str, jax.Array]
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Per level objectness (N, h, w, A) and deltas (N, h, w, A, 4)."""
+    return _Net(config).apply({"params": params}, list(features.values()), method=_Net.rpn_head)
+
+
+def region_proposals(
+    config: FasterRCNNConfig,
+    objectness: list[jax.Array],
+    deltas: list[jax.Array],
+    padded: tuple[int, int],
+    image_size: tuple[int, int],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Proposals of a batch: (N, P, 4) boxes, (N, P) scores, (N, P) valid; see ``rpn``."""
+    anchors = rpn.grid_anchors(
+        padded, [o.shape[1:3] for o in objectness], config.anchor_sizes, config.aspect_ratios
+    )
+    one = functools.partial(
+        rpn.propose,
+        anchors=anchors,
+        image_size=image_size,
+        pre_nms_top_n=config.rpn_pre_nms_top_n,
+        post_nms_top_n=config.rpn_post_nms_top_n,
+        nms_thresh=config.rpn_nms_thresh,
+        score_thresh=config.rpn_score_thresh,
+        min_size=config.rpn_min_size,
+    )
+    return jax.vmap(one)(objectness, deltas)
+
+
+def box_head_outputs(
+    config: FasterRCNNConfig,
+    params: Any,
+    features: Mapping[str, jax.Array],
+    proposals: jax.Array,
+    image_size: tuple[int, int],
+) -> tuple[jax.Array, jax.Array]:
+    """Box head on given proposals: RoIAlign on levels "0".."3", MLP, predictor.
+
+    Args:
+        config: The model's settings.
+        params: The model's params.
+        features: FPN features of the batch, (N, h, w, C) per level.
+        proposals: (N, P, 4) boxes in resized-image pixels.
+        image_size: Resized (h, w) before padding.
+
+    Returns:
+        ``(class_logits, box_regression)``: (N, P, K) and (N, P, 4K).
+    """
+    levels = [features[k] for k in resnet_fpn.LEVEL_NAMES[:4]]
+    pool = functools.partial(
+        roi_align.multiscale_roi_align,
+        image_size=image_size,
+        output_size=POOLED,
+        sampling_ratio=SAMPLING_RATIO,
+    )
+    pooled = jax.vmap(lambda f, b: pool(f, b))(levels, proposals)
+    return _Net(config).apply({"params": params}, pooled, method=_Net.predict)
+
+
+def postprocess(
+    config: FasterRCNNConfig,
+    raw: RawOutputs,
+    image_size: tuple[int, int],
+    original_size: tuple[int, int],
+) -> RCNNDetections:
+    """``RoIHeads.postprocess_detections`` + box rescaling, fixed-size, for a batch.
+
+    Per proposal and foreground class: decode (weights 10, 10, 5, 5), clip to the resized
+    image, softmax score; keep score > ``box_score_thresh`` and sides >= ``box_min_size``;
+    per-class NMS at ``box_nms_thresh``; the best ``box_detections_per_img``; boxes scaled
+    back to the original image.
+    """
+    k = config.num_classes
+    ratio = np.float32(original_size) / np.float32(image_size)  # (h, w), float32 as torch
+    scale = jnp.asarray([ratio[1], ratio[0], ratio[1], ratio[0]])
+
+    def one(logits, regression, proposals, proposal_valid):
+        codes = regression.reshape(-1, k, 4)
+        boxes = box_ops.decode_boxes(codes, proposals[:, None], BOX_WEIGHTS, rpn.BBOX_XFORM_CLIP)
+        boxes = box_ops.clip_boxes(boxes, *image_size)[:, 1:].reshape(-1, 4)
+        scores = jax.nn.softmax(logits, axis=-1)[:, 1:].reshape(-1)
+        labels = jnp.tile(jnp.arange(1, k, dtype=jnp.int32), proposals.shape[0])
+        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        ok = jnp.repeat(proposal_valid, k - 1) & (scores > config.box_score_thresh)
+        ok &= (w >= config.box_min_size) & (h >= config.box_min_size)
+        keep, valid = box_ops.batched_nms(
+            jax.lax.stop_gradient(boxes),
+            jnp.where(ok, jax.lax.stop_gradient(scores), -jnp.inf),
+            labels,
+            iou_threshold=config.box_nms_thresh,
+            max_outputs=config.box_detections_per_img,
+        )
+        keep = jnp.where(valid, keep, 0)
+        return RCNNDetections(
+            jnp.where(valid[:, None], boxes[keep] * scale, 0.0),
+            jnp.where(valid, scores[keep], 0.0),
+            jnp.where(valid, labels[keep], -1),
+            valid,
+        )
+
+    return jax.vmap(one)(raw.class_logits, raw.box_regression, raw.proposals, raw.proposal_valid)
+
+
+def apply(config: FasterRCNNConfig, params: Any, x: jax.Array) -> RawOutputs:
+    """The whole forward up to the raw head outputs, for images (N, H, W, 3) in [0, 1].
+
+    The proposals carry no gradient (as in torchvision); the objectness, RPN deltas, class
+    logits and box regression do, w.r.t. ``x`` and ``params``.
+    """
+    images, image_size = transform(config, x)
+    feats = backbone_features(config, params, images)
+    objectness, deltas = rpn_head_outputs(config, params, feats)
+    proposals, scores, valid = region_proposals(
+        config, objectness, deltas, images.shape[1:3], image_size
+    )
+    logits, regression = box_head_outputs(config, params, feats, proposals, image_size)
+    return RawOutputs(objectness, deltas, proposals, scores, valid, logits, regression)
+
+
+def detect(config: FasterRCNNConfig, params: Any, x: jax.Array) -> RCNNDetections:
+    """Detections of images (N, H, W, 3) in [0, 1], boxes in their own pixels."""
+    raw = apply(config, params, x)
+    image_size = resized_size(config, *x.shape[1:3])
+    return postprocess(config, raw, image_size, x.shape[1:3])
+
+
+# --- loading ---------------------------------------------------------------------------
+
+# Checkpoints saved before torchvision 0.13 (the published COCO weights among them) name
+# the FPN and RPN convs without the Conv2dNormActivation level; torchvision upgrades them
+# in _load_from_state_dict, and so do we.
+_LEGACY = (
+    (re.compile(r"^(backbone\.fpn\.(?:inner|layer)_blocks\.\d+)\.(weight|bias)$"), r"\1.0.\2"),
+    (re.compile(r"^rpn\.head\.conv\.(weight|bias)$"), r"rpn.head.conv.0.0.\1"),
+)
+_HEADS = (
+    "rpn.head.conv.0.0",
+    "rpn.head.cls_logits",
+    "rpn.head.bbox_pred",
+    "roi_heads.box_head.fc6",
+    "roi_heads.box_head.fc7",
+    "roi_heads.box_predictor.cls_score",
+    "roi_heads.box_predictor.bbox_pred",
+)
+
+
+def _normalise_keys(sd: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):  # BatchNorm2d bookkeeping, not a weight
+            continue
+        for pattern, repl in _LEGACY:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    return out
+
+
+def _linear(sd: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    w = sd[f"{prefix}.weight"]
+    return {"kernel": w.T.astype(np.float32), "bias": sd[f"{prefix}.bias"].astype(np.float32)}
+
+
+def convert_state_dict(sd: Mapping[str, np.ndarray], config: FasterRCNNConfig) -> dict[str, Any]:
+    """Convert a (key-normalised, complete) torchvision state dict to Flax params."""
+    fc6 = _linear(sd, "roi_heads.box_head.fc6")
+    c = config.backbone.fpn_channels
+    # torch flattens pooled (C, 7, 7); we flatten (7, 7, C): permute fc6's input rows.
+    k = fc6["kernel"].reshape(c, POOLED, POOLED, -1).transpose(1, 2, 0, 3)
+    fc6["kernel"] = np.ascontiguousarray(k.reshape(c * POOLED * POOLED, -1))
+    return {
+        "backbone": resnet_fpn.convert(sd, config.backbone),
+        "rpn": {
+            "conv": resnet_fpn.conv_entry(sd, "rpn.head.conv.0.0"),
+            "cls_logits": resnet_fpn.conv_entry(sd, "rpn.head.cls_logits"),
+            "bbox_pred": resnet_fpn.conv_entry(sd, "rpn.head.bbox_pred"),
+        },
+        "box_head": {
+            "fc6": fc6,
+            "fc7": _linear(sd, "roi_heads.box_head.fc7"),
+            "cls_score": _linear(sd, "roi_heads.box_predictor.cls_score"),
+            "bbox_pred": _linear(sd, "roi_heads.box_predictor.bbox_pred"),
+        },
+    }
+
+
+def _check_keys(sd: Mapping[str, np.ndarray], expected: set[str], model: str) -> None:
+    missing = sorted(expected - set(sd))
+    unexpected = sorted(set(sd) - expected)
+    if missing or unexpected:
+        parts = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                parts.append(f"{what} {', '.join(keys[:8])}" + (" ..." if len(keys) > 8 else ""))
+        raise ModelError(f"weights do not fit {model}: " + "; ".join(parts))
+
+
+def load_faster_rcnn(
+    path_or_state_dict: str | os.PathLike[str] | Mapping[str, np.ndarray],
+    *,
+    num_classes: int | None = None,
+    min_size: int = 800,
+    max_size: int = 1333,
+    box_score_thresh: float = 0.05,
+    rpn_pre_nms_top_n: int = 1000,
+    rpn_post_nms_top_n: int = 1000,
+) -> FasterRCNN:
+    """Load a torchvision Faster R-CNN (ResNet-FPN) state dict.
+
+    Args:
+        path_or_state_dict: A ``torch.save`` file of the detector's state dict (read
+            without torch), or the state dict itself (name -> array).
+        num_classes: Expected number of classes including background (e.g. 91 for COCO);
+            None takes it from the weights.
+        min_size: Short side after resizing (torchvision's ``min_size``).
+        max_size: Upper bound on the long side after resizing.
+        box_score_thresh: Minimum class score of a detection.
+        rpn_pre_nms_top_n: Proposals per level before NMS.
+        rpn_post_nms_top_n: Proposals kept after NMS.
+
+    Returns:
+        The :class:`FasterRCNN`, with jitted ``apply`` and ``detect``.
+
+    Raises:
+        ModelError: The weights do not fit (lists missing and unexpected keys, or shapes).
+        CheckpointError: The file is missing, unreadable or unsafe.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        raw_sd = path_or_state_dict
+    else:
+        raw_sd = checkpoints.load_state_dict(path_or_state_dict)
+    sd = _normalise_keys(raw_sd)
+    model = "Faster R-CNN (ResNet-FPN)"
+    try:
+        spec = resnet_fpn.infer_spec(sd)
+        classes, representation = sd["roi_heads.box_predictor.cls_score.weight"].shape
+    except KeyError as err:
+        unexpected = sorted(k for k in sd if not k.startswith(("backbone.", "rpn.", "roi_heads.")))
+        extra = f"; unexpected {', '.join(unexpected[:8])}" if unexpected else ""
+        raise ModelError(f"weights do not fit {model}: missing {err.args[0]}{extra}") from None
+    expected = resnet_fpn.expected_keys(spec)
+    expected |= {f"{head}.{p}" for head in _HEADS for p in ("weight", "bias")}
+    _check_keys(sd, expected, model)
+    if num_classes is not None and num_classes != classes:
+        raise ModelError(f"weights have {classes} classes, expected num_classes={num_classes}")
+    config = FasterRCNNConfig(
+        backbone=spec,
+        num_classes=int(classes),
+        representation=int(representation),
+        num_anchors=sd["rpn.head.cls_logits.weight"].shape[0],
+        min_size=min_size,
+        max_size=max_size,
+        box_score_thresh=box_score_thresh,
+        rpn_pre_nms_top_n=rpn_pre_nms_top_n,
+        rpn_post_nms_top_n=rpn_post_nms_top_n,
+    )
+    c = spec.fpn_channels
+    template = jax.eval_shape(
+        _Net(config).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+        jax.ShapeDtypeStruct((1, POOLED, POOLED, c), jnp.float32),
+    )["params"]
+    params = merge_params(template, convert_state_dict(sd, config), model=model)
+    return FasterRCNN(
+        params=jax.tree_util.tree_map(jnp.asarray, params),
+        config=config,
+        apply=jax.jit(functools.partial(apply, config)),
+        detect=jax.jit(functools.partial(detect, config)),
+    )
