@@ -29,8 +29,8 @@ def project(delta: jax.Array, eps: float, norm: str) -> jax.Array:
     return delta * jnp.minimum(1.0, eps / jnp.maximum(_flat_norm(delta), 1e-12))
 
 
-def _step_direction(grad: jax.Array, norm: str) -> jax.Array:
-    # Steepest-descent direction of unit norm for the chosen geometry.
+def step_direction(grad: jax.Array, norm: str) -> jax.Array:
+    """The steepest-ascent direction of unit ``norm`` for gradients (N, H, W, C)."""
     if norm == "linf":
         return jnp.sign(grad)
     return grad / jnp.maximum(_flat_norm(grad), 1e-12)
@@ -129,7 +129,7 @@ def pgd(
             ok = base.criterion(logits, target, targeted)
             sel = ok[:, None, None, None]
             best = (jnp.where(sel, xq, bx), bok | ok, jnp.where(ok[:, None], logits, blog))
-            x = x - lr(i) * _step_direction(g, norm)
+            x = x - lr(i) * step_direction(g, norm)
             x = jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
             return x, best
 

@@ -1,0 +1,194 @@
+"""TOG and DAG attacks on object detectors, written once on :class:`~.detectors.Dense`.
+
+TOG (Chow et al., "Adversarial Objectness Gradient Attacks in Real-time Object Detection
+Systems", TPS 2020) runs iterative signed-gradient (L-inf) or normalised-gradient (L2)
+steps on a loss of the detector's raw outputs:
+
+* ``vanish``: every candidate's objectness towards "no object" (for Faster R-CNN also the
+  RPN's): the objects disappear;
+* ``fabricate``: every candidate's objectness towards "object": detections multiply;
+* ``mislabel``: the candidates that overlap a clean detection (IoU >= ``match_iou``)
+  towards "object of ``target_class``", all others towards "no object", i.e. TOG's
+  detection loss with the clean detections relabelled as targets;
+* ``untargeted``: gradient *ascent* on the same detection loss with the clean labels.
+
+DAG (Xie et al., "Adversarial Examples for Semantic Segmentation and Object Detection",
+ICCV 2017) gives each clean detection a random other label and, while a matched
+candidate still scores its true class highest, lowers ``logit_true - logit_adv``; steps
+are DAG's ``step_size * g / max|g|`` (L-inf) or the L2-normalised gradient, here within
+the same ``eps`` ball as TOG so that the two are comparable.
+
+Clean detections count as objects when their score is at least ``confidence``. Every
+candidate is put on the 8-bit grid before it is scored (rounding each change towards the
+original, :func:`fooltools.attacks.base.snap`), so what is reported is what the PNG holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fooltools import io
+from fooltools.attacks import base
+from fooltools.attacks.pgd import project, step_direction
+from fooltools.detection import boxes as box_ops
+from fooltools.detection.detectors import Dense, Detector, Found
+
+MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
+# TOG's defaults (L-inf, pixel values in [0, 1]).
+TOG_EPS, TOG_STEP, TOG_STEPS = 8 / 255, 2 / 255, 10
+
+
+class DetectionAttackResult(NamedTuple):
+    """What a detector attack returns for a batch.
+
+    Attributes:
+        x: Adversarial images (B, H, W, 3) in [0, 1], on the 8-bit grid.
+        clean: Detections of the original images.
+        adv: Detections of ``x``.
+        linf: (B,) L-inf distortion in [0, 1] units.
+        l2: (B,) L2 distortion in [0, 1] units.
+    """
+
+    x: jax.Array
+    clean: Found
+    adv: Found
+    linf: jax.Array
+    l2: jax.Array
+
+
+def objects(found: Found, confidence: float) -> jax.Array:
+    """(B, D) bool: the detections that count as objects (valid, score >= ``confidence``)."""
+    return found.valid & (found.scores >= confidence)
+
+
+def _class_nll(cls: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
+    """(B, N) negative log-likelihood of ``labels`` (B, N) under class logits (B, N, K)."""
+    if multilabel:  # YOLOv3: independent sigmoids, so the other classes must also go off
+        onehot = jax.nn.one_hot(labels, cls.shape[-1], dtype=cls.dtype)
+        return jnp.sum(jax.nn.softplus(cls) - onehot * cls, axis=-1)
+    logp = jax.nn.log_softmax(cls, axis=-1)
+    return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+
+
+def _match(d: Dense, clean: Found, is_obj: jax.Array, match_iou: float) -> tuple[jax.Array, ...]:
+    """Candidates overlapping a clean object: (positive (B, N), index of the object (B, N))."""
+    iou = jax.vmap(box_ops.box_iou)(jax.lax.stop_gradient(d.boxes), clean.boxes)
+    iou = jnp.where(is_obj[:, None, :], iou, -1.0)
+    return d.valid & (iou.max(-1) >= match_iou), iou.argmax(-1)
+
+
+def _detection_loss(d: Dense, pos: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
+    """TOG's detection loss: positives are objects of ``labels``, the rest background."""
+    fg = jax.nn.softplus(-d.obj) + _class_nll(d.cls, labels, multilabel)
+    bg = jax.nn.softplus(d.obj)
+    return jnp.sum(jnp.where(pos, fg, jnp.where(d.valid, bg, 0.0)))
+
+
+def _validate(detector: Detector, mode: str, eps: float, step_size: float, steps: int,
+              norm: str, target_class: int | None) -> None:  # fmt: skip
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if not eps > 0 or not step_size > 0:
+        raise ValueError(f"eps and step size must be > 0, got {eps} and {step_size}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    k = len(detector.class_names)
+    if mode == "mislabel" and (target_class is None or not 0 <= target_class < k):
+        raise ValueError(f"mislabel needs a target class in [0, {k}), got {target_class}")
+
+
+def detection_attack(
+    detector: Detector,
+    *,
+    mode: str,
+    eps: float = TOG_EPS,
+    step_size: float = TOG_STEP,
+    steps: int = TOG_STEPS,
+    norm: str = "linf",
+    target_class: int | None = None,
+    confidence: float = 0.5,
+    match_iou: float = 0.5,
+) -> Callable[[jax.Array, jax.Array], DetectionAttackResult]:
+    """Build a TOG (or DAG) attack on ``detector``: ``run(key, x) -> DetectionAttackResult``.
+
+    Args:
+        detector: The :class:`Detector` to attack (its own params are used).
+        mode: One of :data:`MODES`.
+        eps: Budget, in [0, 1] pixel units (L-inf: per pixel value; L2: whole image).
+        step_size: Step per iteration (TOG: 2/255).
+        steps: Iterations (TOG: 10).
+        norm: ``"linf"`` or ``"l2"``.
+        target_class: Foreground class index for ``mislabel``.
+        confidence: Score at which a clean detection counts as an object.
+        match_iou: IoU at which a candidate belongs to a clean object.
+
+    Returns:
+        ``run(key, x)`` for images x (B, H, W, 3) in [0, 1] at any size the detector
+        takes; jitted once per shape. ``key`` draws DAG's adversarial labels.
+
+    Raises:
+        ValueError: A bad mode, norm, budget, step count or target class.
+    """
+    _validate(detector, mode, eps, step_size, steps, norm, target_class)
+    k, multi = len(detector.class_names), detector.multilabel
+
+    def loss(params, x0, x, clean, is_obj, adv_labels):
+        d = detector.dense(params, base.snap(x0, x))
+        valid = d.valid
+        if mode == "vanish":
+            return jnp.sum(jnp.where(valid, jax.nn.softplus(d.obj), 0.0)) + jnp.sum(
+                jax.nn.softplus(d.extra_obj)
+            )
+        if mode == "fabricate":
+            return jnp.sum(jnp.where(valid, jax.nn.softplus(-d.obj), 0.0)) + jnp.sum(
+                jax.nn.softplus(-d.extra_obj)
+            )
+        pos, which = _match(d, clean, is_obj, match_iou)
+        labels = jnp.take_along_axis(clean.labels, which, axis=1)
+        if mode == "mislabel":
+            return _detection_loss(d, pos, jnp.full_like(labels, target_class), multi)
+        if mode == "untargeted":
+            return -_detection_loss(d, pos, labels, multi)
+        adv = jnp.take_along_axis(adv_labels, which, axis=1)
+        true_logit = jnp.take_along_axis(d.cls, labels[..., None], axis=-1)[..., 0]
+        adv_logit = jnp.take_along_axis(d.cls, adv[..., None], axis=-1)[..., 0]
+        active = pos & (d.cls.argmax(-1) == labels)  # DAG: only still-correct candidates
+        return jnp.sum(jnp.where(active, true_logit - adv_logit, 0.0))
+
+    grad = jax.grad(loss, argnums=2)
+
+    @jax.jit
+    def run(params, key, x):
+        x0 = io.quantize(x)  # a no-op for images read from PNG files
+        clean = detector.detect(params, x0)
+        is_obj = objects(clean, confidence)
+        shift = jax.random.randint(key, clean.labels.shape, 1, max(k, 2))
+        adv_labels = (jnp.maximum(clean.labels, 0) + shift) % k
+
+        def body(_, x):
+            g = grad(params, x0, x, clean, is_obj, adv_labels)
+            if mode == "dag" and norm == "linf":
+                scale = jnp.max(jnp.abs(g), axis=(1, 2, 3), keepdims=True)
+                direction = g / jnp.maximum(scale, 1e-12)
+            else:
+                direction = step_direction(g, norm)
+            x = x - step_size * direction
+            return jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
+
+        xa = base.snap(x0, jax.lax.fori_loop(0, steps, body, x0))
+        delta = (xa - x0).reshape(x0.shape[0], -1)
+        return DetectionAttackResult(
+            xa,
+            clean,
+            detector.detect(params, xa),
+            jnp.abs(delta).max(-1),
+            jnp.sqrt(jnp.sum(delta * delta, axis=-1)),
+        )
+
+    return lambda key, x: run(detector.params, key, x)

@@ -1,0 +1,234 @@
+"""One face for both detector families, so attacks and evaluation never ask which it is.
+
+A :class:`Detector` wraps a loaded YOLO or Faster R-CNN as two pure functions of
+``(params, x)`` on RGB images in [0, 1] at their *own* resolution, shape (B, H, W, 3):
+
+* ``dense(params, x) -> Dense``: every candidate the detector scores (each anchor of each
+  YOLO head; each Faster R-CNN proposal) with its box, objectness logit and class
+  logits, differentiable w.r.t. ``x``: what attack losses are written on;
+* ``detect(params, x) -> Found``: the final, fixed-size detections after NMS, with
+  foreground labels counted from 0 for both families (Faster R-CNN's background 0 is
+  dropped), boxes in ``x``'s pixels.
+
+:func:`load_detector` loads the bundled detectors (trained on
+:mod:`fooltools.detection.synthetic`) or the user's files through the same loaders.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fooltools.detection import faster_rcnn, synthetic, yolo
+from fooltools.errors import ModelError
+
+KINDS = ("yolo", "faster-rcnn")
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CFG_DIR = Path(__file__).parent / "cfg"
+BUNDLED = {
+    "yolo": (CFG_DIR / "yolo-synth.cfg", WEIGHTS_DIR / "yolo-synth.weights"),
+    "faster-rcnn": (None, WEIGHTS_DIR / "faster-rcnn-synth.pth"),
+}
+# Size the bundled Faster R-CNN was trained at (torchvision's min_size / max_size).
+SYNTH_RCNN_SIZE = 128
+
+
+class Dense(NamedTuple):
+    """Every scored candidate of a batch.
+
+    Attributes:
+        boxes: (B, N, 4) corners (x1, y1, x2, y2) in pixels of the input images.
+        obj: (B, N) objectness logits (YOLO's ``t_o``; for Faster R-CNN the log-odds of
+            "not background" from the box head's softmax).
+        cls: (B, N, K) class logits over the K foreground classes (softmax or, where
+            ``Detector.multilabel``, independent sigmoids).
+        valid: (B, N) bool, False for padding candidates (unfilled proposals).
+        extra_obj: (B, M) further objectness logits that vanishing and fabrication also
+            drive (Faster R-CNN's RPN anchors; M = 0 for YOLO).
+    """
+
+    boxes: jax.Array
+    obj: jax.Array
+    cls: jax.Array
+    valid: jax.Array
+    extra_obj: jax.Array
+
+
+class Found(NamedTuple):
+    """Fixed-size detections; rows where ``valid`` is False are padding.
+
+    Attributes:
+        boxes: (B, D, 4) corners in pixels of the input images.
+        scores: (B, D) confidence in [0, 1] (0 for padding).
+        labels: (B, D) int32 foreground class in [0, K) (-1 for padding).
+        valid: (B, D) bool.
+    """
+
+    boxes: jax.Array
+    scores: jax.Array
+    labels: jax.Array
+    valid: jax.Array
+
+
+class Detector(NamedTuple):
+    """A loaded detector of either family; see the module docstring.
+
+    Attributes:
+        name: Short description for reports, e.g. ``"yolo (yolo-synth.weights)"``.
+        kind: ``"yolo"`` or ``"faster-rcnn"``.
+        class_names: The K foreground class names.
+        params: Weights pytree passed to ``dense`` and ``detect``.
+        dense: ``dense(params, x) -> Dense``, pure and differentiable.
+        detect: ``detect(params, x) -> Found``, pure.
+        multilabel: Whether classes are independent sigmoids (YOLOv3) rather than a softmax.
+        sources: The files the weights came from.
+    """
+
+    name: str
+    kind: str
+    class_names: tuple[str, ...]
+    params: Any
+    dense: Callable[[Any, jax.Array], Dense]
+    detect: Callable[[Any, jax.Array], Found]
+    multilabel: bool
+    sources: tuple[str, ...]
+
+
+def _to_input(net: yolo.YOLO, x: jax.Array) -> jax.Array:
+    # Darknet resizes plainly to the cfg's size; bilinear keeps this differentiable.
+    h, w = net.input_hw
+    if x.shape[1:3] == (h, w):
+        return x
+    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear")
+
+
+def _yolo_dense(net: yolo.YOLO, params: Any, x: jax.Array) -> Dense:
+    raw = net.apply(params, _to_input(net, x))
+    boxes = net.decode(raw, x.shape[1:3]).boxes
+    obj, cls = [], []
+    for r, head in zip(raw, net.heads, strict=True):
+        t = r.reshape(r.shape[0], -1, 5 + head.classes)  # (row, col, anchor) as decode
+        obj.append(t[..., 4])
+        cls.append(t[..., 5:])
+    obj, cls = jnp.concatenate(obj, axis=1), jnp.concatenate(cls, axis=1)
+    empty = jnp.zeros((x.shape[0], 0), x.dtype)
+    return Dense(boxes, obj, cls, jnp.ones(obj.shape, bool), empty)
+
+
+def _yolo_detect(net: yolo.YOLO, score_threshold: float, params: Any, x: jax.Array) -> Found:
+    found = yolo.detect(
+        net._replace(params=params),
+        _to_input(net, x),
+        image_hw=x.shape[1:3],
+        score_threshold=score_threshold,
+    )
+    return Found(found.boxes, found.scores, jnp.where(found.valid, found.labels, -1), found.valid)
+
+
+def _rcnn_dense(model: faster_rcnn.FasterRCNN, params: Any, x: jax.Array) -> Dense:
+    raw = model.apply(params, x)
+    rh, rw = faster_rcnn.resized_size(model.config, *x.shape[1:3])
+    scale = jnp.asarray([x.shape[2] / rw, x.shape[1] / rh] * 2, x.dtype)
+    fg = raw.class_logits[..., 1:]
+    obj = jax.nn.logsumexp(fg, axis=-1) - raw.class_logits[..., 0]
+    rpn = jnp.concatenate([o.reshape(o.shape[0], -1) for o in raw.objectness], axis=1)
+    return Dense(raw.proposals * scale, obj, fg, raw.proposal_valid, rpn)
+
+
+def _rcnn_detect(model: faster_rcnn.FasterRCNN, params: Any, x: jax.Array) -> Found:
+    found = model.detect(params, x)
+    labels = jnp.where(found.valid, found.labels - 1, -1)
+    return Found(found.boxes, jnp.where(found.valid, found.scores, 0.0), labels, found.valid)
+
+
+def from_yolo(
+    net: yolo.YOLO, class_names: tuple[str, ...], *, score_threshold: float = 0.05
+) -> Detector:
+    """Wrap a loaded YOLO; ``score_threshold`` is the lowest score ``detect`` keeps."""
+    if len(class_names) != net.num_classes:
+        raise ModelError(f"{len(class_names)} class names for a {net.num_classes}-class YOLO")
+    return Detector(
+        name=f"yolo ({Path(net.weights).name if net.weights else 'random init'})",
+        kind="yolo",
+        class_names=tuple(class_names),
+        params=net.params,
+        dense=functools.partial(_yolo_dense, net),
+        detect=functools.partial(_yolo_detect, net, score_threshold),
+        multilabel=not net.heads[0].softmax,
+        sources=tuple(str(p) for p in (net.cfg.name, net.weights) if p),
+    )
+
+
+def from_faster_rcnn(
+    model: faster_rcnn.FasterRCNN, class_names: tuple[str, ...], source: str = ""
+) -> Detector:
+    """Wrap a loaded Faster R-CNN (its class 0, background, is not in ``class_names``)."""
+    if len(class_names) != model.config.num_classes - 1:
+        raise ModelError(
+            f"{len(class_names)} class names for a Faster R-CNN with "
+            f"{model.config.num_classes - 1} foreground classes"
+        )
+    return Detector(
+        name=f"faster-rcnn ({Path(source).name if source else 'state dict'})",
+        kind="faster-rcnn",
+        class_names=tuple(class_names),
+        params=model.params,
+        dense=functools.partial(_rcnn_dense, model),
+        detect=functools.partial(_rcnn_detect, model),
+        multilabel=False,
+        sources=(source,) if source else (),
+    )
+
+
+def load_detector(
+    kind: str = "yolo",
+    *,
+    cfg: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    class_names: tuple[str, ...] | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+) -> Detector:
+    """Load a detector: the bundled synthetic-data one, or the user's files.
+
+    Args:
+        kind: ``"yolo"`` or ``"faster-rcnn"``.
+        cfg: Darknet ``.cfg`` (YOLO only); default the bundled one.
+        weights: Darknet ``.weights`` or torchvision ``.pth``; default the bundled one.
+        class_names: Foreground class names; default the synthetic classes for the
+            bundled weights, else ``class0, class1, ...``.
+        min_size: Faster R-CNN resize (short side); default 128 for the bundled weights,
+            torchvision's 800 otherwise.
+        max_size: Faster R-CNN long-side bound; default 128 / torchvision's 1333.
+
+    Returns:
+        The :class:`Detector`.
+
+    Raises:
+        ModelError: Unknown kind, missing or unfitting files.
+    """
+    if kind not in KINDS:
+        raise ModelError(f"unknown detector {kind!r}; choose one of {', '.join(KINDS)}")
+    bundled_cfg, bundled_weights = BUNDLED[kind]
+    bundled = weights is None and cfg is None
+    if weights is None:
+        if not bundled_weights.exists():
+            raise ModelError(f"the bundled {kind} weights {bundled_weights} are not installed")
+        weights = bundled_weights
+    names = class_names or (synthetic.CLASSES if bundled else None)
+    if kind == "yolo":
+        net = yolo.load_darknet(cfg or bundled_cfg, weights)
+        names = names or tuple(f"class{i}" for i in range(net.num_classes))
+        return from_yolo(net, tuple(names))
+    small = SYNTH_RCNN_SIZE if bundled else None
+    model = faster_rcnn.load_faster_rcnn(
+        weights, min_size=min_size or small or 800, max_size=max_size or small or 1333
+    )
+    names = names or tuple(f"class{i}" for i in range(1, model.config.num_classes))
+    return from_faster_rcnn(model, tuple(names), os.fspath(weights))

@@ -1,0 +1,93 @@
+"""Detector attacks: contracts on small random-weight nets (the bundled detectors' acceptance
+figures are in test_detection_eval.py)."""
+
+import jax
+import numpy as np
+import pytest
+
+from fooltools.detection import attacks, detectors, faster_rcnn, yolo
+
+DATA = "tests/data"
+
+
+@pytest.fixture(scope="module")
+def tiny_yolo():
+    net = yolo.load_darknet(f"{DATA}/yolo/tiny_v3.cfg", f"{DATA}/yolo/tiny_v3.weights")
+    return detectors.from_yolo(net, tuple(f"c{i}" for i in range(net.num_classes)))
+
+
+@pytest.fixture(scope="module")
+def tiny_rcnn():
+    model = faster_rcnn.load_faster_rcnn(
+        f"{DATA}/faster_rcnn_tiny.pth", min_size=64, max_size=96, box_score_thresh=0.0
+    )
+    names = tuple(f"c{i}" for i in range(model.config.num_classes - 1))
+    return detectors.from_faster_rcnn(model, names)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jax.random.uniform(jax.random.key(0), (2, 64, 96, 3))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
+@pytest.mark.parametrize("mode", attacks.MODES)
+def test_budget_and_grid(tiny_yolo, images, mode, norm, eps):
+    run = attacks.detection_attack(
+        tiny_yolo, mode=mode, norm=norm, eps=eps, step_size=eps / 4, target_class=1, confidence=0
+    )
+    r = run(jax.random.key(1), images)
+    x0 = np.round(np.asarray(images) * 255) / 255
+    delta = np.asarray(r.x) - x0
+    assert np.allclose(np.asarray(r.x) * 255, np.round(np.asarray(r.x) * 255), atol=1e-4)
+    assert np.asarray(r.x).min() >= 0 and np.asarray(r.x).max() <= 1
+    if norm == "linf":
+        assert np.abs(delta).max() <= eps + 1e-6
+    else:
+        assert np.sqrt((delta.reshape(2, -1) ** 2).sum(-1)).max() <= eps + 1e-5
+    assert np.abs(delta).max() > 0  # it moved
+    np.testing.assert_allclose(r.linf, np.abs(delta.reshape(2, -1)).max(-1), atol=1e-6)
+
+
+def _total_score(found):
+    return float(np.asarray(found.scores).sum())
+
+
+def test_vanish_and_fabricate_move_scores_both_families(tiny_yolo, tiny_rcnn, images):
+    # Random weights: no meaningful objects, but the losses must drive the scores the
+    # intended way on both families.
+    for det in (tiny_yolo, tiny_rcnn):
+        van = attacks.detection_attack(det, mode="vanish")(jax.random.key(0), images)
+        fab = attacks.detection_attack(det, mode="fabricate")(jax.random.key(0), images)
+        assert _total_score(van.adv) < _total_score(van.clean), det.kind
+        assert _total_score(fab.adv) > _total_score(fab.clean), det.kind
+
+
+def test_second_call_does_not_retrace(tiny_yolo, images):
+    traces = []
+
+    def dense(params, x):
+        traces.append(x.shape)  # runs only while tracing
+        return tiny_yolo.dense(params, x)
+
+    run = attacks.detection_attack(tiny_yolo._replace(dense=dense), mode="vanish", steps=2)
+    run(jax.random.key(0), images)
+    traced = len(traces)
+    run(jax.random.key(1), jax.random.uniform(jax.random.key(5), images.shape))
+    assert traced > 0 and len(traces) == traced
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"mode": "melt"}, "mode must be one of"),
+        ({"mode": "vanish", "norm": "l1"}, "norm must be"),
+        ({"mode": "vanish", "eps": 0.0}, "must be > 0"),
+        ({"mode": "vanish", "steps": 0}, "steps must be >= 1"),
+        ({"mode": "mislabel"}, "mislabel needs a target class"),
+        ({"mode": "mislabel", "target_class": 99}, "mislabel needs a target class"),
+    ],
+)
+def test_bad_arguments(tiny_yolo, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        attacks.detection_attack(tiny_yolo, **kwargs)
