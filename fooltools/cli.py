@@ -306,6 +306,15 @@ def labels_cmd(queries: tuple[str, ...]) -> None:
         click.echo(f"{index:4d}  {labelset.wnids[index]}  {names}")
 
 
+def _register_subgroups() -> None:
+    from fooltools.cli_detect import detect
+
+    cli.add_command(detect)
+
+
+_register_subgroups()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``fool`` console script."""
     from fooltools.cache import enable_compilation_cache

@@ -94,14 +94,14 @@ def total_steps(cfg: PerturbConfig) -> int:
     return cfg.steps * rounds
 
 
-def default_out_dir(root: str | os.PathLike[str] = "runs") -> Path:
-    """``runs/perturb-<timestamp>``, with a numeric suffix if that already exists."""
+def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb") -> Path:
+    """``runs/<kind>-<timestamp>``, with a numeric suffix if that already exists."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(root) / f"perturb-{stamp}"
+    out = Path(root) / f"{kind}-{stamp}"
     n = 1
     while out.exists():
         n += 1
-        out = Path(root) / f"perturb-{stamp}-{n}"
+        out = Path(root) / f"{kind}-{stamp}-{n}"
     return out
 
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fooltools.detection import boxes as box_ops
 from fooltools.detection import faster_rcnn, synthetic, yolo
 from fooltools.errors import ModelError
 
@@ -128,7 +129,9 @@ def _yolo_detect(net: yolo.YOLO, score_threshold: float, params: Any, x: jax.Arr
         image_hw=x.shape[1:3],
         score_threshold=score_threshold,
     )
-    return Found(found.boxes, found.scores, jnp.where(found.valid, found.labels, -1), found.valid)
+    # Darknet clips boxes to the image when it draws them; so do we, for every consumer.
+    boxes = box_ops.clip_boxes(found.boxes, *x.shape[1:3])
+    return Found(boxes, found.scores, jnp.where(found.valid, found.labels, -1), found.valid)
 
 
 def _rcnn_dense(model: faster_rcnn.FasterRCNN, params: Any, x: jax.Array) -> Dense:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from fooltools.evolve.run import evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 from fooltools.labels import imagenet
 from fooltools.models.base import Classifier
+from fooltools.perturb import default_out_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +76,7 @@ def parse_job(
     if resume and out_dir is None:
         raise FoolError("--resume needs --out DIR, the run to continue")
     if out_dir is None:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out_dir = f"runs/evolve-{stamp}"
+        out_dir = default_out_dir(kind="evolve")
     elites = 0 if map_elites else min(2, population - 1)
     cfg = SearchConfig(
         population=population,

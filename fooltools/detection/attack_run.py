@@ -1,0 +1,127 @@
+"""One detector attack on one image file, written as a gallery run (``fool detect attack``).
+
+The run directory gets ``adversarial.png`` (the attacked image at the file's own
+resolution), ``clean_boxes.png`` / ``adversarial_boxes.png`` (detections drawn),
+``perturbation.png`` (the change, amplified), ``report.json`` and ``index.html``. The
+adversarial detections and the success verdict are measured on ``adversarial.png`` as
+re-read from disk, so they are what anyone opening the file will get.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fooltools import gallery, io
+from fooltools.detection import attacks as det_attacks
+from fooltools.detection import boxes as box_ops
+from fooltools.detection.detectors import Detector
+from fooltools.detection.draw import draw_boxes, records
+
+
+def _kept(clean: list[dict], adv: list[dict], label_of: Any) -> int:
+    """How many clean objects have an adversarial object (IoU >= 0.5) with ``label_of(obj)``."""
+    if not clean or not adv:
+        return 0
+    iou = np.asarray(box_ops.box_iou(np.array([c["box"] for c in clean], np.float32),
+                                     np.array([a["box"] for a in adv], np.float32)))  # fmt: skip
+    best = iou.argmax(1)
+    return sum(
+        int(iou[i, best[i]] >= 0.5 and adv[best[i]]["class_index"] == label_of(c))
+        for i, c in enumerate(clean)
+    )
+
+
+def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -> bool:
+    """The attack's own goal on one image, from its object lists (see :func:`records`).
+
+    vanish: no object left; fabricate: at least three times as many objects (and at least
+    one); mislabel: every object not already of the target class now is; untargeted and
+    DAG: no object keeps its label.
+    """
+    if mode == "vanish":
+        return not adv
+    if mode == "fabricate":
+        return len(adv) >= max(3 * len(clean), 1)
+    if mode == "mislabel":
+        todo = [c for c in clean if c["class_index"] != target]
+        return _kept(todo, adv, lambda c: target) == len(todo)
+    return _kept(clean, adv, lambda c: c["class_index"]) == 0
+
+
+def attack_file(
+    det: Detector,
+    path: str | os.PathLike[str],
+    out: Path,
+    *,
+    mode: str,
+    seed: int = 0,
+    confidence: float = 0.5,
+    **attack_kw: Any,
+) -> dict[str, Any]:
+    """Attack ``det`` on the image at ``path`` and write the run to ``out``.
+
+    Args:
+        det: The detector.
+        path: Image file.
+        out: Run directory (created).
+        mode: One of :data:`fooltools.detection.attacks.MODES`.
+        seed: Key for the attack's randomness.
+        confidence: Score at which a detection counts as an object.
+        **attack_kw: Passed to :func:`~fooltools.detection.attacks.detection_attack`.
+
+    Returns:
+        The report written to ``report.json``.
+    """
+    start = time.perf_counter()
+    x = io.read_image(path)
+    run = det_attacks.detection_attack(det, mode=mode, confidence=confidence, **attack_kw)
+    result = run(jax.random.key(seed), x[None])
+    out.mkdir(parents=True, exist_ok=True)
+    io.write_png(out / "adversarial.png", result.x[0])
+    xa = io.read_image(out / "adversarial.png")  # judge what the file holds
+    names = det.class_names
+    clean = records(result.clean, 0, names, confidence)
+    adv = records(det.detect(det.params, xa[None]), 0, names, confidence)
+    x0 = io.to_uint8(x).astype(np.float32) / 255
+    delta = xa - x0
+    scale = max(float(np.abs(delta).max()), 1 / 255)
+    io.write_png(out / "perturbation.png", np.clip(0.5 + delta / (2 * scale), 0, 1))
+    to_png = lambda a: a.astype(np.float32) / 255  # noqa: E731
+    io.write_png(out / "clean_boxes.png", to_png(draw_boxes(io.to_uint8(x), clean)))
+    io.write_png(out / "adversarial_boxes.png", to_png(draw_boxes(io.to_uint8(xa), adv)))
+    target = attack_kw.get("target_class")
+    ok = success(mode, clean, adv, target)
+    target_text = f" as {names[target]}" if mode == "mislabel" else ""
+    report = {
+        "title": f"{det.name}: {mode}{target_text} on {Path(path).name}",
+        "kind": "detect-attack",
+        "success": ok,
+        "source": {"path": os.fspath(path), "size": list(x.shape[:2])},
+        "detector": {"name": det.name, "kind": det.kind, "sources": list(det.sources)},
+        "attack": {"mode": mode, "seed": seed, "confidence": confidence, **attack_kw},
+        "images": [
+            {"file": "clean_boxes.png", "caption": f"clean: {len(clean)} objects"},
+            {"file": "adversarial_boxes.png", "caption": f"attacked: {len(adv)} objects"},
+            {"file": "perturbation.png", "caption": f"change x{0.5 / scale:.0f}"},
+            {"file": "adversarial.png", "caption": "adversarial image"},
+        ],
+        "clean_objects": clean,
+        "adversarial_objects": adv,
+        "metrics": {
+            "clean_objects": len(clean),
+            "adversarial_objects": len(adv),
+            "linf_255": round(float(np.abs(delta).max()) * 255, 3),
+            "l2": round(float(np.sqrt((delta**2).sum())), 4),
+            "seconds": round(time.perf_counter() - start, 2),
+        },
+    }
+    io.write_bytes_atomic(out / gallery.REPORT, json.dumps(report, indent=2).encode())
+    gallery.write_run_page(out)
+    return report
