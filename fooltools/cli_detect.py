@@ -78,6 +78,15 @@ def _target_index(det: Any, name: str | None) -> int | None:
     raise FoolError(f"unknown class {name!r} for {det.name}; classes: {', '.join(names)}")
 
 
+def _check(det: Any, mode: str, kw: dict[str, Any]) -> None:
+    from fooltools.detection.attacks import check_arguments
+
+    try:
+        check_arguments(det, mode, **kw)
+    except ValueError as err:
+        raise FoolError(str(err)) from None
+
+
 def _write_json(path: Path, data: Any) -> None:
     from fooltools.io import write_bytes_atomic
 
@@ -160,6 +169,7 @@ def attack(
         raise FoolError("--mode mislabel needs --target-class")
     kw = {"norm": norm, "steps": steps, "target_class": _target_index(det, target_class)}
     kw.update({k: parse_eps(v) for k, v in (("eps", eps), ("step_size", step_size)) if v})
+    _check(det, mode, kw)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect-attack")
     report = attack_file(det, path, out, mode=mode, seed=seed, confidence=confidence, **kw)
     m = report["metrics"]
@@ -198,6 +208,8 @@ def eval_cmd(
             kw["target_class"] = _target_index(det, target_class or det.class_names[0])
         if mode and eps:
             kw["eps"] = parse_eps(eps)
+        if mode:
+            _check(det, mode, kw)
         result = evaluate(det, data, attack=mode, **kw)
         if as_json:
             click.echo(json.dumps(result.as_json()))

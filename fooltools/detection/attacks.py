@@ -88,8 +88,16 @@ def _detection_loss(d: Dense, pos: jax.Array, labels: jax.Array, multilabel: boo
     return jnp.sum(jnp.where(pos, fg, jnp.where(d.valid, bg, 0.0)))
 
 
-def _validate(detector: Detector, mode: str, eps: float, step_size: float, steps: int,
-              norm: str, target_class: int | None) -> None:  # fmt: skip
+def check_arguments(
+    detector: Detector,
+    mode: str,
+    eps: float = TOG_EPS,
+    step_size: float = TOG_STEP,
+    steps: int = TOG_STEPS,
+    norm: str = "linf",
+    target_class: int | None = None,
+) -> None:
+    """Raise ValueError for arguments :func:`detection_attack` would refuse."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if norm not in ("linf", "l2"):
@@ -135,7 +143,7 @@ def detection_attack(
     Raises:
         ValueError: A bad mode, norm, budget, step count or target class.
     """
-    _validate(detector, mode, eps, step_size, steps, norm, target_class)
+    check_arguments(detector, mode, eps, step_size, steps, norm, target_class)
     k, multi = len(detector.class_names), detector.multilabel
 
     def loss(params, x0, x, clean, is_obj, adv_labels):

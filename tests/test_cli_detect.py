@@ -1,0 +1,86 @@
+"""`fool detect` through main(), on the small OpenCV-checked test YOLO (random weights).
+
+The bundled detectors' figures (mAP, attack success) are asserted in test_detection_eval.py.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from test_cli import assert_one_line_error, run, run_ok
+
+from fooltools.detection import synthetic
+from fooltools.io import read_image, write_png
+
+CFG = "tests/data/yolo/tiny_v3.cfg"
+WEIGHTS = "tests/data/yolo/tiny_v3.weights"
+NET = ["--cfg", CFG, "--weights", WEIGHTS]
+
+
+@pytest.fixture(scope="module")
+def shapes_png(tmp_path_factory):
+    image, _, _ = synthetic.make_image(synthetic.TEST_SEED, 0, size=(64, 96))
+    return str(write_png(tmp_path_factory.mktemp("img") / "shapes.png", image))
+
+
+def test_detect_writes_boxes_and_json(capsys, tmp_path, shapes_png):
+    out, _ = run_ok(
+        capsys, "detect", shapes_png, *NET, "--confidence", "0.3", "--out", str(tmp_path)
+    )
+    record = json.loads((tmp_path / "detections.json").read_text())
+    assert record["image"].endswith("shapes.png") and record["objects"]
+    for obj in record["objects"]:
+        x1, y1, x2, y2 = obj["box"]
+        assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 64  # clipped to the image
+        assert obj["score"] >= 0.3 and obj["label"] == f"class{obj['class_index']}"
+    assert f"{len(record['objects'])} objects" in out
+    assert read_image(tmp_path / "boxes.png").shape[0] >= 256  # enlarged for legibility
+
+
+def test_attack_run_directory(capsys, tmp_path, shapes_png):
+    out, _ = run_ok(
+        capsys, "detect", "attack", shapes_png, "--mode", "mislabel", "--target-class", "class1",
+        *NET, "--confidence", "0.3", "--steps", "3", "--out", str(tmp_path),
+    )  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["kind"] == "detect-attack" and isinstance(report["success"], bool)
+    assert report["attack"]["target_class"] == 1 and report["attack"]["steps"] == 3
+    adv, clean = read_image(tmp_path / "adversarial.png"), read_image(shapes_png)
+    assert adv.shape == clean.shape
+    assert np.abs(adv - clean).max() * 255 <= 8 + 1e-3
+    assert report["metrics"]["linf_255"] == pytest.approx(np.abs(adv - clean).max() * 255, abs=1e-3)
+    assert (tmp_path / "index.html").exists()
+    assert "mislabel" in out
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["attack", "{img}", "--mode", "mislabel", *NET], ["needs --target-class"]),
+        (["attack", "{img}", "--mode", "mislabel", "--target-class", "zebra", *NET],
+         ["unknown class 'zebra'", "class0"]),
+        (["{img}", "--detector", "faster-rcnn", "--cfg", CFG], ["--cfg is for --detector yolo"]),
+        (["missing.png", *NET], ["missing.png"]),
+        (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
+    ],
+)  # fmt: skip
+def test_bad_input(capsys, shapes_png, args, fragments):
+    code, _, err = run(capsys, "detect", *(a.format(img=shapes_png) for a in args))
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_bad_model_files(capsys, tmp_path, shapes_png):
+    cfg = tmp_path / "bad.cfg"
+    cfg.write_text(open(CFG).read().replace("[maxpool]", "[crop]", 1))
+    code, _, err = run(capsys, "detect", shapes_png, "--cfg", str(cfg), "--weights", WEIGHTS)
+    assert_one_line_error(code, err, "unsupported layer [crop]", "line")
+    short = tmp_path / "short.weights"
+    short.write_bytes(open(WEIGHTS, "rb").read()[:-40])
+    code, _, err = run(capsys, "detect", shapes_png, "--cfg", CFG, "--weights", str(short))
+    assert_one_line_error(code, err, "expected", "found")
+    sd = tmp_path / "not-a-detector.pth"
+    sd.write_bytes(b"PK\x03\x04 not really a zip")
+    code, _, err = run(
+        capsys, "detect", shapes_png, "--detector", "faster-rcnn", "--weights", str(sd)
+    )
+    assert_one_line_error(code, err, "not-a-detector.pth")
