@@ -38,6 +38,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/bench_classify.py
 	$(BIN)/python benchmarks/bench_attacks.py
 	$(BIN)/python benchmarks/bench_evolve.py
+	$(BIN)/python benchmarks/bench_detect.py
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
