@@ -54,6 +54,24 @@ def test_polynomial_mutation_matches_deap_distribution():
         assert abs(np.quantile(ours, q) - np.quantile(theirs, q)) < 5e-3
 
 
+def test_sparse_polynomial_mutation_rate_and_step_distribution():
+    # A Lite0-size genome at the paper's rate: each gene mutated independently with
+    # probability 0.1 (binomial sd of the fraction: 7.7e-4), anywhere in the genome, and
+    # the mutated genes move as DEAP's dense operator moves them.
+    x = jnp.full((224, 224, 3), 0.3)
+    runs = [polynomial_mutation(jax.random.key(k), x, eta=15, rate=0.1) for k in range(4)]
+    changed = np.stack([np.asarray(r) != 0.3 for r in runs])
+    assert np.all(np.abs(changed.mean(axis=(1, 2, 3)) - 0.1) < 4 * 7.7e-4)
+    for part in np.array_split(changed.reshape(4, -1), 8, axis=1):
+        assert abs(part.mean() - 0.1) < 0.004  # no region favoured
+    overlap = (changed[0] & changed[1]).mean()
+    assert abs(overlap - 0.01) < 0.001  # independent draws across calls
+    moved = np.concatenate([np.asarray(r)[c] for r, c in zip(runs, changed, strict=True)])
+    dense = np.asarray(polynomial_mutation(jax.random.key(9), jnp.full(60000, 0.3), eta=15, rate=1))
+    for q in (0.05, 0.25, 0.5, 0.75, 0.95):
+        assert abs(np.quantile(moved, q) - np.quantile(dense[dense != 0.3], q)) < 5e-3
+
+
 def test_sbx_matches_deap_distribution():
     a, b = 0.2, 0.6
     # DEAP recombines each gene pair with probability 0.5, our default rate.

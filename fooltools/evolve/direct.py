@@ -9,6 +9,7 @@ operator is written for one individual; ``jax.vmap`` makes it a population opera
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -18,7 +19,12 @@ import jax.numpy as jnp
 def polynomial_mutation(key: jax.Array, x: jax.Array, *, eta: float, rate: float) -> jax.Array:
     """Deb's bounded polynomial mutation on [0, 1], each gene with probability ``rate``.
 
-    Same formula as ``deap.tools.mutPolynomialBounded(low=0, up=1)``.
+    Same formula as ``deap.tools.mutPolynomialBounded(low=0, up=1)``, and each gene is
+    mutated independently with probability exactly ``rate``, but only the mutated genes
+    are drawn: M ~ Poisson(-n log(1 - rate)) positions uniform over the n genes give every
+    gene an independent Poisson(-log(1 - rate)) number of hits, so P(hit) = ``rate``; a gene
+    hit twice is mutated once. At the paper's 0.1 that is a tenth of the random numbers
+    and of the ``pow`` work of a dense mask, which dominated a 150k-gene generation.
 
     Args:
         key: PRNG key.
@@ -29,15 +35,30 @@ def polynomial_mutation(key: jax.Array, x: jax.Array, *, eta: float, rate: float
     Returns:
         Mutated genes, same shape, in [0, 1].
     """
-    k_sel, k_u = jax.random.split(key)
-    u = jax.random.uniform(k_u, x.shape)
+    if rate <= 0:
+        return x
+    k_n, k_pos, k_u = jax.random.split(key, 3)
+    if rate >= 1:
+        return _poly_step(x, jax.random.uniform(k_u, x.shape), eta)
+    n = x.size
+    mean = -math.log1p(-rate) * n
+    slots = int(math.ceil(mean + 8 * math.sqrt(mean) + 8))  # P(M > slots) < 1e-15
+    hits = jax.random.poisson(k_n, mean)
+    pos = jax.random.randint(k_pos, (slots,), 0, n)
+    pos = jnp.where(jnp.arange(slots) < hits, pos, n)  # index n: dropped below
+    flat = x.reshape(-1)
+    old = flat.at[pos].get(mode="fill", fill_value=0.5)
+    new = _poly_step(old, jax.random.uniform(k_u, (slots,)), eta)
+    return flat.at[pos].set(new, mode="drop").reshape(x.shape)
+
+
+def _poly_step(x: jax.Array, u: jax.Array, eta: float) -> jax.Array:
+    """DEAP's polynomial step of genes ``x`` with uniforms ``u`` (same shape), clipped."""
     power, root = _powers(eta + 1.0)
     # DEAP's two branches: move down when u < 0.5, up otherwise, scaled by the room left.
     low = root(2.0 * u + (1.0 - 2.0 * u) * power(1.0 - x)) - 1.0
     up = 1.0 - root(2.0 * (1.0 - u) + 2.0 * (u - 0.5) * power(x))
-    delta = jnp.where(u < 0.5, low, up)
-    mutate = _coin(k_sel, x.shape, rate)
-    return jnp.clip(jnp.where(mutate, x + delta, x), 0.0, 1.0)
+    return jnp.clip(x + jnp.where(u < 0.5, low, up), 0.0, 1.0)
 
 
 def _coin(key: jax.Array, shape: tuple[int, ...], p: float) -> jax.Array:
