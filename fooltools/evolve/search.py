@@ -128,15 +128,15 @@ def make_breeder(encoding: Encoding, cxpb: float) -> Callable[..., Genomes]:
         if crossover is not None and cxpb > 0 and k % 2 == 0:
             a = jax.tree_util.tree_map(lambda x: x[0::2], kids)
             b = jax.tree_util.tree_map(lambda x: x[1::2], kids)
-            ca, cb = jax.vmap(crossover)(jax.random.split(k_cx, k // 2), a, b)
             mate = jax.random.uniform(k_pair, (k // 2,)) < cxpb
 
-            def mix(x, y, cx):
-                m = mate.reshape((-1,) + (1,) * (x.ndim - 1))
-                return jnp.where(m, cx, x)
+            def pair(args):
+                key, mates, x, y = args
+                # lax.map + cond, not vmap + where: pairs that do not mate (1 - cxpb of
+                # them) skip the dense SBX work instead of computing and discarding it.
+                return jax.lax.cond(mates, crossover, lambda _, x, y: (x, y), key, x, y)
 
-            a = jax.tree_util.tree_map(mix, a, b, ca)
-            b = jax.tree_util.tree_map(lambda y, x, cy: mix(y, x, cy), b, a, cb)
+            a, b = jax.lax.map(pair, (jax.random.split(k_cx, k // 2), mate, a, b))
             kids = jax.tree_util.tree_map(
                 lambda x, y: jnp.stack([x, y], 1).reshape((k,) + x.shape[1:]), a, b
             )
