@@ -78,6 +78,23 @@ def _target_index(det: Any, name: str | None) -> int | None:
     raise FoolError(f"unknown class {name!r} for {det.name}; classes: {', '.join(names)}")
 
 
+def _image(arg: str, out: Path) -> Path:
+    """``synthetic:N``: held-out synthetic image N, written to ``out``; else as fool perturb."""
+    from fooltools.cli import resolve_image
+
+    if not arg.startswith("synthetic:"):
+        return resolve_image(arg)
+    from fooltools.detection import synthetic
+    from fooltools.io import write_png
+
+    index = arg.removeprefix("synthetic:")
+    if not index.isdigit():
+        raise FoolError(f"synthetic:N needs an image number N >= 0, got {arg!r}")
+    image, _, _ = synthetic.make_image(synthetic.TEST_SEED, int(index))
+    out.mkdir(parents=True, exist_ok=True)
+    return write_png(out / f"synthetic-{index}.png", image)
+
+
 def _check(det: Any, mode: str, kw: dict[str, Any]) -> None:
     from fooltools.detection.attacks import check_arguments
 
@@ -115,20 +132,22 @@ def image(
     image: str, detector: str, cfg: str | None, weights: str | None, confidence: float,
     out_dir: str | None,
 ) -> None:  # fmt: skip
-    """Detect objects in IMAGE: prints them, writes boxes.png and detections.json."""
+    """Detect objects in IMAGE: prints them, writes boxes.png and detections.json.
+
+    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set.
+    """
     import numpy as np
 
-    from fooltools.cli import resolve_image
     from fooltools.detection.draw import draw_boxes, records
     from fooltools.io import read_image, to_uint8, write_png
     from fooltools.perturb import default_out_dir
 
-    path = resolve_image(image)
+    out = Path(out_dir) if out_dir else default_out_dir(kind="detect")
+    path = _image(image, out)
     x = read_image(path)
     det = _load(detector, cfg, weights)
     found = det.detect(det.params, x[None])
     dets = records(found, 0, det.class_names, confidence)
-    out = Path(out_dir) if out_dir else default_out_dir(kind="detect")
     out.mkdir(parents=True, exist_ok=True)
     write_png(out / "boxes.png", draw_boxes(to_uint8(x), dets).astype(np.float32) / 255)
     record = {"image": str(path), "detector": det.name, "objects": dets}
@@ -158,12 +177,14 @@ def attack(
     step_size: str | None, steps: int, detector: str, cfg: str | None, weights: str | None,
     confidence: float, seed: int, out_dir: str | None,
 ) -> None:  # fmt: skip
-    """Attack the detector on IMAGE; writes clean/adversarial images with boxes and a report."""
-    from fooltools.cli import parse_eps, resolve_image
+    """Attack the detector on IMAGE; writes clean/adversarial images with boxes and a report.
+
+    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set.
+    """
+    from fooltools.cli import parse_eps
     from fooltools.detection.attack_run import attack_file
     from fooltools.perturb import default_out_dir
 
-    path = resolve_image(image)
     det = _load(detector, cfg, weights)
     if mode == "mislabel" and target_class is None:
         raise FoolError("--mode mislabel needs --target-class")
@@ -171,6 +192,7 @@ def attack(
     kw.update({k: parse_eps(v) for k, v in (("eps", eps), ("step_size", step_size)) if v})
     _check(det, mode, kw)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect-attack")
+    path = _image(image, out)
     report = attack_file(det, path, out, mode=mode, seed=seed, confidence=confidence, **kw)
     m = report["metrics"]
     click.echo(

@@ -84,3 +84,11 @@ def test_bad_model_files(capsys, tmp_path, shapes_png):
         capsys, "detect", shapes_png, "--detector", "faster-rcnn", "--weights", str(sd)
     )
     assert_one_line_error(code, err, "not-a-detector.pth")
+
+
+def test_synthetic_image_argument(capsys, tmp_path):
+    run_ok(capsys, "detect", "synthetic:2", *NET, "--out", str(tmp_path))
+    expected, _, _ = synthetic.make_image(synthetic.TEST_SEED, 2)
+    np.testing.assert_allclose(read_image(tmp_path / "synthetic-2.png"), expected, atol=0.5 / 255)
+    code, _, err = run(capsys, "detect", "synthetic:two", *NET)
+    assert_one_line_error(code, err, "synthetic:N needs an image number")
