@@ -39,6 +39,7 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python benchmarks/bench_attacks.py
 	$(BIN)/python benchmarks/bench_evolve.py
 	$(BIN)/python benchmarks/bench_detect.py
+	$(BIN)/python benchmarks/bench_run.py
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .

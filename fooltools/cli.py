@@ -308,8 +308,11 @@ def labels_cmd(queries: tuple[str, ...]) -> None:
 
 def _register_subgroups() -> None:
     from fooltools.cli_detect import detect
+    from fooltools.cli_run import results, run
 
     cli.add_command(detect)
+    cli.add_command(run)
+    cli.add_command(results)
 
 
 _register_subgroups()

@@ -1,0 +1,129 @@
+"""A batch: a spec's runs executed into one output directory, resumable.
+
+Layout of the output directory::
+
+    batch.json           what the batch is: name, kind, grid keys, every run's id/params
+    spec.resolved.toml   the spec with defaults filled in (``fool run`` reads it back)
+    runs/<id>/           one directory per run: the task's outputs, then result.json
+    results.csv          the results table (``fool run`` at the end, ``fool results``)
+    gallery/             ``fool results``: HTML gallery and contact sheet
+
+``resume=True`` skips runs whose ``result.json`` says "ok" and runs the others again:
+the unfinished ones (no ``result.json``, e.g. killed) and the failed ones, since failures
+on a cluster are often transient (a lost node, memory) and a deterministic one fails
+again in seconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fooltools import __version__
+from fooltools.errors import FoolError
+from fooltools.experiments.executors import Executor, Job, LocalExecutor
+from fooltools.experiments.spec import Spec, resolved_toml
+from fooltools.experiments.tasks import RESULT
+from fooltools.io import write_bytes_atomic
+
+BATCH, RESOLVED, RUNS = "batch.json", "spec.resolved.toml", "runs"
+
+
+def default_out(spec: Spec) -> Path:
+    """``runs/<spec name>``: the same every time, so ``--resume`` needs no ``--out``."""
+    return Path("runs") / spec.name
+
+
+def read_result(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A run's ``result.json``, or None while it is unfinished.
+
+    ``result.json`` is written atomically, so it is complete or absent; an unreadable one
+    (edited by hand, a full disk) also counts as unfinished, to be run again.
+    """
+    try:
+        result = json.loads((Path(run_dir) / RESULT).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return result if isinstance(result, dict) and "status" in result else None
+
+
+def _batch_record(spec: Spec, base_dir: str) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "spec": str(spec.path) if spec.path else None,
+        "base_dir": base_dir,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "fooltools": __version__,
+        "grid": list(spec.grid),
+        "runs": [
+            {"id": r.id, "dir": f"{RUNS}/{r.id}", "params": r.params, "varying": r.varying}
+            for r in spec.runs()
+        ],
+    }
+
+
+def run_batch(
+    spec: Spec,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    executor: Executor | None = None,
+    resume: bool = False,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """Execute a spec's runs into ``out``.
+
+    Args:
+        spec: The validated spec.
+        out: Output directory; default :func:`default_out`.
+        executor: Where runs execute; default :class:`LocalExecutor`.
+        resume: Continue the batch already in ``out``: skip its finished runs.
+        echo: Receives one progress line per run (``[3/16] perturb ... ok 4.1s``).
+
+    Returns:
+        The output directory (read it with :func:`fooltools.experiments.load_results`).
+
+    Raises:
+        FoolError: ``out`` already holds a batch and ``resume`` is false.
+    """
+    out = Path(out) if out is not None else default_out(spec)
+    executor = executor or LocalExecutor()
+    if (out / BATCH).exists() and not resume:
+        raise FoolError(
+            f"{out} already holds a batch; pass --resume to continue it or --out for a new one"
+        )
+    base_dir = str(Path.cwd())
+    record = _batch_record(spec, base_dir)
+    # A resumed batch may come from an edited spec (a grid extended): the record follows
+    # the spec, and runs it shares with the old one are reused by id.
+    write_bytes_atomic(out / BATCH, json.dumps(record, indent=2).encode())
+    write_bytes_atomic(out / RESOLVED, resolved_toml(spec, len(record["runs"])).encode())
+    runs = spec.runs()
+    finished = {
+        r.id for r in runs if resume and (res := read_result(out / RUNS / r.id)) and _ok(res)
+    }
+    jobs = [Job(r, out / RUNS / r.id) for r in runs if r.id not in finished]
+    echo(
+        f"{spec.name}: {len(runs)} runs"
+        + (f", {len(finished)} finished before" if finished else "")
+        + f"; running {len(jobs)} on {executor.name} -> {out}"
+    )
+    count = len(finished)
+
+    def done(job: Job, result: dict[str, Any]) -> None:
+        nonlocal count
+        count += 1
+        secs = "" if result.get("seconds") is None else f" {result['seconds']:.1f}s"
+        line = f"[{count}/{len(runs)}] {job.run.describe()} ... {result['status']}{secs}"
+        echo(line + (f": {result['error']}" if result.get("error") else ""))
+
+    executor.execute(jobs, base_dir=base_dir, resources=spec.resources, done=done)
+    return out
+
+
+def _ok(result: dict[str, Any]) -> bool:
+    return result.get("status") == "ok"

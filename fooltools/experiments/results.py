@@ -1,0 +1,181 @@
+"""Results of a batch: the per-run table, the grouped summary, CSV and gallery.
+
+The table has one row per run of ``batch.json``, in grid order, whichever executor ran
+them and in whatever order they finished. Columns: ``id``, ``status`` (ok / failed /
+unfinished), the grid's parameters (``param_<key>`` where a key is also a metric
+column), the task metrics (:data:`~.tasks.METRICS`), ``seconds`` and ``error``. Floats are
+rounded (confidence to 6 decimals, distortions to 3, seconds to 2) so tables from two
+executors compare equal; ``seconds`` is the only column that differs between them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fooltools.errors import FoolError
+from fooltools.experiments.batch import BATCH, read_result
+from fooltools.experiments.spec import Run
+from fooltools.experiments.tasks import METRICS
+
+TIMING = ("seconds",)
+_ROUND = {"confidence": 6, "linf": 3, "l2": 3, "seconds": 2}
+
+
+def load_batch(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``out/batch.json``.
+
+    Raises:
+        FoolError: ``out`` holds no batch.
+    """
+    path = Path(out) / BATCH
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FoolError(f"no batch in {out} (no {BATCH}); run `fool run SPEC --out DIR`") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FoolError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+
+
+def _columns(grid: list[str]) -> list[str]:
+    return [f"param_{k}" if k in METRICS else k for k in grid]
+
+
+def _round(key: str, value: Any) -> Any:
+    if isinstance(value, float) and key in _ROUND:
+        return round(value, _ROUND[key])
+    return value
+
+
+def load_results(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The results table of the batch in ``out``: one dict per run, in grid order.
+
+    Each row also carries ``dir`` (the run directory) and ``label`` (its progress label),
+    which the CSV leaves out.
+    """
+    batch, out = load_batch(out), Path(out)
+    rows = []
+    for entry in batch["runs"]:
+        result = read_result(out / entry["dir"]) or {"status": "unfinished", "metrics": {}}
+        row: dict[str, Any] = {"id": entry["id"], "status": result["status"]}
+        for key, column in zip(batch["grid"], _columns(batch["grid"]), strict=True):
+            row[column] = entry["params"].get(key)
+        for key in (*METRICS, *TIMING):
+            row[key] = _round(key, (result.get("metrics") or {}).get(key, result.get(key)))
+        row["error"] = result.get("error")
+        row["dir"] = str(out / entry["dir"])
+        row["label"] = Run(entry["id"], batch["kind"], entry["params"], entry["varying"]).describe()
+        rows.append(row)
+    return rows
+
+
+def table_columns(out: str | os.PathLike[str]) -> list[str]:
+    """The CSV's columns for the batch in ``out``."""
+    return ["id", "status", *_columns(load_batch(out)["grid"]), *METRICS, *TIMING, "error"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The rows as CSV text (booleans as true/false, missing values empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(c)) for c in columns])
+    return buffer.getvalue()
+
+
+def _median(values: list[float]) -> str:
+    return f"{np.median(values):.4g}" if values else "-"
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One summary row per (model, method, class) over the runs that finished without error.
+
+    Each has ``runs``, ``success`` (count and rate), the medians of ``linf``/``l2`` (0-255
+    units), confidence median and 10th/90th percentiles, and the median ``seconds``.
+    """
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "ok":
+            key = (str(row["model"]), str(row["method"]), str(row["class"]))
+            groups.setdefault(key, []).append(row)
+    table = []
+    for (model, method, cls), members in groups.items():
+        wins = sum(r["success"] is True for r in members)
+        confs = [r["confidence"] for r in members if r["confidence"] is not None]
+        pct = np.percentile(confs, [10, 90]) if confs else None
+        table.append(
+            {
+                "model": model,
+                "method": method,
+                "class": cls,
+                "runs": str(len(members)),
+                "success": f"{wins}/{len(members)} {100 * wins / len(members):.0f}%",
+                "L-inf": _median([r["linf"] for r in members if r["linf"] is not None]),
+                "L2": _median([r["l2"] for r in members if r["l2"] is not None]),
+                "conf": _median(confs),
+                "conf p10-p90": "-" if pct is None else f"{pct[0]:.3g}-{pct[1]:.3g}",
+                "seconds": _median([r["seconds"] for r in members if r["seconds"] is not None]),
+            }
+        )
+    return table
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """The summary as text: a table per group, a totals line, then each failure's message."""
+    table = summarize(rows)
+    lines = []
+    if table:
+        header = list(table[0])
+        cells = [header, *([r[c] for c in header] for r in table)]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells
+        ]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "unfinished")}
+    total = f"{len(rows)} runs: {counts['ok']} ok, {counts['failed']} failed"
+    if counts["unfinished"]:
+        total += f", {counts['unfinished']} unfinished (continue with --resume)"
+    lines.append(total)
+    for row in rows:
+        if row["status"] == "failed":
+            lines.append(f"failed {row['id']} {row['label']}: {row['error']}")
+    return "\n".join(lines)
+
+
+def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[str, Any]:
+    """Write ``out/results.csv`` and (``gallery``) ``out/gallery/``; return what was written.
+
+    Returns:
+        ``{"rows": table rows, "summary": text, "csv": path, "gallery": page path or None}``.
+    """
+    from fooltools.io import write_bytes_atomic
+
+    rows = load_results(out)
+    out = Path(out)
+    csv_path = write_bytes_atomic(out / "results.csv", to_csv(rows, table_columns(out)).encode())
+    page = None
+    shown = [
+        r["dir"] for r in rows if r["status"] == "ok" and (Path(r["dir"]) / "report.json").is_file()
+    ]
+    if gallery and shown:
+        from fooltools.gallery import build_gallery
+
+        name = load_batch(out)["name"]
+        page = build_gallery(shown, out / "gallery", title=f"{name}: {len(shown)} runs")
+    return {"rows": rows, "summary": format_summary(rows), "csv": csv_path, "gallery": page}

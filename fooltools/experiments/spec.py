@@ -1,0 +1,283 @@
+"""Experiment specs: a TOML file naming a task kind, fixed parameters and a grid.
+
+A spec::
+
+    kind = "perturb"                 # a key of fooltools.experiments.tasks.TASKS
+    name = "perturb-smoke"           # optional; default: the file's stem
+
+    [fixed]                          # one value per parameter, shared by every run
+    method = "pgd"
+    steps = 3
+
+    [grid]                           # lists expand to their cartesian product
+    image = ["sample:cat", "sample:coffee"]
+    target = ["ostrich", "goldfish"]
+    seed = { start = 0, stop = 2 }   # a half-open range, like Python's range (step optional)
+
+    [resources]                      # Ray only: per-run CPUs and GPUs (default 1 CPU, and
+    cpus = 1                         # 1 GPU when the cluster has GPUs)
+
+The grid expands in the order its keys are written, the last key varying fastest. Checks
+made here (before anything runs) are structural: known keys, value types, non-empty grid
+lists without duplicates, required parameters present. Whether a value makes sense (a
+class name that exists, steps >= 1) is checked by the run itself, so one bad grid value
+fails only the runs that use it.
+
+A run's id is a short hash of the canonical JSON of its kind and resolved parameters
+(defaults filled in; parameters left unset are omitted, so a kind that gains a new
+optional parameter keeps its old ids). It is the same on every process and machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fooltools.errors import FoolError
+from fooltools.experiments.tasks import TASKS, Param
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, published as tomli before it joined the standard library
+    import tomli as tomllib
+
+TOP_KEYS = ("kind", "name", "fixed", "grid", "resources")
+RESOURCE_KEYS = {"cpus": (int, float), "gpus": (int, float)}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One point of the grid.
+
+    Attributes:
+        id: 12 hex digits, :func:`run_id` of ``kind`` and ``params``.
+        kind: The task kind.
+        params: Every parameter of the kind, defaults filled in (None: not set).
+        varying: The grid's parameters and their values here, in grid order (for labels).
+    """
+
+    id: str
+    kind: str
+    params: dict[str, Any]
+    varying: dict[str, Any]
+
+    def describe(self) -> str:
+        """A short label for progress lines, e.g. ``perturb image=sample:cat target=ostrich``."""
+        parts = [f"{k}={v}" for k, v in self.varying.items()]
+        return " ".join([self.kind, *parts])
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A validated spec.
+
+    Attributes:
+        kind: The task kind.
+        name: The batch's name (default output directory ``runs/<name>``).
+        fixed: Parameter values shared by all runs (as written, normalised).
+        grid: Parameter name to its list of values (ranges expanded), in written order.
+        resources: ``cpus`` / ``gpus`` per run for the Ray executor (missing: automatic).
+        path: The spec file (for messages). Relative paths in parameters are relative to
+            the directory ``fool run`` is started in, as for the other commands.
+    """
+
+    kind: str
+    name: str
+    fixed: dict[str, Any]
+    grid: dict[str, list[Any]]
+    resources: dict[str, float]
+    path: Path | None = None
+
+    def runs(self) -> list[Run]:
+        """Expand the grid: one :class:`Run` per point, in product order."""
+        defaults = {k: p.default for k, p in TASKS[self.kind].params.items()}
+        keys = list(self.grid)
+        runs = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            varying = dict(zip(keys, values, strict=True))
+            params = {**defaults, **self.fixed, **varying}
+            runs.append(Run(run_id(self.kind, params), self.kind, params, varying))
+        return runs
+
+
+def run_id(kind: str, params: Mapping[str, Any]) -> str:
+    """A run's id: 12 hex digits of the SHA-256 of ``{"kind", "params"}`` as canonical JSON.
+
+    Canonical: sorted keys, no whitespace, ASCII only; parameters whose value is None are
+    left out. Python's float repr is the shortest round-tripping one, so the text (and the
+    id) is identical on every machine.
+    """
+    body = {"kind": kind, "params": {k: v for k, v in params.items() if v is not None}}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(choices)})"
+
+
+def _check_value(where: str, value: Any, param: Param) -> Any:
+    """Type-check one value (``where`` names it, e.g. ``grid.steps[1]``) and normalise it."""
+    ok = isinstance(value, param.types) and not (
+        isinstance(value, bool) and bool not in param.types  # TOML true is not an integer
+    )
+    if isinstance(value, float) and not math.isfinite(value):
+        ok = False
+    if not ok:
+        wanted = " or ".join(
+            _TYPE_NAMES.get(t, "a list") for t in param.types if t is not type(None)
+        )
+        raise FoolError(f"{where}: expected {wanted}, got {value!r}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if not isinstance(item, (str, int)) or isinstance(item, bool):
+                raise FoolError(f"{where}[{i}]: expected a string or an integer, got {item!r}")
+    if param.normalise is not None:
+        try:
+            value = param.normalise(value)
+        except FoolError as err:
+            raise FoolError(f"{where}: {err}") from None
+    return value
+
+
+def _grid_values(where: str, raw: Any, param: Param) -> list[Any]:
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"start", "stop", "step"})
+        if unknown or not {"start", "stop"} <= set(raw):
+            raise FoolError(f"{where}: a range needs integer start and stop (and optional step)")
+        bounds = [raw["start"], raw["stop"], raw.get("step", 1)]
+        if any(isinstance(b, bool) or not isinstance(b, int) for b in bounds) or not bounds[2]:
+            raise FoolError(f"{where}: range start, stop and step must be integers, step != 0")
+        raw = list(range(*bounds))
+    if not isinstance(raw, list) or not raw:
+        raise FoolError(f"{where}: expected a non-empty list of values or a range table")
+    values = [_check_value(f"{where}[{i}]", v, param) for i, v in enumerate(raw)]
+    seen = [json.dumps(v, sort_keys=True) for v in values]
+    if len(set(seen)) != len(seen):
+        raise FoolError(f"{where}: duplicate values would give the same run twice")
+    return values
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise FoolError(f"{where}: {key} must be a table ([{key}])")
+    return value
+
+
+def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) -> Spec:
+    """Validate a parsed spec (a dict as from ``tomllib``).
+
+    Args:
+        data: The TOML document.
+        name: Default batch name when the spec has no ``name``.
+        path: The file it came from (for messages).
+
+    Returns:
+        The :class:`Spec`.
+
+    Raises:
+        FoolError: One line naming the file and the offending key.
+    """
+    where = str(path) if path else "spec"
+    for key in data:
+        if key not in TOP_KEYS:
+            raise FoolError(f"{where}: unknown key {key!r}{_suggest(key, list(TOP_KEYS))}")
+    kind = data.get("kind")
+    if not isinstance(kind, str):
+        raise FoolError(f"{where}: kind: missing; set kind to one of {', '.join(TASKS)}")
+    if kind not in TASKS:
+        raise FoolError(f"{where}: kind: unknown kind {kind!r}{_suggest(kind, list(TASKS))}")
+    batch_name = data.get("name", name)
+    if not isinstance(batch_name, str) or not batch_name or "/" in batch_name:
+        raise FoolError(f"{where}: name: expected a non-empty string without '/'")
+    params = TASKS[kind].params
+    fixed, grid = {}, {}
+    for section in ("fixed", "grid"):
+        for key, raw in _table(data, section, where).items():
+            if key not in params:
+                raise FoolError(
+                    f"{where}: {section}.{key}: not a parameter of {kind}"
+                    + _suggest(key, list(params))
+                )
+            if section == "grid":
+                if key in fixed:
+                    raise FoolError(f"{where}: grid.{key}: also set in [fixed]; keep one")
+                grid[key] = _grid_values(f"{where}: grid.{key}", raw, params[key])
+            else:
+                fixed[key] = _check_value(f"{where}: fixed.{key}", raw, params[key])
+    for key, param in params.items():
+        if param.required and key not in fixed and key not in grid:
+            raise FoolError(f"{where}: missing parameter {key!r} of {kind}: set it in [fixed]")
+    resources = {}
+    for key, value in _table(data, "resources", where).items():
+        if key not in RESOURCE_KEYS:
+            raise FoolError(
+                f"{where}: resources.{key}: unknown{_suggest(key, list(RESOURCE_KEYS))}"
+            )
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise FoolError(f"{where}: resources.{key}: expected a number >= 0, got {value!r}")
+        resources[key] = float(value)
+    return Spec(kind, batch_name, fixed, grid, resources, path)
+
+
+def load_spec(path: str | os.PathLike[str]) -> Spec:
+    """Read and validate a spec file.
+
+    Raises:
+        FoolError: Missing file, TOML syntax error (with its line), or an invalid spec.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FoolError(f"no such spec file: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise FoolError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+    return parse_spec(data, name=path.stem, path=path)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def resolved_toml(spec: Spec, n_runs: int) -> str:
+    """The spec with defaults filled in and ranges expanded, as TOML that :func:`load_spec` reads.
+
+    Loading it back gives the same runs and ids. Unset parameters (None) are listed in a
+    comment, since TOML has no null.
+    """
+    defaults = {k: p.default for k, p in TASKS[spec.kind].params.items() if k not in spec.grid}
+    fixed = {**defaults, **spec.fixed}
+    unset = [k for k, v in fixed.items() if v is None]
+    lines = [
+        f"# Resolved from {spec.path or 'a spec'}: {n_runs} runs.",
+        f"kind = {_toml_value(spec.kind)}",
+        f"name = {_toml_value(spec.name)}",
+        "",
+        "[fixed]",
+        *(f"{k} = {_toml_value(v)}" for k, v in fixed.items() if v is not None),
+    ]
+    if unset:
+        lines.append(f"# not set: {', '.join(unset)}")
+    lines += ["", "[grid]", *(f"{k} = {_toml_value(v)}" for k, v in spec.grid.items())]
+    if spec.resources:
+        lines += ["", "[resources]", *(f"{k} = {v!r}" for k, v in spec.resources.items())]
+    return "\n".join(lines) + "\n"

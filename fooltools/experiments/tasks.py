@@ -1,0 +1,260 @@
+"""Task kinds an experiment can run, and :func:`run_one`, the unit every executor runs.
+
+A kind is one function ``run(params, out) -> metrics`` that calls the library and writes
+its outputs (with a gallery-readable ``report.json``) into ``out``, plus one entry in
+:data:`TASKS` declaring its parameters. ``metrics`` holds the table columns of
+:data:`METRICS` it can fill (others are left empty).
+
+``run_one`` writes ``result.json`` atomically and last, after the task's own outputs: a run
+is finished iff that file exists, so a killed worker never leaves a run that looks done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fooltools.errors import FoolError
+
+RESULT = "result.json"
+ERROR_LOG = "error.txt"
+# Columns a task's metrics may fill, in table order.
+METRICS = ("model", "method", "class", "source", "success", "confidence", "linf", "l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A parameter of a task kind.
+
+    Attributes:
+        types: Accepted Python types of the TOML value (``list``: a list of strings/integers).
+        default: Value when the spec does not set it; None means "not set".
+        required: The spec must set it, in [fixed] or [grid].
+        path: A file path: made absolute against the batch's working directory before a run
+            (``sample:NAME`` is left alone), so remote workers find the same file.
+        normalise: Maps a type-checked value to its canonical form (e.g. ``"8/255"`` to a
+            float); raises FoolError for a bad one.
+    """
+
+    types: tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    path: bool = False
+    normalise: Callable[[Any], Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+    """A kind of run: its function and its parameters (name to :class:`Param`)."""
+
+    run: Callable[[dict[str, Any], Path], dict[str, Any]]
+    params: dict[str, Param]
+
+
+def _eps(value: float | int | str) -> float:
+    from fooltools.cli import parse_eps
+
+    return parse_eps(value) if isinstance(value, str) else float(value)
+
+
+def _classifier(params: dict[str, Any]):
+    # load_model memoises per (name, weights) in the process, so a worker running many
+    # runs loads and converts the weights once; the attack/classify jits are memoised too.
+    from fooltools.models import DEFAULT_MODEL, load_model
+
+    return load_model(params["model"] or DEFAULT_MODEL, weights=params["weights"])
+
+
+def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``fool perturb`` on one image: see :func:`fooltools.perturb.perturb_file`."""
+    from fooltools.cli import resolve_image
+    from fooltools.labels import imagenet
+    from fooltools.perturb import PerturbConfig, perturb_file
+
+    if (p["target"] is None) == (not p["untargeted"]):
+        raise FoolError("give exactly one of target = CLASS or untargeted = true")
+    target = None if p["untargeted"] else imagenet().lookup(p["target"])
+    cfg = PerturbConfig(p["method"], target, p["norm"], p["eps"], p["steps"], p["seed"])
+    cfg = cfg.resolved()  # validate before the (slow) model load
+    report = perturb_file(_classifier(p), resolve_image(p["image"]), cfg, out)
+    final, dist = report["final"], report["distortion_255"]
+    return {
+        "model": report["model"],
+        "method": f"{cfg.method}-{cfg.norm}" if cfg.method in ("pgd", "fgsm") else cfg.method,
+        "class": report["target"]["label"] if report["targeted"] else "untargeted",
+        "source": report["source"]["label"],
+        "success": report["success"],
+        # Targeted: how sure the model is of the target; untargeted: of its new top class.
+        "confidence": final["target_confidence"] if report["targeted"] else final["confidence"],
+        "linf": dist["linf"],
+        "l2": dist["l2"],
+    }
+
+
+def _evolve(p: dict[str, Any], out: Path, *, map_elites: bool) -> dict[str, Any]:
+    from fooltools.evolve import cli_support
+
+    classes = p.get("classes", "all")
+    job = cli_support.parse_job(
+        target=None if map_elites else p["class"],
+        map_elites=map_elites,
+        classes=",".join(map(str, classes)) if isinstance(classes, list) else classes,
+        encoding=p["encoding"],
+        generations=p["generations"],
+        population=p["population"],
+        stop_at=p.get("stop_at", 0.99),  # map-elites has no stop
+        seed=p["seed"],
+        out_dir=str(out),
+        # A run killed midway left its checkpoint: continue it (bit-identical to no kill).
+        resume=(out / "checkpoint.npz").is_file(),
+        checkpoint_every=p["checkpoint_every"],
+    )
+    return cli_support.run_job(_classifier(p), job)
+
+
+def run_evolve(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``fool evolve --class``: one fooling image for one class (Nguyen et al. 2015)."""
+    report = _evolve(p, out, map_elites=False)
+    return {
+        "model": report["model"],
+        "method": report["encoding"],
+        "class": report["target"]["label"],
+        "success": report["success"],
+        "confidence": report["best_confidence"],
+    }
+
+
+def run_map_elites(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``fool evolve --map-elites``: one archive cell per class; confidence = cells' median."""
+    report = _evolve(p, out, map_elites=True)
+    return {
+        "model": report["model"],
+        "method": f"map-elites-{report['encoding']}",
+        "class": f"{len(report['classes'])} classes",
+        "success": report["success"],
+        "confidence": report["median_confidence"],
+    }
+
+
+def _encoding(value: str) -> str:
+    if value not in ("cppn", "direct"):
+        raise FoolError(f"unknown encoding {value!r}; choose cppn or direct")
+    return value
+
+
+_MODEL = {
+    "model": Param((str,)),
+    "weights": Param((str,), path=True),
+    "seed": Param((int,), default=0),
+}
+_EVOLVE = {
+    "encoding": Param((str,), default="cppn", normalise=_encoding),
+    "generations": Param((int,)),
+    "population": Param((int,)),
+    "checkpoint_every": Param((int,), default=10),
+    **_MODEL,
+}
+
+TASKS: dict[str, TaskKind] = {
+    "perturb": TaskKind(
+        run_perturb,
+        {
+            "image": Param((str,), required=True, path=True),
+            "target": Param((str, int)),
+            "untargeted": Param((bool,), default=False),
+            "method": Param((str,), default="pgd"),
+            "norm": Param((str,), default="linf"),
+            "eps": Param((float, int, str), normalise=_eps),
+            "steps": Param((int,)),
+            **_MODEL,
+        },
+    ),
+    "evolve": TaskKind(
+        run_evolve,
+        {
+            "class": Param((str, int), required=True),
+            "stop_at": Param((float, int), default=0.99),
+            **_EVOLVE,
+        },
+    ),
+    "map-elites": TaskKind(
+        run_map_elites, {"classes": Param((str, list), default="all"), **_EVOLVE}
+    ),
+}
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: its message, prefixed by its type unless it is a FoolError."""
+    text = " ".join(str(err).split())
+    return text if isinstance(err, FoolError) and text else f"{type(err).__name__}: {text}"
+
+
+def localise(kind: str, params: dict[str, Any], base_dir: str | None) -> dict[str, Any]:
+    """Make relative path parameters absolute against ``base_dir`` (the batch's cwd)."""
+    if base_dir is None:
+        return dict(params)
+    out = dict(params)
+    for key, param in TASKS[kind].params.items():
+        value = out.get(key)
+        if param.path and isinstance(value, str) and not value.startswith("sample:"):
+            out[key] = os.path.join(base_dir, os.path.expanduser(value))
+    return out
+
+
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    """Write ``out/result.json`` atomically (the run's "finished" marker)."""
+    from fooltools.io import write_bytes_atomic
+
+    write_bytes_atomic(out / RESULT, json.dumps(result, indent=2).encode())
+
+
+def run_one(
+    kind: str,
+    params: dict[str, Any],
+    out_dir: str | os.PathLike[str],
+    base_dir: str | None = None,
+) -> dict[str, Any]:
+    """Run one task and write its ``result.json`` last; never raises for a failing task.
+
+    Any exception from the task is recorded (status ``"failed"`` and the one-line error;
+    for anything but a FoolError the traceback goes to ``error.txt``) so the other runs
+    of a batch go on. KeyboardInterrupt is not caught: the run stays unfinished.
+
+    Args:
+        kind: A key of :data:`TASKS`.
+        params: The run's resolved parameters (as :meth:`Spec.runs` gives them).
+        out_dir: The run's directory (created).
+        base_dir: Directory that relative path parameters are relative to.
+
+    Returns:
+        The result dict: ``id``, ``kind``, ``params``, ``status`` ("ok" or "failed"),
+        ``error`` (None or one line), ``metrics`` (see :data:`METRICS`), ``seconds``,
+        ``host`` and ``pid`` (of the process that ran it).
+    """
+    from fooltools.experiments.spec import run_id
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # A re-run (of a failed run) is unfinished until it writes a new result.
+    (out / RESULT).unlink(missing_ok=True)
+    (out / ERROR_LOG).unlink(missing_ok=True)
+    result: dict[str, Any] = {"id": run_id(kind, params), "kind": kind, "params": params}
+    t0 = time.perf_counter()
+    try:
+        metrics = TASKS[kind].run(localise(kind, params, base_dir), out)
+        result.update(status="ok", error=None, metrics=metrics)
+    except Exception as err:  # failure isolation: record it, let the batch go on
+        result.update(status="failed", error=one_line(err), metrics={})
+        if not isinstance(err, FoolError):
+            (out / ERROR_LOG).write_text(traceback.format_exc())
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    result["host"], result["pid"] = platform.node(), os.getpid()
+    write_result(out, result)
+    return result

@@ -1,0 +1,430 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fooltools.cli import main
+from fooltools.errors import FoolError
+from fooltools.experiments import (
+    TASKS,
+    LocalExecutor,
+    Param,
+    TaskKind,
+    get_executor,
+    load_results,
+    load_spec,
+    parse_spec,
+    read_result,
+    run_batch,
+    run_id,
+    run_one,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = {
+    name: ROOT / "experiments" / f"{name}.toml"
+    for name in ("perturb-smoke", "evolve-smoke", "map-elites-smoke")
+}
+
+
+def cli(capsys, *args):
+    """Run `fool ARGS` in this process; returns (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def table(out, drop=("seconds",)):
+    """results.csv of a batch as a list of dicts, timing columns dropped."""
+    with open(Path(out) / "results.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
+
+
+def write_spec(path, text):
+    path.write_text(text)
+    return path
+
+
+# --- specs, grids and ids -------------------------------------------------------------
+
+
+def test_grid_is_a_cartesian_product_in_written_order():
+    spec = parse_spec(
+        {
+            "kind": "perturb",
+            "fixed": {"method": "fgsm", "eps": "4/255"},
+            "grid": {
+                "image": ["sample:cat", "sample:coffee"],
+                "target": ["ostrich", 9, "goldfish"],
+                "seed": {"start": 0, "stop": 4, "step": 2},
+            },
+        },
+        name="t",
+    )
+    runs = spec.runs()
+    assert len(runs) == 2 * 3 * 2
+    # The last grid key varies fastest; ranges are half-open like Python's range.
+    assert [r.varying for r in runs[:3]] == [
+        {"image": "sample:cat", "target": "ostrich", "seed": 0},
+        {"image": "sample:cat", "target": "ostrich", "seed": 2},
+        {"image": "sample:cat", "target": 9, "seed": 0},
+    ]
+    assert runs[-1].varying == {"image": "sample:coffee", "target": "goldfish", "seed": 2}
+    first = runs[0].params
+    assert first["eps"] == pytest.approx(4 / 255)  # fractions are normalised to floats
+    assert first["method"] == "fgsm" and first["norm"] == "linf"  # fixed, then defaults
+    assert first["steps"] is None  # not set: the method's own default applies at run time
+    assert len({r.id for r in runs}) == len(runs)
+    assert runs[0].describe() == "perturb image=sample:cat target=ostrich seed=0"
+
+
+def test_run_ids_are_stable_across_processes_and_depend_only_on_resolved_params():
+    params = TASKS["perturb"].params
+    defaults = {k: p.default for k, p in params.items()}
+    a = {**defaults, "image": "sample:cat", "target": "ostrich", "steps": 3}
+    # Golden: the id must not change between releases, processes or machines.
+    assert run_id("perturb", a) == "e559d10fdeaf"
+    code = (
+        "import json,sys; from fooltools.experiments import run_id;"
+        "print(run_id('perturb', json.loads(sys.argv[1])))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(dict(reversed(list(a.items()))))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert other.stdout.strip() == run_id("perturb", a)
+    # Writing a default explicitly is the same run; any other value is another run.
+    spec = {"kind": "perturb", "fixed": {"image": "sample:cat", "target": "ostrich", "steps": 3}}
+    explicit = {**spec, "fixed": {**spec["fixed"], "method": "pgd", "seed": 0}}
+    assert parse_spec(spec, name="x").runs()[0].id == parse_spec(explicit, name="y").runs()[0].id
+    assert run_id("perturb", {**a, "steps": 4}) != run_id("perturb", a)
+    assert run_id("evolve", a) != run_id("perturb", a)
+    assert run_id("perturb", {**a, "model": None}) == run_id("perturb", a)  # unset: omitted
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        ({"kind": "perturb", "gird": {}}, "unknown key 'gird'; did you mean 'grid'?"),
+        ({"fixed": {}}, "kind: missing"),
+        ({"kind": "perturbb"}, "kind: unknown kind 'perturbb'; did you mean 'perturb'?"),
+        ({"kind": "perturb", "fixed": {"image": "a", "stpes": 3}}, "fixed.stpes: not a parameter"),
+        ({"kind": "perturb", "fixed": {"target": "x"}}, "missing parameter 'image'"),
+        ({"kind": "perturb", "fixed": {"image": "a", "steps": "3"}}, "fixed.steps: expected an"),
+        ({"kind": "perturb", "fixed": {"image": "a", "steps": True}}, "fixed.steps: expected an"),
+        ({"kind": "perturb", "fixed": {"image": "a", "eps": "8/0"}}, "fixed.eps: --eps must be"),
+        (
+            {"kind": "perturb", "fixed": {"image": "a"}, "grid": {"steps": 3}},
+            "grid.steps: expected",
+        ),
+        (
+            {"kind": "perturb", "fixed": {"image": "a"}, "grid": {"steps": []}},
+            "grid.steps: expected",
+        ),
+        ({"kind": "perturb", "grid": {"image": ["a", 2]}}, "grid.image[1]: expected a string"),
+        ({"kind": "perturb", "grid": {"image": ["a", "a"]}}, "grid.image: duplicate values"),
+        ({"kind": "perturb", "grid": {"image": ["a"], "seed": {"start": 0}}}, "grid.seed: a range"),
+        (
+            {"kind": "perturb", "fixed": {"image": "a"}, "grid": {"image": ["b"]}},
+            "grid.image: also",
+        ),
+        ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"gpu": 1}}, "resources.gpu"),
+        ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"cpus": -1}}, "resources.cpus"),
+        ({"kind": "evolve", "fixed": {"class": "robin", "encoding": "pixels"}}, "fixed.encoding"),
+        ({"kind": "perturb", "fixed": 3}, "fixed must be a table"),
+    ],
+)
+def test_spec_errors_are_one_line_and_name_the_key(doc, fragment):
+    with pytest.raises(FoolError) as info:
+        parse_spec(doc, name="bad", path=Path("bad.toml"))
+    message = str(info.value)
+    assert fragment in message
+    assert message.startswith("bad.toml: ") and "\n" not in message
+
+
+def test_spec_file_errors_through_the_cli(tmp_path, capsys):
+    bad = write_spec(tmp_path / "bad.toml", 'kind = "perturb"\n[fixed]\nsteps = = 3\n')
+    code, out, err = cli(capsys, "run", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: cannot read") and "line 3" in err
+    code, _, err = cli(capsys, "run", str(tmp_path / "none.toml"))
+    assert code == 2 and "no such spec file" in err
+    code, _, err = cli(capsys, "results", str(tmp_path))
+    assert code == 2 and "no batch in" in err and err.count("\n") == 1
+
+
+def test_resolved_spec_reads_back_to_the_same_runs(tmp_path):
+    spec = load_spec(SMOKE["perturb-smoke"])
+    out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)
+    again = load_spec(out / "spec.resolved.toml")
+    assert [r.id for r in again.runs()] == [r.id for r in spec.runs()]
+    assert again.name == spec.name and again.grid == spec.grid
+    batch = json.loads((out / "batch.json").read_text())
+    assert [r["id"] for r in batch["runs"]] == [r.id for r in spec.runs()]
+
+
+class _NoOp:
+    """An executor that runs nothing (for tests of the batch bookkeeping alone)."""
+
+    name = "noop"
+
+    def execute(self, jobs, *, base_dir, resources, done):
+        self.jobs = list(jobs)
+
+
+def test_executor_choice_errors(monkeypatch):
+    with pytest.raises(FoolError, match="--address is for --executor ray"):
+        get_executor("local", "127.0.0.1:6379")
+    with pytest.raises(FoolError, match="unknown executor"):
+        get_executor("slurm")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(FoolError, match=r"pip install 'fooltools\[ray\]'"):
+        get_executor("ray")
+
+
+# --- run_one: results, atomicity, failure isolation -----------------------------------
+
+
+@pytest.fixture
+def toy_kinds(monkeypatch):
+    """Two extra task kinds: adding one is a function plus a TASKS entry."""
+
+    def square(p, out):
+        if p["x"] < 0:
+            raise FoolError(f"x must be >= 0, got {p['x']}")
+        if p["x"] == 13:
+            return {"confidence": 1 / 0}  # a bug in a task, not a user error
+        (out / "report.json").write_text("{}")
+        return {"model": "toy", "method": "square", "class": "c", "confidence": p["x"] ** 2}
+
+    def interrupted(p, out):
+        (out / "partial.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    def where(p, out):
+        return {"class": p["file"]}
+
+    monkeypatch.setitem(TASKS, "square", TaskKind(square, {"x": Param((int,), required=True)}))
+    monkeypatch.setitem(TASKS, "where", TaskKind(where, {"file": Param((str,), path=True)}))
+    monkeypatch.setitem(TASKS, "interrupted", TaskKind(interrupted, {}))
+
+
+def test_run_one_records_failures_instead_of_raising(tmp_path, toy_kinds):
+    ok = run_one("square", {"x": 3}, tmp_path / "ok")
+    assert ok["status"] == "ok" and ok["metrics"]["confidence"] == 9 and ok["pid"] == os.getpid()
+    assert read_result(tmp_path / "ok") == ok
+    bad = run_one("square", {"x": -1}, tmp_path / "bad")
+    assert bad["status"] == "failed" and bad["error"] == "x must be >= 0, got -1"
+    assert not (tmp_path / "bad" / "error.txt").exists()  # a user error needs no traceback
+    bug = run_one("square", {"x": 13}, tmp_path / "bug")
+    assert bug["error"] == "ZeroDivisionError: division by zero"
+    assert "Traceback" in (tmp_path / "bug" / "error.txt").read_text()
+    assert read_result(tmp_path / "bug")["status"] == "failed"
+
+
+def test_an_interrupted_run_leaves_no_result(tmp_path, toy_kinds):
+    run_one("square", {"x": 2}, tmp_path / "r")  # a finished run, re-run and interrupted:
+    with pytest.raises(KeyboardInterrupt):
+        run_one("interrupted", {}, tmp_path / "r")
+    assert (tmp_path / "r" / "partial.png").exists()
+    assert read_result(tmp_path / "r") is None  # unfinished, not "finished" with stale data
+
+
+def test_resume_skips_ok_runs_and_reruns_failed_and_unfinished(tmp_path, toy_kinds):
+    doc = {"kind": "square", "grid": {"x": [1, -2, 3]}}
+    spec = parse_spec(doc, name="sq")
+    lines = []
+    out = run_batch(spec, tmp_path / "b", echo=lines.append)
+    assert lines[0] == f"sq: 3 runs; running 3 on local -> {out}"
+    assert lines[2].startswith("[2/3] square x=-2 ... failed") and "x must be >= 0" in lines[2]
+    assert [r["status"] for r in load_results(out)] == ["ok", "failed", "ok"]
+    with pytest.raises(FoolError, match="already holds a batch; pass --resume"):
+        run_batch(spec, out, echo=lines.append)
+    first, third = (out / "runs" / spec.runs()[i].id / "result.json" for i in (0, 2))
+    third.unlink()  # as if killed before it finished
+    stamp = first.stat().st_mtime_ns
+    lines.clear()
+    run_batch(spec, out, resume=True, echo=lines.append)
+    assert lines[0] == f"sq: 3 runs, 1 finished before; running 2 on local -> {out}"
+    assert [line.split(" ...")[0] for line in lines[1:]] == [
+        "[2/3] square x=-2",
+        "[3/3] square x=3",
+    ]
+    assert first.stat().st_mtime_ns == stamp  # the finished run was not touched
+    assert [r["status"] for r in load_results(out)] == ["ok", "failed", "ok"]
+    assert [r["confidence"] for r in load_results(out)] == [1, None, 9]
+
+
+# --- the smoke specs, end to end --------------------------------------------------------
+
+
+def _run_smoke(capsys, name, tmp_path_factory):
+    out = tmp_path_factory.getbasetemp() / f"local-{name}"
+    code, stdout, err = cli(capsys, "run", str(SMOKE[name]), "--out", str(out))
+    assert code == 0, err
+    return out, stdout
+
+
+def test_perturb_smoke_local(capsys, tmp_path_factory):
+    out, stdout = _run_smoke(capsys, "perturb-smoke", tmp_path_factory)
+    lines = stdout.splitlines()
+    assert lines[0] == f"perturb-smoke: 4 runs; running 4 on local -> {out}"
+    assert lines[1].startswith("[1/4] perturb image=sample:cat target=ostrich ... ok ")
+    assert "4 runs: 4 ok, 0 failed" in stdout
+    rows = table(out)
+    assert [(r["image"], r["target"]) for r in rows] == [
+        ("sample:cat", "ostrich"),
+        ("sample:cat", "goldfish"),
+        ("sample:coffee", "ostrich"),
+        ("sample:coffee", "goldfish"),
+    ]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {r["method"] for r in rows} == {"pgd-linf"}
+    assert {float(r["linf"]) for r in rows} <= {7.0, 8.0}  # within the 8/255 budget
+    cat = rows[0]  # 3 PGD steps are enough for this one pair (~95% ostrich)
+    assert cat["success"] == "true" and cat["class"] == "ostrich" and float(cat["confidence"]) > 0.5
+    for row in rows:
+        run_dir = out / "runs" / row["id"]
+        report = json.loads((run_dir / "report.json").read_text())
+        assert report["steps"] == 3 and report["method"] == "pgd"
+        assert (run_dir / "adversarial.png").is_file()
+        assert read_result(run_dir)["metrics"]["success"] == (row["success"] == "true")
+    code, stdout, _ = cli(capsys, "results", str(out))
+    assert code == 0
+    header = stdout.splitlines()[0].split()
+    assert header[:5] == ["model", "method", "class", "runs", "success"]
+    assert any(
+        line.split()[2] == "ostrich" and line.split()[3] == "2" for line in stdout.splitlines()
+    )
+    gallery = (out / "gallery" / "index.html").read_text()
+    assert "4 runs" in gallery and (out / "gallery" / "contact_sheet.png").is_file()
+
+
+def test_evolve_smoke_local(capsys, tmp_path_factory):
+    out, stdout = _run_smoke(capsys, "evolve-smoke", tmp_path_factory)
+    rows = table(out)
+    assert [r["method"] for r in rows] == ["direct", "cppn"]
+    assert {r["status"] for r in rows} == {"ok"} and {r["class"] for r in rows} == {"robin"}
+    for row in rows:
+        report = json.loads((out / "runs" / row["id"] / "report.json").read_text())
+        assert report["population"] == 4 and report["generations_run"] == 2
+        assert float(row["confidence"]) == pytest.approx(report["best_confidence"], abs=1e-6)
+        assert (out / "runs" / row["id"] / "best.png").is_file()
+
+
+def test_map_elites_smoke_local(tmp_path):
+    out = run_batch(load_spec(SMOKE["map-elites-smoke"]), tmp_path, echo=lambda line: None)
+    (row,) = load_results(out)
+    assert row["status"] == "ok", row["error"]
+    assert row["method"] == "map-elites-cppn" and row["class"] == "3 classes"
+    report = json.loads((Path(row["dir"]) / "report.json").read_text())
+    assert report["filled"] == 3 and report["generations_run"] == 2
+    assert row["confidence"] == pytest.approx(report["median_confidence"], abs=1e-6)
+
+
+def test_every_bundled_spec_is_valid():
+    # The full-scale specs are too slow to run here; at least they must load.
+    specs = sorted((ROOT / "experiments").glob("*.toml"))
+    assert {p.stem for p in specs} >= set(SMOKE)
+    for path in specs:
+        assert load_spec(path).runs()
+        assert path.read_text().startswith("#")  # the header: command, runtime, result
+
+
+def test_failure_isolation(capsys, tmp_path):
+    spec = write_spec(
+        tmp_path / "iso.toml",
+        'kind = "perturb"\n[fixed]\nimage = "sample:cat"\nsteps = 3\n'
+        '[grid]\ntarget = ["not-a-class-xyz", "ostrich"]\n',
+    )
+    out = tmp_path / "out"
+    code, stdout, _ = cli(capsys, "run", str(spec), "--out", str(out))
+    assert code == 1  # some run failed
+    rows = table(out)
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert "not-a-class-xyz" in rows[0]["error"] and "\n" not in rows[0]["error"]
+    assert (out / "runs" / rows[1]["id"] / "adversarial.png").is_file()  # the rest finished
+    assert rows[1]["success"] == "true"
+    failure = f"failed {rows[0]['id']} perturb target=not-a-class-xyz: {rows[0]['error']}"
+    assert "2 runs: 1 ok, 1 failed" in stdout and failure in stdout
+    code, stdout, _ = cli(capsys, "results", str(out))
+    assert code == 0 and failure in stdout
+
+
+KILL_SPEC = """kind = "perturb"
+[fixed]
+image = "sample:cat"
+method = "pgd"
+steps = 3
+[grid]
+target = ["ostrich", "goldfish"]
+"""
+
+
+def test_killed_batch_resumes_to_the_same_table(tmp_path, capsys):
+    spec = write_spec(tmp_path / "kill.toml", KILL_SPEC)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from fooltools.cli import main; main()", "run", str(spec)]
+        + ["--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(killed.glob("runs/*/result.json")):
+            assert proc.poll() is None, "the batch ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    statuses = [r["status"] for r in load_results(killed)]
+    assert statuses.count("ok") >= 1 and "unfinished" in statuses  # killed midway
+    for path in killed.glob("runs/*/result.json"):  # every result present is whole
+        assert json.loads(path.read_text())["status"] == "ok"
+    done_before = statuses.count("ok")
+
+    code, stdout, err = cli(capsys, "run", str(spec), "--out", str(killed), "--resume")
+    assert code == 0, err
+    assert f"2 runs, {done_before} finished before; running {2 - done_before}" in stdout
+    code, _, err = cli(capsys, "run", str(spec), "--out", str(tmp_path / "whole"))
+    assert code == 0, err
+    resumed, whole = table(killed), table(tmp_path / "whole")
+    assert resumed == whole and [r["status"] for r in whole] == ["ok"] * 2
+
+
+def test_relative_paths_are_relative_to_the_batch_working_directory(
+    tmp_path, toy_kinds, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(
+        {"kind": "where", "grid": {"file": ["a.png", "sample:cat", "/x.png"]}}, name="w"
+    )
+    out = run_batch(spec, "b", echo=lambda line: None)
+    rows = load_results(out)
+    assert [r["class"] for r in rows] == [str(tmp_path / "a.png"), "sample:cat", "/x.png"]
+    assert [r["file"] for r in rows] == ["a.png", "sample:cat", "/x.png"]  # ids: as written
+
+
+def test_local_executor_runs_in_this_process(tmp_path, toy_kinds):
+    seen = []
+    spec = parse_spec({"kind": "square", "grid": {"x": [2, 5]}}, name="sq")
+    run_batch(spec, tmp_path / "b", executor=LocalExecutor(), echo=seen.append)
+    assert {r["pid"] for r in map(read_result, (tmp_path / "b" / "runs").iterdir())} == {
+        os.getpid()
+    }
