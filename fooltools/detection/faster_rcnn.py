@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -361,6 +361,7 @@ def load_faster_rcnn(
     box_score_thresh: float = 0.05,
     rpn_pre_nms_top_n: int = 1000,
     rpn_post_nms_top_n: int = 1000,
+    anchor_sizes: Sequence[Sequence[int]] = rpn.ANCHOR_SIZES,
 ) -> FasterRCNN:
     """Load a torchvision Faster R-CNN (ResNet-FPN) state dict.
 
@@ -374,6 +375,11 @@ def load_faster_rcnn(
         box_score_thresh: Minimum class score of a detection.
         rpn_pre_nms_top_n: Proposals per level before NMS.
         rpn_post_nms_top_n: Proposals kept after NMS.
+        anchor_sizes: Anchor sizes (pixels of the resized image) per pyramid level, one
+            tuple for each of the five levels ("0" to "pool"), as torchvision's
+            ``AnchorGenerator(sizes=...)``; the default is torchvision's. Models trained
+            with other anchors (e.g. the bundled synthetic-data detector) must be loaded
+            with theirs.
 
     Returns:
         The :class:`FasterRCNN`, with jitted ``apply`` and ``detect``.
@@ -400,16 +406,26 @@ def load_faster_rcnn(
     _check_keys(sd, expected, model)
     if num_classes is not None and num_classes != classes:
         raise ModelError(f"weights have {classes} classes, expected num_classes={num_classes}")
+    anchor_sizes = tuple(tuple(int(a) for a in level) for level in anchor_sizes)
+    num_anchors = sd["rpn.head.cls_logits.weight"].shape[0]
+    per_level = {len(level) * len(rpn.ASPECT_RATIOS) for level in anchor_sizes}
+    if len(anchor_sizes) != len(resnet_fpn.LEVEL_NAMES) or per_level != {num_anchors}:
+        raise ModelError(
+            f"anchor_sizes {anchor_sizes} do not fit the weights: the RPN head predicts "
+            f"{num_anchors} anchors per location at each of {len(resnet_fpn.LEVEL_NAMES)} "
+            f"levels ({len(rpn.ASPECT_RATIOS)} aspect ratios per size)"
+        )
     config = FasterRCNNConfig(
         backbone=spec,
         num_classes=int(classes),
         representation=int(representation),
-        num_anchors=sd["rpn.head.cls_logits.weight"].shape[0],
+        num_anchors=num_anchors,
         min_size=min_size,
         max_size=max_size,
         box_score_thresh=box_score_thresh,
         rpn_pre_nms_top_n=rpn_pre_nms_top_n,
         rpn_post_nms_top_n=rpn_post_nms_top_n,
+        anchor_sizes=anchor_sizes,
     )
     c = spec.fpn_channels
     template = jax.eval_shape(

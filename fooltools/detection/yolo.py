@@ -41,6 +41,7 @@ __all__ = [
     "Head",
     "DarknetCfg",
     "apply",
+    "conv2d",
     "decode",
     "detect",
     "heads",
@@ -174,13 +175,30 @@ def _reorg(x: jax.Array, s: int) -> jax.Array:
     return buf.transpose(0, 2, 3, 1)
 
 
-def apply(cfg: DarknetCfg, params: Params, x: jax.Array) -> list[jax.Array]:
+def conv2d(x: jax.Array, kernel: jax.Array, layer: darknet.Layer) -> jax.Array:
+    """A cfg convolution without bias: x (B, H, W, Cin), kernel (k, k, Cin, F), NHWC out."""
+    pad = ((layer.padding, layer.padding),) * 2
+    return lax.conv_general_dilated(
+        x, kernel, (layer.stride, layer.stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def apply(
+    cfg: DarknetCfg,
+    params: Params,
+    x: jax.Array,
+    *,
+    conv: Callable[[int, darknet.Layer, jax.Array], jax.Array] | None = None,
+) -> list[jax.Array]:
     """Run the network up to each detection head.
 
     Args:
         cfg: The parsed cfg (static).
         params: Folded weights, ``{"conv{i}": {"kernel", "bias"}}``.
         x: RGB images in [0, 1], shape (B, H, W, channels); H, W divisible by the total stride.
+        conv: Optional replacement for each convolution up to (not including) its activation,
+            ``conv(i, layer, x) -> y``; training uses it to run batch norm on batch
+            statistics (:mod:`fooltools.detection.yolo_train`). None: the folded convolution.
 
     Returns:
         One raw map per head, (B, gh, gw, A * (5 + C)): the output of the layer feeding the
@@ -191,12 +209,10 @@ def apply(cfg: DarknetCfg, params: Params, x: jax.Array) -> list[jax.Array]:
     x0 = x
     for i, layer in enumerate(cfg.layers):
         if layer.kind == "convolutional":
-            p = params[f"conv{i}"]
-            pad = ((layer.padding, layer.padding),) * 2
-            x = lax.conv_general_dilated(
-                x, p["kernel"], (layer.stride, layer.stride), pad,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            ) + p["bias"]  # fmt: skip
+            if conv is None:
+                x = conv2d(x, params[f"conv{i}"]["kernel"], layer) + params[f"conv{i}"]["bias"]
+            else:
+                x = conv(i, layer, x)
             x = _activate(x, layer.activation)
         elif layer.kind == "maxpool":
             x = _maxpool(x, layer.size, layer.stride, layer.padding)
