@@ -49,9 +49,9 @@ def _detector_options(f: Callable) -> Callable:
             click.option(
                 "--confidence",
                 type=click.FloatRange(0, 1),
-                default=0.5,
-                show_default=True,
-                help="Score at which a detection counts as an object (drawn, counted).",
+                help="Score at which a detection counts as an object (drawn, counted) "
+                "[default: the detector's operating point: 0.7 bundled YOLO, 0.8 bundled "
+                "Faster R-CNN, 0.5 other weights].",
             ),
         )
     ):
@@ -79,20 +79,9 @@ def _target_index(det: Any, name: str | None) -> int | None:
 
 
 def _image(arg: str, out: Path) -> Path:
-    """``synthetic:N``: held-out synthetic image N, written to ``out``; else as fool perturb."""
-    from fooltools.cli import resolve_image
+    from fooltools.detection.attack_run import resolve_image
 
-    if not arg.startswith("synthetic:"):
-        return resolve_image(arg)
-    from fooltools.detection import synthetic
-    from fooltools.io import write_png
-
-    index = arg.removeprefix("synthetic:")
-    if not index.isdigit():
-        raise FoolError(f"synthetic:N needs an image number N >= 0, got {arg!r}")
-    image, _, _ = synthetic.make_image(synthetic.TEST_SEED, int(index))
-    out.mkdir(parents=True, exist_ok=True)
-    return write_png(out / f"synthetic-{index}.png", image)
+    return resolve_image(arg, out)
 
 
 def _check(det: Any, mode: str, kw: dict[str, Any]) -> None:
@@ -129,7 +118,7 @@ def detect() -> None:
 @_detector_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory.")
 def image(
-    image: str, detector: str, cfg: str | None, weights: str | None, confidence: float,
+    image: str, detector: str, cfg: str | None, weights: str | None, confidence: float | None,
     out_dir: str | None,
 ) -> None:  # fmt: skip
     """Detect objects in IMAGE: prints them, writes boxes.png and detections.json.
@@ -147,6 +136,7 @@ def image(
     x = read_image(path)
     det = _load(detector, cfg, weights)
     found = det.detect(det.params, x[None])
+    confidence = det.confidence if confidence is None else confidence
     dets = records(found, 0, det.class_names, confidence)
     out.mkdir(parents=True, exist_ok=True)
     write_png(out / "boxes.png", draw_boxes(to_uint8(x), dets).astype(np.float32) / 255)
@@ -175,7 +165,7 @@ def image(
 def attack(
     image: str, mode: str, target_class: str | None, norm: str, eps: str | None,
     step_size: str | None, steps: int, detector: str, cfg: str | None, weights: str | None,
-    confidence: float, seed: int, out_dir: str | None,
+    confidence: float | None, seed: int, out_dir: str | None,
 ) -> None:  # fmt: skip
     """Attack the detector on IMAGE; writes clean/adversarial images with boxes and a report.
 
@@ -193,6 +183,7 @@ def attack(
     _check(det, mode, kw)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect-attack")
     path = _image(image, out)
+    confidence = det.confidence if confidence is None else confidence
     report = attack_file(det, path, out, mode=mode, seed=seed, confidence=confidence, **kw)
     m = report["metrics"]
     click.echo(
@@ -245,7 +236,8 @@ def eval_cmd(
         click.echo(f"  {'mAP@0.5':<10} {result.clean_map50:9.3f} {adv_map:>9}")
         if mode:
             click.echo(
-                f"  objects (score >= 0.5): {result.clean_objects} -> {result.attacked_objects}"
+                f"  objects (score >= {det.confidence}): {result.clean_objects} -> "
+                f"{result.attacked_objects}"
                 + (
                     f"; relabelled as target: {100 * result.mislabel_rate:.1f}%"
                     if result.mislabel_rate is not None

@@ -21,8 +21,31 @@ import numpy as np
 from fooltools import gallery, io
 from fooltools.detection import attacks as det_attacks
 from fooltools.detection import boxes as box_ops
+from fooltools.detection import synthetic
 from fooltools.detection.detectors import Detector
 from fooltools.detection.draw import draw_boxes, records
+from fooltools.errors import FoolError
+
+
+def resolve_image(arg: str, out: Path) -> Path:
+    """The image a detector command names, as a path.
+
+    ``synthetic:N`` is held-out synthetic image N (written into ``out``), ``sample:NAME`` a
+    bundled photo, anything else a path.
+
+    Raises:
+        FoolError: ``synthetic:`` without a number.
+    """
+    if arg.startswith("sample:"):
+        return io.sample_path(arg.removeprefix("sample:"))
+    if not arg.startswith("synthetic:"):
+        return Path(arg)
+    index = arg.removeprefix("synthetic:")
+    if not index.isdigit():
+        raise FoolError(f"synthetic:N needs an image number N >= 0, got {arg!r}")
+    image, _, _ = synthetic.make_image(synthetic.TEST_SEED, int(index))
+    out.mkdir(parents=True, exist_ok=True)
+    return io.write_png(out / f"synthetic-{index}.png", image)
 
 
 def _kept(clean: list[dict], adv: list[dict], label_of: Any) -> int:

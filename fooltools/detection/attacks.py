@@ -6,7 +6,8 @@ steps on a loss of the detector's raw outputs:
 
 * ``vanish``: every candidate's objectness towards "no object" (for Faster R-CNN also the
   RPN's): the objects disappear;
-* ``fabricate``: every candidate's objectness towards "object": detections multiply;
+* ``fabricate``: gradient *ascent* on the vanishing loss (TOG's definition): candidates
+  already leaning towards "object" get there first, and detections multiply;
 * ``mislabel``: the candidates that overlap a clean detection (IoU >= ``match_iou``)
   towards "object of ``target_class``", all others towards "no object", i.e. TOG's
   detection loss with the clean detections relabelled as targets;
@@ -18,7 +19,8 @@ candidate still scores its true class highest, lowers ``logit_true - logit_adv``
 are DAG's ``step_size * g / max|g|`` (L-inf) or the L2-normalised gradient, here within
 the same ``eps`` ball as TOG so that the two are comparable.
 
-Clean detections count as objects when their score is at least ``confidence``. Every
+Clean detections count as objects when their score is at least ``confidence`` (default:
+the detector's operating point, :attr:`Detector.confidence`). Every
 candidate is put on the 8-bit grid before it is scored (rounding each change towards the
 original, :func:`fooltools.attacks.base.snap`), so what is reported is what the PNG holds.
 """
@@ -40,6 +42,10 @@ from fooltools.detection.detectors import Dense, Detector, Found
 MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
 # TOG's defaults (L-inf, pixel values in [0, 1]).
 TOG_EPS, TOG_STEP, TOG_STEPS = 8 / 255, 2 / 255, 10
+# Weight of the class term against the objectness terms in the mislabel / untargeted loss.
+# With 1 (a plain sum) the many background terms dominate the signed gradient: the bundled
+# YOLO relabelled 86% of the held-out objects to "star", 93% with 5.
+CLASS_WEIGHT = 5.0
 
 
 class DetectionAttackResult(NamedTuple):
@@ -81,9 +87,28 @@ def _match(d: Dense, clean: Found, is_obj: jax.Array, match_iou: float) -> tuple
     return d.valid & (iou.max(-1) >= match_iou), iou.argmax(-1)
 
 
+def _vanishing_loss(d: Dense) -> jax.Array:
+    """TOG's objectness loss towards "no object", summed over the batch.
+
+    The mean binary cross-entropy of every candidate's objectness to 0, plus (Faster
+    R-CNN) the mean over the RPN's anchors, as TOG's Faster R-CNN victim has it. Means,
+    not sums: the 4k RPN anchors would otherwise outweigh the 1k proposals whose scores
+    are the detections (measured on the bundled detector: held-out mAP of the objects
+    0.11 after the attack with sums, 0.04 with means).
+    """
+    n = jnp.maximum(d.valid.sum(axis=1), 1)
+    loss = jnp.sum(jnp.where(d.valid, jax.nn.softplus(d.obj), 0.0), axis=1) / n
+    if d.extra_obj.shape[1]:
+        loss = loss + jnp.mean(jax.nn.softplus(d.extra_obj), axis=1)
+    return jnp.sum(loss)
+
+
 def _detection_loss(d: Dense, pos: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
-    """TOG's detection loss: positives are objects of ``labels``, the rest background."""
-    fg = jax.nn.softplus(-d.obj) + _class_nll(d.cls, labels, multilabel)
+    """TOG's detection loss: positives are objects of ``labels``, the rest background.
+
+    The class term is weighted by :data:`CLASS_WEIGHT`.
+    """
+    fg = jax.nn.softplus(-d.obj) + CLASS_WEIGHT * _class_nll(d.cls, labels, multilabel)
     bg = jax.nn.softplus(d.obj)
     return jnp.sum(jnp.where(pos, fg, jnp.where(d.valid, bg, 0.0)))
 
@@ -120,7 +145,7 @@ def detection_attack(
     steps: int = TOG_STEPS,
     norm: str = "linf",
     target_class: int | None = None,
-    confidence: float = 0.5,
+    confidence: float | None = None,
     match_iou: float = 0.5,
 ) -> Callable[[jax.Array, jax.Array], DetectionAttackResult]:
     """Build a TOG (or DAG) attack on ``detector``: ``run(key, x) -> DetectionAttackResult``.
@@ -133,7 +158,8 @@ def detection_attack(
         steps: Iterations (TOG: 10).
         norm: ``"linf"`` or ``"l2"``.
         target_class: Foreground class index for ``mislabel``.
-        confidence: Score at which a clean detection counts as an object.
+        confidence: Score at which a clean detection counts as an object; None: the
+            detector's operating point.
         match_iou: IoU at which a candidate belongs to a clean object.
 
     Returns:
@@ -145,18 +171,14 @@ def detection_attack(
     """
     check_arguments(detector, mode, eps, step_size, steps, norm, target_class)
     k, multi = len(detector.class_names), detector.multilabel
+    confidence = detector.confidence if confidence is None else confidence
 
     def loss(params, x0, x, clean, is_obj, adv_labels):
         d = detector.dense(params, base.snap(x0, x))
-        valid = d.valid
         if mode == "vanish":
-            return jnp.sum(jnp.where(valid, jax.nn.softplus(d.obj), 0.0)) + jnp.sum(
-                jax.nn.softplus(d.extra_obj)
-            )
+            return _vanishing_loss(d)
         if mode == "fabricate":
-            return jnp.sum(jnp.where(valid, jax.nn.softplus(-d.obj), 0.0)) + jnp.sum(
-                jax.nn.softplus(-d.extra_obj)
-            )
+            return -_vanishing_loss(d)  # TOG: ascend the vanishing loss
         pos, which = _match(d, clean, is_obj, match_iou)
         labels = jnp.take_along_axis(clean.labels, which, axis=1)
         if mode == "mislabel":
@@ -189,6 +211,8 @@ def detection_attack(
             x = x - step_size * direction
             return jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
 
+        # No random start, unlike TOG's code: measured on the bundled YOLO it lowered the
+        # share of relabelled objects (78% vs 86%) and did not help the other modes.
         xa = base.snap(x0, jax.lax.fori_loop(0, steps, body, x0))
         delta = (xa - x0).reshape(x0.shape[0], -1)
         return DetectionAttackResult(

@@ -32,12 +32,15 @@ from fooltools.errors import ModelError
 KINDS = ("yolo", "faster-rcnn")
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CFG_DIR = Path(__file__).parent / "cfg"
+# Score thresholds at which the bundled detectors report objects: each maximises F1
+# (IoU >= 0.5) on 200 validation images of synthetic seed 2, neither training (0) nor
+# test (1) data; recomputed by evaluate.operating_point (tests/test_detection_eval.py).
+# Other weights get 0.5 unless the caller says otherwise.
+OPERATING_POINTS = {"yolo": 0.7, "faster-rcnn": 0.8}
 BUNDLED = {
     "yolo": (CFG_DIR / "yolo-synth.cfg", WEIGHTS_DIR / "yolo-synth.weights"),
     "faster-rcnn": (None, WEIGHTS_DIR / "faster-rcnn-synth.pth"),
 }
-# Size the bundled Faster R-CNN was trained at (torchvision's min_size / max_size).
-SYNTH_RCNN_SIZE = 128
 
 
 class Dense(NamedTuple):
@@ -89,6 +92,8 @@ class Detector(NamedTuple):
         detect: ``detect(params, x) -> Found``, pure.
         multilabel: Whether classes are independent sigmoids (YOLOv3) rather than a softmax.
         sources: The files the weights came from.
+        confidence: Operating point: the score at which a detection is reported as an
+            object (drawn, counted, attacked); see :data:`OPERATING_POINTS`.
     """
 
     name: str
@@ -99,6 +104,7 @@ class Detector(NamedTuple):
     detect: Callable[[Any, jax.Array], Found]
     multilabel: bool
     sources: tuple[str, ...]
+    confidence: float = 0.5
 
 
 def _to_input(net: yolo.YOLO, x: jax.Array) -> jax.Array:
@@ -151,9 +157,13 @@ def _rcnn_detect(model: faster_rcnn.FasterRCNN, params: Any, x: jax.Array) -> Fo
 
 
 def from_yolo(
-    net: yolo.YOLO, class_names: tuple[str, ...], *, score_threshold: float = 0.05
+    net: yolo.YOLO,
+    class_names: tuple[str, ...],
+    *,
+    score_threshold: float = 0.05,
+    confidence: float = 0.5,
 ) -> Detector:
-    """Wrap a loaded YOLO; ``score_threshold`` is the lowest score ``detect`` keeps."""
+    """Wrap a loaded YOLO; ``detect`` keeps scores above ``score_threshold`` (for mAP)."""
     if len(class_names) != net.num_classes:
         raise ModelError(f"{len(class_names)} class names for a {net.num_classes}-class YOLO")
     return Detector(
@@ -165,11 +175,16 @@ def from_yolo(
         detect=functools.partial(_yolo_detect, net, score_threshold),
         multilabel=not net.heads[0].softmax,
         sources=tuple(str(p) for p in (net.cfg.name, net.weights) if p),
+        confidence=confidence,
     )
 
 
 def from_faster_rcnn(
-    model: faster_rcnn.FasterRCNN, class_names: tuple[str, ...], source: str = ""
+    model: faster_rcnn.FasterRCNN,
+    class_names: tuple[str, ...],
+    source: str = "",
+    *,
+    confidence: float = 0.5,
 ) -> Detector:
     """Wrap a loaded Faster R-CNN (its class 0, background, is not in ``class_names``)."""
     if len(class_names) != model.config.num_classes - 1:
@@ -186,6 +201,7 @@ def from_faster_rcnn(
         detect=functools.partial(_rcnn_detect, model),
         multilabel=False,
         sources=(source,) if source else (),
+        confidence=confidence,
     )
 
 
@@ -206,9 +222,9 @@ def load_detector(
         weights: Darknet ``.weights`` or torchvision ``.pth``; default the bundled one.
         class_names: Foreground class names; default the synthetic classes for the
             bundled weights, else ``class0, class1, ...``.
-        min_size: Faster R-CNN resize (short side); default 128 for the bundled weights,
-            torchvision's 800 otherwise.
-        max_size: Faster R-CNN long-side bound; default 128 / torchvision's 1333.
+        min_size: Faster R-CNN resize (short side); default: what the bundled detector was
+            trained at (its anchors too), torchvision's 800 for other weights.
+        max_size: Faster R-CNN long-side bound; default: the bundled one's, or 1333.
 
     Returns:
         The :class:`Detector`.
@@ -225,13 +241,17 @@ def load_detector(
             raise ModelError(f"the bundled {kind} weights {bundled_weights} are not installed")
         weights = bundled_weights
     names = class_names or (synthetic.CLASSES if bundled else None)
+    confidence = OPERATING_POINTS[kind] if bundled else 0.5
     if kind == "yolo":
         net = yolo.load_darknet(cfg or bundled_cfg, weights)
         names = names or tuple(f"class{i}" for i in range(net.num_classes))
-        return from_yolo(net, tuple(names))
-    small = SYNTH_RCNN_SIZE if bundled else None
-    model = faster_rcnn.load_faster_rcnn(
-        weights, min_size=min_size or small or 800, max_size=max_size or small or 1333
-    )
+        return from_yolo(net, tuple(names), confidence=confidence)
+    settings: dict[str, Any] = {"min_size": 800, "max_size": 1333}  # torchvision's
+    if bundled:
+        from fooltools.detection.rcnn_train import SYNTH_LOAD_KWARGS
+
+        settings = dict(SYNTH_LOAD_KWARGS)
+    settings.update({k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v})
+    model = faster_rcnn.load_faster_rcnn(weights, **settings)
     names = names or tuple(f"class{i}" for i in range(1, model.config.num_classes))
-    return from_faster_rcnn(model, tuple(names), os.fspath(weights))
+    return from_faster_rcnn(model, tuple(names), os.fspath(weights), confidence=confidence)

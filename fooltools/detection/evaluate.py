@@ -1,8 +1,11 @@
 """Clean vs attacked detection quality over a dataset: mAP@0.5, object counts, mislabel rate.
 
-Used by ``fool detect eval`` and the acceptance tests. Counting conventions (shared with
-the attacks): a detection is an *object* when its score is at least ``confidence``; mAP
-uses every detection the detector returns (its own low score threshold), as VOC does.
+Used by ``fool detect eval`` and the acceptance tests. A detection is an *object* when its
+score is at least ``confidence``, by default the detector's operating point (the threshold
+a deployed detector reports at; :func:`operating_point` finds it). Following TOG's
+evaluation protocol, ``*_map50`` is the VOC mAP@0.5 of those objects; ``*_map50_all`` is
+the VOC mAP@0.5 of every detection the detector returns down to its own low score
+threshold (0.05), which also credits faint leftovers of an attack.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ class Evaluation(NamedTuple):
         detector: The detector's name.
         attack: The attack mode, or None for clean only.
         images: Number of images evaluated.
-        clean_map50: mAP@0.5 on the clean images.
-        attacked_map50: mAP@0.5 on the attacked images (None without an attack).
-        clean_ap: Per-class AP@0.5 (class name -> AP), clean.
-        attacked_ap: Per-class AP@0.5 under attack (empty without an attack).
+        clean_map50: mAP@0.5 of the clean objects (score >= confidence).
+        attacked_map50: The same under attack (None without an attack).
+        clean_map50_all: mAP@0.5 of all clean detections (score >= the detector's floor).
+        attacked_map50_all: The same under attack (None without an attack).
+        clean_ap: Per-class AP@0.5 of the clean objects (class name -> AP).
+        attacked_ap: The same under attack (empty without an attack).
         clean_objects: Detections with score >= confidence on the clean images.
         attacked_objects: The same on the attacked images (None without an attack).
         mislabel_rate: For ``mislabel``: the fraction of clean objects not already of the
@@ -43,6 +48,8 @@ class Evaluation(NamedTuple):
     images: int
     clean_map50: float
     attacked_map50: float | None
+    clean_map50_all: float
+    attacked_map50_all: float | None
     clean_ap: dict[str, float]
     attacked_ap: dict[str, float]
     clean_objects: int
@@ -55,22 +62,67 @@ class Evaluation(NamedTuple):
         return self._asdict()
 
 
-def _numpy(found: Found) -> Found:
-    return Found(*(np.asarray(a) for a in found))
-
-
 def _concat(parts: list[Found]) -> Found:
     return Found(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
 
 
-def _map(found: Found, data: Dataset, names: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+def _map(
+    found: Found, data: Dataset, names: tuple[str, ...], floor: float = 0.0
+) -> tuple[float, dict[str, float]]:
+    keep = found.valid & (found.scores >= floor)
     dets = [
-        box_ops.Detections(b[v], s[v], lab[v])
-        for b, s, lab, v in zip(found.boxes, found.scores, found.labels, found.valid, strict=True)
+        box_ops.Detections(b[k], s[k], lab[k])
+        for b, s, lab, k in zip(found.boxes, found.scores, found.labels, keep, strict=True)
     ]
     gts = [box_ops.GroundTruth(b, lab) for b, lab in zip(data.boxes, data.labels, strict=True)]
     result = box_ops.evaluate_map(dets, gts, num_classes=len(names))
     return float(result.mean_ap), {names[c]: float(ap) for c, ap in result.per_class.items()}
+
+
+def detect_all(detector: Detector, images: np.ndarray, batch: int = 16) -> Found:
+    """Detections of ``images`` (n, H, W, 3) in jitted batches, as numpy arrays."""
+    detect = jax.jit(detector.detect)
+    parts = []
+    for i in range(0, images.shape[0], batch):
+        x = images[i : i + batch]
+        pad = batch - x.shape[0]
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+        parts.append(Found(*(np.asarray(a)[: batch - pad] for a in detect(detector.params, x))))
+    return _concat(parts)
+
+
+def operating_point(detector: Detector, data: Dataset) -> tuple[float, float]:
+    """The score threshold (a multiple of 0.05) maximising F1 at IoU >= 0.5 on ``data``.
+
+    A detection is a true positive when it matches a not yet matched ground-truth box of
+    its class with IoU >= 0.5 (greedily, best score first, per image).
+
+    Returns:
+        ``(threshold, f1)``.
+    """
+    found = detect_all(detector, data.images)
+    best = (0.0, -1.0)
+    n_gt = int((data.labels >= 0).sum())
+    for t in np.round(np.arange(0.05, 1.0, 0.05), 2):
+        tp = fp = 0
+        for i in range(found.boxes.shape[0]):
+            keep = found.valid[i] & (found.scores[i] >= t)
+            gt = data.labels[i] >= 0
+            gb, gl = data.boxes[i][gt], data.labels[i][gt]
+            used = np.zeros(len(gl), bool)
+            order = np.argsort(-found.scores[i][keep], kind="stable")
+            kept_boxes, kept_labels = found.boxes[i][keep][order], found.labels[i][keep][order]
+            for b, lab in zip(kept_boxes, kept_labels, strict=True):
+                iou = np.array(box_ops.box_iou(b[None], gb))[0] if len(gl) else np.zeros(0)
+                iou[(gl != lab) | used] = -1.0
+                hit = len(gl) > 0 and iou.max() >= 0.5
+                if hit:
+                    used[iou.argmax()] = True
+                tp, fp = tp + hit, fp + (not hit)
+        f1 = 2 * tp / max(2 * tp + fp + (n_gt - tp), 1)
+        if f1 > best[1] + 1e-12:
+            best = (float(t), f1)
+    return best[0], float(best[1])
 
 
 def mislabel_rate(clean: Found, adv: Found, target: int, confidence: float) -> float:
@@ -102,7 +154,7 @@ def evaluate(
     attack: str | None = None,
     batch: int = 16,
     seed: int = 0,
-    confidence: float = 0.5,
+    confidence: float | None = None,
     **attack_kw: Any,
 ) -> Evaluation:
     """mAP@0.5 of ``detector`` on ``data``, clean and under ``attack`` (a TOG/DAG mode).
@@ -113,7 +165,8 @@ def evaluate(
         attack: One of :data:`fooltools.detection.attacks.MODES`, or None.
         batch: Images per jitted call (the last partial batch is padded, then dropped).
         seed: Key for the attack's randomness (DAG's labels).
-        confidence: Score at which a detection counts as an object.
+        confidence: Score at which a detection counts as an object; None: the detector's
+            operating point.
         **attack_kw: Passed to :func:`~fooltools.detection.attacks.detection_attack`
             (``eps``, ``step_size``, ``steps``, ``norm``, ``target_class``).
 
@@ -121,36 +174,29 @@ def evaluate(
         The :class:`Evaluation`.
     """
     start = time.perf_counter()
+    confidence = detector.confidence if confidence is None else confidence
     n = data.images.shape[0]
+    clean_parts, adv_parts = [], []
     if attack is None:
-        detect = jax.jit(detector.detect)
-        run = None
+        clean_parts.append(detect_all(detector, data.images, batch))
     else:
         run = det_attacks.detection_attack(
             detector, mode=attack, confidence=confidence, **attack_kw
         )
-    clean_parts, adv_parts = [], []
-    for i in range(0, n, batch):
-        x = data.images[i : i + batch]
-        pad = batch - x.shape[0]
-        if pad:  # one compiled shape for the whole set
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-        if run is None:
-            clean_parts.append(_numpy(detect(detector.params, x)))
-        else:
+        for i in range(0, n, batch):
+            x = data.images[i : i + batch]
+            pad = batch - x.shape[0]
+            if pad:  # one compiled shape for the whole set
+                x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
             result = run(jax.random.fold_in(jax.random.key(seed), i), x)
-            clean_parts.append(_numpy(result.clean))
-            adv_parts.append(_numpy(result.adv))
-        if pad:
-            for parts in (clean_parts, adv_parts):
-                if parts:
-                    parts[-1] = Found(*(a[: batch - pad] for a in parts[-1]))
+            clean_parts.append(Found(*(np.asarray(a)[: batch - pad] for a in result.clean)))
+            adv_parts.append(Found(*(np.asarray(a)[: batch - pad] for a in result.adv)))
     names = detector.class_names
     clean = _concat(clean_parts)
-    clean_map, clean_ap = _map(clean, data, names)
+    clean_map, clean_ap = _map(clean, data, names, confidence)
     count = lambda f: int(det_attacks.objects(f, confidence).sum())  # noqa: E731
     adv = _concat(adv_parts) if adv_parts else None
-    adv_map, adv_ap = _map(adv, data, names) if adv is not None else (None, {})
+    adv_map, adv_ap = _map(adv, data, names, confidence) if adv is not None else (None, {})
     target = attack_kw.get("target_class")
     return Evaluation(
         detector=detector.name,
@@ -158,6 +204,8 @@ def evaluate(
         images=n,
         clean_map50=clean_map,
         attacked_map50=adv_map,
+        clean_map50_all=_map(clean, data, names)[0],
+        attacked_map50_all=None if adv is None else _map(adv, data, names)[0],
         clean_ap=clean_ap,
         attacked_ap=adv_ap,
         clean_objects=count(clean),

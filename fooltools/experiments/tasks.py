@@ -24,6 +24,8 @@ from typing import Any
 from fooltools.errors import FoolError
 
 RESULT = "result.json"
+# Image arguments that name built-in images rather than paths.
+_NAMED = ("sample:", "synthetic:")
 ERROR_LOG = "error.txt"
 # Columns a task's metrics may fill, in table order.
 METRICS = ("model", "method", "class", "source", "success", "confidence", "linf", "l2")
@@ -143,6 +145,56 @@ def run_map_elites(p: dict[str, Any], out: Path) -> dict[str, Any]:
     }
 
 
+def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``fool detect attack``: TOG/DAG on one image (see :mod:`fooltools.detection`)."""
+    from fooltools.detection.attack_run import attack_file, resolve_image
+
+    det = _detector(p["detector"], p["cfg"], p["weights"])
+    target = p["target"]
+    if isinstance(target, str):
+        if target not in det.class_names:
+            names = ", ".join(det.class_names)
+            raise FoolError(f"unknown class {target!r} for {det.name}; classes: {names}")
+        target = det.class_names.index(target)
+    kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm") if p[k] is not None}
+    report = attack_file(
+        det, resolve_image(p["image"], out), out, mode=p["mode"], seed=p["seed"],
+        confidence=det.confidence if p["confidence"] is None else p["confidence"],
+        target_class=target, **kw,
+    )  # fmt: skip
+    m = report["metrics"]
+    return {
+        "model": det.name,
+        "method": p["mode"],
+        "class": "-" if target is None else det.class_names[target],
+        "source": f"{m['clean_objects']} objects",
+        "success": report["success"],
+        "linf": m["linf_255"],
+        "l2": round(m["l2"] * 255, 3),
+    }
+
+
+_DETECTORS: dict[tuple, Any] = {}
+
+
+def _detector(kind: str, cfg: str | None, weights: str | None):
+    # One load (and jit cache) per worker process, as for the classifiers.
+    from fooltools.detection.detectors import load_detector
+
+    key = (kind, cfg, weights)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = load_detector(kind, cfg=cfg, weights=weights)
+    return _DETECTORS[key]
+
+
+def _mode(value: str) -> str:
+    from fooltools.detection.attacks import MODES
+
+    if value not in MODES:
+        raise FoolError(f"unknown attack mode {value!r}; choose from {', '.join(MODES)}")
+    return value
+
+
 def _encoding(value: str) -> str:
     if value not in ("cppn", "direct"):
         raise FoolError(f"unknown encoding {value!r}; choose cppn or direct")
@@ -187,6 +239,23 @@ TASKS: dict[str, TaskKind] = {
     "map-elites": TaskKind(
         run_map_elites, {"classes": Param((str, list), default="all"), **_EVOLVE}
     ),
+    "detect-attack": TaskKind(
+        run_detect_attack,
+        {
+            "image": Param((str,), required=True, path=True),
+            "mode": Param((str,), required=True, normalise=_mode),
+            "detector": Param((str,), default="yolo"),
+            "target": Param((str, int)),
+            "eps": Param((float, int, str), normalise=_eps),
+            "step_size": Param((float, int, str), normalise=_eps),
+            "steps": Param((int,)),
+            "norm": Param((str,)),
+            "confidence": Param((float, int)),
+            "cfg": Param((str,), path=True),
+            "weights": Param((str,), path=True),
+            "seed": Param((int,), default=0),
+        },
+    ),
 }
 
 
@@ -203,7 +272,7 @@ def localise(kind: str, params: dict[str, Any], base_dir: str | None) -> dict[st
     out = dict(params)
     for key, param in TASKS[kind].params.items():
         value = out.get(key)
-        if param.path and isinstance(value, str) and not value.startswith("sample:"):
+        if param.path and isinstance(value, str) and not value.startswith(_NAMED):
             out[key] = os.path.join(base_dir, os.path.expanduser(value))
     return out
 
