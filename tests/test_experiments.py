@@ -29,7 +29,7 @@ from fooltools.experiments import (
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
     name: ROOT / "experiments" / f"{name}.toml"
-    for name in ("perturb-smoke", "evolve-smoke", "map-elites-smoke")
+    for name in ("perturb-smoke", "evolve-smoke", "map-elites-smoke", "detect-smoke")
 }
 
 
@@ -332,6 +332,24 @@ def test_map_elites_smoke_local(tmp_path):
     report = json.loads((Path(row["dir"]) / "report.json").read_text())
     assert report["filled"] == 3 and report["generations_run"] == 2
     assert row["confidence"] == pytest.approx(report["median_confidence"], abs=1e-6)
+
+
+def test_detect_smoke_local(capsys, tmp_path_factory):
+    out, stdout = _run_smoke(capsys, "detect-smoke", tmp_path_factory)
+    rows = table(out)
+    assert [(r["model"].split()[0], r["method"]) for r in rows] == [
+        ("yolo", "vanish"),
+        ("yolo", "untargeted"),
+        ("faster-rcnn", "vanish"),
+        ("faster-rcnn", "untargeted"),
+    ]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {float(r["linf"]) for r in rows} <= {3.0, 4.0}  # 2 steps of 2/255
+    for row in rows:
+        report = json.loads((out / "runs" / row["id"] / "report.json").read_text())
+        assert report["attack"]["steps"] == 2 and report["kind"] == "detect-attack"
+        assert report["metrics"]["clean_objects"] >= 1
+        assert (out / "runs" / row["id"] / "synthetic-0.png").is_file()
 
 
 def test_every_bundled_spec_is_valid():

@@ -17,7 +17,7 @@ from fooltools.experiments import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ("perturb-smoke", "evolve-smoke")
+SMOKE = ("perturb-smoke", "evolve-smoke", "detect-smoke")
 
 
 @pytest.fixture(scope="module")
