@@ -30,8 +30,11 @@ def images():
     return jax.random.uniform(jax.random.key(0), (2, 64, 96, 3))
 
 
-@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
-@pytest.mark.parametrize("mode", attacks.MODES)
+@pytest.mark.parametrize(
+    "mode,norm,eps",
+    [(mode, "linf", 8 / 255) for mode in attacks.MODES]
+    + [("vanish", "l2", 0.5), ("dag", "l2", 0.5)],
+)
 def test_budget_and_grid(tiny_yolo, images, mode, norm, eps):
     run = attacks.detection_attack(
         tiny_yolo, mode=mode, norm=norm, eps=eps, step_size=eps / 4, target_class=1, confidence=0
