@@ -211,9 +211,11 @@ def detection_attack(
             x = x - step_size * direction
             return jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
 
+        # Unrolled: XLA:CPU runs this body ~3x slower inside a rolled while loop (measured on
+        # the bundled YOLO: 146 vs 52 ms per iteration); TOG's 10 steps compile quickly.
         # No random start, unlike TOG's code: measured on the bundled YOLO it lowered the
         # share of relabelled objects (78% vs 86%) and did not help the other modes.
-        xa = base.snap(x0, jax.lax.fori_loop(0, steps, body, x0))
+        xa = base.snap(x0, jax.lax.fori_loop(0, steps, body, x0, unroll=True))
         delta = (xa - x0).reshape(x0.shape[0], -1)
         return DetectionAttackResult(
             xa,
