@@ -11,7 +11,7 @@ from fooltools.detection import synthetic
 from fooltools.detection.detectors import OPERATING_POINTS, load_detector
 from fooltools.detection.evaluate import evaluate, operating_point
 
-N_IMAGES = 32
+N_IMAGES = 16
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_operating_point_is_f1_optimal_on_validation_images(detector):
 
 
 def test_vanishing(detector, data):
-    result = evaluate(detector, data, attack="vanish", batch=8)
+    result = evaluate(detector, data, attack="vanish", batch=16)
     assert result.clean_map50 >= 0.8, result
     assert result.attacked_map50 <= 0.05, result
     assert result.attacked_objects <= 0.1 * result.clean_objects, result
@@ -40,13 +40,13 @@ def test_vanishing(detector, data):
 
 def test_mislabeling(detector, data):
     target = synthetic.CLASSES.index("star")
-    result = evaluate(detector, data, attack="mislabel", target_class=target, batch=8)
+    result = evaluate(detector, data, attack="mislabel", target_class=target, batch=16)
     assert result.clean_objects >= N_IMAGES  # enough objects for the rate to mean something
     assert result.mislabel_rate >= 0.9, result
 
 
 def test_fabrication(detector, data):
-    result = evaluate(detector, data, attack="fabricate", batch=8)
+    result = evaluate(detector, data, attack="fabricate", batch=16)
     if detector.kind == "faster-rcnn":
         assert result.attacked_objects >= 3 * result.clean_objects, result
     else:
@@ -57,5 +57,5 @@ def test_fabrication(detector, data):
 
 @pytest.mark.parametrize("mode", ["untargeted", "dag"])
 def test_untargeted_and_dag_lower_map(detector, data, mode):
-    result = evaluate(detector, data, attack=mode, batch=8)
+    result = evaluate(detector, data, attack=mode, batch=16)
     assert result.attacked_map50 < 0.8 * result.clean_map50, result
