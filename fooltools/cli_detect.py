@@ -78,12 +78,6 @@ def _target_index(det: Any, name: str | None) -> int | None:
     raise FoolError(f"unknown class {name!r} for {det.name}; classes: {', '.join(names)}")
 
 
-def _image(arg: str, out: Path) -> Path:
-    from fooltools.detection.attack_run import resolve_image
-
-    return resolve_image(arg, out)
-
-
 def _check(det: Any, mode: str, kw: dict[str, Any]) -> None:
     from fooltools.detection.attacks import check_arguments
 
@@ -127,12 +121,13 @@ def image(
     """
     import numpy as np
 
+    from fooltools.detection.attack_run import resolve_image
     from fooltools.detection.draw import draw_boxes, records
     from fooltools.io import read_image, to_uint8, write_png
     from fooltools.perturb import default_out_dir
 
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect")
-    path = _image(image, out)
+    path = resolve_image(image, out)
     x = read_image(path)
     det = _load(detector, cfg, weights)
     found = det.detect(det.params, x[None])
@@ -172,7 +167,7 @@ def attack(
     IMAGE may be ``synthetic:N``, image N of the held-out synthetic set.
     """
     from fooltools.cli import parse_eps
-    from fooltools.detection.attack_run import attack_file
+    from fooltools.detection.attack_run import attack_file, resolve_image
     from fooltools.perturb import default_out_dir
 
     det = _load(detector, cfg, weights)
@@ -182,7 +177,7 @@ def attack(
     kw.update({k: parse_eps(v) for k, v in (("eps", eps), ("step_size", step_size)) if v})
     _check(det, mode, kw)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect-attack")
-    path = _image(image, out)
+    path = resolve_image(image, out)
     confidence = det.confidence if confidence is None else confidence
     report = attack_file(det, path, out, mode=mode, seed=seed, confidence=confidence, **kw)
     m = report["metrics"]

@@ -36,10 +36,10 @@ def resolve_image(arg: str, out: Path) -> Path:
     Raises:
         FoolError: ``synthetic:`` without a number.
     """
-    if arg.startswith("sample:"):
-        return io.sample_path(arg.removeprefix("sample:"))
     if not arg.startswith("synthetic:"):
-        return Path(arg)
+        from fooltools.cli import resolve_image as resolve_named
+
+        return resolve_named(arg)
     index = arg.removeprefix("synthetic:")
     if not index.isdigit():
         raise FoolError(f"synthetic:N needs an image number N >= 0, got {arg!r}")

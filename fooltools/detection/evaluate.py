@@ -79,15 +79,21 @@ def _map(
     return float(result.mean_ap), {names[c]: float(ap) for c, ap in result.per_class.items()}
 
 
+def _batches(images: np.ndarray, batch: int):
+    """``(x, n)`` per batch: x padded with its last image to ``batch`` (one compiled shape)."""
+    for i in range(0, images.shape[0], batch):
+        x = images[i : i + batch]
+        n = x.shape[0]
+        yield (np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)]) if n < batch else x), n
+
+
 def detect_all(detector: Detector, images: np.ndarray, batch: int = 16) -> Found:
     """Detections of ``images`` (n, H, W, 3) in jitted batches, as numpy arrays."""
     detect = jax.jit(detector.detect)
-    parts = []
-    for i in range(0, images.shape[0], batch):
-        x = images[i : i + batch]
-        pad = batch - x.shape[0]
-        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-        parts.append(Found(*(np.asarray(a)[: batch - pad] for a in detect(detector.params, x))))
+    parts = [
+        Found(*(np.asarray(a)[:n] for a in detect(detector.params, x)))
+        for x, n in _batches(images, batch)
+    ]
     return _concat(parts)
 
 
@@ -183,14 +189,10 @@ def evaluate(
         run = det_attacks.detection_attack(
             detector, mode=attack, confidence=confidence, **attack_kw
         )
-        for i in range(0, n, batch):
-            x = data.images[i : i + batch]
-            pad = batch - x.shape[0]
-            if pad:  # one compiled shape for the whole set
-                x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-            result = run(jax.random.fold_in(jax.random.key(seed), i), x)
-            clean_parts.append(Found(*(np.asarray(a)[: batch - pad] for a in result.clean)))
-            adv_parts.append(Found(*(np.asarray(a)[: batch - pad] for a in result.adv)))
+        for b, (x, k) in enumerate(_batches(data.images, batch)):
+            result = run(jax.random.fold_in(jax.random.key(seed), b * batch), x)
+            clean_parts.append(Found(*(np.asarray(a)[:k] for a in result.clean)))
+            adv_parts.append(Found(*(np.asarray(a)[:k] for a in result.adv)))
     names = detector.class_names
     clean = _concat(clean_parts)
     clean_map, clean_ap = _map(clean, data, names, confidence)
