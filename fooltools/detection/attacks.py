@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fooltools import io
+from fooltools import io, sharding
 from fooltools.attacks import base
 from fooltools.attacks.pgd import project, step_direction
 from fooltools.detection import boxes as box_ops
@@ -225,4 +225,4 @@ def detection_attack(
             jnp.sqrt(jnp.sum(delta * delta, axis=-1)),
         )
 
-    return lambda key, x: run(detector.params, key, x)
+    return sharding.data_parallel(run, detector.params, batch_arg=1)

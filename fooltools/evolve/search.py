@@ -27,7 +27,7 @@ import numpy as np
 from deap import base as deap_base
 from deap import tools
 
-from fooltools import io
+from fooltools import io, sharding
 from fooltools.models.base import Classifier
 
 Genomes = Any  # a pytree of arrays with a leading population axis
@@ -107,8 +107,7 @@ def make_evaluator(clf: Classifier, encoding: Encoding) -> Callable[[Genomes], j
         images = io.quantize(encoding.render(genomes, h, w))
         return images, jax.nn.softmax(clf.logits(params, images), axis=-1)
 
-    jitted = jax.jit(evaluate)
-    return lambda genomes: jitted(clf.params, genomes)
+    return sharding.data_parallel(jax.jit(evaluate), clf.params)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,0 +1,62 @@
+"""Results of the data-parallel code paths, printed as JSON (run by test_sharding.py).
+
+Run as a script under ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` it computes the
+same things with the batch split over two CPU devices; imported, on one device.
+"""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from fooltools import sharding
+from fooltools.detection import evaluate, synthetic
+from fooltools.detection.detectors import load_detector
+from fooltools.evolve.cppn import cppn
+from fooltools.evolve.direct import direct
+from fooltools.evolve.run import evolve_map_elites, evolve_single
+from fooltools.evolve.search import SearchConfig
+from fooltools.labels import imagenet
+from fooltools.models.base import Classifier, ModelInfo
+
+S = 12
+
+
+def tiny() -> Classifier:
+    """The linear 12x12 'ImageNet' classifier of test_evolve.py."""
+    w = jax.random.normal(jax.random.key(0), (S * S * 3, 1000)) * 0.05
+    info = ModelInfo("tiny", (S, S), S, (0.5,) * 3, (0.5,) * 3, (0.0, 1.0), 0.0, "test", "-", "-")
+    return Classifier(
+        info=info,
+        apply=lambda p, x: x.reshape(x.shape[0], -1) @ p["w"],
+        params={"w": w},
+        labels=imagenet(),
+        features=lambda p, x: {},
+    )
+
+
+def probe() -> dict:
+    """Evolution (odd offspring counts, so padding is exercised) and a detector attack."""
+    clf, out = tiny(), {"devices": sharding.device_count()}
+    # 15 individuals - 2 elites = 13 offspring per generation: not a multiple of 2 devices.
+    cfg = SearchConfig(population=15, generations=3, elites=2, stop_at=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, enc in (("direct", direct(height=S, width=S)), ("cppn", cppn())):
+            run = evolve_single(clf, enc, name, 15, cfg, seed=0, out=Path(tmp) / name)
+            out[name] = [h["best"] for h in run["history"]]
+        me = evolve_map_elites(clf, cppn(), "cppn", [1, 15, 94], cfg, seed=0, out=Path(tmp) / "me")
+        out["map_elites"] = np.asarray(me["fitness"]).tolist()
+    det = load_detector("yolo")
+    data = synthetic.make_dataset(synthetic.TEST_SEED, 6)
+    found = evaluate.detect_all(det, data.images, batch=3)  # 3 rows: padded to 4
+    out["detect_scores"] = found.scores.tolist()
+    ev = evaluate.evaluate(det, data, attack="vanish", steps=2, batch=6)
+    out["vanish"] = [ev.clean_map50, ev.attacked_map50, ev.clean_objects, ev.attacked_objects]
+    return out
+
+
+if __name__ == "__main__":
+    json.dump(probe(), sys.stdout)
