@@ -83,6 +83,7 @@ $(REF_TV)/.installed:
 
 reference-rcnn: $(REF_TV)/.installed
 	$(REF_TV)/bin/python tests/reference/make_rcnn_goldens.py
+	$(REF_TV)/bin/python tests/reference/make_rcnn_mobilenet_goldens.py
 
 clean:
 	rm -rf $(VENV) $(REF) $(REF_CV) $(REF_TV) build *.egg-info .pytest_cache .ruff_cache

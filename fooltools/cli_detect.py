@@ -47,6 +47,13 @@ def _detector_options(f: Callable) -> Callable:
                 help="Darknet .weights or torchvision .pth [default: the bundled one].",
             ),
             click.option(
+                "--variant",
+                help="Faster R-CNN weights: the torchvision builder whose resize, proposal "
+                "and anchor settings to use (fasterrcnn_resnet50_fpn, "
+                "fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_mobilenet_v3_large_320_fpn) "
+                "[default: the first that fits the weights].",
+            ),
+            click.option(
                 "--confidence",
                 type=click.FloatRange(0, 1),
                 help="Score at which a detection counts as an object (drawn, counted) "
@@ -59,12 +66,16 @@ def _detector_options(f: Callable) -> Callable:
     return f
 
 
-def _load(detector: str, cfg: str | None, weights: str | None) -> Any:
+def _load(
+    detector: str, cfg: str | None, weights: str | None, variant: str | None = None
+) -> Any:
     from fooltools.detection.detectors import load_detector
 
     if cfg and detector != "yolo":
         raise FoolError("--cfg is for --detector yolo (a Faster R-CNN needs only --weights)")
-    return load_detector(detector, cfg=cfg, weights=weights)
+    if variant and (detector != "faster-rcnn" or not weights):
+        raise FoolError("--variant is for --detector faster-rcnn with --weights")
+    return load_detector(detector, cfg=cfg, weights=weights, variant=variant)
 
 
 def _target_index(det: Any, name: str | None) -> int | None:
@@ -112,8 +123,8 @@ def detect() -> None:
 @_detector_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory.")
 def image(
-    image: str, detector: str, cfg: str | None, weights: str | None, confidence: float | None,
-    out_dir: str | None,
+    image: str, detector: str, cfg: str | None, weights: str | None, variant: str | None,
+    confidence: float | None, out_dir: str | None,
 ) -> None:  # fmt: skip
     """Detect objects in IMAGE: prints them, writes boxes.png and detections.json.
 
@@ -129,7 +140,7 @@ def image(
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect")
     path = resolve_image(image, out)
     x = read_image(path)
-    det = _load(detector, cfg, weights)
+    det = _load(detector, cfg, weights, variant)
     found = det.detect(det.params, x[None])
     confidence = det.confidence if confidence is None else confidence
     dets = records(found, 0, det.class_names, confidence)
@@ -160,7 +171,7 @@ def image(
 def attack(
     image: str, mode: str, target_class: str | None, norm: str, eps: str | None,
     step_size: str | None, steps: int, detector: str, cfg: str | None, weights: str | None,
-    confidence: float | None, seed: int, out_dir: str | None,
+    variant: str | None, confidence: float | None, seed: int, out_dir: str | None,
 ) -> None:  # fmt: skip
     """Attack the detector on IMAGE; writes clean/adversarial images with boxes and a report.
 
@@ -170,7 +181,7 @@ def attack(
     from fooltools.detection.attack_run import attack_file, resolve_image
     from fooltools.perturb import default_out_dir
 
-    det = _load(detector, cfg, weights)
+    det = _load(detector, cfg, weights, variant)
     if mode == "mislabel" and target_class is None:
         raise FoolError("--mode mislabel needs --target-class")
     kw = {"norm": norm, "steps": steps, "target_class": _target_index(det, target_class)}

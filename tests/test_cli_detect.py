@@ -62,6 +62,7 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["{img}", "--detector", "faster-rcnn", "--cfg", CFG], ["--cfg is for --detector yolo"]),
         (["missing.png", *NET], ["missing.png"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
+        (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
     ],
 )  # fmt: skip
 def test_bad_input(capsys, shapes_png, args, fragments):

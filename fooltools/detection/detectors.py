@@ -213,6 +213,7 @@ def load_detector(
     class_names: tuple[str, ...] | None = None,
     min_size: int | None = None,
     max_size: int | None = None,
+    variant: str | None = None,
 ) -> Detector:
     """Load a detector: the bundled synthetic-data one, or the user's files.
 
@@ -223,8 +224,11 @@ def load_detector(
         class_names: Foreground class names; default the synthetic classes for the
             bundled weights, else ``class0, class1, ...``.
         min_size: Faster R-CNN resize (short side); default: what the bundled detector was
-            trained at (its anchors too), torchvision's 800 for other weights.
-        max_size: Faster R-CNN long-side bound; default: the bundled one's, or 1333.
+            trained at (its anchors too), else the ``variant``'s (torchvision's 800).
+        max_size: Faster R-CNN long-side bound; default: the bundled one's, or the variant's.
+        variant: For other Faster R-CNN weights, the torchvision builder whose inference
+            settings to use (see :data:`fooltools.detection.faster_rcnn.VARIANTS`); None:
+            the first that fits the weights' backbone.
 
     Returns:
         The :class:`Detector`.
@@ -246,7 +250,7 @@ def load_detector(
         net = yolo.load_darknet(cfg or bundled_cfg, weights)
         names = names or tuple(f"class{i}" for i in range(net.num_classes))
         return from_yolo(net, tuple(names), confidence=confidence)
-    settings: dict[str, Any] = {"min_size": 800, "max_size": 1333}  # torchvision's
+    settings: dict[str, Any] = {"variant": variant}
     if bundled:
         from fooltools.detection.rcnn_train import SYNTH_LOAD_KWARGS
 

@@ -1,14 +1,16 @@
 """Faster R-CNN (Ren et al. 2015) in torchvision's layout, in JAX/Flax (NHWC).
 
-Loads torchvision state dicts (``fasterrcnn_resnet50_fpn`` and any ResNet-FPN model with
-the same key names, widths and depths read off the weights) through the torch-free
-:func:`fooltools.checkpoints.load_state_dict`, and reproduces torchvision's eval-mode
-forward stage by stage:
+Loads torchvision state dicts through the torch-free
+:func:`fooltools.checkpoints.load_state_dict`: ``fasterrcnn_resnet50_fpn`` and any ResNet-FPN
+model with the same key names (widths and depths read off the weights), and
+``fasterrcnn_mobilenet_v3_large_fpn`` / ``..._320_fpn`` (the backbone is told by its keys). It
+reproduces torchvision's eval-mode forward stage by stage:
 
 1. ``GeneralizedRCNNTransform``: ImageNet normalisation, bilinear resize so the short
    side is ``min_size`` and the long side at most ``max_size``, zero padding to a multiple
    of 32 (:func:`transform`);
-2. the ResNet-FPN backbone (:mod:`fooltools.detection.resnet_fpn`);
+2. the ResNet-FPN or MobileNetV3-FPN backbone (:mod:`fooltools.detection.resnet_fpn`,
+   :mod:`fooltools.detection.mobilenet_fpn`);
 3. the RPN head and proposal filtering (:mod:`fooltools.detection.rpn`);
 4. ``MultiScaleRoIAlign`` (:mod:`fooltools.detection.roi_align`), ``TwoMLPHead`` and
    ``FastRCNNPredictor`` (:func:`box_head_outputs`);
@@ -35,7 +37,7 @@ import numpy as np
 
 from fooltools import checkpoints
 from fooltools.detection import boxes as box_ops
-from fooltools.detection import resnet_fpn, roi_align, rpn
+from fooltools.detection import mobilenet_fpn, resnet_fpn, roi_align, rpn
 from fooltools.detection.rcnn_transform import resized_size, transform
 from fooltools.errors import ModelError
 from fooltools.models.registry import merge_params
@@ -45,12 +47,74 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 POOLED = 7  # MultiScaleRoIAlign output size
 SAMPLING_RATIO = 2
+POOLED_LEVELS = ("0", "1", "2", "3")  # MultiScaleRoIAlign's featmap_names (those present)
+BackboneSpec = resnet_fpn.ResNetFPNSpec | mobilenet_fpn.MobileNetFPNSpec
+
+
+class _Family(NamedTuple):
+    name: str
+    module: Callable[..., nn.Module]
+    infer_spec: Callable[[Mapping[str, np.ndarray]], Any]
+    expected_keys: Callable[[Any], set[str]]
+    convert: Callable[[Mapping[str, np.ndarray], Any], dict[str, Any]]
+    levels: tuple[str, ...]
+    key: str  # Variant.backbone of the variants that fit it
+
+
+_RESNET = _Family(
+    "Faster R-CNN (ResNet-FPN)",
+    resnet_fpn.ResNetFPN,
+    resnet_fpn.infer_spec,
+    resnet_fpn.expected_keys,
+    resnet_fpn.convert,
+    resnet_fpn.LEVEL_NAMES,
+    "resnet",
+)
+_MOBILENET = _Family(
+    "Faster R-CNN (MobileNetV3-Large-FPN)",
+    mobilenet_fpn.MobileNetFPN,
+    mobilenet_fpn.infer_spec,
+    mobilenet_fpn.expected_keys,
+    mobilenet_fpn.convert,
+    mobilenet_fpn.LEVEL_NAMES,
+    "mobilenet",
+)
+
+
+def _family(spec: BackboneSpec) -> _Family:
+    return _MOBILENET if isinstance(spec, mobilenet_fpn.MobileNetFPNSpec) else _RESNET
+
+
+class Variant(NamedTuple):
+    """Inference defaults of one of torchvision's Faster R-CNN builders."""
+
+    backbone: str  # "resnet" or "mobilenet": the weights it fits
+    min_size: int
+    max_size: int
+    rpn_pre_nms_top_n: int  # torchvision's rpn_pre_nms_top_n_test
+    rpn_post_nms_top_n: int  # rpn_post_nms_top_n_test
+    rpn_score_thresh: float
+    anchor_sizes: tuple[tuple[int, ...], ...]
+
+
+# The builders' defaults (torchvision models/detection/faster_rcnn.py), the first of each
+# backbone being the one it loads with; the 320 model's weights have the same keys and
+# shapes as the other mobilenet's, so only the caller can say which one a file is.
+VARIANTS = {
+    "fasterrcnn_resnet50_fpn": Variant("resnet", 800, 1333, 1000, 1000, 0.0, rpn.ANCHOR_SIZES),
+    "fasterrcnn_mobilenet_v3_large_fpn": Variant(
+        "mobilenet", 800, 1333, 1000, 1000, 0.05, mobilenet_fpn.ANCHOR_SIZES
+    ),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": Variant(
+        "mobilenet", 320, 640, 150, 150, 0.05, mobilenet_fpn.ANCHOR_SIZES
+    ),
+}
 
 
 class FasterRCNNConfig(NamedTuple):
     """Static architecture and inference settings (torchvision's eval defaults)."""
 
-    backbone: resnet_fpn.ResNetFPNSpec
+    backbone: BackboneSpec
     num_classes: int  # including background (index 0)
     representation: int  # TwoMLPHead width
     num_anchors: int = 3
@@ -129,7 +193,7 @@ class _Net(nn.Module):
 
     def setup(self) -> None:
         c = self.config
-        self.backbone = resnet_fpn.ResNetFPN(c.backbone)
+        self.backbone = _family(c.backbone).module(c.backbone)
         self.rpn = rpn.RPNHead(c.backbone.fpn_channels, c.num_anchors)
         self.box_head = _BoxHead(c.representation, c.num_classes)
 
@@ -150,7 +214,11 @@ class _Net(nn.Module):
 def backbone_features(
     config: FasterRCNNConfig, params: Any, images: jax.Array
 ) -> dict[str, jax.Array]:
-    """FPN features ``{"0", "1", "2", "3", "pool"}`` (N, h, w, C) of transformed images."""
+    """FPN features (N, h, w, C) of transformed images, by level name.
+
+    ``{"0", "1", "2", "3", "pool"}`` (strides 4 to 64) for ResNet, ``{"0", "1", "pool"}``
+    (strides 32, 32, 64) for MobileNetV3.
+    """
     return _Net(config).apply({"params": params}, images, method=_Net.features)
 
 
@@ -192,7 +260,7 @@ def box_head_outputs(
     proposals: jax.Array,
     image_size: tuple[int, int],
 ) -> tuple[jax.Array, jax.Array]:
-    """Box head on given proposals: RoIAlign on levels "0".."3", MLP, predictor.
+    """Box head on given proposals: RoIAlign on levels "0".."3" (if present), MLP, predictor.
 
     Args:
         config: The model's settings.
@@ -204,7 +272,7 @@ def box_head_outputs(
     Returns:
         ``(class_logits, box_regression)``: (N, P, K) and (N, P, 4K).
     """
-    levels = [features[k] for k in resnet_fpn.LEVEL_NAMES[:4]]
+    levels = [features[k] for k in POOLED_LEVELS if k in features]
     pool = functools.partial(
         roi_align.multiscale_roi_align,
         image_size=image_size,
@@ -326,7 +394,7 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], config: FasterRCNNConfig) -
     k = fc6["kernel"].reshape(c, POOLED, POOLED, -1).transpose(1, 2, 0, 3)
     fc6["kernel"] = np.ascontiguousarray(k.reshape(c * POOLED * POOLED, -1))
     return {
-        "backbone": resnet_fpn.convert(sd, config.backbone),
+        "backbone": _family(config.backbone).convert(sd, config.backbone),
         "rpn": {
             "conv": resnet_fpn.conv_entry(sd, "rpn.head.conv.0.0"),
             "cls_logits": resnet_fpn.conv_entry(sd, "rpn.head.cls_logits"),
@@ -352,22 +420,45 @@ def _check_keys(sd: Mapping[str, np.ndarray], expected: set[str], model: str) ->
         raise ModelError(f"weights do not fit {model}: " + "; ".join(parts))
 
 
+def _variant(variant: str | None, family: _Family) -> Variant:
+    if variant is None:
+        return next(v for v in VARIANTS.values() if v.backbone == family.key)
+    if variant not in VARIANTS:
+        raise ModelError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if VARIANTS[variant].backbone != family.key:
+        raise ModelError(f"{variant} does not fit these weights, which are a {family.name}")
+    return VARIANTS[variant]
+
+
 def load_faster_rcnn(
     path_or_state_dict: str | os.PathLike[str] | Mapping[str, np.ndarray],
     *,
+    variant: str | None = None,
     num_classes: int | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
+    min_size: int | None = None,
+    max_size: int | None = None,
     box_score_thresh: float = 0.05,
-    rpn_pre_nms_top_n: int = 1000,
-    rpn_post_nms_top_n: int = 1000,
-    anchor_sizes: Sequence[Sequence[int]] = rpn.ANCHOR_SIZES,
+    rpn_pre_nms_top_n: int | None = None,
+    rpn_post_nms_top_n: int | None = None,
+    rpn_score_thresh: float | None = None,
+    anchor_sizes: Sequence[Sequence[int]] | None = None,
 ) -> FasterRCNN:
-    """Load a torchvision Faster R-CNN (ResNet-FPN) state dict.
+    """Load a torchvision Faster R-CNN state dict (ResNet-FPN or MobileNetV3-Large-FPN).
+
+    The backbone is told by the keys (``backbone.body.conv1.weight``: ResNet;
+    ``backbone.body.0.0.weight``: MobileNetV3), its widths and depths by the shapes.
+    Settings left None take the ``variant``'s defaults (:data:`VARIANTS`).
 
     Args:
         path_or_state_dict: A ``torch.save`` file of the detector's state dict (read
             without torch), or the state dict itself (name -> array).
+        variant: The torchvision builder whose inference defaults to use:
+            ``"fasterrcnn_resnet50_fpn"`` (800/1333, 1000/1000 proposals, score threshold
+            0, one anchor size per level), ``"fasterrcnn_mobilenet_v3_large_fpn"``
+            (800/1333, 1000/1000, 0.05, sizes 32..512 at each of the three levels) or
+            ``"fasterrcnn_mobilenet_v3_large_320_fpn"`` (320/640, 150/150, 0.05). None:
+            the first that fits the backbone. The two mobilenet models' weights look
+            alike, so a 320 checkpoint needs ``variant`` (or the settings) said.
         num_classes: Expected number of classes including background (e.g. 91 for COCO);
             None takes it from the weights.
         min_size: Short side after resizing (torchvision's ``min_size``).
@@ -375,17 +466,18 @@ def load_faster_rcnn(
         box_score_thresh: Minimum class score of a detection.
         rpn_pre_nms_top_n: Proposals per level before NMS.
         rpn_post_nms_top_n: Proposals kept after NMS.
+        rpn_score_thresh: Minimum objectness probability of a proposal.
         anchor_sizes: Anchor sizes (pixels of the resized image) per pyramid level, one
-            tuple for each of the five levels ("0" to "pool"), as torchvision's
-            ``AnchorGenerator(sizes=...)``; the default is torchvision's. Models trained
-            with other anchors (e.g. the bundled synthetic-data detector) must be loaded
-            with theirs.
+            tuple for each level (five for ResNet, "0" to "pool"; three for MobileNet),
+            as torchvision's ``AnchorGenerator(sizes=...)``. Models trained with other
+            anchors (e.g. the bundled synthetic-data detector) must be loaded with theirs.
 
     Returns:
         The :class:`FasterRCNN`, with jitted ``apply`` and ``detect``.
 
     Raises:
-        ModelError: The weights do not fit (lists missing and unexpected keys, or shapes).
+        ModelError: The weights do not fit (lists missing and unexpected keys, or shapes),
+            or ``variant`` is unknown or for the other backbone.
         CheckpointError: The file is missing, unreadable or unsafe.
     """
     if isinstance(path_or_state_dict, Mapping):
@@ -393,26 +485,38 @@ def load_faster_rcnn(
     else:
         raw_sd = checkpoints.load_state_dict(path_or_state_dict)
     sd = _normalise_keys(raw_sd)
-    model = "Faster R-CNN (ResNet-FPN)"
+    family = _MOBILENET if "backbone.body.0.0.weight" in sd else _RESNET
+    model = family.name
     try:
-        spec = resnet_fpn.infer_spec(sd)
+        spec = family.infer_spec(sd)
         classes, representation = sd["roi_heads.box_predictor.cls_score.weight"].shape
     except KeyError as err:
         unexpected = sorted(k for k in sd if not k.startswith(("backbone.", "rpn.", "roi_heads.")))
         extra = f"; unexpected {', '.join(unexpected[:8])}" if unexpected else ""
         raise ModelError(f"weights do not fit {model}: missing {err.args[0]}{extra}") from None
-    expected = resnet_fpn.expected_keys(spec)
+    expected = family.expected_keys(spec)
     expected |= {f"{head}.{p}" for head in _HEADS for p in ("weight", "bias")}
     _check_keys(sd, expected, model)
     if num_classes is not None and num_classes != classes:
         raise ModelError(f"weights have {classes} classes, expected num_classes={num_classes}")
-    anchor_sizes = tuple(tuple(int(a) for a in level) for level in anchor_sizes)
+    given = {
+        "min_size": min_size,
+        "max_size": max_size,
+        "rpn_pre_nms_top_n": rpn_pre_nms_top_n,
+        "rpn_post_nms_top_n": rpn_post_nms_top_n,
+        "rpn_score_thresh": rpn_score_thresh,
+        "anchor_sizes": anchor_sizes,
+    }
+    settings = _variant(variant, family)._replace(
+        **{k: v for k, v in given.items() if v is not None}
+    )
+    anchor_sizes = tuple(tuple(int(a) for a in level) for level in settings.anchor_sizes)
     num_anchors = sd["rpn.head.cls_logits.weight"].shape[0]
     per_level = {len(level) * len(rpn.ASPECT_RATIOS) for level in anchor_sizes}
-    if len(anchor_sizes) != len(resnet_fpn.LEVEL_NAMES) or per_level != {num_anchors}:
+    if len(anchor_sizes) != len(family.levels) or per_level != {num_anchors}:
         raise ModelError(
             f"anchor_sizes {anchor_sizes} do not fit the weights: the RPN head predicts "
-            f"{num_anchors} anchors per location at each of {len(resnet_fpn.LEVEL_NAMES)} "
+            f"{num_anchors} anchors per location at each of {len(family.levels)} "
             f"levels ({len(rpn.ASPECT_RATIOS)} aspect ratios per size)"
         )
     config = FasterRCNNConfig(
@@ -420,11 +524,12 @@ def load_faster_rcnn(
         num_classes=int(classes),
         representation=int(representation),
         num_anchors=num_anchors,
-        min_size=min_size,
-        max_size=max_size,
+        min_size=settings.min_size,
+        max_size=settings.max_size,
         box_score_thresh=box_score_thresh,
-        rpn_pre_nms_top_n=rpn_pre_nms_top_n,
-        rpn_post_nms_top_n=rpn_post_nms_top_n,
+        rpn_pre_nms_top_n=settings.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n=settings.rpn_post_nms_top_n,
+        rpn_score_thresh=settings.rpn_score_thresh,
         anchor_sizes=anchor_sizes,
     )
     c = spec.fpn_channels
