@@ -47,12 +47,7 @@ def test_mislabeling(detector, data):
 
 def test_fabrication(detector, data):
     result = evaluate(detector, data, attack="fabricate", batch=16)
-    if detector.kind == "faster-rcnn":
-        assert result.attacked_objects >= 3 * result.clean_objects, result
-    else:
-        # NOT the 3x: the bundled YOLO (two heads, 16x16 and 8x8 cells at 128 px)
-        # reaches about 2.8x at TOG's budget; this guards against regressions.
-        assert result.attacked_objects >= 2.4 * result.clean_objects, result
+    assert result.attacked_objects >= 3 * result.clean_objects, result
 
 
 @pytest.mark.parametrize("mode", ["untargeted", "dag"])

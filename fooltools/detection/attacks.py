@@ -6,8 +6,13 @@ steps on a loss of the detector's raw outputs:
 
 * ``vanish``: every candidate's objectness towards "no object" (for Faster R-CNN also the
   RPN's): the objects disappear;
-* ``fabricate``: gradient *ascent* on the vanishing loss (TOG's definition): candidates
-  already leaning towards "object" get there first, and detections multiply;
+* ``fabricate``: gradient *ascent* on the expected number of objects, the sum of every
+  candidate's objectness probability. TOG ascends its vanishing loss instead (the mean of
+  ``softplus(objectness)``, kept as ``fabrication="tog"``), whose gradient weighs each
+  candidate by its probability, so it mostly pushes candidates that are objects already;
+  the expected count's gradient ``p (1 - p)`` goes to the candidates near the decision,
+  which is what adds detections. Measured on 48 held-out images at TOG's budget: the
+  bundled YOLO's objects x4.08 instead of x2.81, Faster R-CNN's x6.77 instead of x3.85;
 * ``mislabel``: the candidates that overlap a clean detection (IoU >= ``match_iou``)
   towards "object of ``target_class``", all others towards "no object", i.e. TOG's
   detection loss with the clean detections relabelled as targets;
@@ -103,6 +108,11 @@ def _vanishing_loss(d: Dense) -> jax.Array:
     return jnp.sum(loss)
 
 
+def _expected_objects(d: Dense) -> jax.Array:
+    """The expected number of objects: sum of the candidates' objectness probabilities."""
+    return jnp.sum(jnp.where(d.valid, jax.nn.sigmoid(d.obj), 0.0))
+
+
 def _detection_loss(d: Dense, pos: jax.Array, labels: jax.Array, multilabel: bool) -> jax.Array:
     """TOG's detection loss: positives are objects of ``labels``, the rest background.
 
@@ -147,6 +157,7 @@ def detection_attack(
     target_class: int | None = None,
     confidence: float | None = None,
     match_iou: float = 0.5,
+    fabrication: str = "count",
 ) -> Callable[[jax.Array, jax.Array], DetectionAttackResult]:
     """Build a TOG (or DAG) attack on ``detector``: ``run(key, x) -> DetectionAttackResult``.
 
@@ -161,6 +172,8 @@ def detection_attack(
         confidence: Score at which a clean detection counts as an object; None: the
             detector's operating point.
         match_iou: IoU at which a candidate belongs to a clean object.
+        fabrication: ``fabricate``'s objective: ``"count"`` (ascend the expected number of
+            objects, the default) or ``"tog"`` (ascend TOG's vanishing loss).
 
     Returns:
         ``run(key, x)`` for images x (B, H, W, 3) in [0, 1] at any size the detector
@@ -170,6 +183,8 @@ def detection_attack(
         ValueError: A bad mode, norm, budget, step count or target class.
     """
     check_arguments(detector, mode, eps, step_size, steps, norm, target_class)
+    if fabrication not in ("count", "tog"):
+        raise ValueError(f"fabrication must be 'count' or 'tog', got {fabrication!r}")
     k, multi = len(detector.class_names), detector.multilabel
     confidence = detector.confidence if confidence is None else confidence
 
@@ -177,8 +192,10 @@ def detection_attack(
         d = detector.dense(params, base.snap(x0, x))
         if mode == "vanish":
             return _vanishing_loss(d)
+        if mode == "fabricate" and fabrication == "tog":
+            return -_vanishing_loss(d)
         if mode == "fabricate":
-            return -_vanishing_loss(d)  # TOG: ascend the vanishing loss
+            return -_expected_objects(d)
         pos, which = _match(d, clean, is_obj, match_iou)
         labels = jnp.take_along_axis(clean.labels, which, axis=1)
         if mode == "mislabel":
