@@ -29,9 +29,9 @@ demo: $(VENV)/.installed
 	$(BIN)/fool classify runs/demo-cat-ostrich/adversarial.png --top 3
 	$(BIN)/fool gallery runs/demo-cat-ostrich --out runs/gallery
 
-## test: the whole suite (no network, no torch)
+## test: the whole suite (no network, no torch), on two workers (see tests/conftest.py)
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## bench: fooltools vs the PyTorch peers on the same weights, same run
 bench: $(VENV)/.bench-installed

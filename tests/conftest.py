@@ -13,3 +13,26 @@ def lite0():
     from fooltools.models import load_model
 
     return load_model("efficientnet_lite0.in1k")
+
+
+# `make test` runs the suite on two xdist workers (`-n 2 --dist loadfile`): each module
+# runs on one worker, so its module-scoped fixtures (compiled attacks, loaded detectors)
+# are built once. Modules start longest first, so that the two workers finish at about
+# the same time.
+_LONGEST_FIRST = (
+    "test_perturb_minimal",
+    "test_perturb",
+    "test_experiments",
+    "test_detection_eval",
+    "test_notebooks",
+    "test_visualize",
+    "test_sharding",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.module.__name__
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
