@@ -309,10 +309,10 @@ def labels_cmd(queries: tuple[str, ...]) -> None:
 def _register_subgroups() -> None:
     from fooltools.cli_detect import detect
     from fooltools.cli_run import results, run
+    from fooltools.cli_visualize import COMMANDS
 
-    cli.add_command(detect)
-    cli.add_command(run)
-    cli.add_command(results)
+    for command in (detect, run, results, *COMMANDS):
+        cli.add_command(command)
 
 
 _register_subgroups()

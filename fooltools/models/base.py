@@ -105,3 +105,28 @@ class Classifier:
             Shape (N, num_classes).
         """
         return self.apply(params, self.preprocess(x))
+
+    def feature_maps(
+        self, params: Params, x: jax.Array, *, native: bool = False
+    ) -> dict[str, jax.Array]:
+        """Named intermediate feature maps of [0, 1] images, differentiably.
+
+        Args:
+            params: The weights pytree (usually ``self.params``).
+            x: Shape (H, W, 3) or (N, H, W, 3), values in [0, 1].
+            native: False: the maps of ``preprocess(x)``, i.e. of exactly what
+                :meth:`logits` sees (its ``"logits"`` entry equals ``logits(params, x)``).
+                True: only normalise, so the (fully convolutional) network runs at the
+                image's own resolution and spatial maps scale with it.
+
+        Returns:
+            ``features(params, ...)``: name -> array with a leading batch axis N, e.g.
+            (N, h, w, C) for spatial maps and (N, C) for pooled ones.
+        """
+        if x.ndim == 3:
+            x = x[None]
+        if native:
+            x = io.normalize(x, self.info.mean, self.info.std)
+        else:
+            x = self.preprocess(x)
+        return self.features(params, x)

@@ -1,0 +1,430 @@
+"""``fool invert``, ``visualize``, ``dream``, ``style``, ``layers``: optimise a network's input.
+
+A thin click layer over :mod:`fooltools.visualize` (understanding a network by
+optimising its input).
+
+The commands are collected in :data:`COMMANDS`; ``fooltools.cli`` registers them on the
+``fool`` group. Every option is checked before the model is loaded, and every mistake a
+user can make (an unknown layer or class, a non-positive weight) is a
+:class:`~fooltools.errors.FoolError`: one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fooltools.cli import _model_options, _run_options, resolve_image
+from fooltools.errors import FoolError
+
+# Defaults shown by --help; the library's own defaults, repeated here so that importing
+# this module (to build the CLI) does not import JAX.
+_INV = {"steps": 300, "starts": 3, "lr": 0.1, "tv": 1.0, "alpha": 1e-4}
+_VIZ = {"steps": 100, "lr": 0.05, "tv": 50.0}
+_DREAM = {"steps": 20, "lr": 0.01, "octaves": 3, "scale": 1.4, "size": 384}
+_STYLE = {"steps": 300, "lr": 0.02, "size": 256, "content": 1.0, "style": 10.0, "tv": 0.3}
+
+
+def check_positive(**options: float | None) -> None:
+    """Raise FoolError for the first option that is given and not a finite number > 0.
+
+    Keyword names are option names with ``_`` for ``-`` (``tv_weight`` -> ``--tv-weight``).
+    """
+    for name, value in options.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            flag = "--" + name.replace("_", "-")
+            raise FoolError(f"{flag} must be > 0, got {value:g}")
+
+
+def _at_least(flag: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise FoolError(f"{flag} must be >= {low}, got {value}")
+
+
+def _model(model_name: str | None, weights: str | None) -> Any:
+    from fooltools.models import DEFAULT_MODEL, load_model
+
+    return load_model(model_name or DEFAULT_MODEL, weights=weights)
+
+
+def _out(out_dir: str | None, kind: str) -> Path:
+    from fooltools.perturb import default_out_dir
+
+    return Path(out_dir) if out_dir else default_out_dir(kind=kind)
+
+
+def _image(arg: str) -> tuple[Path, Any]:
+    from fooltools import io
+
+    path = resolve_image(arg)
+    return path, io.read_image(path)
+
+
+def _run(total: int, label: str, work: Callable[[Callable[[int], None]], Any]) -> tuple[Any, float]:
+    """Run ``work(progress)`` under a progress bar; return its result and the seconds."""
+    from fooltools.progress import Progress
+
+    bar = Progress(total, label=label)
+    t0 = time.perf_counter()
+    try:
+        result = work(bar)
+    finally:
+        bar.close()
+    return result, round(time.perf_counter() - t0, 3)
+
+
+def _invalid(err: ValueError) -> FoolError:
+    return FoolError(" ".join(str(err).split()))
+
+
+def _layer_option(help_text: str, **kwargs: Any) -> Callable:
+    return click.option("--layer", "layer_names", help=help_text, **kwargs)
+
+
+_every = click.option(
+    "--every", type=int, help="Progress-strip period in steps [default: steps/8]."
+)
+
+
+@click.command(name="invert")
+@click.argument("image")
+@_layer_option(
+    "Layer to invert (`fool layers` lists them); repeat for several.",
+    multiple=True,
+    required=True,
+)
+@click.option(
+    "--starts",
+    type=int,
+    default=_INV["starts"],
+    show_default=True,
+    help="Random starts per layer (the reconstruction is not unique).",
+)
+@click.option("--steps", type=int, default=_INV["steps"], show_default=True)
+@click.option("--size", type=int, help="Side of the working image [default: model input].")
+@click.option(
+    "--tv-weight",
+    type=float,
+    default=_INV["tv"],
+    show_default=True,
+    help="Weight of the total-variation (smoothness) prior.",
+)
+@click.option(
+    "--alpha-weight",
+    type=float,
+    default=_INV["alpha"],
+    show_default=True,
+    help="Weight of the L-alpha bound on pixel values.",
+)
+@click.option("--beta", type=float, default=2.0, show_default=True, help="TV exponent (>= 1).")
+@click.option("--lr", type=float, default=_INV["lr"], show_default=True)
+@_every
+@_model_options
+@_run_options("invert")
+def invert_cmd(
+    image: str, layer_names: tuple[str, ...], starts: int, steps: int, size: int | None,
+    tv_weight: float, alpha_weight: float, beta: float, lr: float, every: int | None,
+    model_name: str | None, weights: str | None, seed: int, out_dir: str | None,
+) -> None:  # fmt: skip
+    """Reconstruct IMAGE from its features at --layer (Mahendran & Vedaldi 2015).
+
+    Writes original.png, reconstruction-*.png (one per layer and random start),
+    progress.png, report.json and index.html. The report gives each reconstruction's
+    feature distance to the photo's as a fraction of a random image's.
+    """
+    check_positive(tv_weight=tv_weight, alpha_weight=alpha_weight, lr=lr)
+    _at_least("--starts", starts, 1)
+    _at_least("--steps", steps, 1)
+    _at_least("--size", size, 16)
+    _at_least("--every", every, 1)
+    if not beta >= 1:
+        raise FoolError(f"--beta must be >= 1, got {beta:g}")
+    import jax
+
+    from fooltools.visualize import inversion, layers, run
+
+    clf = _model(model_name, weights)
+    # Each layer once, in the order given (a repeated --layer would overwrite its files).
+    names = list(dict.fromkeys(layers.check_layer(clf, n, option="--layer") for n in layer_names))
+    path, photo = _image(image)
+    out = _out(out_dir, "invert")
+    settings = {
+        "layers": names, "starts": starts, "steps": steps, "size": size, "seed": seed,
+        "tv_weight": tv_weight, "alpha_weight": alpha_weight, "beta": beta, "lr": lr,
+    }  # fmt: skip
+
+    def work(progress):
+        return inversion.invert(
+            jax.random.key(seed), clf, photo, layer=names, starts=starts, steps=steps,
+            size=size, tv_weight=tv_weight, alpha_weight=alpha_weight, beta=beta, lr=lr,
+            every=every, progress=progress,
+        )  # fmt: skip
+
+    invs, seconds = _run(steps, f"invert {path.name}", work)
+    settings["seconds"] = seconds
+    run.write_inversion(out, clf, invs, source=path.name, settings=settings)
+    for inv in invs:
+        click.echo(
+            f"{inv.layer}: feature distance {100 * inv.ratio.max():.1f}% of a random image's "
+            f"(best start {100 * inv.ratio.min():.1f}%)"
+        )
+    click.echo(f"open {out / 'index.html'}")
+
+
+@click.command(name="visualize")
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    help="Class to show: name, synonym, WordNet id or index; repeat for several.",
+)
+@_layer_option("With --channel: the layer whose channel to drive (`fool layers`).")
+@click.option("--channel", "channels", type=int, multiple=True, help="Channel index of --layer.")
+@click.option("--steps", type=int, default=_VIZ["steps"], show_default=True)
+@click.option("--size", type=int, help="Side of the images [default: model input].")
+@click.option(
+    "--tv-weight",
+    type=float,
+    default=_VIZ["tv"],
+    show_default=True,
+    help="Weight of the total-variation (smoothness) prior.",
+)
+@click.option("--jitter", type=int, help="Random shift per step in pixels [default: size/56].")
+@click.option("--lr", type=float, default=_VIZ["lr"], show_default=True)
+@_every
+@_model_options
+@_run_options("visualize")
+def visualize_cmd(
+    classes: tuple[str, ...], layer_names: str | None, channels: tuple[int, ...], steps: int,
+    size: int | None, tv_weight: float, jitter: int | None, lr: float, every: int | None,
+    model_name: str | None, weights: str | None, seed: int, out_dir: str | None,
+) -> None:  # fmt: skip
+    """Paint, from noise, what the model takes for --class (or what fires --channel).
+
+    Writes one PNG per class or channel, progress.png, report.json and index.html; the
+    confidences reported are the model's on the PNG files.
+    """
+    if bool(classes) == bool(channels):
+        raise FoolError("give --class NAME (one or more), or --layer NAME with --channel N")
+    if classes and layer_names:
+        raise FoolError("--layer goes with --channel; a class visualisation uses the logits")
+    if channels and not layer_names:
+        raise FoolError("--channel needs --layer NAME (`fool layers` lists them)")
+    check_positive(tv_weight=tv_weight, lr=lr)
+    _at_least("--steps", steps, 1)
+    _at_least("--size", size, 16)
+    _at_least("--jitter", jitter, 0)
+    _at_least("--every", every, 1)
+    import jax
+
+    from fooltools.labels import imagenet
+    from fooltools.visualize import classviz, layers, run
+
+    targets = [imagenet().lookup(c) for c in classes]  # unknown names fail before loading
+    clf = _model(model_name, weights)
+    layer = "logits"
+    if channels:
+        layer = layers.check_layer(clf, layer_names, option="--layer")
+        width = layers.layer_shapes(clf)[layer][-1]
+        for c in channels:
+            if not 0 <= c < width:
+                raise FoolError(
+                    f"--channel {c} is out of range: {layer} has channels 0..{width - 1}"
+                )
+        targets = list(channels)
+    out = _out(out_dir, "visualize")
+    settings = {
+        "targets": targets, "layer": layer, "steps": steps, "size": size, "seed": seed,
+        "tv_weight": tv_weight, "jitter": jitter, "lr": lr,
+    }  # fmt: skip
+
+    def work(progress):
+        return classviz.visualize(
+            jax.random.key(seed), clf, targets, layer=layer, steps=steps, size=size,
+            tv_weight=tv_weight, jitter=jitter, lr=lr, every=every, progress=progress,
+        )  # fmt: skip
+
+    viz, seconds = _run(steps, "visualize", work)
+    settings["seconds"] = seconds
+    report = run.write_classviz(out, clf, viz, settings=settings)
+    for name, panel in zip(report["names"], report["images"], strict=False):
+        click.echo(f"{name}: {panel['caption'].split(': ', 1)[-1]}")
+    click.echo(f"open {out / 'index.html'}")
+
+
+@click.command(name="dream")
+@click.argument("image")
+@_layer_option("Layer whose activations to amplify (`fool layers`).", required=True)
+@click.option("--octaves", type=int, default=_DREAM["octaves"], show_default=True)
+@click.option("--octave-scale", type=float, default=_DREAM["scale"], show_default=True)
+@click.option(
+    "--steps", type=int, default=_DREAM["steps"], show_default=True, help="Steps per octave."
+)
+@click.option(
+    "--size",
+    type=int,
+    default=_DREAM["size"],
+    show_default=True,
+    help="Longest side of the working image (the photo is shrunk to it).",
+)
+@click.option(
+    "--lr", type=float, default=_DREAM["lr"], show_default=True, help="Mean pixel change per step."
+)
+@click.option("--jitter", type=int, help="Random shift per step [default: octave side/16].")
+@_every
+@_model_options
+@_run_options("dream")
+def dream_cmd(
+    image: str, layer_names: str, octaves: int, octave_scale: float, steps: int, size: int,
+    lr: float, jitter: int | None, every: int | None, model_name: str | None,
+    weights: str | None, seed: int, out_dir: str | None,
+) -> None:  # fmt: skip
+    """Deep Dream: amplify what --layer sees in IMAGE, over several octaves.
+
+    Writes original.png, dream.png, progress.png, report.json and index.html.
+    """
+    check_positive(lr=lr)
+    if not octave_scale > 1:
+        raise FoolError(f"--octave-scale must be > 1, got {octave_scale:g}")
+    _at_least("--octaves", octaves, 1)
+    _at_least("--steps", steps, 1)
+    _at_least("--size", size, 16)
+    _at_least("--jitter", jitter, 0)
+    _at_least("--every", every, 1)
+    import jax
+
+    from fooltools.visualize import common, deepdream, layers, run
+
+    clf = _model(model_name, weights)
+    layer = layers.check_layer(clf, layer_names, option="--layer")
+    path, photo = _image(image)
+    photo = common.fit(photo, size)
+    out = _out(out_dir, "dream")
+    settings = {
+        "layer": layer, "octaves": octaves, "octave_scale": octave_scale, "steps": steps,
+        "size": size, "lr": lr, "jitter": jitter, "seed": seed,
+    }  # fmt: skip
+
+    def work(progress):
+        try:
+            return deepdream.dream(
+                jax.random.key(seed), clf, photo, layer=layer, octaves=octaves,
+                octave_scale=octave_scale, steps=steps, lr=lr, jitter=jitter, every=every,
+                progress=progress,
+            )  # fmt: skip
+        except ValueError as err:
+            raise _invalid(err) from None
+
+    result, seconds = _run(octaves * steps, f"dream {path.name}", work)
+    settings["seconds"] = seconds
+    report = run.write_dream(out, clf, result, source=path.name, settings=settings)
+    click.echo(f"{layer} energy x{report['metrics']['energy gain']:.2f}")
+    click.echo(f"open {out / 'index.html'}")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t for t in (s.strip() for s in text.split(",")) if t] if text else None
+
+
+@click.command(name="style")
+@click.argument("content")
+@click.argument("style")
+@click.option("--content-weight", type=float, default=_STYLE["content"], show_default=True)
+@click.option("--style-weight", type=float, default=_STYLE["style"], show_default=True)
+@click.option("--tv-weight", type=float, default=_STYLE["tv"], show_default=True)
+@click.option("--content-layer", help="[default: second map at stride 16]")
+@click.option("--style-layers", help="Comma-separated [default: first map of each stride].")
+@click.option("--steps", type=int, default=_STYLE["steps"], show_default=True)
+@click.option(
+    "--size",
+    type=int,
+    default=_STYLE["size"],
+    show_default=True,
+    help="Longest side of the result (the content photo is shrunk to it).",
+)
+@click.option("--lr", type=float, default=_STYLE["lr"], show_default=True)
+@_every
+@_model_options
+@_run_options("style")
+def style_cmd(
+    content: str, style: str, content_weight: float, style_weight: float, tv_weight: float,
+    content_layer: str | None, style_layers: str | None, steps: int, size: int, lr: float,
+    every: int | None, model_name: str | None, weights: str | None, seed: int,
+    out_dir: str | None,
+) -> None:  # fmt: skip
+    """Paint CONTENT in the style of STYLE (Gatys et al. 2016) with the model's features.
+
+    Writes content.png, style.png, result.png, progress.png, report.json and index.html.
+    """
+    check_positive(
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, lr=lr
+    )
+    _at_least("--steps", steps, 1)
+    _at_least("--size", size, 16)
+    _at_least("--every", every, 1)
+    chosen = _split(style_layers)
+    if style_layers is not None and not chosen:
+        raise FoolError("--style-layers needs at least one layer name")
+    import jax
+
+    from fooltools.visualize import layers, run
+    from fooltools.visualize import style as style_mod
+
+    clf = _model(model_name, weights)
+    if content_layer is not None:
+        layers.check_layer(clf, content_layer, option="--content-layer")
+    for name in chosen or ():
+        layers.check_layer(clf, name, spatial=True, option="--style-layers")
+    content_path, content_img = _image(content)
+    style_path, style_img = _image(style)
+    out = _out(out_dir, "style")
+
+    def work(progress):
+        return style_mod.stylize(
+            jax.random.key(seed), clf, content_img, style_img, content_layer=content_layer,
+            style_layers=chosen, size=size, steps=steps, content_weight=content_weight,
+            style_weight=style_weight, tv_weight=tv_weight, lr=lr, every=every,
+            progress=progress,
+        )  # fmt: skip
+
+    result, seconds = _run(steps, f"style {content_path.name}", work)
+    settings = {
+        "content_layer": result.content_layer, "style_layers": list(result.style_layers),
+        "content_weight": content_weight, "style_weight": style_weight,
+        "tv_weight": tv_weight, "steps": steps, "size": size, "lr": lr, "seed": seed,
+        "seconds": seconds,
+    }  # fmt: skip
+    report = run.write_style(
+        out, clf, result, content_name=content_path.name, style_name=style_path.name,
+        settings=settings,
+    )  # fmt: skip
+    click.echo(
+        f"style loss {100 * report['style_ratio']:.1f}% of the content photo's; "
+        f"content loss {report['content_loss']:.3f}"
+    )
+    click.echo(f"open {out / 'index.html'}")
+
+
+@click.command(name="layers")
+@_model_options
+@click.option("--size", type=int, help="Image side to compute shapes at [default: model input].")
+def layers_cmd(model_name: str | None, weights: str | None, size: int | None) -> None:
+    """List the model's named layers (for --layer) with their feature-map shapes."""
+    _at_least("--size", size, 16)
+    from fooltools.visualize import layers
+
+    clf = _model(model_name, weights)
+    h, w = (size, size) if size else clf.info.input_size
+    shapes = layers.layer_shapes(clf, (h, w))
+    click.echo(f"{clf.name}: feature maps of a {w}x{h} input (height x width x channels)")
+    width = max(len(name) for name in shapes)
+    for name, shape in shapes.items():
+        click.echo(f"  {name.ljust(width)}  {layers.describe(shape)}")
+
+
+COMMANDS: tuple[click.Command, ...] = (invert_cmd, visualize_cmd, dream_cmd, style_cmd, layers_cmd)

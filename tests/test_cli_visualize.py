@@ -1,0 +1,257 @@
+"""``fool invert / visualize / dream / style / layers`` end to end, and their bad inputs.
+
+Sizes, layers and batch shapes match tests/test_visualize.py so that the compiled loops
+are reused when both run in one process: a few steps each is enough to check the run
+directories.
+"""
+
+import html
+import json
+
+import pytest
+
+from fooltools import cli
+from fooltools.cli import main
+from fooltools.cli_visualize import COMMANDS
+
+
+def test_the_commands_are_registered():
+    assert {c.name for c in COMMANDS} == {"invert", "visualize", "dream", "style", "layers"}
+    assert all(cli.cli.commands[c.name] is c for c in COMMANDS)
+
+
+def run(capsys, *args):
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def check_run(out, kind, n_images):
+    """The run directory is a gallery page a reader can understand on its own."""
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == kind
+    page = (out / "index.html").read_text()
+    assert report["title"].split()[0] in page
+    assert len(report["images"]) == n_images
+    for panel in report["images"]:
+        assert (out / panel["file"]).is_file()
+        assert html.escape(panel["caption"]) in page
+    assert any(p["file"] == "progress.png" for p in report["images"])
+    assert "about" in report["metrics"] and len(report["metrics"]["about"]) > 100
+    return report
+
+
+# --- runs ----------------------------------------------------------------------------
+
+
+def test_layers_lists_every_layer_with_its_shape(capsys):
+    code, out, _ = run(capsys, "layers")
+    assert code == 0
+    rows = dict(line.split() for line in out.strip().splitlines()[1:])
+    assert rows["stem"] == "112x112x32" and rows["head"] == "7x7x1280"
+    assert list(rows)[-2:] == ["pool", "logits"] and rows["logits"] == "1000"
+    code, out, _ = run(capsys, "layers", "--size", "64")
+    assert "2x2x1280" in out
+
+
+def test_invert_writes_a_run_and_is_reproducible(capsys, tmp_path):
+    args = [
+        "invert",
+        "sample:cat",
+        "--layer",
+        "pool",
+        "--layer",
+        "logits",
+        "--starts",
+        "1",
+        "--size",
+        "64",
+        "--steps",
+        "12",
+        "--seed",
+        "1",
+    ]
+    code, out, err = run(capsys, *args, "--out", tmp_path / "a")
+    assert code == 0, err
+    assert out.startswith("pool: feature distance ")
+    report = check_run(tmp_path / "a", "invert", 4)
+    assert [entry["layer"] for entry in report["layers"]] == ["pool", "logits"]
+    assert 0 < report["layers"][0]["ratio"][0] < 1
+    assert report["settings"]["steps"] == 12 and report["frame_steps"][-1] == 12
+    assert run(capsys, *args, "--out", tmp_path / "b")[0] == 0
+    for name in ("reconstruction-pool-1.png", "reconstruction-logits-1.png", "progress.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_visualize_writes_a_run(capsys, tmp_path):
+    code, out, err = run(
+        capsys,
+        "visualize",
+        "--class",
+        "robin",
+        "--class",
+        "ostrich",
+        "--size",
+        "112",
+        "--steps",
+        "3",
+        "--out",
+        tmp_path,
+    )
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("robin: ")
+    report = check_run(tmp_path, "visualize", 3)
+    assert report["names"] == ["robin", "ostrich"] and report["targets"] == [15, 9]
+    assert len(report["images"][0]["top"]) == 5
+    assert isinstance(report["success"], bool)
+
+
+def test_dream_writes_a_run(capsys, tmp_path):
+    code, out, err = run(
+        capsys,
+        "dream",
+        "sample:cat",
+        "--layer",
+        "block10",
+        "--size",
+        "48",
+        "--octaves",
+        "2",
+        "--steps",
+        "4",
+        "--out",
+        tmp_path,
+    )
+    assert code == 0, err
+    report = check_run(tmp_path, "dream", 3)
+    assert report["energy"][1] > report["energy"][0]  # the layer's activations grew
+    assert max(report["size"]) == 48
+
+
+def test_style_writes_a_run(capsys, tmp_path):
+    code, out, err = run(
+        capsys,
+        "style",
+        "sample:cat",
+        "sample:coffee",
+        "--size",
+        "64",
+        "--steps",
+        "3",
+        "--out",
+        tmp_path,
+    )
+    assert code == 0, err
+    assert out.startswith("style loss ")
+    report = check_run(tmp_path, "style", 4)
+    assert report["content_layer"] == "block6" and report["style_layers"][0] == "stem"
+    assert report["style_loss"] < report["content_style_loss"]
+
+
+# --- bad input -----------------------------------------------------------------------
+
+
+def test_unknown_layer_lists_the_valid_ones(capsys):
+    code, _, err = run(capsys, "invert", "sample:cat", "--layer", "block99")
+    assert_one_line_error(
+        code, err, "unknown layer 'block99'", "stem", "block15", "logits", "fool layers"
+    )
+    code, _, err = run(capsys, "dream", "sample:cat", "--layer", "Head")
+    assert_one_line_error(code, err, "unknown layer 'Head'", "head")
+
+
+def test_style_layers_must_be_spatial(capsys):
+    code, _, err = run(
+        capsys, "style", "sample:cat", "sample:coffee", "--style-layers", "stem,pool"
+    )
+    assert_one_line_error(code, err, "unknown spatial layer 'pool'", "--style-layers", "head")
+    assert "logits" not in err
+
+
+def test_unknown_class_suggests_close_names(capsys):
+    code, _, err = run(capsys, "visualize", "--class", "robbin")
+    assert_one_line_error(code, err, 'unknown class "robbin"', "robin")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["invert", "sample:cat", "--layer", "pool", "--tv-weight", "0"],
+            "--tv-weight must be > 0",
+        ),
+        (
+            ["invert", "sample:cat", "--layer", "pool", "--alpha-weight", "-1"],
+            "--alpha-weight must be > 0",
+        ),
+        (["visualize", "--class", "robin", "--tv-weight", "-0.5"], "--tv-weight must be > 0"),
+        (["style", "a.png", "b.png", "--style-weight", "0"], "--style-weight must be > 0"),
+        (["style", "a.png", "b.png", "--content-weight", "nan"], "--content-weight must be > 0"),
+        (["style", "a.png", "b.png", "--tv-weight", "-1"], "--tv-weight must be > 0"),
+        (["dream", "sample:cat", "--layer", "head", "--lr", "0"], "--lr must be > 0"),
+        (["invert", "sample:cat", "--layer", "pool", "--starts", "0"], "--starts must be >= 1"),
+        (["visualize", "--class", "robin", "--steps", "0"], "--steps must be >= 1"),
+        (
+            ["dream", "sample:cat", "--layer", "head", "--octave-scale", "1"],
+            "--octave-scale must be > 1",
+        ),
+    ],
+)
+def test_non_positive_weights_are_rejected(capsys, args, message):
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, message)
+
+
+def test_visualize_needs_a_class_or_a_channel(capsys):
+    code, _, err = run(capsys, "visualize")
+    assert_one_line_error(code, err, "--class")
+    code, _, err = run(capsys, "visualize", "--layer", "head", "--channel", "1280")
+    assert_one_line_error(code, err, "--channel 1280 is out of range", "0..1279")
+
+
+def test_too_many_octaves_for_the_image(capsys):
+    code, _, err = run(
+        capsys, "dream", "sample:cat", "--layer", "head", "--size", "48", "--octaves", "6"
+    )
+    assert_one_line_error(code, err, "use fewer octaves")
+
+
+def test_cli_defaults_are_the_librarys():
+    from fooltools import cli_visualize as cv
+    from fooltools.visualize import classviz, deepdream, inversion, style
+
+    assert cv._INV == {
+        "steps": inversion.STEPS,
+        "starts": inversion.STARTS,
+        "lr": inversion.LR,
+        "tv": inversion.TV_WEIGHT,
+        "alpha": inversion.ALPHA_WEIGHT,
+    }
+    assert cv._VIZ == {"steps": classviz.STEPS, "lr": classviz.LR, "tv": classviz.TV_WEIGHT}
+    assert (cv._DREAM["steps"], cv._DREAM["lr"], cv._DREAM["octaves"], cv._DREAM["scale"]) == (
+        deepdream.STEPS,
+        deepdream.LR,
+        deepdream.OCTAVES,
+        deepdream.OCTAVE_SCALE,
+    )
+    assert cv._STYLE == {
+        "steps": style.STEPS,
+        "lr": style.LR,
+        "size": style.SIZE,
+        "content": style.CONTENT_WEIGHT,
+        "style": style.STYLE_WEIGHT,
+        "tv": style.TV_WEIGHT,
+    }
