@@ -66,9 +66,7 @@ def _detector_options(f: Callable) -> Callable:
     return f
 
 
-def _load(
-    detector: str, cfg: str | None, weights: str | None, variant: str | None = None
-) -> Any:
+def _load(detector: str, cfg: str | None, weights: str | None, variant: str | None = None) -> Any:
     from fooltools.detection.detectors import load_detector
 
     if cfg and detector != "yolo":

@@ -26,7 +26,7 @@ def outcomes(lite0, tmp_path_factory):
     methods = {
         "pgd": attacks.pgd(lite0.logits, lite0.params, eps=8 / 255, steps=40),
         "lbfgs": attacks.lbfgs(lite0.logits, lite0.params, steps=20, search_steps=2),
-        "cw": attacks.cw(lite0.logits, lite0.params, steps=30, search_steps=3),
+        "cw": attacks.cw(lite0.logits, lite0.params, steps=20, search_steps=2),
     }
     return {
         name: judge(lite0, tmp, name, run(jax.random.key(0), batch, targets), originals, targets)

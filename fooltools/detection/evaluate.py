@@ -105,23 +105,28 @@ def operating_point(detector: Detector, data: Dataset) -> tuple[float, float]:
         ``(threshold, f1)``.
     """
     found = detect_all(detector, data.images)
-    best = (0.0, -1.0)
     n_gt = int((data.labels >= 0).sum())
+    # Per image, once: detections best score first, and their IoU with every ground-truth
+    # box of the same class (-1 for other classes); each threshold then keeps a prefix.
+    per_image = []
+    for i in range(found.boxes.shape[0]):
+        keep = found.valid[i]
+        order = np.argsort(-found.scores[i][keep], kind="stable")
+        scores, labels = found.scores[i][keep][order], found.labels[i][keep][order]
+        gt = data.labels[i] >= 0
+        iou = np.asarray(box_ops.box_iou(found.boxes[i][keep][order], data.boxes[i][gt]))
+        iou = np.where(labels[:, None] == data.labels[i][gt][None, :], iou, -1.0)
+        per_image.append((scores, iou))
+    best = (0.0, -1.0)
     for t in np.round(np.arange(0.05, 1.0, 0.05), 2):
         tp = fp = 0
-        for i in range(found.boxes.shape[0]):
-            keep = found.valid[i] & (found.scores[i] >= t)
-            gt = data.labels[i] >= 0
-            gb, gl = data.boxes[i][gt], data.labels[i][gt]
-            used = np.zeros(len(gl), bool)
-            order = np.argsort(-found.scores[i][keep], kind="stable")
-            kept_boxes, kept_labels = found.boxes[i][keep][order], found.labels[i][keep][order]
-            for b, lab in zip(kept_boxes, kept_labels, strict=True):
-                iou = np.array(box_ops.box_iou(b[None], gb))[0] if len(gl) else np.zeros(0)
-                iou[(gl != lab) | used] = -1.0
-                hit = len(gl) > 0 and iou.max() >= 0.5
+        for scores, iou in per_image:
+            used = np.zeros(iou.shape[1], bool)
+            for row in iou[scores >= t]:
+                row = np.where(used, -1.0, row)
+                hit = row.size > 0 and row.max() >= 0.5
                 if hit:
-                    used[iou.argmax()] = True
+                    used[row.argmax()] = True
                 tp, fp = tp + hit, fp + (not hit)
         f1 = 2 * tp / max(2 * tp + fp + (n_gt - tp), 1)
         if f1 > best[1] + 1e-12:
