@@ -31,7 +31,7 @@ demo: $(VENV)/.installed
 
 ## test: the whole suite (no network, no torch), on two workers (see tests/conftest.py)
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 ## bench: fooltools vs the PyTorch peers on the same weights, same run
 bench: $(VENV)/.bench-installed

@@ -22,11 +22,11 @@ from fooltools.evolve.search import SearchConfig
 from fooltools.labels import imagenet
 from fooltools.models.base import Classifier, ModelInfo
 
-S = 12
+S = 12  # tiny input size
 
 
 def tiny() -> Classifier:
-    """The linear 12x12 'ImageNet' classifier of test_evolve.py."""
+    """A linear 'ImageNet' classifier on 12x12 images (also test_evolve.py's)."""
     w = jax.random.normal(jax.random.key(0), (S * S * 3, 1000)) * 0.05
     info = ModelInfo("tiny", (S, S), S, (0.5,) * 3, (0.5,) * 3, (0.0, 1.0), 0.0, "test", "-", "-")
     return Classifier(

@@ -7,7 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sharding_probe
 from deap import tools
+from sharding_probe import S
 
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, report, search
@@ -15,24 +17,12 @@ from fooltools.evolve.cppn import cppn
 from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
 from fooltools.evolve.run import evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
-from fooltools.labels import imagenet
-from fooltools.models.base import Classifier, ModelInfo
-
-S = 12  # tiny input size
 
 
 @pytest.fixture(scope="module")
 def tiny():
     """A linear 'ImageNet' classifier on 12x12 images: fast to compile and to fool."""
-    w = jax.random.normal(jax.random.key(0), (S * S * 3, 1000)) * 0.05
-    info = ModelInfo("tiny", (S, S), S, (0.5,) * 3, (0.5,) * 3, (0.0, 1.0), 0.0, "test", "-", "-")
-    return Classifier(
-        info=info,
-        apply=lambda p, x: x.reshape(x.shape[0], -1) @ p["w"],
-        params={"w": w},
-        labels=imagenet(),
-        features=lambda p, x: {},
-    )
+    return sharding_probe.tiny()
 
 
 # --- direct encoding operators -------------------------------------------------------

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fooltools.detection.resnet_fpn import conv_entry, nearest_indices
+from fooltools.detection.resnet_fpn import conv_entry, pyramid
 from fooltools.errors import ModelError
 from fooltools.models import layers
 
@@ -325,19 +325,4 @@ class MobileNetFPN(nn.Module):
             x = y + x if b.residual else y
             outputs[b.index] = x
         outputs[len(spec.blocks) + 1] = nn.hard_swish(_conv(spec.last, 1, name="last")(x))
-        return _pyramid([outputs[i] for i in spec.returned], spec.fpn_channels)
-
-
-def _pyramid(stage_outputs: list[jax.Array], c: int) -> dict[str, jax.Array]:
-    # FeaturePyramidNetwork.forward (called inside MobileNetFPN's compact scope, so the
-    # convs are its params): lateral 1x1, nearest top-down, 3x3 outputs, then the pool.
-    last = _conv(c, 1, name=f"inner_{len(stage_outputs) - 1}")(stage_outputs[-1])
-    results = [_conv(c, 3, name=f"layer_{len(stage_outputs) - 1}")(last)]
-    for i in range(len(stage_outputs) - 2, -1, -1):
-        lateral = _conv(c, 1, name=f"inner_{i}")(stage_outputs[i])
-        rows = nearest_indices(last.shape[1], lateral.shape[1])
-        cols = nearest_indices(last.shape[2], lateral.shape[2])
-        last = lateral + last[:, rows][:, :, cols]
-        results.insert(0, _conv(c, 3, name=f"layer_{i}")(last))
-    results.append(results[-1][:, ::2, ::2])  # max_pool2d(kernel 1, stride 2)
-    return dict(zip(LEVEL_NAMES, results, strict=True))
+        return pyramid([outputs[i] for i in spec.returned], spec.fpn_channels, LEVEL_NAMES)

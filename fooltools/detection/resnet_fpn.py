@@ -162,6 +162,37 @@ def _conv(features: int, k: int, stride: int = 1, groups: int = 1, name: str = "
     )
 
 
+def pyramid(
+    stage_outputs: list[jax.Array], channels: int, names: tuple[str, ...]
+) -> dict[str, jax.Array]:
+    """The ``FeaturePyramidNetwork`` + ``LastLevelMaxPool`` of torchvision, on backbone stages.
+
+    Called inside a Flax module's compact scope, so the convs (``inner_i`` lateral 1x1,
+    ``layer_i`` output 3x3) are that module's params.
+
+    Args:
+        stage_outputs: The backbone stages fed to the pyramid, (N, h_i, w_i, C_i), finest
+            first.
+        channels: The pyramid's width.
+        names: Level names, one per stage plus the pooled level.
+
+    Returns:
+        name -> (N, h, w, channels): lateral 1x1, nearest top-down, 3x3 outputs, and the
+        last level subsampled by 2 (``max_pool2d(kernel 1, stride 2)``).
+    """
+    n = len(stage_outputs)
+    last = _conv(channels, 1, name=f"inner_{n - 1}")(stage_outputs[-1])
+    results = [_conv(channels, 3, name=f"layer_{n - 1}")(last)]
+    for i in range(n - 2, -1, -1):
+        lateral = _conv(channels, 1, name=f"inner_{i}")(stage_outputs[i])
+        rows = nearest_indices(last.shape[1], lateral.shape[1])
+        cols = nearest_indices(last.shape[2], lateral.shape[2])
+        last = lateral + last[:, rows][:, :, cols]
+        results.insert(0, _conv(channels, 3, name=f"layer_{i}")(last))
+    results.append(results[-1][:, ::2, ::2])
+    return dict(zip(names, results, strict=True))
+
+
 def nearest_indices(src: int, dst: int) -> np.ndarray:
     """Source rows of torch's ``interpolate(mode="nearest")`` from ``src`` to ``dst`` rows."""
     scale = np.float32(src) / np.float32(dst)  # computed in float, as ATen does
@@ -209,14 +240,4 @@ class ResNetFPN(nn.Module):
                     shortcut = _conv(s.out, 1, stride, name=f"{p}_downsample")(x)
                 x = nn.relu(y + shortcut)
             stage_outputs.append(x)
-        c = spec.fpn_channels
-        last = _conv(c, 1, name="inner_3")(stage_outputs[-1])
-        results = [_conv(c, 3, name="layer_3")(last)]
-        for i in range(len(stage_outputs) - 2, -1, -1):
-            lateral = _conv(c, 1, name=f"inner_{i}")(stage_outputs[i])
-            rows = nearest_indices(last.shape[1], lateral.shape[1])
-            cols = nearest_indices(last.shape[2], lateral.shape[2])
-            last = lateral + last[:, rows][:, :, cols]
-            results.insert(0, _conv(c, 3, name=f"layer_{i}")(last))
-        results.append(results[-1][:, ::2, ::2])  # max_pool2d(kernel 1, stride 2)
-        return dict(zip(LEVEL_NAMES, results, strict=True))
+        return pyramid(stage_outputs, spec.fpn_channels, LEVEL_NAMES)
