@@ -62,10 +62,11 @@ def test_vanish_and_fabricate_move_scores_both_families(tiny_yolo, tiny_rcnn, im
     for det in (tiny_yolo, tiny_rcnn):
         van = attacks.detection_attack(det, mode="vanish")(jax.random.key(0), images)
         fab = attacks.detection_attack(det, mode="fabricate")(jax.random.key(0), images)
-        tog = attacks.detection_attack(det, mode="fabricate", fabrication="tog", steps=3)
         assert _total_score(van.adv) < _total_score(van.clean), det.kind
         assert _total_score(fab.adv) > _total_score(fab.clean), det.kind
-        assert _total_score(tog(jax.random.key(0), images).adv) > _total_score(fab.clean)
+    tog = attacks.detection_attack(tiny_yolo, mode="fabricate", fabrication="tog", steps=2)
+    result = tog(jax.random.key(0), images)
+    assert _total_score(result.adv) > _total_score(result.clean)
     with pytest.raises(ValueError, match="fabrication must be"):
         attacks.detection_attack(tiny_yolo, mode="fabricate", fabrication="more")
 
