@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from fooltools.detection.resnet_fpn import conv_entry, pyramid
+from fooltools.detection.resnet_fpn import conv_entry, fpn_keys, pyramid
 from fooltools.errors import ModelError
 from fooltools.models import layers
 
@@ -175,10 +175,7 @@ def expected_keys(spec: MobileNetFPNSpec) -> set[str]:
                 keys |= {f"{prefix}.{fc}.{p}" for fc in ("fc1", "fc2") for p in ("weight", "bias")}
             else:
                 keys |= {f"{prefix}.0.weight"} | {f"{prefix}.1.{b}" for b in _BN}
-    for i in range(len(spec.returned)):
-        for kind in ("inner_blocks", "layer_blocks"):
-            keys |= {f"{FPN}.{kind}.{i}.0.weight", f"{FPN}.{kind}.{i}.0.bias"}
-    return keys
+    return keys | fpn_keys(len(spec.returned))
 
 
 def _fold(sd: Mapping[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:

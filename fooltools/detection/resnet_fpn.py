@@ -104,10 +104,17 @@ def expected_keys(spec: ResNetFPNSpec) -> set[str]:
                     keys |= {f"{p}.downsample.0.weight"} | {f"{p}.downsample.1.{b}" for b in bn}
                 else:
                     keys |= {f"{p}.{conv}.weight"} | {f"{p}.bn{conv[-1]}.{b}" for b in bn}
-    for i in range(len(spec.stages)):
-        for kind in ("inner_blocks", "layer_blocks"):
-            keys |= {f"{FPN}.{kind}.{i}.0.weight", f"{FPN}.{kind}.{i}.0.bias"}
-    return keys
+    return keys | fpn_keys(len(spec.stages))
+
+
+def fpn_keys(stages: int) -> set[str]:
+    """State-dict keys of a ``FeaturePyramidNetwork`` over ``stages`` backbone stages."""
+    return {
+        f"{FPN}.{kind}.{i}.0.{p}"
+        for i in range(stages)
+        for kind in ("inner_blocks", "layer_blocks")
+        for p in ("weight", "bias")
+    }
 
 
 def _fold(sd: Mapping[str, np.ndarray], conv: str, bn: str) -> dict[str, np.ndarray]:
