@@ -214,6 +214,13 @@ def perturb(
     "--encoding", type=click.Choice(["cppn", "direct"]), default="cppn", show_default=True
 )
 @click.option(
+    "--strategy",
+    type=click.Choice(["es", "ga"]),
+    default=None,
+    help="es: evolution strategy on one layered CPPN's weights; ga: the paper's genetic "
+    "algorithm [default: es for --class with cppn, ga otherwise].",
+)
+@click.option(
     "--generations",
     type=int,
     default=None,
@@ -241,6 +248,7 @@ def evolve(
     map_elites: bool,
     classes: str,
     encoding: str,
+    strategy: str | None,
     generations: int | None,
     population: int | None,
     stop_at: float,
@@ -264,6 +272,7 @@ def evolve(
         map_elites=map_elites,
         classes=classes,
         encoding=encoding,
+        strategy=strategy,
         generations=generations,
         population=population,
         stop_at=stop_at,

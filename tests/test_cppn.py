@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from fooltools.evolve import cppn as cppn_mod
 from fooltools.evolve.cppn import SFERES2, CPPNGenome, cppn, is_valid
+from fooltools.evolve.es import ES_CPPN
 
 P = 6
 NO_MUTATION = dict.fromkeys((f for f in cppn_mod.CPPN._fields if f.startswith("rate_")), 0.0)
@@ -17,10 +18,14 @@ ENCODINGS = {
     "sferes2": cppn(**SFERES2),
     # Few slots, so add-neuron regularly finds the genome full; grayscale output.
     "small_gray": cppn(max_nodes=10, channels=1, init_hidden=1, activations=cppn_mod.ACTIVATIONS),
+    # The evolution strategy's layered start, smaller and with free slots to grow into.
+    "layered": cppn(
+        **{**ES_CPPN, "max_nodes": 4 + 3 + 2 * 3 + 4, "init_hidden": 3, "init_layers": 2}
+    ),
 }
 # Float32 vs float64 (or a different summation order): sferes2's weights up to 10 amplify
 # rounding through chains of sines and gaussians.
-ATOL = {"default": 1e-4, "sferes2": 2e-3, "small_gray": 1e-4}
+ATOL = {"default": 1e-4, "sferes2": 2e-3, "small_gray": 1e-4, "layered": 2e-3}
 
 
 def unbatch(genomes: CPPNGenome) -> list[CPPNGenome]:
@@ -131,7 +136,21 @@ def test_init_is_valid(name):
     assert g.weight.shape == (P, m, m) and g.conn.shape == (P, m, m) and g.act.shape == (P, m)
     for one in unbatch(g):
         assert is_valid(one, channels=enc.channels, weight_limit=enc.weight_limit)
-        assert one.active.sum() == 4 + enc.channels + enc.init_hidden
+        assert one.active.sum() == 4 + enc.channels + enc.init_hidden * enc.init_layers
+
+
+def test_layered_init_chains_layers_with_fan_in_weights():
+    enc = cppn(**ES_CPPN)  # 4 inputs, 3 outputs, 3 layers of 16
+    g = population(enc, n=64)
+    layer = np.repeat([-1, 3, 0, 1, 2], [4, 3, 16, 16, 16])  # slot -> layer (outputs: 3)
+    want = (layer[:, None] + 1 == layer[None, :]) | ((layer[:, None] == -1) & (layer == 3))
+    assert (np.asarray(g.conn) == want).all()
+    np.testing.assert_allclose(g.order[0], (layer + 1) / 4)
+    w = np.asarray(g.weight)
+    # Fan-in scaling: N(0, 1/fan_in), times input_gain 20 from the inputs into layer 0.
+    first, hidden, out = w[:, :4, 7:23], w[:, 7:23, 23:39], w[:, 39:55, 4:7]
+    for block, sd in ((first, 20 / 2), (hidden, 1 / 4), (out, 1 / np.sqrt(20))):
+        assert abs(block.std() / sd - 1) < 0.05
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
@@ -181,7 +200,9 @@ def test_200_mutations_stay_valid(name):
             assert is_valid(one, channels=enc.channels, weight_limit=enc.weight_limit)
             assert acyclic(one)
     sizes = history.active.sum(-1)
-    assert sizes.max() > 4 + enc.channels + enc.init_hidden  # the topology did evolve
+    assert (
+        sizes.max() > 4 + enc.channels + enc.init_hidden * enc.init_layers
+    )  # the topology did evolve
     assert sizes.max() <= enc.max_nodes
 
 

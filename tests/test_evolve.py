@@ -15,6 +15,7 @@ from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, report, search
 from fooltools.evolve.cppn import cppn
 from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
+from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 
@@ -105,6 +106,17 @@ def test_single_target_search_improves_confidence(tiny, tmp_path, encoding):
     assert all(b["best"] >= a["best"] for a, b in zip(hist, hist[1:], strict=False))  # elitism
 
 
+def test_evolution_strategy_improves_confidence(tiny, tmp_path):
+    cfg = SearchConfig(population=16, generations=8, stop_at=None)
+    es = ESConfig(sigma=0.05, learning_rate=0.05)
+    out = evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, es, seed=0, out=tmp_path)
+    hist = out["history"]
+    assert len(hist) == 8 and out["evaluations"] == 8 * 16
+    # The whole sampled population moves, not just a lucky best: the median climbs.
+    assert hist[-1]["median"] > hist[0]["median"] * 1.2
+    assert out["best_confidence"] == max(h["best"] for h in hist)
+
+
 def test_map_elites_never_replaces_an_elite_with_a_worse_one():
     archive = jnp.arange(5.0)[:, None]
     fitness = jnp.array([0.5, -1.0, 0.9, 0.2, 0.7])
@@ -133,15 +145,28 @@ def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
     assert len(list((tmp_path / "cells").glob("*.png"))) == 5
 
 
-@pytest.mark.parametrize("kind", ["single", "map-elites"])
+@pytest.mark.parametrize("kind", ["single", "map-elites", "es"])
 def test_resume_is_bit_identical(tiny, tmp_path, kind):
     cfg = SearchConfig(
         population=10, generations=6, elites=2 if kind == "single" else 0, stop_at=None
     )
-    enc = cppn()
+    enc = cppn(**ES_CPPN) if kind == "es" else cppn()
 
     def run(out, generations, resume=False):
         c = SearchConfig(**{**cfg.__dict__, "generations": generations})
+        if kind == "es":
+            return evolve_es(
+                tiny,
+                enc,
+                "cppn",
+                15,
+                c,
+                ESConfig(),
+                seed=1,
+                out=out,
+                resume=resume,
+                checkpoint_every=2,
+            )
         if kind == "single":
             return evolve_single(
                 tiny, enc, "cppn", 15, c, seed=1, out=out, resume=resume, checkpoint_every=2
@@ -229,6 +254,9 @@ def fool(capsys, *args):
         ([], "exactly one of --class NAME or --map-elites"),
         (["--map-elites", "--classes", "robin,ostrch"], "ostrich (9)"),
         (["--class", "robin", "--resume"], "--resume needs --out"),
+        (["--class", "robin", "--population", "5"], "population must be even"),
+        (["--class", "robin", "--encoding", "direct", "--strategy", "es"], "use it with --class"),
+        (["--map-elites", "--strategy", "es"], "use it with --class"),
     ],
 )
 def test_bad_evolve_arguments(capsys, args, fragment):
@@ -262,6 +290,7 @@ def test_evolve_end_to_end_on_lite0(capsys, tmp_path):
     assert code == 0, out
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["target"] == {"index": 15, "label": "robin"}
-    assert rep["generations_run"] == 2 and rep["evaluations"] == 4 + 2 * 2
+    assert rep["strategy"] == "es"  # the default for one class with the CPPN encoding
+    assert rep["generations_run"] == 2 and rep["evaluations"] == 2 * 4
     assert abs(rep["best_confidence"] - rep["best_confidence_in_search"]) <= 0.01
     assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2

@@ -317,7 +317,7 @@ def test_perturb_smoke_local(capsys, tmp_path_factory):
 def test_evolve_smoke_local(capsys, tmp_path_factory):
     out, stdout = _run_smoke(capsys, "evolve-smoke", tmp_path_factory)
     rows = table(out)
-    assert [r["method"] for r in rows] == ["direct", "cppn"]
+    assert [r["method"] for r in rows] == ["direct", "cppn-es"]
     assert {r["status"] for r in rows} == {"ok"} and {r["class"] for r in rows} == {"robin"}
     for row in rows:
         report = json.loads((out / "runs" / row["id"] / "report.json").read_text())

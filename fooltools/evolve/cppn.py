@@ -101,7 +101,8 @@ class CPPN(NamedTuple):
     Attributes:
         max_nodes: Node slots M per genome (4 inputs + ``channels`` outputs + hidden).
         channels: 3 (RGB) or 1 (grayscale, replicated to RGB by ``render``).
-        init_hidden: Hidden nodes of a fresh genome (see :meth:`init`).
+        init_hidden: Hidden nodes per layer of a fresh genome (see :meth:`init`).
+        init_layers: Hidden layers of a fresh genome (1: the NEAT/Picbreeder start).
         activations: Names from :data:`ACTIVATIONS` that hidden nodes draw from; the
             default is the paper's (sferes2) set.
         rate_add_conn: Probability per mutate call of adding an edge (paper: 0.5).
@@ -117,8 +118,12 @@ class CPPN(NamedTuple):
         weight_sigma: Step of the Gaussian weight mutation.
         poly_eta: Distribution index of the polynomial mutation (larger: smaller steps).
         weight_limit: Weights are clipped to [-weight_limit, weight_limit].
-        init_weight: New weights: ``"normal"`` N(0, 1) (clipped) or ``"uniform"`` over the
-            whole [-weight_limit, weight_limit] range (sferes2).
+        init_weight: New weights: ``"normal"`` N(0, 1) (clipped), ``"uniform"`` over the
+            whole [-weight_limit, weight_limit] range (sferes2), or ``"fan_in"``:
+            N(0, 1 / fan_in) for a fresh genome's edges (``input_gain`` times that out of
+            the inputs), N(0, 1) for edges added later.
+        input_gain: With ``init_weight="fan_in"``, the scale of the weights from the
+            inputs into hidden nodes: the spatial frequencies a fresh genome draws with.
         split: Weights of a split edge i -> j with weight w: ``"neat"`` i -(1)-> n -(w)-> j,
             ``"sferes2"`` i -(w)-> n -(w)-> j.
     """
@@ -126,6 +131,7 @@ class CPPN(NamedTuple):
     max_nodes: int = 32
     channels: int = 3
     init_hidden: int = 3
+    init_layers: int = 1
     activations: tuple[str, ...] = ("sine", "sigmoid", "gaussian", "linear")
     rate_add_conn: float = 0.5
     rate_del_conn: float = 0.3
@@ -139,15 +145,17 @@ class CPPN(NamedTuple):
     poly_eta: float = 15.0
     weight_limit: float = 3.0
     init_weight: str = "normal"
+    input_gain: float = 1.0
     split: str = "neat"
 
     def init(self, key: jax.Array) -> CPPNGenome:
-        """A random individual: inputs fully connected to outputs, plus a hidden layer.
+        """A random individual: inputs fully connected to outputs, plus hidden layers.
 
         Like NEAT/Picbreeder (and sferes2's ``ff`` init) every input feeds every output;
-        ``init_hidden`` hidden nodes (order 0.5, random activations) are additionally
-        fully connected from the inputs and to the outputs, so the first generation
-        shows patterns rather than linear gradients.
+        ``init_layers`` layers of ``init_hidden`` hidden nodes (random activations) are
+        chained fully connected from the inputs to the outputs, so the first generation
+        shows patterns rather than linear gradients. Layer ``l`` of ``L`` sits at order
+        ``(l + 1) / (L + 1)``.
 
         Args:
             key: PRNG key.
@@ -155,19 +163,31 @@ class CPPN(NamedTuple):
         Returns:
             A genome with fields of shapes [M, M], [M, M], [M], [M], [M].
         """
-        m, h0 = self.max_nodes, N_INPUTS + self.channels
+        m, h0, n = self.max_nodes, N_INPUTS + self.channels, self.init_hidden
         k_w, k_act = jax.random.split(key)
         idx = jnp.arange(m)
         is_in, is_out = idx < N_INPUTS, (idx >= N_INPUTS) & (idx < h0)
-        is_hid = (idx >= h0) & (idx < h0 + self.init_hidden)
-        conn = (is_in[:, None] & (is_out | is_hid)[None, :]) | (is_hid[:, None] & is_out)
+        layer = jnp.where(is_in, -1, jnp.where(is_out, self.init_layers, (idx - h0) // max(n, 1)))
+        is_hid = (idx >= h0) & (idx < h0 + n * self.init_layers)
+        first, last = is_hid & (layer == 0), is_hid & (layer == self.init_layers - 1)
+        nxt = is_hid[:, None] & is_hid & (layer[:, None] + 1 == layer)
+        conn = (is_in[:, None] & (is_out | first)) | (last[:, None] & is_out) | nxt
+        weight = self._random_weight(k_w, (m, m))
+        if self.init_weight == "fan_in":
+            fan_in = jnp.maximum(conn.sum(0), 1)
+            # The gain sets the frequencies hidden nodes see; input -> output edges keep
+            # unit scale, or linear ramps would saturate the outputs.
+            gain = jnp.where(is_in[:, None] & is_hid, self.input_gain, 1.0)
+            weight = weight / jnp.sqrt(fan_in) * gain
+            weight = jnp.clip(weight, -self.weight_limit, self.weight_limit)
         acts = self._random_act(k_act, (m,))
+        order = (layer + 1) / (self.init_layers + 1)
         return CPPNGenome(
-            weight=jnp.where(conn, self._random_weight(k_w, (m, m)), 0.0),
+            weight=jnp.where(conn, weight, 0.0),
             conn=conn,
             act=jnp.where(is_hid, acts, _LINEAR).astype(jnp.int32),
-            active=idx < h0 + self.init_hidden,
-            order=jnp.where(is_in, 0.0, jnp.where(is_out, 1.0, 0.5)).astype(jnp.float32),
+            active=idx < h0 + n * self.init_layers,
+            order=jnp.where(is_hid | is_in | is_out, order, 0.5).astype(jnp.float32),
         )
 
     def mutate(self, key: jax.Array, genome: CPPNGenome) -> CPPNGenome:
@@ -328,19 +348,24 @@ def cppn(**hyper: Any) -> CPPN:
         for field, allowed in (
             ("channels", (1, 3)),
             ("weight_mutation", ("gaussian", "polynomial")),
-            ("init_weight", ("normal", "uniform")),
+            ("init_weight", ("normal", "uniform", "fan_in")),
             ("split", ("neat", "sferes2")),
         )
         if getattr(enc, field) not in allowed
     ]
-    if enc.init_hidden < 0 or enc.max_nodes < N_INPUTS + enc.channels + enc.init_hidden:
-        bad.append("max_nodes too small for the inputs, outputs and init_hidden")
+    hidden = enc.init_hidden * enc.init_layers
+    if (
+        enc.init_hidden < 0
+        or enc.init_layers < 1
+        or enc.max_nodes < N_INPUTS + enc.channels + hidden
+    ):
+        bad.append("max_nodes too small for the inputs, outputs and init_hidden x init_layers")
     if not enc.activations or not set(enc.activations) <= set(ACTIVATIONS):
         bad.append(f"activations must be a non-empty subset of {ACTIVATIONS}")
     if not all(0.0 <= r <= 1.0 for r in rates):
         bad.append("mutation rates must be in [0, 1]")
-    if min(enc.weight_limit, enc.weight_sigma, enc.poly_eta) <= 0:
-        bad.append("weight_limit, weight_sigma and poly_eta must be > 0")
+    if min(enc.weight_limit, enc.weight_sigma, enc.poly_eta, enc.input_gain) <= 0:
+        bad.append("weight_limit, weight_sigma, poly_eta and input_gain must be > 0")
     if bad:
         raise ValueError("; ".join(bad))
     return enc._replace(activations=tuple(enc.activations))

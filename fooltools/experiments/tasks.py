@@ -109,6 +109,7 @@ def _evolve(p: dict[str, Any], out: Path, *, map_elites: bool) -> dict[str, Any]
         map_elites=map_elites,
         classes=",".join(map(str, classes)) if isinstance(classes, list) else classes,
         encoding=p["encoding"],
+        strategy=p.get("strategy"),
         generations=p["generations"],
         population=p["population"],
         stop_at=p.get("stop_at", 0.99),  # map-elites has no stop
@@ -126,7 +127,8 @@ def run_evolve(p: dict[str, Any], out: Path) -> dict[str, Any]:
     report = _evolve(p, out, map_elites=False)
     return {
         "model": report["model"],
-        "method": report["encoding"],
+        # The default CPPN search is the evolution strategy; the GA keeps the bare name.
+        "method": report["encoding"] + ("-es" if report["strategy"] == "es" else ""),
         "class": report["target"]["label"],
         "success": report["success"],
         "confidence": report["best_confidence"],
@@ -201,6 +203,12 @@ def _encoding(value: str) -> str:
     return value
 
 
+def _strategy(value: str) -> str:
+    if value not in ("es", "ga"):
+        raise FoolError(f"unknown strategy {value!r}; choose es or ga")
+    return value
+
+
 _MODEL = {
     "model": Param((str,)),
     "weights": Param((str,), path=True),
@@ -233,6 +241,7 @@ TASKS: dict[str, TaskKind] = {
         {
             "class": Param((str, int), required=True),
             "stop_at": Param((float, int), default=0.99),
+            "strategy": Param((str,), normalise=_strategy),
             **_EVOLVE,
         },
     ),
