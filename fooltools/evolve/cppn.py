@@ -400,12 +400,27 @@ def _render_one(g: CPPNGenome, inputs: jax.Array, channels: int) -> jax.Array:
     return values[jnp.argsort(perm)[N_INPUTS : N_INPUTS + channels]]
 
 
+# Pixels per render pass: a pass's node values (M x chunk floats, ~0.4 MB for M = 55)
+# stay in cache across the node loop; whole 224 x 224 images (11 MB) made every node's
+# matvec a trip to memory (measured: 1.5x slower for 100 genomes of 55 nodes).
+_CHUNK = 2048
+
+
 @functools.partial(jax.jit, static_argnames=("height", "width", "channels"))
 def _render(genomes: CPPNGenome, height: int, width: int, channels: int) -> jax.Array:
-    inputs = pixel_inputs(height, width)
+    hw = height * width
+    chunk = min(hw, _CHUNK)
+    n = -(-hw // chunk)
+    inputs = jnp.pad(pixel_inputs(height, width), ((0, 0), (0, n * chunk - hw)))
+    chunks = inputs.reshape(N_INPUTS, n, chunk).transpose(1, 0, 2)
+
+    def one(g):
+        z = jax.lax.map(lambda x: _render_one(g, x, channels), chunks)  # (n, C, chunk)
+        return z.transpose(1, 0, 2).reshape(channels, n * chunk)[:, :hw]
+
     # lax.map, not vmap: each genome runs its own loop length and activation branch
     # instead of every branch for as long as the largest genome of the population.
-    z = jax.lax.map(lambda g: _render_one(g, inputs, channels), genomes)
+    z = jax.lax.map(one, genomes)
     img = ((jnp.tanh(z) + 1) / 2).transpose(0, 2, 1).reshape(-1, height, width, channels)
     return jnp.broadcast_to(img, (*img.shape[:3], 3)) if channels == 1 else img
 
