@@ -1,10 +1,13 @@
 """Evolution throughput: search evaluations/s vs the classifier alone and vs a naive loop.
 
-Run by ``make bench``. For the direct and the CPPN encoding at population 200 on
-EfficientNet-Lite0 (224x224) it prints:
+Run by ``make bench``. For the direct and the CPPN encoding under the genetic algorithm
+(``--strategy ga``, the CLI's encodings) and for the evolution strategy on the layered
+CPPN (``--strategy es``, the default of ``fool evolve --class``), at population 200 on
+EfficientNet-Lite0 (224x224), it prints:
 
-* the search's evaluations/s (a generation = DEAP selection on the host + one jitted
-  breed call + one jitted render/quantize/classify call), measured over generations
+* the search's evaluations/s (a GA generation = DEAP selection on the host + one jitted
+  breed call + one jitted render/quantize/classify call; an ES generation = one jitted
+  sample call + the same evaluation + one jitted update), measured over generations
   after the first (which compiles);
 * the classifier's own batched forward throughput on the same batch size, and the
   search overhead ``1 - search / forward`` (target <= 15%);
@@ -30,8 +33,9 @@ import numpy as np
 from deap import tools
 
 from fooltools import io
-from fooltools.evolve.cppn import cppn
+from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
+from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import evolve_single
 from fooltools.evolve.search import SearchConfig
 from fooltools.models import load_model
@@ -48,13 +52,15 @@ def forward_rate(clf, batch: int, repeats: int) -> float:
     return batch * repeats / (time.perf_counter() - t0)
 
 
-def search_rate(clf, enc, name: str, population: int, generations: int) -> float:
+def search_rate(clf, enc, name: str, strategy: str, population: int, generations: int) -> float:
     """Evaluations/s of the single-target search, excluding the first (compiling) generation."""
     cfg = SearchConfig(population=population, generations=generations, elites=2, stop_at=None)
+    kwargs = {"seed": 0, "checkpoint_every": generations + 1}
     with tempfile.TemporaryDirectory() as tmp:
-        out = evolve_single(
-            clf, enc, name, 15, cfg, seed=0, out=Path(tmp), checkpoint_every=generations + 1
-        )
+        if strategy == "es":
+            out = evolve_es(clf, enc, name, 15, cfg, ESConfig(), out=Path(tmp), **kwargs)
+        else:
+            out = evolve_single(clf, enc, name, 15, cfg, out=Path(tmp), **kwargs)
     hist = out["history"][1:]
     return sum(h["evaluations"] for h in hist) / sum(h["seconds"] for h in hist)
 
@@ -103,15 +109,22 @@ def main() -> None:
     fwd = forward_rate(clf, args.population - 2, repeats=2)
     print(f"classifier forward alone: {fwd:.1f} img/s (batch {args.population - 2})")
     print(
-        f"{'encoding':>8}  {'search ev/s':>11}  {'overhead':>8}  {'naive ev/s':>10}  "
-        f"{'speed-up':>8}"
+        f"{'encoding':>8}  {'strategy':>8}  {'search ev/s':>11}  {'overhead':>8}  "
+        f"{'naive ev/s':>10}  {'speed-up':>8}"
     )
-    for name, enc in (("direct", direct(height=h, width=w)), ("cppn", cppn())):
-        rate = search_rate(clf, enc, name, args.population, args.generations)
+    runs = (
+        ("direct", "ga", direct(height=h, width=w)),
+        ("cppn", "ga", cppn(**SFERES2)),
+        ("cppn", "es", cppn(**ES_CPPN)),
+    )
+    for name, strategy, enc in runs:
+        rate = search_rate(clf, enc, name, strategy, args.population, args.generations)
+        # The naive loop mutates one genome with the encoding's own operator (for the ES
+        # genome too: a weight perturbation costs the same), renders and classifies it.
         naive = naive_rate(clf, enc, name, args.naive)
         print(
-            f"{name:>8}  {rate:>11.1f}  {100 * (1 - rate / fwd):>7.1f}%  {naive:>10.2f}  "
-            f"{rate / naive:>7.1f}x"
+            f"{name:>8}  {strategy:>8}  {rate:>11.1f}  {100 * (1 - rate / fwd):>7.1f}%  "
+            f"{naive:>10.2f}  {rate / naive:>7.1f}x"
         )
 
 
