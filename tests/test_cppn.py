@@ -167,6 +167,16 @@ def test_render_shape_range_and_reference(name):
         )
 
 
+def test_render_in_pixel_passes_matches_reference():
+    # 48 x 50 = 2400 pixels: two passes of _CHUNK = 2048, the second mostly padding.
+    enc = ENCODINGS["layered"]
+    g, _ = evolve(enc, population(enc), 10)
+    assert 48 * 50 > cppn_mod._CHUNK
+    img = np.asarray(enc.render(g, 48, 50))
+    for one, got in zip(unbatch(g), img, strict=True):
+        np.testing.assert_allclose(got, reference_render(one, 48, 50, 3), atol=ATOL["layered"])
+
+
 @pytest.mark.parametrize("name", ["default", "sferes2"])
 def test_render_is_resolution_independent(name):
     # Pixel centres of an N grid are every third centre (offset 1) of a 3N grid.
