@@ -32,7 +32,7 @@ from fooltools import io
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, search
 from fooltools.evolve.cppn import CPPN, CPPNGenome
-from fooltools.evolve.run import CHECKPOINT, HISTORY, Loop, Progress, _template
+from fooltools.evolve.run import CHECKPOINT, HISTORY, Loop, Progress, genome_template
 from fooltools.evolve.search import SearchConfig
 from fooltools.models.base import Classifier
 
@@ -145,15 +145,17 @@ def evolve_es(
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     opt = optax.adam(es.learning_rate)
     if resume:
-        stacked, arrays, saved = checkpoint.load(out / CHECKPOINT, _template(encoding, 1), meta)
+        stacked, arrays, saved = checkpoint.load(
+            out / CHECKPOINT, genome_template(encoding, 1), meta
+        )
         center = search.take(stacked, 0)
-        adam = opt.init(center.weight)[0]
-        adam = adam._replace(
+        fresh = opt.init(center.weight)  # (adam moments, empty scale state)
+        adam = fresh[0]._replace(
             count=jnp.asarray(arrays["adam_count"]),
             mu=jnp.asarray(arrays["adam_mu"]),
             nu=jnp.asarray(arrays["adam_nu"]),
         )
-        opt_state = (adam, *opt.init(center.weight)[1:])
+        opt_state = (adam, *fresh[1:])
         state = {"best_image": arrays["best_image"], "best": arrays["best"]}
         start = saved["generation"]
         loop.restore_history(start)

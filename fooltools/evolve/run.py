@@ -97,7 +97,8 @@ class Loop:
         return done
 
 
-def _template(encoding: search.Encoding, n: int) -> Any:
+def genome_template(encoding: search.Encoding, n: int) -> Any:
+    """``jax.ShapeDtypeStruct`` pytree of ``n`` stacked genomes (what a checkpoint holds)."""
     keys = jax.ShapeDtypeStruct((n,), jax.random.key(0).dtype)
     return jax.eval_shape(jax.vmap(encoding.init), keys)
 
@@ -149,7 +150,7 @@ def evolve_single(
     h, w = clf.info.input_size
     if resume:
         genomes, arrays, saved = checkpoint.load(
-            out / CHECKPOINT, _template(encoding, cfg.population), meta
+            out / CHECKPOINT, genome_template(encoding, cfg.population), meta
         )
         state = {k: arrays[k] for k in ("fitness", "best_image", "best")}
         start = saved["generation"]
@@ -240,7 +241,7 @@ def evolve_map_elites(
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     if resume:
         archive, arrays, saved = checkpoint.load(
-            out / CHECKPOINT, _template(encoding, len(classes)), meta
+            out / CHECKPOINT, genome_template(encoding, len(classes)), meta
         )
         state = {"fitness": arrays["fitness"], "evaluations": arrays["evaluations"]}
         start = saved["generation"]
