@@ -28,11 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fooltools import io
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, search
 from fooltools.evolve.cppn import CPPN, CPPNGenome
-from fooltools.evolve.run import CHECKPOINT, HISTORY, Loop, Progress, genome_template
+from fooltools.evolve.run import (
+    CHECKPOINT,
+    HISTORY,
+    Loop,
+    Progress,
+    genome_template,
+    record_best,
+    single_summary,
+)
 from fooltools.evolve.search import SearchConfig
 from fooltools.models.base import Classifier
 
@@ -177,13 +184,7 @@ def evolve_es(
         fitness = probs[:, target]
         pop["center"], pop["opt"] = update(k_gen, pop["center"], pop["opt"], fitness)
         fitness = np.asarray(fitness)
-        best = state["best"].copy()
-        best[2] += cfg.population
-        i = int(fitness.argmax())
-        if fitness[i] > best[0]:  # hall of fame of one
-            best[:2] = fitness[i], gen
-            state["best_image"] = io.to_uint8(images[i])
-        state["best"] = best
+        record_best(state, fitness, images, gen)
         return fitness, cfg.population
 
     def save(gen: int) -> None:
@@ -200,15 +201,4 @@ def evolve_es(
     if not resume:
         save(0)
     last = loop.run(start, step, save, cfg.stop_at)
-    best = state["best"]
-    h, w = clf.info.input_size
-    return {
-        "best_image": state["best_image"].astype(np.float32) / 255.0,
-        "best_confidence": float(best[0]),
-        "best_generation": int(best[1]),
-        "evaluations": int(best[2]),
-        "generation": last,
-        "seconds": loop.seconds,
-        "history": loop.history,
-        "size": (h, w),
-    }
+    return single_summary(state, last, loop, clf.info.input_size)

@@ -119,6 +119,39 @@ def _meta(
     }
 
 
+def record_best(state: dict[str, Any], fitness: np.ndarray, images: jax.Array, gen: int) -> None:
+    """Hall of fame of one: offer a generation's (P,) confidences and (P, H, W, 3) images.
+
+    ``state["best"]`` is ``[confidence, generation, evaluations]``; ``state["best_image"]``
+    the uint8 image of that confidence. Both are replaced, never mutated in place, so a
+    checkpoint written earlier keeps its arrays.
+    """
+    best = state["best"].copy()
+    best[2] += len(fitness)
+    i = int(fitness.argmax())
+    if fitness[i] > best[0]:
+        best[:2] = fitness[i], gen
+        state["best_image"] = io.to_uint8(images[i])
+    state["best"] = best
+
+
+def single_summary(
+    state: dict[str, Any], last: int, loop: Loop, size: tuple[int, int]
+) -> dict[str, Any]:
+    """What a single-target search returns (see :func:`evolve_single`)."""
+    best = state["best"]
+    return {
+        "best_image": state["best_image"].astype(np.float32) / 255.0,
+        "best_confidence": float(best[0]),
+        "best_generation": int(best[1]),
+        "evaluations": int(best[2]),
+        "generation": last,
+        "seconds": loop.seconds,
+        "history": loop.history,
+        "size": size,
+    }
+
+
 def evolve_single(
     clf: Classifier,
     encoding: search.Encoding,
@@ -179,13 +212,8 @@ def evolve_single(
         keep = search.take(pop["genomes"], jnp.asarray(elites))
         new = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), keep, kids)
         fitness = np.concatenate([state["fitness"][elites], kid_fit])
-        best = state["best"].copy()
-        best[2] += len(parents)
-        i = int(kid_fit.argmax())
-        if kid_fit[i] > best[0]:  # hall of fame of one; elites are never re-evaluated
-            best[:2] = kid_fit[i], gen
-            state["best_image"] = io.to_uint8(images[i])
-        pop["genomes"], state["fitness"], state["best"] = new, fitness, best
+        record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
+        pop["genomes"], state["fitness"] = new, fitness
         return fitness, len(parents)
 
     def save(gen: int) -> None:
@@ -194,17 +222,7 @@ def evolve_single(
     if not resume:
         save(0)
     last = loop.run(start, step, save, cfg.stop_at)
-    best = state["best"]
-    return {
-        "best_image": state["best_image"].astype(np.float32) / 255.0,
-        "best_confidence": float(best[0]),
-        "best_generation": int(best[1]),
-        "evaluations": int(best[2]),
-        "generation": last,
-        "seconds": loop.seconds,
-        "history": loop.history,
-        "size": (h, w),
-    }
+    return single_summary(state, last, loop, (h, w))
 
 
 def evolve_map_elites(
