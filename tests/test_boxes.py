@@ -98,6 +98,7 @@ def test_iou_special_cases() -> None:
     )
     got = np.asarray(B.box_iou(a, a))
     np.testing.assert_allclose(got, iou_loop(a, a), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(B.np_box_iou(a, a), got, rtol=1e-6, atol=0)  # host version
     assert got[0, 1] == 0 and got[0, 5] == 0
     assert got[0, 2] == pytest.approx(9 / 100)
     assert got[0, 3] == 1.0
@@ -111,6 +112,7 @@ def test_iou_random_vs_loop() -> None:
     got = B.box_iou(a, b)
     assert got.shape == (17, 9)
     np.testing.assert_allclose(np.asarray(got), iou_loop(a, b), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(B.np_box_iou(a, b), iou_loop(a, b), rtol=1e-5, atol=1e-7)
     # leading dimensions broadcast
     batched = B.box_iou(np.stack([a, a[::-1]]), b)
     np.testing.assert_allclose(np.asarray(batched[1]), iou_loop(a[::-1], b), rtol=1e-5, atol=1e-7)

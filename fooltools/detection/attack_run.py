@@ -52,8 +52,7 @@ def _kept(clean: list[dict], adv: list[dict], label_of: Any) -> int:
     """How many clean objects have an adversarial object (IoU >= 0.5) with ``label_of(obj)``."""
     if not clean or not adv:
         return 0
-    iou = np.asarray(box_ops.box_iou(np.array([c["box"] for c in clean], np.float32),
-                                     np.array([a["box"] for a in adv], np.float32)))  # fmt: skip
+    iou = box_ops.np_box_iou([c["box"] for c in clean], [a["box"] for a in adv])
     best = iou.argmax(1)
     return sum(
         int(iou[i, best[i]] >= 0.5 and adv[best[i]]["class_index"] == label_of(c))

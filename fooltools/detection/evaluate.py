@@ -114,7 +114,7 @@ def operating_point(detector: Detector, data: Dataset) -> tuple[float, float]:
         order = np.argsort(-found.scores[i][keep], kind="stable")
         scores, labels = found.scores[i][keep][order], found.labels[i][keep][order]
         gt = data.labels[i] >= 0
-        iou = np.asarray(box_ops.box_iou(found.boxes[i][keep][order], data.boxes[i][gt]))
+        iou = box_ops.np_box_iou(found.boxes[i][keep][order], data.boxes[i][gt])
         iou = np.where(labels[:, None] == data.labels[i][gt][None, :], iou, -1.0)
         per_image.append((scores, iou))
     best = (0.0, -1.0)
@@ -149,7 +149,7 @@ def mislabel_rate(clean: Found, adv: Found, target: int, confidence: float) -> f
         total += int(keep_c.sum())
         if not keep_a.any():
             continue
-        iou = np.asarray(box_ops.box_iou(clean.boxes[i][keep_c], adv.boxes[i][keep_a]))
+        iou = box_ops.np_box_iou(clean.boxes[i][keep_c], adv.boxes[i][keep_a])
         best = iou.argmax(1)
         ok = (iou.max(1) >= 0.5) & (adv.labels[i][keep_a][best] == target)
         hits += int(ok.sum())
