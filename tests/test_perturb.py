@@ -27,18 +27,38 @@ def judge(clf, tmp, method, res, originals, targets):
     return rows
 
 
-def test_pgd_linf_succeeds_on_every_sample_and_target_after_saving(lite0, tmp_path):
-    # Every photo at its own resolution, one batch of the 3 targets per photo (the same
-    # photos at the model's resolution are attacked in test_perturb_minimal.py).
+def test_pgd_linf_succeeds_on_every_sample_at_its_own_resolution_after_saving(lite0, tmp_path):
+    # Every photo at its own resolution (what `fool perturb` attacks), one target each in
+    # turn; all 3 targets per photo are attacked at the model's resolution in
+    # test_perturb_minimal.py (a batch of 3 here cost ~70 s more of the suite's time).
     run = attacks.pgd(lite0.logits, lite0.params, eps=8 / 255, steps=40)
     rows = []
-    for s in SAMPLES:
+    for i, s in enumerate(SAMPLES):
         x = jnp.asarray(io.read_image(io.sample_path(s)))
-        res = run(jax.random.key(0), jnp.stack([x] * 3), jnp.asarray(TARGETS))
-        rows += judge(lite0, tmp_path, f"pgd-{s}", res, [x] * 3, TARGETS)
-    assert len(rows) == 3 * len(SAMPLES)
+        target = [TARGETS[i % len(TARGETS)]]
+        res = run(jax.random.key(0), x[None], jnp.asarray(target))
+        rows += judge(lite0, tmp_path, f"pgd-{s}", res, [x], target)
+    assert len(rows) == len(SAMPLES)
     assert all(ok for ok, _, _ in rows)
     assert max(linf for _, _, linf in rows) <= 8 + 1e-3
+
+
+def test_perturb_file_reuses_the_compiled_attack_with_each_calls_progress(lite0, tmp_path):
+    # Another target and seed on an image of the same size: the same compiled attack
+    # (no new compilation), and progress goes to the callback of the call that runs.
+    from fooltools import perturb
+
+    seen = {"a": [], "b": []}
+    before = perturb._cached_attack.cache_info()
+    for name, target, seed in (("a", 9, 0), ("b", 15, 3)):
+        cfg = perturb.PerturbConfig(target=target, steps=2, seed=seed)
+        report = perturb.perturb_file(
+            lite0, io.sample_path("cat"), cfg, tmp_path / name, progress=seen[name].append
+        )
+        assert report["target"]["index"] == target and report["seed"] == seed
+    after = perturb._cached_attack.cache_info()
+    assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1
+    assert sorted(int(s) for s in seen["a"]) == [0, 1] == sorted(int(s) for s in seen["b"])
 
 
 def run_cli(capsys, *args):
