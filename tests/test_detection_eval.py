@@ -51,6 +51,8 @@ def test_fabrication(detector, data):
 
 
 @pytest.mark.parametrize("mode", ["untargeted", "dag"])
-def test_untargeted_and_dag_lower_map(detector, data, mode):
-    result = evaluate(detector, data, attack=mode, batch=16)
+def test_untargeted_and_dag_lower_map(data, mode):
+    # YOLO only: on Faster R-CNN these cost ~40 s each of the suite's time, and the
+    # 200-image figures for both detectors are in benchmarks/RESULTS.md.
+    result = evaluate(load_detector("yolo"), data, attack=mode, batch=16)
     assert result.attacked_map50 < 0.8 * result.clean_map50, result
