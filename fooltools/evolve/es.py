@@ -74,13 +74,14 @@ class ESConfig:
 @functools.lru_cache(maxsize=16)
 def make_strategy(
     population: int, es: ESConfig
-) -> tuple[Callable[..., CPPNGenome], Callable[..., Any]]:
-    """``(sample, update)``, both jitted, for a population of ``population`` (even).
+) -> tuple[Callable[..., CPPNGenome], Callable[..., Any], optax.GradientTransformation]:
+    """``(sample, update, opt)`` for a population of ``population`` (even).
 
     ``sample(key, center) -> genomes`` stacks ``P`` copies of the centre with weights
     ``w +- sigma * eps`` on its edges (eps drawn from ``key``, the first half +, the
     second -). ``update(key, center, opt_state, fitness) -> (center, opt_state)`` redraws
-    the same eps from ``key`` and takes one Adam step along the rank-weighted sum.
+    the same eps from ``key`` and takes one Adam step along the rank-weighted sum; both
+    are jitted. ``opt`` is that Adam, whose ``init`` gives the first ``opt_state``.
     """
     half = population // 2
     opt = optax.adam(es.learning_rate)
@@ -106,7 +107,7 @@ def make_strategy(
         step, opt_state = opt.update(-grad, opt_state)  # optax minimises: ascend the ranks
         return center._replace(weight=optax.apply_updates(center.weight, step)), opt_state
 
-    return sample, update
+    return sample, update, opt
 
 
 def evolve_es(
@@ -138,7 +139,7 @@ def evolve_es(
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
     evaluate = search.make_evaluator(clf, encoding)
-    sample, update = make_strategy(cfg.population, es)
+    sample, update, opt = make_strategy(cfg.population, es)
     meta = {
         "kind": "es",
         "model": clf.name,
@@ -150,7 +151,6 @@ def evolve_es(
         "learning_rate": es.learning_rate,
     }
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
-    opt = optax.adam(es.learning_rate)
     if resume:
         stacked, arrays, saved = checkpoint.load(
             out / CHECKPOINT, genome_template(encoding, 1), meta
