@@ -98,6 +98,12 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=200)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--naive", type=int, default=10, help="individuals timed in the loop")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("direct-ga", "cppn-ga", "cppn-es"),
+        help="time only these rows (repeatable; default: all)",
+    )
     args = parser.parse_args()
     clf = load_model("efficientnet_lite0.in1k")
     h, w = clf.info.input_size
@@ -118,6 +124,8 @@ def main() -> None:
         ("cppn", "es", cppn(**ES_CPPN)),
     )
     for name, strategy, enc in runs:
+        if args.only and f"{name}-{strategy}" not in args.only:
+            continue
         rate = search_rate(clf, enc, name, strategy, args.population, args.generations)
         # The naive loop mutates one genome with the encoding's own operator (for the ES
         # genome too: a weight perturbation costs the same), renders and classifies it.

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fooltools.evolve import cppn as cppn_mod
+from fooltools.evolve import cppn_render
 from fooltools.evolve.cppn import SFERES2, CPPNGenome, cppn, is_valid
-from fooltools.evolve.es import ES_CPPN
+from fooltools.evolve.es import ES_CPPN, ESConfig, make_strategy
 
 P = 6
 NO_MUTATION = dict.fromkeys((f for f in cppn_mod.CPPN._fields if f.startswith("rate_")), 0.0)
@@ -168,13 +169,42 @@ def test_render_shape_range_and_reference(name):
 
 
 def test_render_in_pixel_passes_matches_reference():
-    # 48 x 50 = 2400 pixels: two passes of _CHUNK = 2048, the second mostly padding.
+    # 48 x 50 = 2400 pixels: two passes of CHUNK = 2048, the second mostly padding.
     enc = ENCODINGS["layered"]
     g, _ = evolve(enc, population(enc), 10)
-    assert 48 * 50 > cppn_mod._CHUNK
+    assert 48 * 50 > cppn_render.CHUNK
     img = np.asarray(enc.render(g, 48, 50))
     for one, got in zip(unbatch(g), img, strict=True):
         np.testing.assert_allclose(got, reference_render(one, 48, 50, 3), atol=ATOL["layered"])
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_level_render_of_any_topology_matches_reference(name):
+    # Evolved genomes have ragged topologies: skip edges, nodes left without inputs.
+    enc = ENCODINGS[name]
+    g, _ = evolve(enc, population(enc), 30)
+    graph = np.asarray(enc.render(g, 12, 20))
+    for one, want in zip(unbatch(g), graph, strict=True):
+        levels = cppn_render.plan(one, enc.channels)
+        planned = cppn_render.Planned(levels, enc.channels)
+        got = np.asarray(planned.render(jax.tree_util.tree_map(lambda a: a[None], one), 12, 20))
+        np.testing.assert_allclose(got[0], want, atol=ATOL[name] / 10)  # sum order only
+        np.testing.assert_allclose(
+            got[0], reference_render(one, 12, 20, enc.channels), atol=ATOL[name]
+        )
+
+
+def test_level_render_of_the_es_population_matches_the_graph_render():
+    # The evolution strategy's case: one plan, many weight vectors on its edges.
+    enc = cppn(**ES_CPPN)
+    center = enc.init(jax.random.key(3))
+    sample, _, _ = make_strategy(8, ESConfig(sigma=0.5))
+    pop = sample(jax.random.key(4), center)
+    levels = cppn_render.plan(center, enc.channels)
+    assert [len(lvl.nodes) for lvl in levels] == [16, 16, 16, 3]
+    assert [len(lvl.sources) for lvl in levels] == [4, 16, 16, 4 + 16]
+    got = cppn_render.Planned(levels, enc.channels).render(pop, 24, 20)
+    np.testing.assert_allclose(got, enc.render(pop, 24, 20), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["default", "sferes2"])
@@ -194,10 +224,10 @@ def test_grayscale_is_replicated():
 
 def test_render_compiles_once_per_shape():
     enc = ENCODINGS["default"]
-    before = cppn_mod._render._cache_size()
+    before = cppn_render.render_graph._cache_size()
     enc.render(population(enc, 1), 13, 17)
     enc.render(population(enc, 2), 13, 17)
-    assert cppn_mod._render._cache_size() == before + 1
+    assert cppn_render.render_graph._cache_size() == before + 1
 
 
 @pytest.mark.parametrize("name", ENCODINGS)

@@ -31,7 +31,6 @@ functions of their own, and it starts without hidden nodes.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -40,20 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-N_INPUTS = 4  # x, y, d, bias
-ACTIVATIONS = ("sine", "sigmoid", "gaussian", "linear", "tanh", "abs")
+from fooltools.evolve.cppn_render import ACTIVATIONS, N_INPUTS, render_graph
+
 _LINEAR = ACTIVATIONS.index("linear")
-# The first four are sferes2's CPPN functions (nn2/af_cppn.hpp), used by the paper:
-# symmetric sigmoid and clipped linear. All are bounded in [-1, 1], so node values stay
-# finite however deep a chain grows (an overflow would make 0-weight * inf a NaN).
-_ACT_FNS = (
-    jnp.sin,
-    lambda z: 2 * jax.nn.sigmoid(z) - 1,
-    lambda z: jnp.exp(-z * z),
-    lambda z: jnp.clip(z, -3.0, 3.0) / 3,
-    jnp.tanh,
-    lambda z: jnp.minimum(jnp.abs(z), 3.0) / 3,
-)
 # Overrides for cppn(**SFERES2): the weight handling of the paper's sferes2 setup.
 SFERES2: Mapping[str, Any] = MappingProxyType(
     {
@@ -236,7 +224,7 @@ class CPPN(NamedTuple):
         Returns:
             f32[P, H, W, 3] in [0, 1]; a 1-channel CPPN's grey is replicated to RGB.
         """
-        return _render(genomes, height, width, self.channels)
+        return render_graph(genomes, height, width, self.channels)
 
     # -- mutation operators: each (key, genome) -> genome, a no-op when inapplicable --
 
@@ -369,60 +357,6 @@ def cppn(**hyper: Any) -> CPPN:
     if bad:
         raise ValueError("; ".join(bad))
     return enc._replace(activations=tuple(enc.activations))
-
-
-def pixel_inputs(height: int, width: int) -> jax.Array:
-    """The CPPN inputs x, y, d, bias at pixel centres, f32[4, H*W] (row-major pixels)."""
-    ys = (2 * jnp.arange(height, dtype=jnp.float32) + 1) / height - 1
-    xs = (2 * jnp.arange(width, dtype=jnp.float32) + 1) / width - 1
-    y, x = jnp.meshgrid(ys, xs, indexing="ij")
-    d = jnp.sqrt(x * x + y * y) / np.sqrt(2.0)
-    return jnp.stack([x, y, d, jnp.ones_like(x)]).reshape(N_INPUTS, height * width)
-
-
-def _render_one(g: CPPNGenome, inputs: jax.Array, channels: int) -> jax.Array:
-    """Pre-squash outputs of one genome, f32[C, H*W]."""
-    # Sort active nodes by order (inputs first, outputs last) and free slots after them,
-    # so node k only reads nodes < k and the loop stops at the number of active nodes.
-    perm = jnp.argsort(jnp.where(g.active, g.order, 2.0), stable=True)
-    w_in = jnp.where(g.conn, g.weight, 0.0)[perm][:, perm].T  # row k: edges into node k
-    is_out = (perm >= N_INPUTS) & (perm < N_INPUTS + channels)
-    act = jnp.where(is_out, len(_ACT_FNS), g.act[perm])  # outputs: identity, squashed later
-    fns = (*_ACT_FNS, lambda z: z)
-    values = jnp.zeros((g.order.shape[0], inputs.shape[1]), jnp.float32)
-
-    def step(k, values):
-        # A scalar branch index (no vmap here): only node k's own activation is computed.
-        # Rows >= k are still zero; skipping them with static blocks was not faster.
-        return values.at[k].set(jax.lax.switch(act[k], fns, w_in[k] @ values))
-
-    values = jax.lax.fori_loop(N_INPUTS, g.active.sum(), step, values.at[:N_INPUTS].set(inputs))
-    return values[jnp.argsort(perm)[N_INPUTS : N_INPUTS + channels]]
-
-
-# Pixels per render pass: a pass's node values (M x chunk floats, ~0.4 MB for M = 55)
-# stay in cache across the node loop; whole 224 x 224 images (11 MB) made every node's
-# matvec a trip to memory (measured: 1.5x slower for 100 genomes of 55 nodes).
-_CHUNK = 2048
-
-
-@functools.partial(jax.jit, static_argnames=("height", "width", "channels"))
-def _render(genomes: CPPNGenome, height: int, width: int, channels: int) -> jax.Array:
-    hw = height * width
-    chunk = min(hw, _CHUNK)
-    n = -(-hw // chunk)
-    inputs = jnp.pad(pixel_inputs(height, width), ((0, 0), (0, n * chunk - hw)))
-    chunks = inputs.reshape(N_INPUTS, n, chunk).transpose(1, 0, 2)
-
-    def one(g):
-        z = jax.lax.map(lambda x: _render_one(g, x, channels), chunks)  # (n, C, chunk)
-        return z.transpose(1, 0, 2).reshape(channels, n * chunk)[:, :hw]
-
-    # lax.map, not vmap: each genome runs its own loop length and activation branch
-    # instead of every branch for as long as the largest genome of the population.
-    z = jax.lax.map(one, genomes)
-    img = ((jnp.tanh(z) + 1) / 2).transpose(0, 2, 1).reshape(-1, height, width, channels)
-    return jnp.broadcast_to(img, (*img.shape[:3], 3)) if channels == 1 else img
 
 
 def is_valid(genome: CPPNGenome, *, channels: int = 3, weight_limit: float | None = None) -> bool:

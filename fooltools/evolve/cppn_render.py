@@ -1,0 +1,238 @@
+"""Rendering CPPN genomes (see ``cppn.py``) to images, two ways.
+
+* :func:`render_graph` renders a population whose genomes each have their own topology
+  (the genetic algorithm's): per genome, node by node in topological order, every node
+  reading all M slots. Cost per pixel: ~M^2 multiply-adds plus one activation per node.
+* :func:`render_levels` renders a population that shares one topology (the evolution
+  strategy's, which moves weights only): a host-side :func:`plan` groups the nodes into
+  levels whose nodes depend only on earlier levels, so each level is one small matrix
+  product over just the slots that feed it, and each activation function is applied to
+  a static slice of nodes. For the 3 x 16 layered genome that is ~640 multiply-adds per
+  pixel instead of ~3000, and 4.5x faster for 100 genomes at 224 x 224 on CPU.
+
+Both give the same images (the same sums, only without the zero terms).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if TYPE_CHECKING:
+    from fooltools.evolve.cppn import CPPNGenome
+
+N_INPUTS = 4  # x, y, d, bias
+ACTIVATIONS = ("sine", "sigmoid", "gaussian", "linear", "tanh", "abs")
+# The first four are sferes2's CPPN functions (nn2/af_cppn.hpp), used by the paper:
+# symmetric sigmoid and clipped linear. All are bounded in [-1, 1], so node values stay
+# finite however deep a chain grows (an overflow would make 0-weight * inf a NaN).
+_ACT_FNS = (
+    jnp.sin,
+    lambda z: 2 * jax.nn.sigmoid(z) - 1,
+    lambda z: jnp.exp(-z * z),
+    lambda z: jnp.clip(z, -3.0, 3.0) / 3,
+    jnp.tanh,
+    lambda z: jnp.minimum(jnp.abs(z), 3.0) / 3,
+)
+_IDENTITY = len(_ACT_FNS)  # the outputs' "activation": squashed by tanh afterwards
+_FNS = (*_ACT_FNS, lambda z: z)
+
+
+def pixel_inputs(height: int, width: int) -> jax.Array:
+    """The CPPN inputs x, y, d, bias at pixel centres, f32[4, H*W] (row-major pixels)."""
+    ys = (2 * jnp.arange(height, dtype=jnp.float32) + 1) / height - 1
+    xs = (2 * jnp.arange(width, dtype=jnp.float32) + 1) / width - 1
+    y, x = jnp.meshgrid(ys, xs, indexing="ij")
+    d = jnp.sqrt(x * x + y * y) / np.sqrt(2.0)
+    return jnp.stack([x, y, d, jnp.ones_like(x)]).reshape(N_INPUTS, height * width)
+
+
+def _images(z: jax.Array, height: int, width: int, channels: int) -> jax.Array:
+    """Squash pre-activations f32[P, C, H*W] into images f32[P, H, W, 3] in [0, 1]."""
+    img = ((jnp.tanh(z) + 1) / 2).transpose(0, 2, 1).reshape(-1, height, width, channels)
+    return jnp.broadcast_to(img, (*img.shape[:3], 3)) if channels == 1 else img
+
+
+# -- any topology: node by node --
+
+
+def _graph_one(g: CPPNGenome, inputs: jax.Array, channels: int) -> jax.Array:
+    """Pre-squash outputs of one genome, f32[C, H*W]."""
+    # Sort active nodes by order (inputs first, outputs last) and free slots after them,
+    # so node k only reads nodes < k and the loop stops at the number of active nodes.
+    perm = jnp.argsort(jnp.where(g.active, g.order, 2.0), stable=True)
+    w_in = jnp.where(g.conn, g.weight, 0.0)[perm][:, perm].T  # row k: edges into node k
+    is_out = (perm >= N_INPUTS) & (perm < N_INPUTS + channels)
+    act = jnp.where(is_out, _IDENTITY, g.act[perm])
+    values = jnp.zeros((g.order.shape[0], inputs.shape[1]), jnp.float32)
+
+    def step(k, values):
+        # A scalar branch index (no vmap here): only node k's own activation is computed.
+        # Rows >= k are still zero; skipping them with static blocks was not faster.
+        return values.at[k].set(jax.lax.switch(act[k], _FNS, w_in[k] @ values))
+
+    values = jax.lax.fori_loop(N_INPUTS, g.active.sum(), step, values.at[:N_INPUTS].set(inputs))
+    return values[jnp.argsort(perm)[N_INPUTS : N_INPUTS + channels]]
+
+
+# Pixels per render pass: a pass's node values (M x chunk floats, ~0.4 MB for M = 55)
+# stay in cache across the node loop; whole 224 x 224 images (11 MB) made every node's
+# matvec a trip to memory (measured: 1.5x slower for 100 genomes of 55 nodes).
+CHUNK = 2048
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width", "channels"))
+def render_graph(genomes: CPPNGenome, height: int, width: int, channels: int) -> jax.Array:
+    """Images of a population of genomes with any topologies.
+
+    Args:
+        genomes: Genomes with a leading population axis P.
+        height: Image height H.
+        width: Image width W.
+        channels: The CPPN's output channels C (1 or 3).
+
+    Returns:
+        f32[P, H, W, 3] in [0, 1]; a 1-channel CPPN's grey is replicated to RGB.
+    """
+    hw = height * width
+    chunk = min(hw, CHUNK)
+    n = -(-hw // chunk)
+    inputs = jnp.pad(pixel_inputs(height, width), ((0, 0), (0, n * chunk - hw)))
+    chunks = inputs.reshape(N_INPUTS, n, chunk).transpose(1, 0, 2)
+
+    def one(g):
+        z = jax.lax.map(lambda x: _graph_one(g, x, channels), chunks)  # (n, C, chunk)
+        return z.transpose(1, 0, 2).reshape(channels, n * chunk)[:, :hw]
+
+    # lax.map, not vmap: each genome runs its own loop length and activation branch
+    # instead of every branch for as long as the largest genome of the population.
+    return _images(jax.lax.map(one, genomes), height, width, channels)
+
+
+# -- one shared topology: level by level --
+
+
+class Level(NamedTuple):
+    """One step of a :func:`plan`: nodes computed together from earlier values.
+
+    Attributes:
+        nodes: Slots computed at this level, grouped by activation.
+        sources: Slots with an edge into any of ``nodes`` (all computed earlier).
+        groups: ``(activation index, count)`` runs over ``nodes`` (identity for outputs).
+    """
+
+    nodes: tuple[int, ...]
+    sources: tuple[int, ...]
+    groups: tuple[tuple[int, int], ...]
+
+
+def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
+    """The levels that render ``genome``'s topology (host-side, from one unbatched genome).
+
+    A hidden node's level is one more than the deepest node feeding it (inputs are level
+    0); the outputs come last. Only the topology is used (``conn``, ``act``, ``active``):
+    any genome with the same edges and activations renders with the same plan.
+
+    Args:
+        genome: One genome (fields of shapes [M, M], [M, M], [M], [M], [M]).
+        channels: The CPPN's output channels C.
+
+    Returns:
+        The levels, hashable (a static argument of :func:`render_levels`).
+    """
+    conn, act, active, order = (np.asarray(a) for a in genome[1:])
+    first_hidden = N_INPUTS + channels
+    hidden = [int(j) for j in np.argsort(order, kind="stable") if active[j] and j >= first_hidden]
+    depth = np.zeros(order.shape[0], int)
+    for j in hidden:  # in topological order, so every predecessor's depth is final
+        depth[j] = 1 + depth[conn[:, j]].max(initial=0)
+
+    def level(members: list[tuple[int, int]]) -> Level:
+        nodes = tuple(j for _, j in sorted(members))
+        groups: list[list[int]] = []
+        for a, _ in sorted(members):
+            if groups and groups[-1][0] == a:
+                groups[-1][1] += 1
+            else:
+                groups.append([a, 1])
+        sources = tuple(int(i) for i in np.flatnonzero(conn[:, list(nodes)].any(1)))
+        return Level(nodes, sources, tuple((a, n) for a, n in groups))
+
+    deepest = int(depth.max(initial=0))
+    levels = [
+        level([(int(act[j]), j) for j in hidden if depth[j] == d]) for d in range(1, deepest + 1)
+    ]
+    outputs = [(_IDENTITY, j) for j in range(N_INPUTS, first_hidden)]
+    return (*levels, level(outputs))
+
+
+def _levels_one(weight: jax.Array, inputs: jax.Array, levels: tuple[Level, ...]) -> jax.Array:
+    """Pre-squash outputs f32[C, H*W] of one genome's weights f32[M, M] along ``levels``."""
+    pieces = [inputs]  # each level's values, f32[len(nodes), H*W]
+    where = {i: (0, i) for i in range(N_INPUTS)}  # slot -> (piece, row)
+    for lvl in levels:
+        # The sources as slices of the pieces (a layered genome's are one whole piece),
+        # not a gather from an M-row array of every slot.
+        runs: list[list[int]] = []
+        for s in lvl.sources:
+            p, r = where[s]
+            if runs and runs[-1][0] == p and runs[-1][2] == r:
+                runs[-1][2] += 1
+            else:
+                runs.append([p, r, r + 1])
+        if runs:
+            src = jnp.concatenate([pieces[p][a:b] for p, a, b in runs])
+            z = weight[np.ix_(np.array(lvl.sources), np.array(lvl.nodes))].T @ src
+        else:  # nodes without inputs (an edge deleted by the GA) see 0
+            z = jnp.zeros((len(lvl.nodes), inputs.shape[1]), jnp.float32)
+        out, start = [], 0
+        for a, n in lvl.groups:
+            out.append(_FNS[a](z[start : start + n]))
+            start += n
+        pieces.append(jnp.concatenate(out))
+        where.update({j: (len(pieces) - 1, r) for r, j in enumerate(lvl.nodes)})
+    return pieces[-1]
+
+
+@functools.partial(jax.jit, static_argnames=("levels", "height", "width", "channels"))
+def render_levels(
+    weight: jax.Array, levels: tuple[Level, ...], height: int, width: int, channels: int
+) -> jax.Array:
+    """Images of a population sharing the topology that ``levels`` was planned from.
+
+    Args:
+        weight: The genomes' weights, f32[P, M, M] (only the planned edges are read).
+        levels: :func:`plan` of any one genome of the population.
+        height: Image height H.
+        width: Image width W.
+        channels: The CPPN's output channels C.
+
+    Returns:
+        f32[P, H, W, 3] in [0, 1], as :func:`render_graph` gives for these genomes.
+    """
+    inputs = pixel_inputs(height, width)
+    # Whole images, one genome at a time: with ~16 values per pixel a level's operands
+    # stream well, and lax.map keeps one genome's intermediates live (measured faster
+    # than 2048-pixel passes, and than vmapping over the population).
+    z = jax.lax.map(lambda w: _levels_one(w, inputs, levels), weight)
+    return _images(z, height, width, channels)
+
+
+class Planned(NamedTuple):
+    """A renderer for populations sharing one topology (an ``Encoding``'s ``render``).
+
+    Attributes:
+        levels: :func:`plan` of the shared topology.
+        channels: The CPPN's output channels C.
+    """
+
+    levels: tuple[Level, ...]
+    channels: int
+
+    def render(self, genomes: CPPNGenome, height: int, width: int) -> jax.Array:
+        """Images f32[P, H, W, 3] in [0, 1] of genomes with the planned topology."""
+        return render_levels(genomes.weight, self.levels, height, width, self.channels)
