@@ -36,8 +36,17 @@ def images():
     + [("vanish", "l2", 0.5), ("dag", "l2", 0.5)],
 )
 def test_budget_and_grid(tiny_yolo, images, mode, norm, eps):
+    # Two steps: the projection and the grid apply at every step (TOG's 10 only multiply
+    # the compile time of the unrolled loop).
     run = attacks.detection_attack(
-        tiny_yolo, mode=mode, norm=norm, eps=eps, step_size=eps / 4, target_class=1, confidence=0
+        tiny_yolo,
+        mode=mode,
+        norm=norm,
+        eps=eps,
+        step_size=eps / 4,
+        steps=2,
+        target_class=1,
+        confidence=0,
     )
     r = run(jax.random.key(1), images)
     x0 = np.round(np.asarray(images) * 255) / 255
@@ -60,8 +69,8 @@ def test_vanish_and_fabricate_move_scores_both_families(tiny_yolo, tiny_rcnn, im
     # Random weights: no meaningful objects, but the losses must drive the scores the
     # intended way on both families.
     for det in (tiny_yolo, tiny_rcnn):
-        van = attacks.detection_attack(det, mode="vanish")(jax.random.key(0), images)
-        fab = attacks.detection_attack(det, mode="fabricate")(jax.random.key(0), images)
+        van = attacks.detection_attack(det, mode="vanish", steps=3)(jax.random.key(0), images)
+        fab = attacks.detection_attack(det, mode="fabricate", steps=3)(jax.random.key(0), images)
         assert _total_score(van.adv) < _total_score(van.clean), det.kind
         assert _total_score(fab.adv) > _total_score(fab.clean), det.kind
     tog = attacks.detection_attack(tiny_yolo, mode="fabricate", fabrication="tog", steps=2)

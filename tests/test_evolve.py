@@ -19,6 +19,10 @@ from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 
+# One population size (and elite count) throughout: each new one compiles its own
+# breeder and evaluator (~1-2 s apiece on CPU), which is most of this file's time.
+P = 16
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -98,7 +102,7 @@ def test_direct_encoding_valid_and_rate_zero_is_identity():
 @pytest.mark.parametrize("encoding", ["direct", "cppn"])
 def test_single_target_search_improves_confidence(tiny, tmp_path, encoding):
     enc = direct(height=S, width=S) if encoding == "direct" else cppn()
-    cfg = SearchConfig(population=16, generations=8, elites=2, stop_at=None)
+    cfg = SearchConfig(population=P, generations=8, elites=2, stop_at=None)
     out = evolve_single(tiny, enc, encoding, 15, cfg, seed=0, out=tmp_path)
     hist = out["history"]
     assert len(hist) == 8
@@ -107,11 +111,11 @@ def test_single_target_search_improves_confidence(tiny, tmp_path, encoding):
 
 
 def test_evolution_strategy_improves_confidence(tiny, tmp_path):
-    cfg = SearchConfig(population=16, generations=8, stop_at=None)
+    cfg = SearchConfig(population=P, generations=8, stop_at=None)
     es = ESConfig(sigma=0.05, learning_rate=0.05)
     out = evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, es, seed=0, out=tmp_path)
     hist = out["history"]
-    assert len(hist) == 8 and out["evaluations"] == 8 * 16
+    assert len(hist) == 8 and out["evaluations"] == 8 * P
     # The whole sampled population moves, not just a lucky best: the median climbs.
     assert hist[-1]["median"] > hist[0]["median"] * 1.2
     assert out["best_confidence"] == max(h["best"] for h in hist)
@@ -132,7 +136,7 @@ def test_map_elites_never_replaces_an_elite_with_a_worse_one():
 
 def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
     classes = [1, 15, 130, 282, 967]
-    cfg = SearchConfig(population=12, generations=6, elites=0, stop_at=None)
+    cfg = SearchConfig(population=P, generations=6, elites=0, stop_at=None)
     out = evolve_map_elites(
         tiny, cppn(), "cppn", classes, cfg, seed=3, out=tmp_path, checkpoint_every=1
     )
@@ -148,7 +152,7 @@ def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
 @pytest.mark.parametrize("kind", ["single", "map-elites", "es"])
 def test_resume_is_bit_identical(tiny, tmp_path, kind):
     cfg = SearchConfig(
-        population=10, generations=6, elites=2 if kind == "single" else 0, stop_at=None
+        population=P, generations=6, elites=2 if kind == "single" else 0, stop_at=None
     )
     enc = cppn(**ES_CPPN) if kind == "es" else cppn()
 
@@ -190,7 +194,7 @@ def test_resume_is_bit_identical(tiny, tmp_path, kind):
 
 
 def test_corrupt_checkpoint_is_refused_and_left_untouched(tiny, tmp_path):
-    cfg = SearchConfig(population=6, generations=2, elites=1, stop_at=None)
+    cfg = SearchConfig(population=P, generations=2, elites=2, stop_at=None)
     evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path)
     ck = tmp_path / "checkpoint.npz"
     data = ck.read_bytes()
@@ -202,7 +206,7 @@ def test_corrupt_checkpoint_is_refused_and_left_untouched(tiny, tmp_path):
 
 
 def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
-    cfg = SearchConfig(population=6, generations=2, elites=1, stop_at=None)
+    cfg = SearchConfig(population=P, generations=2, elites=2, stop_at=None)
     evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path)
     with pytest.raises(FoolError, match="another run"):
         evolve_single(tiny, cppn(), "cppn", 16, cfg, seed=0, out=tmp_path, resume=True)
@@ -222,7 +226,7 @@ def test_checkpoint_never_unpickles(tmp_path):
 
 
 def test_single_outputs_report_the_saved_file(tiny, tmp_path):
-    cfg = SearchConfig(population=8, generations=3, elites=1, stop_at=None)
+    cfg = SearchConfig(population=P, generations=3, elites=2, stop_at=None)
     out = evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=tmp_path)
     rep = report.write_single(tmp_path, tiny, 15, out, {"encoding": "direct"})
     assert abs(rep["best_confidence"] - rep["best_confidence_in_search"]) <= 0.01

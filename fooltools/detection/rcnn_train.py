@@ -363,6 +363,11 @@ def init_params(key: jax.Array, config: fr.FasterRCNNConfig) -> Any:
     linear layers get torch's default ranges, the RPN head N(0, 0.01), the class scores
     N(0, 0.01) and the box deltas N(0, 0.001), as in torchvision.
     """
+    # One program for all the draws: run eagerly, each parameter shape compiled a sampler.
+    return jax.jit(functools.partial(_init_params, config=config))(key)
+
+
+def _init_params(key: jax.Array, config: fr.FasterRCNNConfig) -> Any:
     c = config.backbone.fpn_channels
     template = jax.eval_shape(
         fr._Net(config).init,

@@ -357,6 +357,11 @@ def init_params(key: jax.Array, cfg: DarknetCfg) -> Params:
     Returns:
         ``{"conv{i}": {"kernel": (k, k, Cin, F), "bias": (F,)}}`` as jax arrays.
     """
+    # One program for all the draws: run eagerly, each kernel shape compiled a sampler.
+    return jax.jit(functools.partial(_init_params, cfg=cfg))(key)
+
+
+def _init_params(key: jax.Array, cfg: DarknetCfg) -> Params:
     params = {}
     keys = jax.random.split(key, max(len(cfg.conv_indices), 1))[: len(cfg.conv_indices)]
     for k, i in zip(keys, cfg.conv_indices, strict=True):
