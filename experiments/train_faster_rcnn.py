@@ -32,9 +32,9 @@ import numpy as np
 import optax
 
 from fooltools import checkpoints
+from fooltools.detection import detectors, synthetic
 from fooltools.detection import faster_rcnn as fr
 from fooltools.detection import rcnn_train as rt
-from fooltools.detection import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "fooltools" / "detection" / "weights" / "faster-rcnn-synth.pth"
@@ -176,7 +176,7 @@ def train(args: argparse.Namespace) -> bool:
 
     path = checkpoints.save_state_dict(args.out, rt.to_state_dict(config, params))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", flush=True)
-    model = fr.load_faster_rcnn(path, **rt.SYNTH_LOAD_KWARGS)
+    model = fr.load_faster_rcnn(path, **detectors.SYNTH_LOAD_KWARGS)
     x = jnp.asarray(to_float(test.images[:16]))
     ours, theirs = detect(params, x), model.detect(model.params, x)
     same = all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))

@@ -13,9 +13,9 @@ import optax
 import pytest
 
 from fooltools import checkpoints
+from fooltools.detection import detectors, synthetic
 from fooltools.detection import faster_rcnn as fr
 from fooltools.detection import rcnn_train as rt
-from fooltools.detection import synthetic
 from fooltools.detection.resnet_fpn import ResNetFPNSpec, StageSpec
 from fooltools.errors import ModelError
 
@@ -29,7 +29,7 @@ TINY = Path(__file__).parent / "data" / "faster_rcnn_tiny.pth"  # made by torchv
 
 @pytest.fixture(scope="module")
 def bundled():
-    return fr.load_faster_rcnn(WEIGHTS, **rt.SYNTH_LOAD_KWARGS)
+    return fr.load_faster_rcnn(WEIGHTS, **detectors.SYNTH_LOAD_KWARGS)
 
 
 def test_bundled_weights_are_small_and_torchvision_shaped(bundled):
@@ -171,7 +171,7 @@ def test_loss_decreases_and_trained_params_survive_the_file(tmp_path):
     assert totals[-1] < 0.7 * totals[0], totals
     # The trained params go through save_state_dict + load_faster_rcnn unchanged.
     path = checkpoints.save_state_dict(tmp_path / "w.pth", rt.to_state_dict(config, params))
-    kwargs = {**rt.SYNTH_LOAD_KWARGS, "min_size": 64, "max_size": 64}
+    kwargs = {**detectors.SYNTH_LOAD_KWARGS, "min_size": 64, "max_size": 64}
     loaded = fr.load_faster_rcnn(path, **kwargs)
     assert loaded.config == config
     same = jax.tree_util.tree_map(jnp.array_equal, params, loaded.params)

@@ -37,6 +37,19 @@ CFG_DIR = Path(__file__).parent / "cfg"
 # test (1) data; recomputed by evaluate.operating_point (tests/test_detection_eval.py).
 # Other weights get 0.5 unless the caller says otherwise.
 OPERATING_POINTS = {"yolo": 0.7, "faster-rcnn": 0.8}
+# Objects of the synthetic set are 10-60 px: the bundled Faster R-CNN's anchors are 4x
+# the stride of their level (half of torchvision's 8x, whose 32..512 would not fit a
+# 128 px image).
+SYNTH_ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
+# What load_faster_rcnn needs to rebuild the bundled detector (its state dict holds
+# only weights); the trainer (rcnn_train) builds its config from the same settings.
+SYNTH_LOAD_KWARGS: dict[str, Any] = {
+    "min_size": 128,
+    "max_size": 128,
+    "anchor_sizes": SYNTH_ANCHOR_SIZES,
+    "rpn_pre_nms_top_n": 1000,
+    "rpn_post_nms_top_n": 1000,
+}
 BUNDLED = {
     "yolo": (CFG_DIR / "yolo-synth.cfg", WEIGHTS_DIR / "yolo-synth.weights"),
     "faster-rcnn": (None, WEIGHTS_DIR / "faster-rcnn-synth.pth"),
@@ -252,8 +265,6 @@ def load_detector(
         return from_yolo(net, tuple(names), confidence=confidence)
     settings: dict[str, Any] = {"variant": variant}
     if bundled:
-        from fooltools.detection.rcnn_train import SYNTH_LOAD_KWARGS
-
         settings = dict(SYNTH_LOAD_KWARGS)
     settings.update({k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v})
     model = faster_rcnn.load_faster_rcnn(weights, **settings)

@@ -44,6 +44,7 @@ import optax
 from fooltools.detection import boxes as box_ops
 from fooltools.detection import faster_rcnn as fr
 from fooltools.detection import resnet_fpn, rpn
+from fooltools.detection.detectors import SYNTH_ANCHOR_SIZES, SYNTH_LOAD_KWARGS
 from fooltools.detection.rcnn_transform import transform
 from fooltools.detection.resnet_fpn import ResNetFPNSpec, StageSpec
 
@@ -63,17 +64,6 @@ SYNTH_SPEC = ResNetFPNSpec(
     fpn_channels=32,
 )
 SYNTH_REPRESENTATION = 128
-# Objects of the synthetic set are 10-60 px: anchors 4x the stride of their level (half of
-# torchvision's 8x, whose 32..512 would not fit a 128 px image).
-SYNTH_ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
-# What load_faster_rcnn needs to rebuild the bundled detector's settings.
-SYNTH_LOAD_KWARGS: dict[str, Any] = {
-    "min_size": 128,
-    "max_size": 128,
-    "anchor_sizes": SYNTH_ANCHOR_SIZES,
-    "rpn_pre_nms_top_n": 1000,
-    "rpn_post_nms_top_n": 1000,
-}
 
 
 class TrainSettings(NamedTuple):
