@@ -27,11 +27,36 @@ if TYPE_CHECKING:
 
 N_INPUTS = 4  # x, y, d, bias
 ACTIVATIONS = ("sine", "sigmoid", "gaussian", "linear", "tanh", "abs")
+
+# sin(z) = (-1)^k sin(r), r = z - k pi in [-pi/2, pi/2] (pi split in two so that k * _PI_A
+# is exact), sin(r) by its Taylor series to r^11 (next term < 6e-8 there).
+_PI_A = 3.140625
+_PI_B = float(np.pi - _PI_A)
+_SIN_TAYLOR = (-1 / 39916800, 1 / 362880, -1 / 5040, 1 / 120, -1 / 6)
+
+
+def _sine(z: jax.Array) -> jax.Array:
+    """sin(z) within 3e-7 for |z| <= 6000, 3.7x faster than ``jnp.sin`` on XLA:CPU.
+
+    XLA's float32 sine was most of the cost of rendering a CPPN (4.5x an exp or a tanh
+    per element). Pre-activations are bounded by M x weight_limit (node values are in
+    [-1, 1]), far inside the accurate range.
+    """
+    k = jnp.round(z * (1 / np.pi))
+    r = (z - k * _PI_A) - k * _PI_B
+    r2 = r * r
+    p = jnp.full_like(r, _SIN_TAYLOR[0])
+    for c in _SIN_TAYLOR[1:]:
+        p = p * r2 + c
+    s = r + r * r2 * p
+    return jnp.where(k - 2 * jnp.floor(k / 2) > 0, -s, s)  # odd k: sin(r + k pi) = -sin(r)
+
+
 # The first four are sferes2's CPPN functions (nn2/af_cppn.hpp), used by the paper:
 # symmetric sigmoid and clipped linear. All are bounded in [-1, 1], so node values stay
 # finite however deep a chain grows (an overflow would make 0-weight * inf a NaN).
 _ACT_FNS = (
-    jnp.sin,
+    _sine,
     lambda z: 2 * jax.nn.sigmoid(z) - 1,
     lambda z: jnp.exp(-z * z),
     lambda z: jnp.clip(z, -3.0, 3.0) / 3,
