@@ -159,8 +159,8 @@ def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
     """The levels that render ``genome``'s topology (host-side, from one unbatched genome).
 
     A hidden node's level is one more than the deepest node feeding it (inputs are level
-    0); the outputs come last. Only the topology is used (``conn``, ``act``, ``active``):
-    any genome with the same edges and activations renders with the same plan.
+    0); the outputs come last. Only the topology is used (``conn``, ``act``, ``active``,
+    ``order``): any genome with the same edges and activations renders with the same plan.
 
     Args:
         genome: One genome (fields of shapes [M, M], [M, M], [M], [M], [M]).
