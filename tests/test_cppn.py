@@ -186,7 +186,7 @@ def test_level_render_of_any_topology_matches_reference(name):
     graph = np.asarray(enc.render(g, 12, 20))
     for one, want in zip(unbatch(g), graph, strict=True):
         levels = cppn_render.plan(one, enc.channels)
-        planned = cppn_render.Planned(levels, enc.channels)
+        planned = cppn_render.Planned(levels)
         got = np.asarray(planned.render(jax.tree_util.tree_map(lambda a: a[None], one), 12, 20))
         np.testing.assert_allclose(got[0], want, atol=ATOL[name] / 10)  # sum order only
         np.testing.assert_allclose(
@@ -203,7 +203,7 @@ def test_level_render_of_the_es_population_matches_the_graph_render():
     levels = cppn_render.plan(center, enc.channels)
     assert [len(lvl.nodes) for lvl in levels] == [16, 16, 16, 3]
     assert [len(lvl.sources) for lvl in levels] == [4, 16, 16, 4 + 16]
-    got = cppn_render.Planned(levels, enc.channels).render(pop, 24, 20)
+    got = cppn_render.Planned(levels).render(pop, 24, 20)
     np.testing.assert_allclose(got, enc.render(pop, 24, 20), atol=1e-5)
 
 

@@ -16,6 +16,7 @@ Both give the same images (the same sums, only without the zero terms).
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -45,7 +46,7 @@ def _sine(z: jax.Array) -> jax.Array:
     k = jnp.round(z * (1 / np.pi))
     r = (z - k * _PI_A) - k * _PI_B
     r2 = r * r
-    p = jnp.full_like(r, _SIN_TAYLOR[0])
+    p = _SIN_TAYLOR[0]
     for c in _SIN_TAYLOR[1:]:
         p = p * r2 + c
     s = r + r * r2 * p
@@ -177,15 +178,11 @@ def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
         depth[j] = 1 + depth[conn[:, j]].max(initial=0)
 
     def level(members: list[tuple[int, int]]) -> Level:
-        nodes = tuple(j for _, j in sorted(members))
-        groups: list[list[int]] = []
-        for a, _ in sorted(members):
-            if groups and groups[-1][0] == a:
-                groups[-1][1] += 1
-            else:
-                groups.append([a, 1])
+        members = sorted(members)  # (activation, slot): each activation's nodes together
+        nodes = tuple(j for _, j in members)
+        groups = tuple((a, len(list(run))) for a, run in itertools.groupby(a for a, _ in members))
         sources = tuple(int(i) for i in np.flatnonzero(conn[:, list(nodes)].any(1)))
-        return Level(nodes, sources, tuple((a, n) for a, n in groups))
+        return Level(nodes, sources, groups)
 
     deepest = int(depth.max(initial=0))
     levels = [
@@ -223,18 +220,18 @@ def _levels_one(weight: jax.Array, inputs: jax.Array, levels: tuple[Level, ...])
     return pieces[-1]
 
 
-@functools.partial(jax.jit, static_argnames=("levels", "height", "width", "channels"))
+@functools.partial(jax.jit, static_argnames=("levels", "height", "width"))
 def render_levels(
-    weight: jax.Array, levels: tuple[Level, ...], height: int, width: int, channels: int
+    weight: jax.Array, levels: tuple[Level, ...], height: int, width: int
 ) -> jax.Array:
     """Images of a population sharing the topology that ``levels`` was planned from.
 
     Args:
         weight: The genomes' weights, f32[P, M, M] (only the planned edges are read).
-        levels: :func:`plan` of any one genome of the population.
+        levels: :func:`plan` of any one genome of the population (its last level holds
+            the C outputs).
         height: Image height H.
         width: Image width W.
-        channels: The CPPN's output channels C.
 
     Returns:
         f32[P, H, W, 3] in [0, 1], as :func:`render_graph` gives for these genomes.
@@ -244,7 +241,7 @@ def render_levels(
     # stream well, and lax.map keeps one genome's intermediates live (measured faster
     # than 2048-pixel passes, and than vmapping over the population).
     z = jax.lax.map(lambda w: _levels_one(w, inputs, levels), weight)
-    return _images(z, height, width, channels)
+    return _images(z, height, width, len(levels[-1].nodes))
 
 
 class Planned(NamedTuple):
@@ -252,12 +249,10 @@ class Planned(NamedTuple):
 
     Attributes:
         levels: :func:`plan` of the shared topology.
-        channels: The CPPN's output channels C.
     """
 
     levels: tuple[Level, ...]
-    channels: int
 
     def render(self, genomes: CPPNGenome, height: int, width: int) -> jax.Array:
         """Images f32[P, H, W, 3] in [0, 1] of genomes with the planned topology."""
-        return render_levels(genomes.weight, self.levels, height, width, self.channels)
+        return render_levels(genomes.weight, self.levels, height, width)

@@ -167,7 +167,7 @@ def evolve_es(
         start = saved["generation"]
         loop.restore_history(start)
     else:
-        k_init, _ = search.generation_key(key, 0)
+        k_init = search.generation_jax_key(key, 0)
         center = encoding.init(k_init)
         opt_state = opt.init(center.weight)
         # The centre itself is never scored (only its perturbations are): an empty hall
@@ -179,11 +179,10 @@ def evolve_es(
     pop = {"center": center, "opt": opt_state}
     # The topology never changes, so the population renders level by level (4.5x faster
     # than the GA's node-by-node render of genomes that each have their own).
-    planned = Planned(plan(center, encoding.channels), encoding.channels)
-    evaluate = search.make_evaluator(clf, planned)
+    evaluate = search.make_evaluator(clf, Planned(plan(center, encoding.channels)))
 
     def step(gen: int) -> tuple[np.ndarray, int]:
-        k_gen, _ = search.generation_key(key, gen)
+        k_gen = search.generation_jax_key(key, gen)
         images, probs = evaluate(sample(k_gen, pop["center"]))
         fitness = probs[:, target]
         pop["center"], pop["opt"] = update(k_gen, pop["center"], pop["opt"], fitness)

@@ -189,7 +189,7 @@ def evolve_single(
         start = saved["generation"]
         loop.restore_history(start)
     else:
-        k_init, _ = search.generation_key(key, 0)
+        k_init = search.generation_jax_key(key, 0)
         genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
         images, probs = evaluate(genomes)
         fitness = np.asarray(probs[:, target])
@@ -265,7 +265,7 @@ def evolve_map_elites(
         start = saved["generation"]
         loop.restore_history(start)
     else:
-        k_init, _ = search.generation_key(key, 0)
+        k_init = search.generation_jax_key(key, 0)
         genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
         empty = search.take(genomes, jnp.zeros(len(classes), int))
         _, probs = evaluate(genomes)

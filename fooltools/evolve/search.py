@@ -146,10 +146,14 @@ def make_breeder(encoding: Encoding, cxpb: float) -> Callable[..., Genomes]:
 
 def generation_key(key: jax.Array, generation: int) -> tuple[jax.Array, int]:
     """(JAX key, Python seed) for one generation, both derived from ``key``."""
-    k = jax.random.fold_in(key, generation)
-    k_jax, k_py = jax.random.split(k)
+    k_jax, k_py = jax.random.split(jax.random.fold_in(key, generation))
     seed = int(jax.random.randint(k_py, (), 0, 2**31 - 1))
     return k_jax, seed
+
+
+def generation_jax_key(key: jax.Array, generation: int) -> jax.Array:
+    """:func:`generation_key`'s JAX key alone, without drawing (and syncing on) the seed."""
+    return jax.random.split(jax.random.fold_in(key, generation))[0]
 
 
 def statistics() -> tools.Statistics:
