@@ -62,8 +62,7 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 def _confidence(clf: Classifier, path: Path, index: int) -> float:
-    # Re-read what was written: the reported confidence is that of the file. The
-    # classifier's jitted functions are memoised, so 1000 cells compile once.
+    # Re-read what was written: the reported confidence is that of the file.
     return float(probabilities(clf, [io.read_image(path)])[0, index])
 
 
@@ -119,16 +118,18 @@ def write_map_elites(
     out: Path, clf: Classifier, classes: list[int], summary: dict[str, Any], common: dict[str, Any]
 ) -> dict[str, Any]:
     """Write one PNG per filled cell, the plot, report.json and index.html (paper layout)."""
-    panels, confs = [], []
-    for i, cls in enumerate(classes):
-        if summary["fitness"][i] < 0:
-            continue
-        label = clf.labels.name(cls)
-        name = f"cells/{cls:03d}-{_slug(label)}.png"
-        path = io.write_png(out / name, summary["images"][i])
-        conf = _confidence(clf, path, cls)
-        confs.append(conf)
-        panels.append({"file": name, "caption": f"{label} {100 * conf:.1f}%"})
+    filled = [(i, cls) for i, cls in enumerate(classes) if summary["fitness"][i] >= 0]
+    names = [f"cells/{cls:03d}-{_slug(clf.labels.name(cls))}.png" for _, cls in filled]
+    for (i, _), name in zip(filled, names, strict=True):
+        io.write_png(out / name, summary["images"][i])
+    # Re-read what was written, all cells in one batched call: one image per call cost
+    # 0.1 s each on 2 CPU cores, 100 s for a 1000-class archive.
+    probs = probabilities(clf, [io.read_image(out / name) for name in names]) if names else None
+    confs = [float(probs[n, cls]) for n, (_, cls) in enumerate(filled)]
+    panels = [
+        {"file": name, "caption": f"{clf.labels.name(cls)} {100 * conf:.1f}%"}
+        for name, (_, cls), conf in zip(names, filled, confs, strict=True)
+    ]
     plot_history(summary["history"], out / PLOT, "MAP-Elites: confidence of the archive")
     median = float(np.median(confs)) if confs else 0.0
     evals, secs = summary["evaluations"], summary["seconds"]
