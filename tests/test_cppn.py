@@ -207,6 +207,32 @@ def test_level_render_of_the_es_population_matches_the_graph_render():
     np.testing.assert_allclose(got, enc.render(pop, 24, 20), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_batched_renders_match_one_genome_at_a_time(name):
+    # The accelerators' path (vmapped batches of genomes, whole images), with a ragged
+    # last batch (6 = 4 + 2), gives the CPU path's images up to the sums' order.
+    enc = ENCODINGS[name]
+    g, _ = evolve(enc, population(enc), 30)
+    one_by_one = cppn_render.render_graph(g, 12, 20, enc.channels, batch=1)
+    batched = cppn_render.render_graph(g, 12, 20, enc.channels, batch=4)
+    np.testing.assert_allclose(batched, one_by_one, atol=ATOL[name] / 10)
+    levels = cppn_render.plan(unbatch(g)[0], enc.channels)
+    same = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a[:1], a.shape), g)
+    np.testing.assert_allclose(
+        cppn_render.render_levels(same.weight, levels, 12, 20, batch=4),
+        cppn_render.render_levels(same.weight, levels, 12, 20, batch=1),
+        atol=ATOL[name] / 10,
+    )
+
+
+def test_genome_batch(monkeypatch):
+    assert cppn_render.genome_batch(400, 55 * 224 * 224) == 1  # CPU: one at a time
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert cppn_render.genome_batch(400, 55 * 224 * 224) == (1 << 28) // (55 * 224 * 224)
+    assert cppn_render.genome_batch(8, 55 * 224 * 224) == 8
+    assert cppn_render.genome_batch(8, 1 << 30) == 1
+
+
 @pytest.mark.parametrize("name", ["default", "sferes2"])
 def test_render_is_resolution_independent(name):
     # Pixel centres of an N grid are every third centre (offset 1) of a 3N grid.
