@@ -81,8 +81,9 @@ def make_strategy(
     ``sample(key, center) -> genomes`` stacks ``P`` copies of the centre with weights
     ``w +- sigma * eps`` on its edges (eps drawn from ``key``, the first half +, the
     second -). ``update(key, center, opt_state, fitness) -> (center, opt_state)`` redraws
-    the same eps from ``key`` and takes one Adam step along the rank-weighted sum; both
-    are jitted. ``opt`` is that Adam, whose ``init`` gives the first ``opt_state``.
+    the same eps from ``key`` and takes one Adam step along the rank-weighted sum of the
+    fitness (P,) or (P, 1); both are jitted. ``opt`` is that Adam, whose ``init`` gives
+    the first ``opt_state``.
     """
     half = population // 2
     opt = optax.adam(es.learning_rate)
@@ -100,6 +101,7 @@ def make_strategy(
 
     @jax.jit
     def update(key, center, opt_state, fitness):
+        fitness = fitness.reshape(population)
         eps = noise(key, center)
         # Centred ranks in [-0.5, 0.5]: invariant to any monotone rescaling of the
         # confidences, so the step does not vanish while they are all near zero.
@@ -181,12 +183,13 @@ def evolve_es(
     # than the GA's node-by-node render of genomes that each have their own).
     evaluate = search.make_evaluator(clf, Planned(plan(center, encoding.channels)))
 
+    cols = jnp.asarray([target])
+
     def step(gen: int) -> tuple[np.ndarray, int]:
         k_gen = search.generation_jax_key(key, gen)
-        images, probs = evaluate(sample(k_gen, pop["center"]))
-        fitness = probs[:, target]
-        pop["center"], pop["opt"] = update(k_gen, pop["center"], pop["opt"], fitness)
-        fitness = np.asarray(fitness)
+        images, conf = evaluate(sample(k_gen, pop["center"]), cols)
+        pop["center"], pop["opt"] = update(k_gen, pop["center"], pop["opt"], conf)
+        fitness = np.asarray(conf)[:, 0]
         record_best(state, fitness, images, gen)
         return fitness, cfg.population
 

@@ -72,7 +72,7 @@ class Loop:
                     fitness, evals = step(gen)
                     dt = time.perf_counter() - t0
                     done, self.seconds = gen, self.seconds + dt
-                    rec = stats.compile([search.Individual(0, float(f)) for f in fitness])
+                    rec = stats.compile(fitness)
                     line = {"generation": gen, "evaluations": evals, "seconds": round(dt, 4)}
                     line.update({k: float(v) for k, v in rec.items()})
                     self.history.append(line)
@@ -131,7 +131,7 @@ def record_best(state: dict[str, Any], fitness: np.ndarray, images: jax.Array, g
     i = int(fitness.argmax())
     if fitness[i] > best[0]:
         best[:2] = fitness[i], gen
-        state["best_image"] = io.to_uint8(images[i])
+        state["best_image"] = io.to_uint8(search.take_one(images, i))
     state["best"] = best
 
 
@@ -178,6 +178,7 @@ def evolve_single(
     key = jax.random.key(seed)
     evaluate = search.make_evaluator(clf, encoding)
     breed = search.make_breeder(encoding, cfg.cxpb)
+    cols = jnp.asarray([target])
     meta = _meta("single", clf, enc_name, cfg, seed, [target])
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     h, w = clf.info.input_size
@@ -191,12 +192,12 @@ def evolve_single(
     else:
         k_init = search.generation_jax_key(key, 0)
         genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
-        images, probs = evaluate(genomes)
-        fitness = np.asarray(probs[:, target])
+        images, conf = evaluate(genomes, cols)
+        fitness = np.asarray(conf)[:, 0]
         i = int(fitness.argmax())
         state = {
             "fitness": fitness,
-            "best_image": io.to_uint8(images[i]),
+            "best_image": io.to_uint8(search.take_one(images, i)),
             "best": np.array([fitness[i], 0.0, cfg.population]),
         }
         start = 0
@@ -207,13 +208,12 @@ def evolve_single(
         k_gen, py_seed = search.generation_key(key, gen)
         elites, parents = search.select_parents(state["fitness"], cfg, py_seed)
         kids = breed(k_gen, pop["genomes"], jnp.asarray(parents))
-        images, probs = evaluate(kids)
-        kid_fit = np.asarray(probs[:, target])
-        keep = search.take(pop["genomes"], jnp.asarray(elites))
-        new = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), keep, kids)
-        fitness = np.concatenate([state["fitness"][elites], kid_fit])
+        images, conf = evaluate(kids, cols)
+        pop["genomes"] = search.survivors(pop["genomes"], jnp.asarray(elites), kids)
+        kid_fit = np.asarray(conf)[:, 0]
+        state["fitness"] = np.concatenate([state["fitness"][elites], kid_fit])
         record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
-        pop["genomes"], state["fitness"] = new, fitness
+        fitness = state["fitness"]
         return fitness, len(parents)
 
     def save(gen: int) -> None:
@@ -268,10 +268,8 @@ def evolve_map_elites(
         k_init = search.generation_jax_key(key, 0)
         genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
         empty = search.take(genomes, jnp.zeros(len(classes), int))
-        _, probs = evaluate(genomes)
-        archive, fit, _ = search.archive_update(
-            empty, jnp.full(len(classes), -1.0), genomes, probs[:, cols]
-        )
+        _, conf = evaluate(genomes, cols)
+        archive, fit, _ = search.archive_update(empty, jnp.full(len(classes), -1.0), genomes, conf)
         state = {"fitness": np.asarray(fit), "evaluations": np.array(cfg.population)}
         start = 0
         (out / HISTORY).unlink(missing_ok=True)
@@ -281,9 +279,9 @@ def evolve_map_elites(
         k_gen, py_seed = search.generation_key(key, gen)
         parents = search.select_random(state["fitness"] >= 0, cfg.population, py_seed)
         kids = breed(k_gen, pop["archive"], jnp.asarray(parents))
-        _, probs = evaluate(kids)
+        _, conf = evaluate(kids, cols)
         archive, fit, _ = search.archive_update(
-            pop["archive"], jnp.asarray(state["fitness"]), kids, probs[:, cols]
+            pop["archive"], jnp.asarray(state["fitness"]), kids, conf
         )
         pop["archive"], state["fitness"] = archive, np.asarray(fit)
         state["evaluations"] = state["evaluations"] + cfg.population
@@ -298,7 +296,7 @@ def evolve_map_elites(
     images = []
     for i in range(0, len(classes), cfg.population):
         idx = jnp.arange(i, min(i + cfg.population, len(classes)))
-        images.append(np.asarray(evaluate(search.take(pop["archive"], idx))[0]))
+        images.append(np.asarray(evaluate(search.take(pop["archive"], idx), cols)[0]))
     return {
         "archive": pop["archive"],
         "fitness": state["fitness"],

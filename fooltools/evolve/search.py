@@ -90,22 +90,27 @@ def take(genomes: Genomes, idx: jax.Array) -> Genomes:
 
 
 @functools.lru_cache(maxsize=16)
-def make_evaluator(clf: Classifier, encoding: Encoding) -> Callable[[Genomes], jax.Array]:
-    """``evaluate(genomes) -> (images, probs)``, jitted.
+def make_evaluator(
+    clf: Classifier, encoding: Encoding
+) -> Callable[[Genomes, jax.Array], tuple[jax.Array, jax.Array]]:
+    """``evaluate(genomes, columns) -> (images, confidences)``, jitted.
 
     Images are rendered at the model's input size and snapped to the 8-bit grid, so the
     confidence a search reports is the confidence of the PNG it saves.
 
     Returns:
-        A function of a stacked population (P, ...) returning images (P, H, W, 3) in [0, 1]
-        and softmax probabilities (P, K). Memoised per (classifier, encoding), so repeated
-        and resumed searches in one process compile once.
+        A function of a stacked population (P, ...) and the class indices (K,) a search
+        scores, returning images (P, H, W, 3) in [0, 1] and those classes' softmax
+        probabilities (P, K) (the column gather inside the call: on a GPU every separate
+        small op is a launch and a sync of the host). Memoised per (classifier, encoding),
+        and the classes are an argument, so searches for other targets, repeated and
+        resumed ones in one process compile once.
     """
     h, w = clf.info.input_size
 
-    def evaluate(params, genomes):
+    def evaluate(params, genomes, columns):
         images = io.quantize(encoding.render(genomes, h, w))
-        return images, jax.nn.softmax(clf.logits(params, images), axis=-1)
+        return images, jax.nn.softmax(clf.logits(params, images), axis=-1)[:, columns]
 
     return sharding.data_parallel(jax.jit(evaluate), clf.params)
 
@@ -144,21 +149,36 @@ def make_breeder(encoding: Encoding, cxpb: float) -> Callable[..., Genomes]:
     return breed
 
 
+@jax.jit
+def _generation_keys(key: jax.Array, generation: jax.Array) -> tuple[jax.Array, jax.Array]:
+    # One call instead of three eager ops (each a dispatch, and on a GPU a launch).
+    k_jax, k_py = jax.random.split(jax.random.fold_in(key, generation))
+    return k_jax, jax.random.randint(k_py, (), 0, 2**31 - 1)
+
+
 def generation_key(key: jax.Array, generation: int) -> tuple[jax.Array, int]:
     """(JAX key, Python seed) for one generation, both derived from ``key``."""
-    k_jax, k_py = jax.random.split(jax.random.fold_in(key, generation))
-    seed = int(jax.random.randint(k_py, (), 0, 2**31 - 1))
-    return k_jax, seed
+    k_jax, seed = _generation_keys(key, generation)
+    return k_jax, int(seed)
 
 
 def generation_jax_key(key: jax.Array, generation: int) -> jax.Array:
-    """:func:`generation_key`'s JAX key alone, without drawing (and syncing on) the seed."""
-    return jax.random.split(jax.random.fold_in(key, generation))[0]
+    """:func:`generation_key`'s JAX key alone, without syncing on the seed."""
+    return _generation_keys(key, generation)[0]
+
+
+@jax.jit
+def survivors(genomes: Genomes, elites: jax.Array, kids: Genomes) -> Genomes:
+    """The next population: individuals ``elites`` (k,) of ``genomes``, then ``kids``."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[elites], b]), genomes, kids)
+
+
+take_one = jax.jit(lambda a, i: a[i])  # one row of an array, in one dispatch
 
 
 def statistics() -> tools.Statistics:
-    """DEAP statistics over individuals' fitness: best, median, mean."""
-    stats = tools.Statistics(lambda ind: ind.fitness.values[0])
+    """DEAP statistics over a generation's fitness values: best, median, mean."""
+    stats = tools.Statistics(float)
     stats.register("best", np.max)
     stats.register("median", np.median)
     stats.register("mean", np.mean)
