@@ -283,7 +283,10 @@ def render_levels(
     # Whole images. On CPU one genome at a time: with ~16 values per pixel a level's
     # operands stream well, and lax.map keeps one genome's intermediates live (measured
     # faster than 2048-pixel passes, and than vmapping over the population).
-    z = jax.lax.map(lambda w: _levels_one(w, inputs, levels), weight, batch_size=batch)
+    # (lax.map with batch_size=1 would still vmap every op over a batch axis of 1.)
+    z = jax.lax.map(
+        lambda w: _levels_one(w, inputs, levels), weight, batch_size=batch if batch > 1 else None
+    )
     return _images(z, height, width, len(levels[-1].nodes))
 
 
