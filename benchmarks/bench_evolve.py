@@ -114,7 +114,7 @@ def main() -> None:
     print(
         f"# evolution throughput, EfficientNet-Lite0 224x224, population {args.population}, "
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-        f"({jax.default_backend()})"
+        f"({jax.default_backend()}: {jax.devices()[0].device_kind})"
     )
     print(
         f"{'encoding':>8}  {'strategy':>8}  {'search ev/s':>11}  {'forward img/s':>13}  "
