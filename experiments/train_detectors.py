@@ -117,13 +117,13 @@ def train_yolo(args: argparse.Namespace) -> None:
 
 def anchors(args: argparse.Namespace) -> None:
     """Print k-means anchors of the training boxes, to paste into a cfg."""
-    data = load_split(synthetic.TRAIN_SEED, args.train_images)
-    from fooltools.detection import yolo_train
+    from fooltools.detection import yolo_loss
 
+    data = load_split(synthetic.TRAIN_SEED, args.train_images)
     valid = data.labels >= 0
     wh = (data.boxes[..., 2:] - data.boxes[..., :2])[valid]
-    found = yolo_train.kmeans_anchors(wh, args.k, seed=args.seed)
-    print(f"{len(wh)} boxes; mean best IoU {yolo_train.mean_best_iou(wh, found):.4f}")
+    found = yolo_loss.kmeans_anchors(wh, args.k, seed=args.seed)
+    print(f"{len(wh)} boxes; mean best IoU {yolo_loss.mean_best_iou(wh, found):.4f}")
     print("anchors=" + ", ".join(f"{round(w)},{round(h)}" for w, h in found))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fooltools.detection import boxes as box_ops
-from fooltools.detection import darknet, synthetic, yolo, yolo_train
+from fooltools.detection import darknet, synthetic, yolo, yolo_loss, yolo_train
 
 DETECTION = Path(yolo.__file__).parent
 CFG = DETECTION / "cfg" / "yolo-synth.cfg"
@@ -97,7 +97,7 @@ def test_targets_put_each_box_in_its_cell_and_best_anchor():
     boxes[0, 0] = [60, 20, 100, 60]  # 40x40, centre (80, 40): head 0, cell (row 2, col 5), a1
     boxes[0, 1] = [3, 100, 13, 110]  # 10x10, centre (8, 105): head 1, cell (13, 1), a0
     labels[0, :2] = [3, 1]
-    t = yolo_train.build_targets(jnp.asarray(boxes), jnp.asarray(labels), heads, (128, 128))
+    t = yolo_loss.build_targets(jnp.asarray(boxes), jnp.asarray(labels), heads, (128, 128))
     assert t[0].obj.shape == (1, 8, 8, 3) and t[1].obj.shape == (1, 16, 16, 3)
     assert float(t[0].obj.sum()) == 1.0 and float(t[0].obj[0, 2, 5, 1]) == 1.0
     assert float(t[1].obj.sum()) == 1.0 and float(t[1].obj[0, 13, 1, 0]) == 1.0
@@ -126,10 +126,10 @@ def _logits_from_targets(targets, heads, *, scale=8.0):
 def test_loss_is_lowest_at_the_targets():
     heads = _heads()
     data = synthetic.make_dataset(synthetic.TRAIN_SEED, 4)
-    targets = yolo_train.build_targets(data.boxes, data.labels, heads, (128, 128))
+    targets = yolo_loss.build_targets(data.boxes, data.labels, heads, (128, 128))
     perfect = _logits_from_targets(targets, heads)
     loss_fn = jax.jit(
-        lambda raw: yolo_train.yolo_loss(raw, data.boxes, data.labels, heads, (128, 128))
+        lambda raw: yolo_loss.yolo_loss(raw, data.boxes, data.labels, heads, (128, 128))
     )
     loss, parts = loss_fn(perfect)
     key = jax.random.key(0)
@@ -149,14 +149,14 @@ def test_ignore_threshold_spares_good_unassigned_predictions():
     heads = _heads()[:1]
     boxes = jnp.asarray([[[48.0, 48.0, 80.0, 80.0]]])  # 32x32 at (64, 64): cell (4, 4), a0
     labels = jnp.asarray([[2]])
-    targets = yolo_train.build_targets(boxes, labels, heads, (128, 128))
+    targets = yolo_loss.build_targets(boxes, labels, heads, (128, 128))
     raw = _logits_from_targets(targets, heads)[0].reshape(1, 8, 8, 3, 10)
     # Anchor 1 of the same cell predicts the ground truth box (centre at the cell corner).
     raw = raw.at[0, 4, 4, 1, :5].set(jnp.asarray([-8.0, -8.0, np.log(32 / 40), np.log(32 / 40), 8]))
     raw = raw.reshape(1, 8, 8, 30)
-    _, kept = yolo_train.yolo_loss([raw], boxes, labels, heads, (128, 128), ignore_thresh=0.5)
+    _, kept = yolo_loss.yolo_loss([raw], boxes, labels, heads, (128, 128), ignore_thresh=0.5)
     # IoU is never > 1: nothing is ignored.
-    _, hit = yolo_train.yolo_loss([raw], boxes, labels, heads, (128, 128), ignore_thresh=1.0)
+    _, hit = yolo_loss.yolo_loss([raw], boxes, labels, heads, (128, 128), ignore_thresh=1.0)
     assert float(hit["noobj"]) > float(kept["noobj"]) + 7.0  # BCE(8, 0) ~ 8 when not ignored
     assert float(hit["obj"]) == pytest.approx(float(kept["obj"]))
 
@@ -176,7 +176,7 @@ def test_augment_moves_boxes_with_pixels():
 def test_kmeans_anchors_recovers_clusters():
     rng = np.random.default_rng(0)
     wh = np.concatenate([rng.normal(c, 0.5, (100, 2)) for c in (10.0, 30.0, 60.0)])
-    found = yolo_train.kmeans_anchors(wh, 3)
+    found = yolo_loss.kmeans_anchors(wh, 3)
     np.testing.assert_allclose(found, [[10, 10], [30, 30], [60, 60]], atol=0.5)
 
 
