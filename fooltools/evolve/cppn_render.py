@@ -111,8 +111,14 @@ def _images(z: jax.Array, height: int, width: int, channels: int) -> jax.Array:
 # -- any topology: node by node --
 
 
-def _graph_one(g: CPPNGenome, inputs: jax.Array, channels: int) -> jax.Array:
-    """Pre-squash outputs of one genome, f32[C, H*W]."""
+def _graph_one(
+    g: CPPNGenome, inputs: jax.Array, channels: int, steps: jax.Array | None = None
+) -> jax.Array:
+    """Pre-squash outputs of one genome, f32[C, H*W], computing its first ``steps`` slots.
+
+    ``steps`` defaults to the genome's active nodes; more (a batch's largest genome) also
+    computes free slots after the outputs, which no edge reads.
+    """
     # Sort active nodes by order (inputs first, outputs last) and free slots after them,
     # so node k only reads nodes < k and the loop stops at the number of active nodes.
     perm = jnp.argsort(jnp.where(g.active, g.order, 2.0), stable=True)
@@ -126,7 +132,8 @@ def _graph_one(g: CPPNGenome, inputs: jax.Array, channels: int) -> jax.Array:
         # Rows >= k are still zero; skipping them with static blocks was not faster.
         return values.at[k].set(jax.lax.switch(act[k], _FNS, w_in[k] @ values))
 
-    values = jax.lax.fori_loop(N_INPUTS, g.active.sum(), step, values.at[:N_INPUTS].set(inputs))
+    steps = g.active.sum() if steps is None else steps
+    values = jax.lax.fori_loop(N_INPUTS, steps, step, values.at[:N_INPUTS].set(inputs))
     return values[jnp.argsort(perm)[N_INPUTS : N_INPUTS + channels]]
 
 
@@ -159,7 +166,22 @@ def render_graph(
     batch = batch or genome_batch(population, slots * hw)
     if batch > 1:
         inputs = pixel_inputs(height, width)
-        z = jax.lax.map(lambda g: _graph_one(g, inputs, channels), genomes, batch_size=batch)
+        n = -(-population // batch)
+        # Whole batches (the last padded with the first genomes), each looping to its
+        # largest genome: a loop bound shared by the batch, not vmapped, so the loop
+        # does not select every slot value of the batch (B x M x H*W) at every step.
+        batches = jax.tree_util.tree_map(
+            lambda a: jnp.concatenate([a, a[: n * batch - population]]).reshape(
+                n, batch, *a.shape[1:]
+            ),
+            genomes,
+        )
+
+        def one_batch(gs: CPPNGenome) -> jax.Array:
+            steps = gs.active.sum(-1).max()
+            return jax.vmap(lambda g: _graph_one(g, inputs, channels, steps))(gs)
+
+        z = jax.lax.map(one_batch, batches).reshape(n * batch, channels, hw)[:population]
         return _images(z, height, width, channels)
     chunk = min(hw, CHUNK)
     n = -(-hw // chunk)
