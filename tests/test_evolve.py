@@ -147,6 +147,13 @@ def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
     rep = report.write_map_elites(tmp_path, tiny, classes, out, {"encoding": "cppn"})
     assert rep["filled"] == 5 and (tmp_path / "index.html").is_file()
     assert len(list((tmp_path / "cells").glob("*.png"))) == 5
+    # Each cell's PNG, re-read (all in one batched call), has its elite's confidence: the
+    # search scored the 8-bit image it saves (captions round to 0.1 percentage point).
+    captions = {p["file"]: p["caption"] for p in rep["images"][1:]}
+    for cls, fit in zip(classes, out["fitness"], strict=True):
+        (name,) = [f for f in captions if f.startswith(f"cells/{cls:03d}-")]
+        assert abs(float(captions[name].split()[-1].rstrip("%")) - 100 * fit) <= 0.051
+    assert rep["median_confidence"] == pytest.approx(np.median(out["fitness"]), abs=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["single", "map-elites", "es"])
