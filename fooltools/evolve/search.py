@@ -213,8 +213,9 @@ def select_parents(
 def select_random(filled: np.ndarray, k: int, seed: int) -> list[int]:
     """``k`` archive cells drawn uniformly (with replacement) among the filled ones (DEAP)."""
     random.seed(seed)
-    cells = [Individual(int(i), 0.0) for i in np.flatnonzero(filled)]
-    return [ind.index for ind in tools.selRandom(cells, k)]
+    # selRandom reads no fitness: it draws from the cell indices themselves (an
+    # Individual per cell cost ~8 ms a generation for 1000 cells).
+    return tools.selRandom(np.flatnonzero(filled).tolist(), k)
 
 
 @jax.jit
