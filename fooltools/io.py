@@ -159,7 +159,13 @@ def quantize(image: jax.Array) -> jax.Array:
         float32 array of the same shape with values in {0, 1/255, ..., 1}.
     """
     x = jnp.asarray(image, dtype=jnp.float32)
-    return jnp.asarray(_LEVELS8)[jnp.round(jnp.clip(x, 0, 1) * 255).astype(jnp.int32)]
+    # _LEVELS8[k] without the table's gather (0.56 ms per 224x224 image on XLA:CPU, a
+    # quarter of a CPPN render) or a division (see _LEVELS8): K = 65793 k is exact
+    # (< 2^24) and k / 255 = K 2^-24 (1 + 2^-24 + 2^-48 ...), so the one rounding of the
+    # sum of the exact terms K 2^-24 + K 2^-48 gives the correctly rounded k / 255 for
+    # every k (checked against _LEVELS8 for all 256 in tests/test_io.py).
+    big = jnp.round(jnp.clip(x, 0, 1) * 255) * 65793.0
+    return big * 2.0**-24 + big * 2.0**-48
 
 
 @quantize.defjvp

@@ -222,6 +222,17 @@ def test_round_trip_property(tmp_path_factory: pytest.TempPathFactory, x: np.nda
     np.testing.assert_array_equal(fio.to_uint8(x), np.round(np.asarray(fio.quantize(x)) * 255))
 
 
+def test_quantize_gives_every_8_bit_level_exactly() -> None:
+    # All 256 levels (and points just either side of each rounding midpoint), eager and
+    # jitted: bit for bit the values read_image gives, i.e. k / 255 correctly rounded.
+    k = np.arange(256, dtype=np.float32)
+    x = np.concatenate([k, k - 0.499, k + 0.499]) / np.float32(255)
+    want = (np.clip(np.round(x * 255), 0, 255) / np.float32(255)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(fio.quantize(x)), want)
+    np.testing.assert_array_equal(np.asarray(jax.jit(fio.quantize)(x)), want)
+    np.testing.assert_array_equal(np.asarray(fio.quantize(k / 255)), fio._LEVELS8)
+
+
 def test_write_gray_and_overwrite(tmp_path: Path) -> None:
     x = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
     path = fio.write_png(tmp_path / "g.png", np.zeros((4, 5, 3)))
