@@ -213,8 +213,7 @@ def evolve_single(
         kid_fit = np.asarray(conf)[:, 0]
         state["fitness"] = np.concatenate([state["fitness"][elites], kid_fit])
         record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
-        fitness = state["fitness"]
-        return fitness, len(parents)
+        return state["fitness"], len(parents)
 
     def save(gen: int) -> None:
         checkpoint.save(out / CHECKPOINT, pop["genomes"], state, {**meta, "generation": gen})
@@ -293,14 +292,13 @@ def evolve_map_elites(
     if not resume:
         save(0)
     last = loop.run(start, step, save)
-    images = []
-    for i in range(0, len(classes), cfg.population):
-        idx = jnp.arange(i, min(i + cfg.population, len(classes)))
-        images.append(np.asarray(evaluate(search.take(pop["archive"], idx), cols)[0]))
+    # The elites' images only: their confidences are the archive's (and the report
+    # re-reads the saved PNGs), so classifying them again here would be wasted.
+    h, w = clf.info.input_size
     return {
         "archive": pop["archive"],
         "fitness": state["fitness"],
-        "images": np.concatenate(images),
+        "images": np.asarray(search.render_images(encoding, pop["archive"], h, w)),
         "generation": last,
         "evaluations": int(state["evaluations"]),
         "seconds": loop.seconds,

@@ -89,6 +89,12 @@ def take(genomes: Genomes, idx: jax.Array) -> Genomes:
     return jax.tree_util.tree_map(lambda a: a[idx], genomes)
 
 
+@functools.partial(jax.jit, static_argnames=("encoding", "height", "width"))
+def render_images(encoding: Encoding, genomes: Genomes, height: int, width: int) -> jax.Array:
+    """Images (P, H, W, 3) of a stacked population, on the 8-bit grid a search scores."""
+    return io.quantize(encoding.render(genomes, height, width))
+
+
 @functools.lru_cache(maxsize=16)
 def make_evaluator(
     clf: Classifier, encoding: Encoding
@@ -109,7 +115,7 @@ def make_evaluator(
     h, w = clf.info.input_size
 
     def evaluate(params, genomes, columns):
-        images = io.quantize(encoding.render(genomes, h, w))
+        images = render_images(encoding, genomes, h, w)
         return images, jax.nn.softmax(clf.logits(params, images), axis=-1)[:, columns]
 
     return sharding.data_parallel(jax.jit(evaluate), clf.params)
@@ -170,7 +176,7 @@ def generation_jax_key(key: jax.Array, generation: int) -> jax.Array:
 @jax.jit
 def survivors(genomes: Genomes, elites: jax.Array, kids: Genomes) -> Genomes:
     """The next population: individuals ``elites`` (k,) of ``genomes``, then ``kids``."""
-    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[elites], b]), genomes, kids)
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), take(genomes, elites), kids)
 
 
 take_one = jax.jit(lambda a, i: a[i])  # one row of an array, in one dispatch
