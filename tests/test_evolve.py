@@ -121,6 +121,32 @@ def test_evolution_strategy_improves_confidence(tiny, tmp_path):
     assert out["best_confidence"] == max(h["best"] for h in hist)
 
 
+@pytest.mark.parametrize("encoding", ["direct", "cppn"])
+def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding):
+    # The jitted breeder against the operators applied one family at a time, in both of
+    # its forms (one pair at a time, as on CPU for large genomes, and vmapped).
+    enc = direct(height=8, width=6) if encoding == "direct" else cppn()
+    key = jax.random.key(4)
+    pop = jax.vmap(enc.init)(jax.random.split(jax.random.key(1), 6))
+    parents = jnp.array([5, 0, 2, 2, 3, 1, 4, 0])
+    k_cx, k_mut, k_pair = jax.random.split(key, 3)
+    mate = np.asarray(jax.random.uniform(k_pair, (4,)) < 0.5)
+    assert mate.any() and not mate.all()  # both kinds of pair are checked
+    k_cx, k_mut = jax.random.split(k_cx, 4), jax.random.split(k_mut, 8)
+    expected = []
+    for i in range(4):
+        x, y = (search.take(pop, parents[2 * i + j]) for j in (0, 1))
+        if mate[i] and encoding == "direct":
+            x, y = enc.crossover(k_cx[i], x, y)
+        expected += [enc.mutate(k_mut[2 * i], x), enc.mutate(k_mut[2 * i + 1], y)]
+    expected = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *expected)
+    for sequential in (True, False, None):
+        kids = search.make_breeder(enc, 0.5, sequential)(key, pop, parents)
+        leaves = jax.tree_util.tree_leaves(kids), jax.tree_util.tree_leaves(expected)
+        for got, want in zip(*leaves, strict=True):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 def test_map_elites_never_replaces_an_elite_with_a_worse_one():
     archive = jnp.arange(5.0)[:, None]
     fitness = jnp.array([0.5, -1.0, 0.9, 0.2, 0.7])

@@ -122,35 +122,56 @@ def make_evaluator(
 
 
 @functools.lru_cache(maxsize=16)
-def make_breeder(encoding: Encoding, cxpb: float) -> Callable[..., Genomes]:
+def make_breeder(
+    encoding: Encoding, cxpb: float, sequential: bool | None = None
+) -> Callable[..., Genomes]:
     """``breed(key, genomes, parents) -> offspring``: gather, recombine, mutate (jitted).
 
     ``parents`` (k,) indexes the population; with a ``crossover`` operator, consecutive
     pairs of parents are recombined with probability ``cxpb`` (k must then be even).
+
+    ``sequential`` varies one pair or child at a time (``lax.map``) instead of the whole
+    population at once (``vmap``); both give the same offspring. The default is
+    sequential on CPU for genomes of >= 2^16 values (the direct encoding's): a pair that
+    does not mate skips the dense SBX work (a ``cond``) and one genome's working set
+    stays in cache (190 children: 815 -> 416 ms). Small genomes (CPPNs) vary faster
+    vmapped there (29 -> 15 ms), and on accelerators everything is vmapped: a loop of
+    200 small steps leaves the device idle between launches.
     """
     crossover = getattr(encoding, "crossover", None)
 
     @jax.jit
     def breed(key, genomes, parents):
         k_cx, k_mut, k_pair = jax.random.split(key, 3)
-        kids = take(genomes, parents)
         k = parents.shape[0]
-        if crossover is not None and cxpb > 0 and k % 2 == 0:
-            a = jax.tree_util.tree_map(lambda x: x[0::2], kids)
-            b = jax.tree_util.tree_map(lambda x: x[1::2], kids)
-            mate = jax.random.uniform(k_pair, (k // 2,)) < cxpb
+        one = sum(a[0].size for a in jax.tree_util.tree_leaves(genomes))
+        seq = (
+            jax.default_backend() == "cpu" and one >= 1 << 16 if sequential is None else sequential
+        )
 
-            def pair(args):
-                key, mates, x, y = args
-                # lax.map + cond, not vmap + where: pairs that do not mate (1 - cxpb of
-                # them) skip the dense SBX work instead of computing and discarding it.
-                return jax.lax.cond(mates, crossover, lambda _, x, y: (x, y), key, x, y)
+        def each(fn: Callable[..., Any], *args: Any) -> Any:
+            return jax.lax.map(lambda a: fn(*a), args) if seq else jax.vmap(fn)(*args)
 
-            a, b = jax.lax.map(pair, (jax.random.split(k_cx, k // 2), mate, a, b))
-            kids = jax.tree_util.tree_map(
-                lambda x, y: jnp.stack([x, y], 1).reshape((k,) + x.shape[1:]), a, b
-            )
-        return jax.vmap(encoding.mutate)(jax.random.split(k_mut, k), kids)
+        mut_keys = jax.random.split(k_mut, k)
+        if crossover is None or cxpb <= 0 or k % 2:
+            return each(lambda i, km: encoding.mutate(km, take(genomes, i)), parents, mut_keys)
+
+        def family(k_pair, mates, ij, km):
+            # Parents i, j -> (maybe) SBX -> two mutated children, in one step: no
+            # population-sized copies of the gathered parents or of the pairs re-interleaved.
+            x, y = take(genomes, ij[0]), take(genomes, ij[1])
+            if seq:  # a pair that does not mate skips the dense crossover work
+                x, y = jax.lax.cond(mates, crossover, lambda _, x, y: (x, y), k_pair, x, y)
+            else:
+                new = crossover(k_pair, x, y)
+                x, y = jax.tree_util.tree_map(lambda n, o: jnp.where(mates, n, o), new, (x, y))
+            kids = encoding.mutate(km[0], x), encoding.mutate(km[1], y)
+            return jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), *kids)
+
+        mate = jax.random.uniform(k_pair, (k // 2,)) < cxpb
+        pairs = (parents.reshape(k // 2, 2), mut_keys.reshape(k // 2, 2))
+        kids = each(family, jax.random.split(k_cx, k // 2), mate, *pairs)
+        return jax.tree_util.tree_map(lambda a: a.reshape(k, *a.shape[2:]), kids)
 
     return breed
 
