@@ -228,9 +228,15 @@ def test_batched_renders_match_one_genome_at_a_time(name):
 def test_genome_batch(monkeypatch):
     assert cppn_render.genome_batch(400, 55 * 224 * 224) == 1  # CPU: one at a time
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert cppn_render.genome_batch(400, 55 * 224 * 224) == (1 << 28) // (55 * 224 * 224)
+    # At most 2^28 node values per batch (97 genomes of 55 x 224 x 224), in equal batches.
+    assert cppn_render.genome_batch(400, 55 * 224 * 224) == 80  # 5 x 80, not 5 x 97
+    assert cppn_render.genome_batch(200, 32 * 224 * 224) == 100  # 2 x 100, not 2 x 167
     assert cppn_render.genome_batch(8, 55 * 224 * 224) == 8
     assert cppn_render.genome_batch(8, 1 << 30) == 1
+    for population in range(1, 300, 7):
+        batch = cppn_render.genome_batch(population, 32 * 224 * 224)
+        batches = -(-population // batch)
+        assert batch <= 167 and batches * batch - population < batches
 
 
 @pytest.mark.parametrize("name", ["default", "sferes2"])
