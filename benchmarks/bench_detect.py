@@ -23,6 +23,7 @@ import time
 
 import jax
 
+from fooltools import hugepages
 from fooltools.detection import attacks, synthetic
 from fooltools.detection.detectors import load_detector
 
@@ -53,6 +54,7 @@ def measure(kind: str, x, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     """Measure and print one table row per detector."""
+    hugepages.ensure()  # before any work: the process may restart with huge pages
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
@@ -60,7 +62,8 @@ def main() -> None:
     x = synthetic.make_dataset(synthetic.TEST_SEED, args.batch).images
     print(
         f"# detector attack cost, batch {args.batch}, 128x128, {platform.machine()}, "
-        f"{os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()})"
+        f"{os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()}), "
+        f"{hugepages.describe()}"
     )
     print(f"{'detector':>12}  {'forward img/s':>13}  {'attack img-it/s':>15}  {'ratio':>5}")
     for kind in ("yolo", "faster-rcnn"):

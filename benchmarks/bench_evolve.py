@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from deap import tools
 
-from fooltools import io
+from fooltools import hugepages, io
 from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
@@ -128,6 +128,7 @@ def naive_rate(clf, enc, name: str, individuals: int) -> float:
 
 def main() -> None:
     """Measure and print the table."""
+    hugepages.ensure()  # before any work: the process may restart with huge pages
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--population", type=int, default=200)
     parser.add_argument("--generations", type=int, default=8)
@@ -150,7 +151,7 @@ def main() -> None:
     print(
         f"# evolution throughput, EfficientNet-Lite0 224x224, population {args.population}, "
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-        f"({jax.default_backend()}: {jax.devices()[0].device_kind})"
+        f"({jax.default_backend()}: {jax.devices()[0].device_kind}), {hugepages.describe()}"
     )
     print(
         f"{'encoding':>8}  {'strategy':>8}  {'search ev/s':>11}  {'forward img/s':>13}  "

@@ -328,7 +328,11 @@ _register_subgroups()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``fool`` console script."""
+    """Run the ``fool`` command line on ``argv`` (default ``sys.argv[1:]``).
+
+    The ``fool`` script itself is :func:`fooltools.hugepages.fool`, which may first
+    restart the process with huge-page buffers, then calls this.
+    """
     from fooltools.cache import enable_compilation_cache
 
     enable_compilation_cache()
