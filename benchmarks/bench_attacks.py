@@ -412,7 +412,6 @@ def bench_cw(args, clf, model, fool_model, x, target) -> None:
 
 def main() -> None:
     """Measure and print the comparison tables."""
-    hugepages.ensure()  # before any work: the process may restart with huge pages
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -54,7 +54,6 @@ def measure(kind: str, x, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     """Measure and print one table row per detector."""
-    hugepages.ensure()  # before any work: the process may restart with huge pages
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)

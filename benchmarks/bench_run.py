@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from fooltools import hugepages
 from fooltools.cache import enable_compilation_cache
 from fooltools.experiments import get_executor, load_results, parse_spec, run_batch
 
@@ -72,7 +71,6 @@ def timed_batch(the_spec, out: Path, executor) -> tuple[float, list[tuple[float,
 
 
 def main() -> None:
-    hugepages.ensure()  # before any work: the process may restart with huge pages
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to the Ray instance")

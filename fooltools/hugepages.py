@@ -1,5 +1,8 @@
 """Large CPU buffers on transparent huge pages: the process restarts once to get them.
 
+Used by ``fool evolve``, ``fool classify`` and the evolution and classifier benchmarks,
+where it was measured faster (see :data:`COMMANDS`).
+
 XLA:CPU allocates each call's intermediates afresh (gigabytes for a batch of 198 Lite0
 images). glibc serves allocations this large with ``mmap`` and unmaps them when they
 are freed, so every call faults its memory in again 4 KiB at a time: on the dev VM
@@ -84,13 +87,27 @@ def describe() -> str:
     return f"huge pages: {mode}"
 
 
+# The commands measured faster on huge pages, on the dev VM: evolve (populations of
+# 100-400 per call: 18-30% more evaluations/s, the robin run 172 -> 118 s) and classify
+# (batches of 8-32: +28%). PGD at batch 8 was 6-11% slower on them (43.6 -> 39-41
+# image-steps/s), so perturb and the other commands keep 4 KiB pages.
+COMMANDS = frozenset({"evolve", "classify"})
+
+
+def wanted(argv: list[str]) -> bool:
+    """Whether the command line ``argv`` (without the program) is one of :data:`COMMANDS`."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command in COMMANDS
+
+
 def fool() -> None:
-    """The ``fool`` console script: :func:`ensure`, then ``fooltools.cli.main``.
+    """The ``fool`` console script: :func:`ensure` for :data:`COMMANDS`, then the CLI.
 
     It lives here, not in ``fooltools.cli``, so that a restart comes before the command
     line's imports (jax and the models: 1.4 s that a restart would otherwise pay twice).
     """
-    ensure()
+    if wanted(sys.argv[1:]):
+        ensure()
     from fooltools.cli import main
 
     main()

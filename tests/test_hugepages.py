@@ -63,3 +63,17 @@ def test_ensure_can_be_turned_off():
 
 def test_describe_names_the_state():
     assert hugepages.describe().startswith("huge pages: ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["evolve", "--class", "robin"], True),
+        (["classify", "sample:cat"], True),
+        (["perturb", "cat.jpg", "--target", "evolve"], False),  # attacks: slower on them
+        (["--help"], False),
+        ([], False),
+    ],
+)
+def test_the_fool_script_restarts_for_the_commands_measured_faster(argv, expected):
+    assert hugepages.wanted(argv) is expected
