@@ -29,8 +29,8 @@ demo: $(VENV)/.installed
 	$(BIN)/fool classify runs/demo-cat-ostrich/adversarial.png --top 3
 	$(BIN)/fool gallery runs/demo-cat-ostrich --out runs/gallery
 
-# XLA:CPU's buffers on transparent huge pages (fooltools/hugepages.py; the `fool` script
-# and the benchmarks restart themselves with it): the suite's forward passes ~1.3x faster.
+# XLA:CPU's buffers on transparent huge pages (fooltools/hugepages.py, which `fool evolve`
+# and `fool classify` restart themselves with): test_evolve + test_perturb 101 -> 90 s.
 HUGEPAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 
 ## test: the whole suite (no network, no torch), on two workers (see tests/conftest.py)
