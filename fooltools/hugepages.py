@@ -40,6 +40,10 @@ def thp_mode() -> str:
     return text[start + 1 : end] if 0 <= start < end else ""
 
 
+def _tuned(environ: Mapping[str, str]) -> bool:
+    return "glibc.malloc.hugetlb" in environ.get("GLIBC_TUNABLES", "")
+
+
 def useful(environ: Mapping[str, str], mode: str, libc: tuple[str, str]) -> bool:
     """Whether restarting with :data:`TUNABLE` would put large buffers on huge pages.
 
@@ -56,7 +60,7 @@ def useful(environ: Mapping[str, str], mode: str, libc: tuple[str, str]) -> bool
     return (
         new_enough
         and mode == "madvise"  # 'always' has them already; 'never' cannot
-        and "glibc.malloc.hugetlb" not in environ.get("GLIBC_TUNABLES", "")
+        and not _tuned(environ)
         and environ.get(OPT_OUT, "1") != "0"
     )
 
@@ -81,9 +85,9 @@ def ensure() -> None:
 def describe() -> str:
     """This process's huge-page state, for benchmark headers: 'huge pages: ...'."""
     mode = thp_mode() or "unknown"
-    tuned = "glibc.malloc.hugetlb" in os.environ.get("GLIBC_TUNABLES", "")
     if mode == "madvise":
-        return f"huge pages: {'on (glibc.malloc.hugetlb=1)' if tuned else 'off (madvise mode)'}"
+        state = f"on ({TUNABLE})" if _tuned(os.environ) else "off (madvise mode)"
+        return f"huge pages: {state}"
     return f"huge pages: {mode}"
 
 

@@ -95,7 +95,10 @@ def randint(key: jax.Array, shape: Sequence[int], maxval: int) -> jax.Array:
         raise ValueError(f"maxval must be in [1, 2^31), got {maxval}")
     k_hi, k_lo = jax.random.split(key)
     span = np.uint32(maxval)
-    # (2^16 mod span)^2 in uint32, as jax.random computes it: 0 once span > 2^16.
+    # (2^16 mod span)^2 in uint32, as jax.random computes it: 0 once span > 2^16, when
+    # the high word drops out and is not drawn at all (half the work).
     multiplier = np.uint32((2**16 % maxval) ** 2 % 2**32 % maxval)
-    offset = (bits(k_hi, shape) % span) * multiplier + bits(k_lo, shape) % span
+    offset = bits(k_lo, shape) % span
+    if multiplier:
+        offset = (bits(k_hi, shape) % span) * multiplier + offset
     return (offset % span).astype(jnp.int32)

@@ -145,10 +145,10 @@ def make_breeder(
     def breed(key, genomes, parents):
         k_cx, k_mut, k_pair = jax.random.split(key, 3)
         k = parents.shape[0]
-        one = sum(a[0].size for a in jax.tree_util.tree_leaves(genomes))
-        seq = (
-            jax.default_backend() == "cpu" and one >= 1 << 16 if sequential is None else sequential
-        )
+        seq = sequential
+        if seq is None:
+            one = sum(a[0].size for a in jax.tree_util.tree_leaves(genomes))  # genome size
+            seq = jax.default_backend() == "cpu" and one >= 1 << 16
 
         def each(fn: Callable[..., Any], *args: Any) -> Any:
             return jax.lax.map(lambda a: fn(*a), args) if seq else jax.vmap(fn)(*args)
