@@ -11,6 +11,7 @@ import sharding_probe
 from deap import tools
 from sharding_probe import S
 
+from fooltools import io
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, report, search
 from fooltools.evolve.cppn import cppn
@@ -145,6 +146,45 @@ def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding):
         leaves = jax.tree_util.tree_leaves(kids), jax.tree_util.tree_leaves(expected)
         for got, want in zip(*leaves, strict=True):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_generation_keys_in_blocks_equal_one_generation_at_a_time():
+    # Seeds come 64 generations to a fetch; every generation's (key, seed) must be the
+    # one derived from that generation alone, whatever the order (resume starts mid-block).
+    key = jax.random.key(7)
+    keys = search.GenerationKeys(key)
+    for gen in (0, 1, 63, 64, 130, 5, 200, 199):
+        k_py = jax.random.split(jax.random.fold_in(key, gen))[1]
+        k_jax, seed = keys(gen)
+        assert seed == int(jax.random.randint(k_py, (), 0, 2**31 - 1))
+        want = jax.random.split(jax.random.fold_in(key, gen))[0]
+        np.testing.assert_array_equal(jax.random.key_data(k_jax), jax.random.key_data(want))
+
+
+def test_row_uint8_is_the_saved_png_rounding():
+    images = jax.random.uniform(jax.random.key(0), (3, 5, 4, 3), minval=-0.2, maxval=1.2)
+    images = images.at[1, 0, 0].set(0.5 / 255)  # a tie: rounds to even, as numpy does
+    np.testing.assert_array_equal(search.row_uint8(images, 1), io.to_uint8(images[1]))
+
+
+def test_selection_individuals_carry_deap_fitness():
+    # Individuals set DEAP's weighted values directly: they must compare, sort and
+    # select exactly as ones built through the Fitness constructor.
+    fit = [0.3, 0.9, 0.1, 0.9, 0.5]
+    inds = [search.Individual(i, f) for i, f in enumerate(fit)]
+    assert [ind.fitness.values for ind in inds] == [(f,) for f in fit]
+    assert all(ind.fitness.valid for ind in inds)
+    assert [i.index for i in tools.selBest(inds, 3)] == [1, 3, 4]
+    random.seed(3)
+    got = [i.index for i in tools.selTournament(inds, 8, tournsize=2)]
+    ref = [_RefInd(i, f) for i, f in enumerate(fit)]
+    random.seed(3)
+    assert got == [i.index for i in tools.selTournament(ref, 8, tournsize=2)]
+
+
+class _RefInd:
+    def __init__(self, index, f):
+        self.index, self.fitness = index, search._Fitness((f,))
 
 
 def test_map_elites_never_replaces_an_elite_with_a_worse_one():

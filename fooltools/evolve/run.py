@@ -123,15 +123,15 @@ def record_best(state: dict[str, Any], fitness: np.ndarray, images: jax.Array, g
     """Hall of fame of one: offer a generation's (P,) confidences and (P, H, W, 3) images.
 
     ``state["best"]`` is ``[confidence, generation, evaluations]``; ``state["best_image"]``
-    the uint8 image of that confidence. Both are replaced, never mutated in place, so a
-    checkpoint written earlier keeps its arrays.
+    the uint8 image of that confidence (a device array once replaced here). Both are
+    replaced, never mutated in place, so a checkpoint written earlier keeps its arrays.
     """
     best = state["best"].copy()
     best[2] += len(fitness)
     i = int(fitness.argmax())
     if fitness[i] > best[0]:
         best[:2] = fitness[i], gen
-        state["best_image"] = io.to_uint8(search.take_one(images, i))
+        state["best_image"] = search.row_uint8(images, i)
     state["best"] = best
 
 
@@ -141,7 +141,7 @@ def single_summary(
     """What a single-target search returns (see :func:`evolve_single`)."""
     best = state["best"]
     return {
-        "best_image": state["best_image"].astype(np.float32) / 255.0,
+        "best_image": np.asarray(state["best_image"]).astype(np.float32) / 255.0,
         "best_confidence": float(best[0]),
         "best_generation": int(best[1]),
         "evaluations": int(best[2]),
@@ -176,6 +176,7 @@ def evolve_single(
         raise FoolError("population must be >= 2 and larger than the number of elites")
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
+    gen_keys = search.GenerationKeys(key)
     evaluate = search.make_evaluator(clf, encoding)
     breed = search.make_breeder(encoding, cfg.cxpb)
     cols = jnp.asarray([target])
@@ -197,7 +198,7 @@ def evolve_single(
         i = int(fitness.argmax())
         state = {
             "fitness": fitness,
-            "best_image": io.to_uint8(search.take_one(images, i)),
+            "best_image": search.row_uint8(images, i),
             "best": np.array([fitness[i], 0.0, cfg.population]),
         }
         start = 0
@@ -205,7 +206,7 @@ def evolve_single(
     pop = {"genomes": genomes}
 
     def step(gen: int) -> tuple[np.ndarray, int]:
-        k_gen, py_seed = search.generation_key(key, gen)
+        k_gen, py_seed = gen_keys(gen)
         elites, parents = search.select_parents(state["fitness"], cfg, py_seed)
         kids = breed(k_gen, pop["genomes"], jnp.asarray(parents))
         images, conf = evaluate(kids, cols)
@@ -251,6 +252,7 @@ def evolve_map_elites(
         raise FoolError("population must be >= 2")
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
+    gen_keys = search.GenerationKeys(key)
     cols = jnp.asarray(classes)
     evaluate = search.make_evaluator(clf, encoding)
     breed = search.make_breeder(encoding, cfg.cxpb)
@@ -275,7 +277,7 @@ def evolve_map_elites(
     pop = {"archive": archive}
 
     def step(gen: int) -> tuple[np.ndarray, int]:
-        k_gen, py_seed = search.generation_key(key, gen)
+        k_gen, py_seed = gen_keys(gen)
         parents = search.select_random(state["fitness"] >= 0, cfg.population, py_seed)
         kids = breed(k_gen, pop["archive"], jnp.asarray(parents))
         _, conf = evaluate(kids, cols)

@@ -54,7 +54,10 @@ class Individual:
 
     def __init__(self, index: int, fitness: float):
         self.index = index
-        self.fitness = _Fitness((fitness,))
+        # DEAP's values setter multiplies by the weights, (1.0,): setting the weighted
+        # values directly is the same fitness in a third of the time (200 a generation).
+        self.fitness = _Fitness.__new__(_Fitness)
+        self.fitness.wvalues = (fitness,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,15 +187,37 @@ def _generation_keys(key: jax.Array, generation: jax.Array) -> tuple[jax.Array, 
     return k_jax, jax.random.randint(k_py, (), 0, 2**31 - 1)
 
 
-def generation_key(key: jax.Array, generation: int) -> tuple[jax.Array, int]:
-    """(JAX key, Python seed) for one generation, both derived from ``key``."""
-    k_jax, seed = _generation_keys(key, generation)
-    return k_jax, int(seed)
+@functools.partial(jax.jit, static_argnames="n")
+def _generation_seeds(key: jax.Array, first: jax.Array, n: int) -> jax.Array:
+    return jax.vmap(lambda g: _generation_keys(key, g)[1])(first + jnp.arange(n))
 
 
 def generation_jax_key(key: jax.Array, generation: int) -> jax.Array:
-    """:func:`generation_key`'s JAX key alone, without syncing on the seed."""
+    """The JAX key of one generation, derived from ``key`` (no sync with the host)."""
     return _generation_keys(key, generation)[0]
+
+
+class GenerationKeys:
+    """(JAX key, Python seed) of each generation, both derived from a run's ``key``.
+
+    The Python seeds (for DEAP's selection) are computed on the device 64 generations at
+    a time: fetching each generation's seed alone made the host wait for the device once
+    more per generation (0.6 ms of a 13 ms generation on an H100).
+    """
+
+    BLOCK = 64
+
+    def __init__(self, key: jax.Array):
+        self.key = key
+        self._first = -self.BLOCK
+        self._seeds: list[int] = []
+
+    def __call__(self, generation: int) -> tuple[jax.Array, int]:
+        """``(jax_key, python_seed)`` of ``generation``; the same for any call order."""
+        if not 0 <= generation - self._first < self.BLOCK:
+            self._first = generation
+            self._seeds = np.asarray(_generation_seeds(self.key, generation, self.BLOCK)).tolist()
+        return generation_jax_key(self.key, generation), self._seeds[generation - self._first]
 
 
 @jax.jit
@@ -201,7 +226,14 @@ def survivors(genomes: Genomes, elites: jax.Array, kids: Genomes) -> Genomes:
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), take(genomes, elites), kids)
 
 
-take_one = jax.jit(lambda a, i: a[i])  # one row of an array, in one dispatch
+@jax.jit
+def row_uint8(images: jax.Array, i: jax.Array) -> jax.Array:
+    """Image ``i`` of images (P, H, W, 3) in [0, 1] as uint8 (H, W, 3), as ``io.to_uint8``.
+
+    One dispatch, and the result stays on the device until it is saved: the host does
+    not wait for it (fetching it each time the best improved cost ~1 ms on a GPU).
+    """
+    return jnp.round(jnp.clip(images[i], 0, 1) * jnp.float32(255)).astype(jnp.uint8)
 
 
 def statistics() -> tools.Statistics:
