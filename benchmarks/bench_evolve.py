@@ -39,6 +39,7 @@ import numpy as np
 from deap import tools
 
 from fooltools import hugepages, io
+from fooltools.evolve import cppn_pallas
 from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
@@ -151,7 +152,8 @@ def main() -> None:
     print(
         f"# evolution throughput, EfficientNet-Lite0 224x224, population {args.population}, "
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-        f"({jax.default_backend()}: {jax.devices()[0].device_kind}), {hugepages.describe()}"
+        f"({jax.default_backend()}: {jax.devices()[0].device_kind}), {hugepages.describe()}, "
+        f"GA's CPPN render: {'Pallas kernel' if cppn_pallas.available() else 'XLA'}"
     )
     print(
         f"{'encoding':>8}  {'strategy':>8}  {'search ev/s':>11}  {'forward img/s':>13}  "

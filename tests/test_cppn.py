@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax import export
 
 from fooltools.evolve import cppn as cppn_mod
-from fooltools.evolve import cppn_render
+from fooltools.evolve import cppn_pallas, cppn_render
 from fooltools.evolve.cppn import SFERES2, CPPNGenome, cppn, is_valid
 from fooltools.evolve.es import ES_CPPN, ESConfig, make_strategy
 
@@ -223,6 +224,36 @@ def test_batched_renders_match_one_genome_at_a_time(name):
         cppn_render.render_levels(same.weight, levels, 12, 20, batch=1),
         atol=ATOL[name] / 10,
     )
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_gpu_kernel_matches_the_xla_render(name):
+    # The Pallas kernel (run by Pallas's interpreter here) renders evolved genomes of
+    # every shape (grey, 10 to 55 slots, slot counts that are not powers of two, a size
+    # that is not a multiple of its pixel block) as the XLA node loop does.
+    enc = ENCODINGS[name]
+    g, _ = evolve(enc, population(enc), 30)
+    want = cppn_render.render_graph(g, 12, 20, enc.channels, batch=1)
+    got = cppn_pallas.render_graph(g, 12, 20, enc.channels, interpret=True)
+    np.testing.assert_allclose(got, want, atol=ATOL[name] / 10)
+
+
+def test_gpu_kernel_lowers_to_triton():
+    # The kernel's lowering for CUDA (Triton IR), done here without a GPU: every
+    # primitive it uses must have a Triton lowering rule.
+    g = population(ENCODINGS["sferes2"], n=3)
+    f = jax.jit(lambda g: cppn_pallas.render_graph(g, 224, 224, 3))
+    check = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    module = export.export(f, platforms=["cuda"], disabled_checks=[check])(g).mlir_module()
+    assert "xla.gpu.triton" in module and 'name = "_kernel"' in module
+
+
+def test_gpu_kernel_only_on_cuda(monkeypatch):
+    assert not cppn_pallas.available()  # CPU: the XLA render
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert cppn_pallas.available()
+    monkeypatch.setenv("FOOLTOOLS_PALLAS", "0")
+    assert not cppn_pallas.available()
 
 
 def test_genome_batch(monkeypatch):

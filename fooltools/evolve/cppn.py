@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fooltools.evolve import cppn_pallas
 from fooltools.evolve.cppn_render import ACTIVATIONS, N_INPUTS, render_graph
 
 _LINEAR = ACTIVATIONS.index("linear")
@@ -224,6 +225,8 @@ class CPPN(NamedTuple):
         Returns:
             f32[P, H, W, 3] in [0, 1]; a 1-channel CPPN's grey is replicated to RGB.
         """
+        if cppn_pallas.available():  # CUDA GPUs: the node loop in registers
+            return cppn_pallas.render_graph(genomes, height, width, self.channels)
         return render_graph(genomes, height, width, self.channels)
 
     # -- mutation operators: each (key, genome) -> genome, a no-op when inapplicable --

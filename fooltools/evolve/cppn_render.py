@@ -10,7 +10,8 @@
   a static slice of nodes. For the 3 x 16 layered genome that is ~640 multiply-adds per
   pixel instead of ~3000, and 4.5x faster for 100 genomes at 224 x 224 on CPU.
 
-Both give the same images (the same sums, only without the zero terms).
+Both give the same images (the same sums, only without the zero terms). On CUDA GPUs the
+genetic algorithm's genomes render with a Pallas kernel instead (``cppn_pallas``).
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ _ACT_FNS = (
     jnp.tanh,
     lambda z: jnp.minimum(jnp.abs(z), 3.0) / 3,
 )
-_IDENTITY = len(_ACT_FNS)  # the outputs' "activation": squashed by tanh afterwards
-_FNS = (*_ACT_FNS, lambda z: z)
+IDENTITY = len(_ACT_FNS)  # the outputs' "activation": squashed by tanh afterwards
+FNS = (*_ACT_FNS, lambda z: z)
 
 
 def pixel_inputs(height: int, width: int) -> jax.Array:
@@ -85,7 +86,8 @@ def genome_batch(population: int, floats_per_genome: int) -> int:
     """How many genomes to render together (vmapped): 1 on CPU, else as many as fit.
 
     On CPU one genome at a time is fastest (each runs only its own loop and activation
-    branch, and its values stay in cache). On a GPU that leaves the device idle between
+    branch, and its values stay in cache). On other devices (where ``cppn_pallas``'s
+    kernel is not used: TPUs, or ``FOOLTOOLS_PALLAS=0``) that leaves them idle between
     thousands of tiny kernels (measured on an H200: the sferes2 GA at 123 evaluations/s
     against 26,000 images/s for the classifier), so genomes render in vmapped batches
     whose node values fill about 1 GiB, in as few batches as that allows, of equal sizes:
@@ -106,13 +108,31 @@ def genome_batch(population: int, floats_per_genome: int) -> int:
     return -(-population // batches)
 
 
-def _images(z: jax.Array, height: int, width: int, channels: int) -> jax.Array:
+def squash(z: jax.Array, height: int, width: int, channels: int) -> jax.Array:
     """Squash pre-activations f32[P, C, H*W] into images f32[P, H, W, 3] in [0, 1]."""
     img = ((jnp.tanh(z) + 1) / 2).transpose(0, 2, 1).reshape(-1, height, width, channels)
     return jnp.broadcast_to(img, (*img.shape[:3], 3)) if channels == 1 else img
 
 
 # -- any topology: node by node --
+
+
+def topological(g: CPPNGenome, channels: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One genome's slots in topological order: what a node-by-node render loops over.
+
+    Active nodes sorted by ``order`` (inputs first, outputs last), free slots after them,
+    so node k reads only nodes < k and a render can stop at the number of active nodes.
+
+    Returns:
+        ``(w_in, act, out_rows)``: f32[M, M] whose row k holds the weights of the edges
+        into sorted node k, i32[M] the sorted nodes' activations (:data:`IDENTITY` for
+        the outputs), i32[C] the sorted positions of the C outputs.
+    """
+    perm = jnp.argsort(jnp.where(g.active, g.order, 2.0), stable=True)
+    w_in = jnp.where(g.conn, g.weight, 0.0)[perm][:, perm].T
+    is_out = (perm >= N_INPUTS) & (perm < N_INPUTS + channels)
+    act = jnp.where(is_out, IDENTITY, g.act[perm])
+    return w_in, act, jnp.argsort(perm)[N_INPUTS : N_INPUTS + channels]
 
 
 def _graph_one(
@@ -123,22 +143,17 @@ def _graph_one(
     ``steps`` defaults to the genome's active nodes; more (a batch's largest genome) also
     computes free slots after the outputs, which no edge reads.
     """
-    # Sort active nodes by order (inputs first, outputs last) and free slots after them,
-    # so node k only reads nodes < k and the loop stops at the number of active nodes.
-    perm = jnp.argsort(jnp.where(g.active, g.order, 2.0), stable=True)
-    w_in = jnp.where(g.conn, g.weight, 0.0)[perm][:, perm].T  # row k: edges into node k
-    is_out = (perm >= N_INPUTS) & (perm < N_INPUTS + channels)
-    act = jnp.where(is_out, _IDENTITY, g.act[perm])
+    w_in, act, out_rows = topological(g, channels)
     values = jnp.zeros((g.order.shape[0], inputs.shape[1]), jnp.float32)
 
     def step(k, values):
         # A scalar branch index (no vmap here): only node k's own activation is computed.
         # Rows >= k are still zero; skipping them with static blocks was not faster.
-        return values.at[k].set(jax.lax.switch(act[k], _FNS, w_in[k] @ values))
+        return values.at[k].set(jax.lax.switch(act[k], FNS, w_in[k] @ values))
 
     steps = g.active.sum() if steps is None else steps
     values = jax.lax.fori_loop(N_INPUTS, steps, step, values.at[:N_INPUTS].set(inputs))
-    return values[jnp.argsort(perm)[N_INPUTS : N_INPUTS + channels]]
+    return values[out_rows]
 
 
 # Pixels per render pass: a pass's node values (M x chunk floats, ~0.4 MB for M = 55)
@@ -186,7 +201,7 @@ def render_graph(
             return jax.vmap(lambda g: _graph_one(g, inputs, channels, steps))(gs)
 
         z = jax.lax.map(one_batch, batches).reshape(n * batch, channels, hw)[:population]
-        return _images(z, height, width, channels)
+        return squash(z, height, width, channels)
     chunk = min(hw, CHUNK)
     n = -(-hw // chunk)
     inputs = jnp.pad(pixel_inputs(height, width), ((0, 0), (0, n * chunk - hw)))
@@ -198,7 +213,7 @@ def render_graph(
 
     # lax.map, not vmap: each genome runs its own loop length and activation branch
     # instead of every branch for as long as the largest genome of the population.
-    return _images(jax.lax.map(one, genomes), height, width, channels)
+    return squash(jax.lax.map(one, genomes), height, width, channels)
 
 
 # -- one shared topology: level by level --
@@ -250,7 +265,7 @@ def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
     levels = [
         level([(int(act[j]), j) for j in hidden if depth[j] == d]) for d in range(1, deepest + 1)
     ]
-    outputs = [(_IDENTITY, j) for j in range(N_INPUTS, first_hidden)]
+    outputs = [(IDENTITY, j) for j in range(N_INPUTS, first_hidden)]
     return (*levels, level(outputs))
 
 
@@ -275,7 +290,7 @@ def _levels_one(weight: jax.Array, inputs: jax.Array, levels: tuple[Level, ...])
             z = jnp.zeros((len(lvl.nodes), inputs.shape[1]), jnp.float32)
         out, start = [], 0
         for a, n in lvl.groups:
-            out.append(_FNS[a](z[start : start + n]))
+            out.append(FNS[a](z[start : start + n]))
             start += n
         pieces.append(jnp.concatenate(out))
         where.update({j: (len(pieces) - 1, r) for r, j in enumerate(lvl.nodes)})
@@ -313,7 +328,7 @@ def render_levels(
     z = jax.lax.map(
         lambda w: _levels_one(w, inputs, levels), weight, batch_size=batch if batch > 1 else None
     )
-    return _images(z, height, width, len(levels[-1].nodes))
+    return squash(z, height, width, len(levels[-1].nodes))
 
 
 class Planned(NamedTuple):
