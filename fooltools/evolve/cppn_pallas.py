@@ -42,7 +42,10 @@ _KERNEL_FNS = (jnp.sin, *cppn_render.FNS[1:])
 
 
 def available() -> bool:
-    """Whether renders use this kernel: on CUDA GPUs, unless ``FOOLTOOLS_PALLAS=0``."""
+    """Whether renders use this kernel: on GPUs, unless ``FOOLTOOLS_PALLAS=0``.
+
+    Measured on an NVIDIA H100; Triton also targets AMD GPUs, where it is untested.
+    """
     return jax.default_backend() == "gpu" and os.environ.get("FOOLTOOLS_PALLAS", "1") != "0"
 
 
