@@ -161,7 +161,7 @@ def main() -> None:
         f"# evolution throughput, EfficientNet-Lite0 224x224, population {args.population}, "
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
         f"({jax.default_backend()}: {jax.devices()[0].device_kind}), {hugepages.describe()}, "
-        f"GA's CPPN render: {'Pallas kernel' if cppn_pallas.available() else 'XLA'}"
+        f"CPPN renders: {'Pallas kernels' if cppn_pallas.available() else 'XLA'}"
     )
     print(
         f"{'encoding':>8}  {'strategy':>8}  {'search ev/s':>11}  {'forward img/s':>13}  "

@@ -238,14 +238,36 @@ def test_gpu_kernel_matches_the_xla_render(name):
     np.testing.assert_allclose(got, want, atol=ATOL[name] / 10)
 
 
-def test_gpu_kernel_lowers_to_triton():
-    # The kernel's lowering for CUDA (Triton IR), done here without a GPU: every
-    # primitive it uses must have a Triton lowering rule.
-    g = population(ENCODINGS["sferes2"], n=3)
-    f = jax.jit(lambda g: cppn_pallas.render_graph(g, 224, 224, 3))
+@pytest.mark.parametrize("name", ["layered", "small_gray"])
+def test_gpu_levels_kernel_matches_the_xla_render(name):
+    # The shared-topology kernel (Pallas's interpreter) against XLA's level render, for
+    # the ES's layered genome and for evolved topologies (nodes whose edges the GA
+    # deleted, grey output).
+    enc = ENCODINGS[name]
+    g, _ = evolve(enc, population(enc), 30)
+    for genome in unbatch(g)[:1]:
+        levels = cppn_render.plan(genome, enc.channels)
+        same = jax.tree_util.tree_map(lambda a, x: jnp.broadcast_to(x, a.shape), g, genome)
+        same = same._replace(weight=g.weight * genome.conn)  # its edges, others' weights
+        want = cppn_render.render_levels(same.weight, levels, 12, 20)
+        got = cppn_pallas.render_levels(same.weight, levels, 12, 20, interpret=True)
+        np.testing.assert_allclose(got, want, atol=ATOL[name] / 10)
+
+
+@pytest.mark.parametrize("kernel", ["graph", "levels"])
+def test_gpu_kernels_lower_to_triton(kernel):
+    # The kernels' lowering for CUDA (Triton IR), done here without a GPU: every
+    # primitive they use must have a Triton lowering rule.
+    enc = ENCODINGS["sferes2" if kernel == "graph" else "layered"]
+    g = population(enc, n=3)
+    if kernel == "graph":
+        f = jax.jit(lambda g: cppn_pallas.render_graph(g, 224, 224, 3))
+    else:
+        levels = cppn_render.plan(unbatch(g)[0], enc.channels)
+        f = jax.jit(lambda g: cppn_pallas.PlannedKernel(levels).render(g, 224, 224))
     check = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
     module = export.export(f, platforms=["cuda"], disabled_checks=[check])(g).mlir_module()
-    assert "xla.gpu.triton" in module and 'name = "_kernel"' in module
+    assert "xla.gpu.triton" in module and f"_{kernel}_kernel" in module
 
 
 def test_gpu_kernel_only_on_cuda(monkeypatch):

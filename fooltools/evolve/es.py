@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from fooltools.errors import FoolError
-from fooltools.evolve import checkpoint, search
+from fooltools.evolve import checkpoint, cppn_pallas, search
 from fooltools.evolve.cppn import CPPN, CPPNGenome
 from fooltools.evolve.cppn_render import Planned, plan
 from fooltools.evolve.run import (
@@ -181,7 +181,9 @@ def evolve_es(
     pop = {"center": center, "opt": opt_state}
     # The topology never changes, so the population renders level by level (4.5x faster
     # than the GA's node-by-node render of genomes that each have their own).
-    evaluate = search.make_evaluator(clf, Planned(plan(center, encoding.channels)))
+    levels = plan(center, encoding.channels)
+    renderer = cppn_pallas.PlannedKernel(levels) if cppn_pallas.available() else Planned(levels)
+    evaluate = search.make_evaluator(clf, renderer)
 
     cols = jnp.asarray([target])
 
