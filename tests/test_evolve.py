@@ -182,6 +182,28 @@ def test_selection_individuals_carry_deap_fitness():
     assert got == [i.index for i in tools.selTournament(ref, 8, tournsize=2)]
 
 
+@pytest.mark.parametrize("selection", ["truncation", "tournament"])
+def test_select_parents_equals_deap_over_the_whole_population(selection):
+    # Truncation builds Individuals only for the candidates; the picks (ties included:
+    # fitness on a coarse grid) must be DEAP's over all P individuals.
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        p, elites = int(rng.integers(3, 40)), int(rng.integers(1, 6))
+        if elites >= p:
+            continue
+        fitness = (rng.integers(0, 5, p) / 4).astype(np.float32)
+        cfg = SearchConfig(population=p, elites=elites, selection=selection, tournament=2)
+        random.seed(trial)
+        inds = [_RefInd(i, float(f)) for i, f in enumerate(fitness)]
+        best = tools.selBest(inds, elites)
+        if selection == "truncation":
+            chosen = [best[i % elites] for i in range(p - elites)]
+        else:
+            chosen = tools.selTournament(inds, p - elites, tournsize=2)
+        want = [i.index for i in best], [i.index for i in chosen]
+        assert search.select_parents(fitness, cfg, trial) == want
+
+
 class _RefInd:
     def __init__(self, index, f):
         self.index, self.fitness = index, search._Fitness((f,))

@@ -260,7 +260,13 @@ def select_parents(
         ``population - elites`` parents of the children (see ``SearchConfig.selection``).
     """
     random.seed(seed)
-    inds = [Individual(i, float(f)) for i, f in enumerate(fitness)]
+    pool: Any = range(len(fitness))
+    if cfg.selection == "truncation" and 0 < cfg.elites < len(fitness):
+        # Only individuals at least as fit as the elites-th best can be picked, and DEAP's
+        # stable sort orders them among themselves as among all: Python objects for those
+        # alone pick the same parents (on a GPU the device waits for this host work).
+        pool = np.flatnonzero(fitness >= np.partition(fitness, -cfg.elites)[-cfg.elites])
+    inds = [Individual(int(i), float(fitness[i])) for i in pool]
     best = tools.selBest(inds, cfg.elites)
     n = cfg.population - cfg.elites
     if cfg.selection == "truncation":
