@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import jax
@@ -50,6 +51,41 @@ def available() -> bool:
     Triton also targets AMD GPUs, where neither is tested.
     """
     return jax.default_backend() == "gpu" and os.environ.get("FOOLTOOLS_PALLAS", "1") != "0"
+
+
+def _over_genomes_and_pixels(
+    kernel: Callable[..., None],
+    per_genome: tuple[jax.Array, ...],
+    block: int,
+    height: int,
+    width: int,
+    channels: int,
+    interpret: bool,
+) -> jax.Array:
+    """Run ``kernel`` over a grid of (genome, block of pixels) programs; squash to images.
+
+    The kernel gets each array of ``per_genome`` (leading axis P) at its genome, the
+    inputs f32[4, block] of its pixels and an output f32[4, block] whose first
+    ``channels`` rows it writes. Returns images f32[P, H, W, 3] in [0, 1].
+    """
+    population = per_genome[0].shape[0]
+    hw = height * width
+    n = -(-hw // block)
+    inputs = jnp.pad(cppn_render.pixel_inputs(height, width), ((0, 0), (0, n * block - hw)))
+    specs = [
+        pl.BlockSpec((None, *a.shape[1:]), lambda p, b, rest=a.ndim - 1: (p, *[0] * rest))
+        for a in per_genome
+    ]
+    out = pl.pallas_call(
+        kernel,
+        grid=(population, n),
+        in_specs=[*specs, pl.BlockSpec((N_INPUTS, block), lambda p, b: (0, b))],
+        out_specs=pl.BlockSpec((None, 4, block), lambda p, b: (p, 0, b)),
+        out_shape=jax.ShapeDtypeStruct((population, 4, n * block), jnp.float32),
+        interpret=interpret,
+        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),
+    )(*per_genome, inputs)
+    return cppn_render.squash(out[:, :channels, :hw], height, width, channels)
 
 
 def _graph_kernel(w_ref, act_ref, meta_ref, x_ref, o_ref, *, channels: int) -> None:
@@ -92,30 +128,15 @@ def render_graph(
     population, slots = genomes.order.shape
     m = max(16, 1 << (slots - 1).bit_length())  # Triton's tensors: powers of two
     block = max(32, _PROGRAM_FLOATS // m)
-    hw = height * width
-    n = -(-hw // block)
     w_in, act, out_rows = jax.vmap(lambda g: cppn_render.topological(g, channels))(genomes)
     pad = m - slots
     w_in = jnp.pad(w_in, ((0, 0), (0, pad), (0, pad)))
     act = jnp.pad(act, ((0, 0), (0, pad)), constant_values=cppn_render.IDENTITY)
     meta = jnp.zeros((population, 4), jnp.int32)
     meta = meta.at[:, 0].set(genomes.active.sum(-1)).at[:, 1 : 1 + channels].set(out_rows)
-    inputs = jnp.pad(cppn_render.pixel_inputs(height, width), ((0, 0), (0, n * block - hw)))
-    out = pl.pallas_call(
-        functools.partial(_graph_kernel, channels=channels),
-        grid=(population, n),
-        in_specs=[
-            pl.BlockSpec((None, m, m), lambda p, b: (p, 0, 0)),
-            pl.BlockSpec((None, m), lambda p, b: (p, 0)),
-            pl.BlockSpec((None, 4), lambda p, b: (p, 0)),
-            pl.BlockSpec((N_INPUTS, block), lambda p, b: (0, b)),
-        ],
-        out_specs=pl.BlockSpec((None, 4, block), lambda p, b: (p, 0, b)),
-        out_shape=jax.ShapeDtypeStruct((population, 4, n * block), jnp.float32),
-        interpret=interpret,
-        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),
-    )(w_in, act.astype(jnp.int32), meta, inputs)
-    return cppn_render.squash(out[:, :channels, :hw], height, width, channels)
+    kernel = functools.partial(_graph_kernel, channels=channels)
+    per_genome = (w_in, act.astype(jnp.int32), meta)
+    return _over_genomes_and_pixels(kernel, per_genome, block, height, width, channels, interpret)
 
 
 def _levels_kernel(w_ref, x_ref, o_ref, *, levels: tuple[Level, ...]) -> None:
@@ -155,25 +176,10 @@ def render_levels(
     """
     population, slots, _ = weight.shape
     m = max(16, 1 << (slots - 1).bit_length())
-    block = 128
-    hw = height * width
-    n = -(-hw // block)
     weight = jnp.pad(weight, ((0, 0), (0, m - slots), (0, m - slots)))
-    inputs = jnp.pad(cppn_render.pixel_inputs(height, width), ((0, 0), (0, n * block - hw)))
-    out = pl.pallas_call(
-        functools.partial(_levels_kernel, levels=levels),
-        grid=(population, n),
-        in_specs=[
-            pl.BlockSpec((None, m, m), lambda p, b: (p, 0, 0)),
-            pl.BlockSpec((N_INPUTS, block), lambda p, b: (0, b)),
-        ],
-        out_specs=pl.BlockSpec((None, 4, block), lambda p, b: (p, 0, b)),
-        out_shape=jax.ShapeDtypeStruct((population, 4, n * block), jnp.float32),
-        interpret=interpret,
-        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),
-    )(weight, inputs)
+    kernel = functools.partial(_levels_kernel, levels=levels)
     channels = len(levels[-1].nodes)
-    return cppn_render.squash(out[:, :channels, :hw], height, width, channels)
+    return _over_genomes_and_pixels(kernel, (weight,), 128, height, width, channels, interpret)
 
 
 class PlannedKernel(NamedTuple):
