@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pl_triton
 
 from fooltools.evolve import cppn_render
 from fooltools.evolve.cppn_render import N_INPUTS, Level
@@ -53,6 +51,11 @@ def available() -> bool:
     return jax.default_backend() == "gpu" and os.environ.get("FOOLTOOLS_PALLAS", "1") != "0"
 
 
+def _slots(m: int) -> int:
+    """Slots padded for Triton, whose tensors have power-of-two sizes (at least 16)."""
+    return max(16, 1 << (m - 1).bit_length())
+
+
 def _over_genomes_and_pixels(
     kernel: Callable[..., None],
     per_genome: tuple[jax.Array, ...],
@@ -68,6 +71,11 @@ def _over_genomes_and_pixels(
     inputs f32[4, block] of its pixels and an output f32[4, block] whose first
     ``channels`` rows it writes. Returns images f32[P, H, W, 3] in [0, 1].
     """
+    # Imported here, not at the top: 0.1 s that every CPU run (which never calls this)
+    # would otherwise pay when it imports the CPPN encoding.
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as pl_triton
+
     population = per_genome[0].shape[0]
     hw = height * width
     n = -(-hw // block)
@@ -126,7 +134,7 @@ def render_graph(
         f32[P, H, W, 3] in [0, 1], the images ``cppn_render.render_graph`` gives.
     """
     population, slots = genomes.order.shape
-    m = max(16, 1 << (slots - 1).bit_length())  # Triton's tensors: powers of two
+    m = _slots(slots)
     block = max(32, _PROGRAM_FLOATS // m)
     w_in, act, out_rows = jax.vmap(lambda g: cppn_render.topological(g, channels))(genomes)
     pad = m - slots
@@ -175,7 +183,7 @@ def render_levels(
         f32[P, H, W, 3] in [0, 1], the images ``cppn_render.render_levels`` gives.
     """
     population, slots, _ = weight.shape
-    m = max(16, 1 << (slots - 1).bit_length())
+    m = _slots(slots)
     weight = jnp.pad(weight, ((0, 0), (0, m - slots), (0, m - slots)))
     kernel = functools.partial(_levels_kernel, levels=levels)
     channels = len(levels[-1].nodes)
