@@ -6,8 +6,8 @@ CPPN (``--strategy es``, the default of ``fool evolve --class``), at population 
 EfficientNet-Lite0 (224x224), it prints:
 
 * the search's evaluations/s (a GA generation = DEAP selection on the host + one jitted
-  breed call + one jitted render/quantize/classify call; an ES generation = one jitted
-  sample call + the same evaluation + one jitted update), measured over generations
+  call that breeds, renders, quantizes, classifies and replaces; an ES generation = one
+  jitted call that samples, evaluates and updates), measured over generations
   after the first (which compiles): the median generation;
 * the classifier's own batched forward throughput on the same batch size, timed once
   after every second generation, and the search overhead ``1 - search / forward`` of

@@ -148,17 +148,17 @@ def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-def test_generation_keys_in_blocks_equal_one_generation_at_a_time():
-    # Seeds come 64 generations to a fetch; every generation's (key, seed) must be the
-    # one derived from that generation alone, whatever the order (resume starts mid-block).
+def test_python_seeds_in_blocks_equal_one_generation_at_a_time():
+    # Seeds come 64 generations to a fetch; every generation's seed (and JAX key) must be
+    # the one derived from that generation alone, whatever the order (resume starts
+    # mid-block).
     key = jax.random.key(7)
-    keys = search.GenerationKeys(key)
+    seeds = search.PythonSeeds(key)
     for gen in (0, 1, 63, 64, 130, 5, 200, 199):
-        k_py = jax.random.split(jax.random.fold_in(key, gen))[1]
-        k_jax, seed = keys(gen)
-        assert seed == int(jax.random.randint(k_py, (), 0, 2**31 - 1))
-        want = jax.random.split(jax.random.fold_in(key, gen))[0]
-        np.testing.assert_array_equal(jax.random.key_data(k_jax), jax.random.key_data(want))
+        k_jax, k_py = jax.random.split(jax.random.fold_in(key, gen))
+        assert seeds(gen) == int(jax.random.randint(k_py, (), 0, 2**31 - 1))
+        got = search.generation_jax_key(key, gen)
+        np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(k_jax))
 
 
 def test_row_uint8_is_the_saved_png_rounding():
@@ -201,12 +201,55 @@ def test_select_parents_equals_deap_over_the_whole_population(selection):
         else:
             chosen = tools.selTournament(inds, p - elites, tournsize=2)
         want = [i.index for i in best], [i.index for i in chosen]
-        assert search.select_parents(fitness, cfg, trial) == want
+        got = search.select_parents(fitness, cfg, trial)
+        assert [g.dtype for g in got] == [np.int32, np.int32]
+        assert (got[0].tolist(), got[1].tolist()) == want
 
 
 class _RefInd:
     def __init__(self, index, f):
         self.index, self.fitness = index, search._Fitness((f,))
+
+
+def test_fused_generations_equal_their_parts(tiny):
+    # One device: each search's generation is one jitted call; it must be the same
+    # generation as its jitted parts called one after another (as on several devices).
+    from fooltools.evolve import es as es_mod
+    from fooltools.evolve.cppn_render import Planned, plan
+
+    key, enc = jax.random.key(4), cppn()
+    genomes = jax.vmap(enc.init)(jax.random.split(jax.random.key(5), P))
+    parents, elites, cols = np.arange(P - 2, dtype=np.int32)[::-1], np.int32([3, 7]), [15, 130]
+    cols = jnp.asarray(cols)
+    evaluate, breed = search.make_evaluator(tiny, enc), search.make_breeder(enc, 0.5)
+
+    def same(got, want):
+        leaves = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+        for g, w in zip(*leaves, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+    kids = breed(search.generation_jax_key(key, 9), genomes, parents)
+    images, conf = evaluate(kids, cols)
+    want = search.survivors(genomes, elites, kids), images, conf
+    same(search.make_generation(tiny, enc, 0.5)(key, 9, genomes, parents, elites, cols), want)
+
+    # The archive: one cell per column, the first empty; parents are cells (drawn twice).
+    archive, fitness = search.take(genomes, jnp.arange(2)), jnp.array([-1.0, 0.3])
+    cells = parents % 2
+    kids = breed(search.generation_jax_key(key, 9), archive, cells)
+    want = search.archive_update(archive, fitness, kids, evaluate(kids, cols)[1])[:2]
+    got = search.make_map_elites_generation(tiny, enc, 0.5)(key, 9, archive, fitness, cells, cols)
+    same(got, want)
+
+    es_enc, es_cfg = cppn(**ES_CPPN), ESConfig()
+    center = es_enc.init(key)
+    renderer = Planned(plan(center, es_enc.channels))
+    sample, update, opt = es_mod.make_strategy(P, es_cfg)
+    k_gen, opt_state = search.generation_jax_key(key, 9), opt.init(center.weight)
+    images, conf = search.make_evaluator(tiny, renderer)(sample(k_gen, center), cols[:1])
+    want = *update(k_gen, center, opt_state, conf), images, conf
+    got = es_mod.make_generation(tiny, renderer, P, es_cfg)(key, 9, center, opt_state, cols[:1])
+    same(got, want)
 
 
 def test_map_elites_never_replaces_an_elite_with_a_worse_one():

@@ -113,6 +113,27 @@ def make_strategy(
     return sample, update, opt
 
 
+@functools.lru_cache(maxsize=16)
+def make_generation(
+    clf: Classifier, renderer: search.Encoding, population: int, es: ESConfig
+) -> Callable[..., Any]:
+    """One ES generation, as one call (see :func:`fooltools.evolve.search.fuse`).
+
+    ``generation(key, g, center, opt_state, columns) -> (center, opt_state, images,
+    conf)``: the ``population`` perturbations of ``center`` drawn with generation ``g``'s
+    key, rendered by ``renderer`` (images (P, H, W, 3)) and scored for ``columns`` (K,)
+    (conf (P, K)), and the centre and Adam state after the step they give.
+    """
+    sample, update, _ = make_strategy(population, es)
+
+    def step(evaluate, key, gen, center, opt_state, columns):
+        k_gen = search.generation_jax_key(key, gen)
+        images, conf = evaluate(sample(k_gen, center), columns)
+        return *update(k_gen, center, opt_state, conf), images, conf
+
+    return search.fuse(clf, renderer, step)
+
+
 def evolve_es(
     clf: Classifier,
     encoding: CPPN,
@@ -141,7 +162,7 @@ def evolve_es(
         )
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
-    sample, update, opt = make_strategy(cfg.population, es)
+    opt = make_strategy(cfg.population, es)[2]
     meta = {
         "kind": "es",
         "model": clf.name,
@@ -183,14 +204,13 @@ def evolve_es(
     # than the GA's node-by-node render of genomes that each have their own).
     levels = plan(center, encoding.channels)
     renderer = cppn_pallas.PlannedKernel(levels) if cppn_pallas.available() else Planned(levels)
-    evaluate = search.make_evaluator(clf, renderer)
-
+    generation = make_generation(clf, renderer, cfg.population, es)
     cols = jnp.asarray([target])
 
     def step(gen: int) -> tuple[np.ndarray, int]:
-        k_gen = search.generation_jax_key(key, gen)
-        images, conf = evaluate(sample(k_gen, pop["center"]), cols)
-        pop["center"], pop["opt"] = update(k_gen, pop["center"], pop["opt"], conf)
+        pop["center"], pop["opt"], images, conf = generation(
+            key, gen, pop["center"], pop["opt"], cols
+        )
         fitness = np.asarray(conf)[:, 0]
         record_best(state, fitness, images, gen)
         return fitness, cfg.population

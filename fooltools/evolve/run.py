@@ -176,9 +176,9 @@ def evolve_single(
         raise FoolError("population must be >= 2 and larger than the number of elites")
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
-    gen_keys = search.GenerationKeys(key)
+    seeds = search.PythonSeeds(key)
     evaluate = search.make_evaluator(clf, encoding)
-    breed = search.make_breeder(encoding, cfg.cxpb)
+    generation = search.make_generation(clf, encoding, cfg.cxpb)
     cols = jnp.asarray([target])
     meta = _meta("single", clf, enc_name, cfg, seed, [target])
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
@@ -206,11 +206,8 @@ def evolve_single(
     pop = {"genomes": genomes}
 
     def step(gen: int) -> tuple[np.ndarray, int]:
-        k_gen, py_seed = gen_keys(gen)
-        elites, parents = search.select_parents(state["fitness"], cfg, py_seed)
-        kids = breed(k_gen, pop["genomes"], jnp.asarray(parents))
-        images, conf = evaluate(kids, cols)
-        pop["genomes"] = search.survivors(pop["genomes"], jnp.asarray(elites), kids)
+        elites, parents = search.select_parents(state["fitness"], cfg, seeds(gen))
+        pop["genomes"], images, conf = generation(key, gen, pop["genomes"], parents, elites, cols)
         kid_fit = np.asarray(conf)[:, 0]
         state["fitness"] = np.concatenate([state["fitness"][elites], kid_fit])
         record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
@@ -252,10 +249,10 @@ def evolve_map_elites(
         raise FoolError("population must be >= 2")
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
-    gen_keys = search.GenerationKeys(key)
+    seeds = search.PythonSeeds(key)
     cols = jnp.asarray(classes)
     evaluate = search.make_evaluator(clf, encoding)
-    breed = search.make_breeder(encoding, cfg.cxpb)
+    generation = search.make_map_elites_generation(clf, encoding, cfg.cxpb)
     meta = _meta("map-elites", clf, enc_name, cfg, seed, classes)
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     if resume:
@@ -277,14 +274,9 @@ def evolve_map_elites(
     pop = {"archive": archive}
 
     def step(gen: int) -> tuple[np.ndarray, int]:
-        k_gen, py_seed = gen_keys(gen)
-        parents = search.select_random(state["fitness"] >= 0, cfg.population, py_seed)
-        kids = breed(k_gen, pop["archive"], jnp.asarray(parents))
-        _, conf = evaluate(kids, cols)
-        archive, fit, _ = search.archive_update(
-            pop["archive"], jnp.asarray(state["fitness"]), kids, conf
-        )
-        pop["archive"], state["fitness"] = archive, np.asarray(fit)
+        parents = search.select_random(state["fitness"] >= 0, cfg.population, seeds(gen))
+        pop["archive"], fit = generation(key, gen, pop["archive"], state["fitness"], parents, cols)
+        state["fitness"] = np.asarray(fit)
         state["evaluations"] = state["evaluations"] + cfg.population
         return state["fitness"], cfg.population
 

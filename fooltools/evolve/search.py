@@ -3,9 +3,9 @@
 DEAP supplies the toolbox, tournament/random selection, statistics, logbook and hall of
 fame; the population itself lives on the device as one stacked pytree, and each
 generation is one jitted call that gathers the selected parents, varies them (vmapped
-encoding operators), renders, quantizes to 8 bits and classifies the whole brood. The
-host only selects and keeps books, so the cost is dominated by the network's forward
-pass.
+encoding operators), renders, quantizes to 8 bits and classifies the whole brood, and
+forms the next population (see :func:`fuse`). The host only selects and keeps books,
+so the cost is dominated by the network's forward pass.
 
 Randomness: every generation's randomness derives from ``fold_in(key, generation)``;
 DEAP's selection draws from Python's ``random``, which is re-seeded from that key each
@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import jax
@@ -98,6 +98,16 @@ def render_images(encoding: Encoding, genomes: Genomes, height: int, width: int)
     return io.quantize(encoding.render(genomes, height, width))
 
 
+def _evaluation(clf: Classifier, encoding: Encoding) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    h, w = clf.info.input_size
+
+    def evaluate(params, genomes, columns):
+        images = render_images(encoding, genomes, h, w)
+        return images, jax.nn.softmax(clf.logits(params, images), axis=-1)[:, columns]
+
+    return evaluate
+
+
 @functools.lru_cache(maxsize=16)
 def make_evaluator(
     clf: Classifier, encoding: Encoding
@@ -115,13 +125,25 @@ def make_evaluator(
         and the classes are an argument, so searches for other targets, repeated and
         resumed ones in one process compile once.
     """
-    h, w = clf.info.input_size
+    return sharding.data_parallel(jax.jit(_evaluation(clf, encoding)), clf.params)
 
-    def evaluate(params, genomes, columns):
-        images = render_images(encoding, genomes, h, w)
-        return images, jax.nn.softmax(clf.logits(params, images), axis=-1)[:, columns]
 
-    return sharding.data_parallel(jax.jit(evaluate), clf.params)
+def fuse(clf: Classifier, encoding: Encoding, step: Callable[..., Any]) -> Callable[..., Any]:
+    """A generation ``step(evaluate, *args)`` as one jitted call of ``*args``.
+
+    ``evaluate`` is :func:`make_evaluator`'s function. On one device the whole step (keys,
+    variation, render, classifier, replacement) compiles into one executable, with the
+    classifier's parameters an argument (as a closure they would be baked into it as
+    constants): on a GPU each separate call is a dispatch while the device waits for the
+    host. On several devices the step runs as its jitted parts, the evaluation split
+    over the devices by :func:`fooltools.sharding.data_parallel`. Both give the same
+    generation (the parts are the same functions).
+    """
+    if sharding.device_count() > 1:
+        return functools.partial(step, make_evaluator(clf, encoding))
+    evaluate = _evaluation(clf, encoding)
+    whole = jax.jit(lambda params, *args: step(functools.partial(evaluate, params), *args))
+    return functools.partial(whole, clf.params)
 
 
 @functools.lru_cache(maxsize=16)
@@ -182,7 +204,6 @@ def make_breeder(
 
 @jax.jit
 def _generation_keys(key: jax.Array, generation: jax.Array) -> tuple[jax.Array, jax.Array]:
-    # One call instead of three eager ops (each a dispatch, and on a GPU a launch).
     k_jax, k_py = jax.random.split(jax.random.fold_in(key, generation))
     return k_jax, jax.random.randint(k_py, (), 0, 2**31 - 1)
 
@@ -192,17 +213,18 @@ def _generation_seeds(key: jax.Array, first: jax.Array, n: int) -> jax.Array:
     return jax.vmap(lambda g: _generation_keys(key, g)[1])(first + jnp.arange(n))
 
 
-def generation_jax_key(key: jax.Array, generation: int) -> jax.Array:
+def generation_jax_key(key: jax.Array, generation: int | jax.Array) -> jax.Array:
     """The JAX key of one generation, derived from ``key`` (no sync with the host)."""
     return _generation_keys(key, generation)[0]
 
 
-class GenerationKeys:
-    """(JAX key, Python seed) of each generation, both derived from a run's ``key``.
+class PythonSeeds:
+    """The seed of Python's ``random`` (DEAP's selection) for each generation of a run.
 
-    The Python seeds (for DEAP's selection) are computed on the device 64 generations at
-    a time: fetching each generation's seed alone made the host wait for the device once
-    more per generation (0.6 ms of a 13 ms generation on an H100).
+    Derived from the run's ``key`` beside the generation's JAX key. Computed on the
+    device 64 generations at a time: fetching each generation's seed alone made the host
+    wait for the device once more per generation (0.6 ms of a 13 ms generation on an
+    H100).
     """
 
     BLOCK = 64
@@ -212,12 +234,12 @@ class GenerationKeys:
         self._first = -self.BLOCK
         self._seeds: list[int] = []
 
-    def __call__(self, generation: int) -> tuple[jax.Array, int]:
-        """``(jax_key, python_seed)`` of ``generation``; the same for any call order."""
+    def __call__(self, generation: int) -> int:
+        """The seed of ``generation``; the same for any call order."""
         if not 0 <= generation - self._first < self.BLOCK:
             self._first = generation
             self._seeds = np.asarray(_generation_seeds(self.key, generation, self.BLOCK)).tolist()
-        return generation_jax_key(self.key, generation), self._seeds[generation - self._first]
+        return self._seeds[generation - self._first]
 
 
 @jax.jit
@@ -247,7 +269,7 @@ def statistics() -> tools.Statistics:
 
 def select_parents(
     fitness: np.ndarray, cfg: SearchConfig, seed: int
-) -> tuple[list[int], list[int]]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Elites and selected parents of the next generation (DEAP, seeded).
 
     Args:
@@ -256,8 +278,9 @@ def select_parents(
         seed: Seed of Python's ``random`` for this generation.
 
     Returns:
-        ``(elites, parents)``: indices of the ``cfg.elites`` best and of the
-        ``population - elites`` parents of the children (see ``SearchConfig.selection``).
+        ``(elites, parents)``: int32 indices, shapes (cfg.elites,) and
+        (population - elites,), of the best and of the parents of the children (see
+        ``SearchConfig.selection``).
     """
     random.seed(seed)
     pool: Any = range(len(fitness))
@@ -273,15 +296,25 @@ def select_parents(
         chosen = [best[i % len(best)] for i in range(n)]
     else:
         chosen = tools.selTournament(inds, n, tournsize=cfg.tournament)
-    return [ind.index for ind in best], [ind.index for ind in chosen]
+    return _indices(ind.index for ind in best), _indices(ind.index for ind in chosen)
 
 
-def select_random(filled: np.ndarray, k: int, seed: int) -> list[int]:
-    """``k`` archive cells drawn uniformly (with replacement) among the filled ones (DEAP)."""
+def _indices(picks: Iterable[int]) -> np.ndarray:
+    # An int32 array, not a list: jnp.asarray of a list of 200 Python ints types each
+    # element on its own, 0.9 ms a call on this project's CPU, the device idle meanwhile.
+    return np.fromiter(picks, np.int32)
+
+
+def select_random(filled: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Draw ``k`` archive cells uniformly, with replacement, among the filled ones (DEAP).
+
+    Returns:
+        The cells' indices, int32 of shape (k,).
+    """
     random.seed(seed)
     # selRandom reads no fitness: it draws from the cell indices themselves (an
     # Individual per cell cost 2 ms a generation for 1000 cells).
-    return tools.selRandom(np.flatnonzero(filled).tolist(), k)
+    return _indices(tools.selRandom(np.flatnonzero(filled).tolist(), k))
 
 
 @jax.jit
@@ -314,3 +347,44 @@ def archive_update(
         jnp.where(replaced, best_conf, fitness),
         replaced,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def make_generation(clf: Classifier, encoding: Encoding, cxpb: float) -> Callable[..., Any]:
+    """One generation of the single-target search, as one call (see :func:`fuse`).
+
+    ``generation(key, g, genomes, parents, elites, columns) -> (next, images, conf)``:
+    the children of ``parents`` (k,) bred with generation ``g``'s key, their images
+    (k, H, W, 3) and confidences (k, K) for ``columns`` (K,), and the next population:
+    individuals ``elites`` of ``genomes`` then the children. Memoised per (classifier,
+    encoding, cxpb).
+    """
+    breed = make_breeder(encoding, cxpb)
+
+    def step(evaluate, key, gen, genomes, parents, elites, columns):
+        kids = breed(generation_jax_key(key, gen), genomes, parents)
+        images, conf = evaluate(kids, columns)
+        return survivors(genomes, elites, kids), images, conf
+
+    return fuse(clf, encoding, step)
+
+
+@functools.lru_cache(maxsize=16)
+def make_map_elites_generation(
+    clf: Classifier, encoding: Encoding, cxpb: float
+) -> Callable[..., Any]:
+    """One MAP-Elites generation, as one call (see :func:`fuse`).
+
+    ``generation(key, g, archive, fitness, parents, columns) -> (archive, fitness)``:
+    children of the cells ``parents`` (k,) bred with generation ``g``'s key, scored for
+    every cell's class ``columns`` (C,) and offered to the archive (C, ...) of
+    confidences ``fitness`` (C,) by :func:`archive_update`.
+    """
+    breed = make_breeder(encoding, cxpb)
+
+    def step(evaluate, key, gen, archive, fitness, parents, columns):
+        kids = breed(generation_jax_key(key, gen), archive, parents)
+        _, conf = evaluate(kids, columns)
+        return archive_update(archive, fitness, kids, conf)[:2]
+
+    return fuse(clf, encoding, step)
