@@ -17,7 +17,7 @@ from fooltools.evolve import checkpoint, report, search
 from fooltools.evolve.cppn import cppn
 from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
-from fooltools.evolve.run import evolve_map_elites, evolve_single
+from fooltools.evolve.run import HISTORY, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 
 # One population size (and elite count) throughout: each new one compiles its own
@@ -287,48 +287,48 @@ def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
     assert rep["median_confidence"] == pytest.approx(np.median(out["fitness"]), abs=1e-6)
 
 
+@pytest.mark.parametrize("stop", ["generations", "ctrl-c"])
 @pytest.mark.parametrize("kind", ["single", "map-elites", "es"])
-def test_resume_is_bit_identical(tiny, tmp_path, kind):
+def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
     cfg = SearchConfig(
         population=P, generations=6, elites=2 if kind == "single" else 0, stop_at=None
     )
     enc = cppn(**ES_CPPN) if kind == "es" else cppn()
 
-    def run(out, generations, resume=False):
+    def run(out, generations, resume=False, progress=None):
         c = SearchConfig(**{**cfg.__dict__, "generations": generations})
+        kw = {"seed": 1, "out": out, "resume": resume, "checkpoint_every": 2, "progress": progress}
         if kind == "es":
-            return evolve_es(
-                tiny,
-                enc,
-                "cppn",
-                15,
-                c,
-                ESConfig(),
-                seed=1,
-                out=out,
-                resume=resume,
-                checkpoint_every=2,
-            )
+            return evolve_es(tiny, enc, "cppn", 15, c, ESConfig(), **kw)
         if kind == "single":
-            return evolve_single(
-                tiny, enc, "cppn", 15, c, seed=1, out=out, resume=resume, checkpoint_every=2
-            )
-        return evolve_map_elites(
-            tiny, enc, "cppn", [1, 15, 130], c, seed=1, out=out, resume=resume, checkpoint_every=2
-        )
+            return evolve_single(tiny, enc, "cppn", 15, c, **kw)
+        return evolve_map_elites(tiny, enc, "cppn", [1, 15, 130], c, **kw)
+
+    def ctrl_c_at_3(gen, best):
+        # Generation 3's books are kept while generation 4 runs: the checkpoint must
+        # still be generation 3's state, and its history line written.
+        if gen == 3:
+            raise KeyboardInterrupt
 
     whole = tmp_path / "whole"
     part = tmp_path / "part"
     run(whole, 6)
-    run(part, 3)
+    if stop == "generations":
+        run(part, 3)
+    else:
+        with pytest.raises(FoolError, match="interrupted after generation 3; state saved"):
+            run(part, 6, progress=ctrl_c_at_3)
+    lines = (part / HISTORY).read_text().splitlines()
+    assert [json.loads(x)["generation"] for x in lines] == [1, 2, 3]
     run(part, 6, resume=True)
     a = np.load(whole / "checkpoint.npz")
     b = np.load(part / "checkpoint.npz")
     assert a.files == b.files
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    hist = [json.loads(x)["generation"] for x in (part / "history.jsonl").read_text().splitlines()]
-    assert hist == list(range(1, 7))
+    w, p = ([json.loads(x) for x in (d / HISTORY).read_text().splitlines()] for d in (whole, part))
+    assert [h["generation"] for h in p] == list(range(1, 7))
+    assert [h["best"] for h in w] == [h["best"] for h in p]
 
 
 def test_corrupt_checkpoint_is_refused_and_left_untouched(tiny, tmp_path):

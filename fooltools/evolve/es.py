@@ -207,13 +207,16 @@ def evolve_es(
     generation = make_generation(clf, renderer, cfg.population, es)
     cols = jnp.asarray([target])
 
-    def step(gen: int) -> tuple[np.ndarray, int]:
-        pop["center"], pop["opt"], images, conf = generation(
-            key, gen, pop["center"], pop["opt"], cols
-        )
-        fitness = np.asarray(conf)[:, 0]
-        record_best(state, fitness, images, gen)
-        return fitness, cfg.population
+    def step(gen: int) -> Callable[[], tuple[np.ndarray, int]]:
+        center, opt_state, images, conf = generation(key, gen, pop["center"], pop["opt"], cols)
+
+        def collect() -> tuple[np.ndarray, int]:
+            fitness = np.asarray(conf)[:, 0]
+            pop["center"], pop["opt"] = center, opt_state
+            record_best(state, fitness, images, gen)
+            return fitness, cfg.population
+
+        return collect
 
     def save(gen: int) -> None:
         adam = pop["opt"][0]

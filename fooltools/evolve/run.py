@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ class Loop:
     progress: Progress | None
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    _stats: Any = dataclasses.field(default_factory=search.statistics, repr=False)
 
     def restore_history(self, generation: int) -> None:
         """Keep the history lines up to the checkpointed ``generation``."""
@@ -54,39 +55,42 @@ class Loop:
     def run(
         self,
         start: int,
-        step: Callable[[int], tuple[np.ndarray, int]],
+        step: Callable[[int], Callable[[], tuple[np.ndarray, int]]],
         save: Callable[[int], None],
         stop_at: float | None = None,
     ) -> int:
         """Run generations ``start+1 .. generations``; return the last one completed.
 
-        ``step(g)`` advances the state by one generation and returns the fitness values
-        the statistics are computed over and the number of evaluations it made.
+        ``step(g)`` selects generation ``g``'s parents and dispatches its device work,
+        leaving the state as it was, and returns ``collect``: ``collect()`` waits for that
+        work, advances the state by one generation and returns the fitness values the
+        statistics are computed over and the number of evaluations made. The books of
+        generation ``g - 1`` (statistics, history line, progress, checkpoint) are kept
+        between the two, while the device computes generation ``g``: on a GPU it would
+        otherwise wait for them. A generation's ``seconds`` run from the previous
+        generation's collection to its own.
         """
-        stats = search.statistics()
-        done = start
+        done, pending = start, None  # pending: the last generation collected, not booked
         try:
             with open(self.out / HISTORY, "a") as log:
+                t_last = time.perf_counter()
                 for gen in range(start + 1, self.generations + 1):
-                    t0 = time.perf_counter()
-                    fitness, evals = step(gen)
-                    dt = time.perf_counter() - t0
-                    done, self.seconds = gen, self.seconds + dt
-                    rec = stats.compile(fitness)
-                    line = {"generation": gen, "evaluations": evals, "seconds": round(dt, 4)}
-                    line.update({k: float(v) for k, v in rec.items()})
-                    self.history.append(line)
-                    log.write(json.dumps(line) + "\n")
-                    log.flush()
-                    if self.progress is not None:
-                        self.progress(gen, line["best"])
-                    finished = stop_at is not None and line["best"] >= stop_at
-                    if gen % self.checkpoint_every == 0 or finished:
-                        save(gen)
-                    if finished:
+                    collect = step(gen)
+                    if pending is not None:
+                        self._book(log, *pending, save)
+                        pending = None
+                    fitness, evals = collect()
+                    now = time.perf_counter()
+                    done, pending, t_last = gen, (gen, fitness, evals, now - t_last), now
+                    if stop_at is not None and float(np.max(fitness)) >= stop_at:
                         break
+                if pending is not None:
+                    self._book(log, *pending, save)
         except KeyboardInterrupt:
             if done > start:
+                if pending is not None:  # collected: its line goes with its checkpoint
+                    with open(self.out / HISTORY, "a") as log:
+                        self._record(log, *pending)
                 save(done)
             raise FoolError(
                 f"interrupted after generation {done}; state saved in {self.out / CHECKPOINT}, "
@@ -95,6 +99,35 @@ class Loop:
         if done % self.checkpoint_every:
             save(done)
         return done
+
+    def _record(
+        self, log: IO[str], gen: int, fitness: np.ndarray, evals: int, seconds: float
+    ) -> dict[str, Any]:
+        """Append generation ``gen``'s history line (once: a repeat returns the first)."""
+        if self.history and self.history[-1]["generation"] == gen:
+            return self.history[-1]
+        line = {"generation": gen, "evaluations": evals, "seconds": round(seconds, 4)}
+        line.update({k: float(v) for k, v in self._stats.compile(fitness).items()})
+        self.history.append(line)
+        self.seconds += seconds
+        log.write(json.dumps(line) + "\n")
+        log.flush()
+        return line
+
+    def _book(
+        self,
+        log: IO[str],
+        gen: int,
+        fitness: np.ndarray,
+        evals: int,
+        seconds: float,
+        save: Callable[[int], None],
+    ) -> None:
+        line = self._record(log, gen, fitness, evals, seconds)
+        if self.progress is not None:
+            self.progress(gen, line["best"])
+        if gen % self.checkpoint_every == 0:
+            save(gen)
 
 
 def genome_template(encoding: search.Encoding, n: int) -> Any:
@@ -205,13 +238,18 @@ def evolve_single(
         (out / HISTORY).unlink(missing_ok=True)
     pop = {"genomes": genomes}
 
-    def step(gen: int) -> tuple[np.ndarray, int]:
+    def step(gen: int) -> Callable[[], tuple[np.ndarray, int]]:
         elites, parents = search.select_parents(state["fitness"], cfg, seeds(gen))
-        pop["genomes"], images, conf = generation(key, gen, pop["genomes"], parents, elites, cols)
-        kid_fit = np.asarray(conf)[:, 0]
-        state["fitness"] = np.concatenate([state["fitness"][elites], kid_fit])
-        record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
-        return state["fitness"], len(parents)
+        nxt, images, conf = generation(key, gen, pop["genomes"], parents, elites, cols)
+
+        def collect() -> tuple[np.ndarray, int]:
+            kid_fit = np.asarray(conf)[:, 0]
+            pop["genomes"] = nxt
+            state["fitness"] = np.concatenate([state["fitness"][elites], kid_fit])
+            record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
+            return state["fitness"], len(parents)
+
+        return collect
 
     def save(gen: int) -> None:
         checkpoint.save(out / CHECKPOINT, pop["genomes"], state, {**meta, "generation": gen})
@@ -273,12 +311,17 @@ def evolve_map_elites(
         (out / HISTORY).unlink(missing_ok=True)
     pop = {"archive": archive}
 
-    def step(gen: int) -> tuple[np.ndarray, int]:
+    def step(gen: int) -> Callable[[], tuple[np.ndarray, int]]:
         parents = search.select_random(state["fitness"] >= 0, cfg.population, seeds(gen))
-        pop["archive"], fit = generation(key, gen, pop["archive"], state["fitness"], parents, cols)
-        state["fitness"] = np.asarray(fit)
-        state["evaluations"] = state["evaluations"] + cfg.population
-        return state["fitness"], cfg.population
+        archive, fit = generation(key, gen, pop["archive"], state["fitness"], parents, cols)
+
+        def collect() -> tuple[np.ndarray, int]:
+            state["fitness"] = np.asarray(fit)
+            pop["archive"] = archive
+            state["evaluations"] = state["evaluations"] + cfg.population
+            return state["fitness"], cfg.population
+
+        return collect
 
     def save(gen: int) -> None:
         checkpoint.save(out / CHECKPOINT, pop["archive"], state, {**meta, "generation": gen})
