@@ -23,6 +23,8 @@ from fooltools.evolve.search import SearchConfig
 # One population size (and elite count) throughout: each new one compiles its own
 # breeder and evaluator (~1-2 s apiece on CPU), which is most of this file's time.
 P = 16
+ES_TEST = ESConfig(sigma=0.05, learning_rate=0.05)
+ME_CLASSES = [1, 15, 130, 282, 967]
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +115,7 @@ def test_single_target_search_improves_confidence(tiny, tmp_path, encoding):
 
 def test_evolution_strategy_improves_confidence(tiny, tmp_path):
     cfg = SearchConfig(population=P, generations=8, stop_at=None)
-    es = ESConfig(sigma=0.05, learning_rate=0.05)
-    out = evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, es, seed=0, out=tmp_path)
+    out = evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, seed=0, out=tmp_path)
     hist = out["history"]
     assert len(hist) == 8 and out["evaluations"] == 8 * P
     # The whole sampled population moves, not just a lucky best: the median climbs.
@@ -134,12 +135,13 @@ def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding):
     mate = np.asarray(jax.random.uniform(k_pair, (4,)) < 0.5)
     assert mate.any() and not mate.all()  # both kinds of pair are checked
     k_cx, k_mut = jax.random.split(k_cx, 4), jax.random.split(k_mut, 8)
+    mutate = jax.jit(enc.mutate)  # the same operator, compiled once rather than op by op
     expected = []
     for i in range(4):
         x, y = (search.take(pop, parents[2 * i + j]) for j in (0, 1))
         if mate[i] and encoding == "direct":
             x, y = enc.crossover(k_cx[i], x, y)
-        expected += [enc.mutate(k_mut[2 * i], x), enc.mutate(k_mut[2 * i + 1], y)]
+        expected += [mutate(k_mut[2 * i], x), mutate(k_mut[2 * i + 1], y)]
     expected = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *expected)
     for sequential in (True, False, None):
         kids = search.make_breeder(enc, 0.5, sequential)(key, pop, parents)
@@ -214,42 +216,39 @@ class _RefInd:
 def test_fused_generations_equal_their_parts(tiny):
     # One device: each search's generation is one jitted call; it must be the same
     # generation as its jitted parts called one after another (as on several devices).
+    # Shapes and settings are the searches' below, so the fused calls compile once.
     from fooltools.evolve import es as es_mod
     from fooltools.evolve.cppn_render import Planned, plan
-
-    key, enc = jax.random.key(4), cppn()
-    genomes = jax.vmap(enc.init)(jax.random.split(jax.random.key(5), P))
-    parents, elites, cols = np.arange(P - 2, dtype=np.int32)[::-1], np.int32([3, 7]), [15, 130]
-    cols = jnp.asarray(cols)
-    evaluate, breed = search.make_evaluator(tiny, enc), search.make_breeder(enc, 0.5)
 
     def same(got, want):
         leaves = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
         for g, w in zip(*leaves, strict=True):
             np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
 
+    key, enc, cols = jax.random.key(4), cppn(), jnp.asarray([15])
+    genomes = jax.vmap(enc.init)(jax.random.split(jax.random.key(5), P))
+    parents, elites = np.arange(P - 2, dtype=np.int32)[::-1], np.int32([3, 7])
+    evaluate, breed = search.make_evaluator(tiny, enc), search.make_breeder(enc, 0.5)
     kids = breed(search.generation_jax_key(key, 9), genomes, parents)
-    images, conf = evaluate(kids, cols)
-    want = search.survivors(genomes, elites, kids), images, conf
+    want = search.survivors(genomes, elites, kids), *evaluate(kids, cols)
     same(search.make_generation(tiny, enc, 0.5)(key, 9, genomes, parents, elites, cols), want)
 
-    # The archive: one cell per column, the first empty; parents are cells (drawn twice).
-    archive, fitness = search.take(genomes, jnp.arange(2)), jnp.array([-1.0, 0.3])
-    cells = parents % 2
+    # MAP-Elites: 5 cells (the first empty), P parents drawn among them.
+    cells, cols = np.arange(P, dtype=np.int32) % 5, jnp.asarray(ME_CLASSES)
+    archive, fitness = search.take(genomes, jnp.arange(5)), jnp.array([-1, 0.3, 0.1, 0.2, 0.4])
     kids = breed(search.generation_jax_key(key, 9), archive, cells)
     want = search.archive_update(archive, fitness, kids, evaluate(kids, cols)[1])[:2]
     got = search.make_map_elites_generation(tiny, enc, 0.5)(key, 9, archive, fitness, cells, cols)
     same(got, want)
 
-    es_enc, es_cfg = cppn(**ES_CPPN), ESConfig()
-    center = es_enc.init(key)
+    es_enc, es_cfg, cols = cppn(**ES_CPPN), ES_TEST, jnp.asarray([15])
+    center = es_enc.init(search.generation_jax_key(jax.random.key(0), 0))
     renderer = Planned(plan(center, es_enc.channels))
     sample, update, opt = es_mod.make_strategy(P, es_cfg)
     k_gen, opt_state = search.generation_jax_key(key, 9), opt.init(center.weight)
-    images, conf = search.make_evaluator(tiny, renderer)(sample(k_gen, center), cols[:1])
+    images, conf = search.make_evaluator(tiny, renderer)(sample(k_gen, center), cols)
     want = *update(k_gen, center, opt_state, conf), images, conf
-    got = es_mod.make_generation(tiny, renderer, P, es_cfg)(key, 9, center, opt_state, cols[:1])
-    same(got, want)
+    same(es_mod.make_generation(tiny, renderer, P, es_cfg)(key, 9, center, opt_state, cols), want)
 
 
 def test_map_elites_never_replaces_an_elite_with_a_worse_one():
@@ -266,7 +265,7 @@ def test_map_elites_never_replaces_an_elite_with_a_worse_one():
 
 
 def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
-    classes = [1, 15, 130, 282, 967]
+    classes = ME_CLASSES
     cfg = SearchConfig(population=P, generations=6, elites=0, stop_at=None)
     out = evolve_map_elites(
         tiny, cppn(), "cppn", classes, cfg, seed=3, out=tmp_path, checkpoint_every=1
