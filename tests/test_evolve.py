@@ -24,7 +24,6 @@ from fooltools.evolve.search import SearchConfig
 # breeder and evaluator (~1-2 s apiece on CPU), which is most of this file's time.
 P = 16
 ES_TEST = ESConfig(sigma=0.05, learning_rate=0.05)
-ME_CLASSES = [1, 15, 130, 282, 967]
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +213,9 @@ class _RefInd:
 
 
 def test_fused_generations_equal_their_parts(tiny):
-    # One device: each search's generation is one jitted call; it must be the same
-    # generation as its jitted parts called one after another (as on several devices).
+    # One device: the GA's and the ES's generations are one jitted call each; each must
+    # be the same generation as its jitted parts called one after another (as on
+    # several devices, and as MAP-Elites runs).
     # Shapes and settings are the searches' below, so the fused calls compile once.
     from fooltools.evolve import es as es_mod
     from fooltools.evolve.cppn_render import Planned, plan
@@ -232,14 +232,6 @@ def test_fused_generations_equal_their_parts(tiny):
     kids = breed(search.generation_jax_key(key, 9), genomes, parents)
     want = search.survivors(genomes, elites, kids), *evaluate(kids, cols)
     same(search.make_generation(tiny, enc, 0.5)(key, 9, genomes, parents, elites, cols), want)
-
-    # MAP-Elites: 5 cells (the first empty), P parents drawn among them.
-    cells, cols = np.arange(P, dtype=np.int32) % 5, jnp.asarray(ME_CLASSES)
-    archive, fitness = search.take(genomes, jnp.arange(5)), jnp.array([-1, 0.3, 0.1, 0.2, 0.4])
-    kids = breed(search.generation_jax_key(key, 9), archive, cells)
-    want = search.archive_update(archive, fitness, kids, evaluate(kids, cols)[1])[:2]
-    got = search.make_map_elites_generation(tiny, enc, 0.5)(key, 9, archive, fitness, cells, cols)
-    same(got, want)
 
     es_enc, es_cfg, cols = cppn(**ES_CPPN), ES_TEST, jnp.asarray([15])
     center = es_enc.init(search.generation_jax_key(jax.random.key(0), 0))
@@ -265,7 +257,7 @@ def test_map_elites_never_replaces_an_elite_with_a_worse_one():
 
 
 def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
-    classes = ME_CLASSES
+    classes = [1, 15, 130, 282, 967]
     cfg = SearchConfig(population=P, generations=6, elites=0, stop_at=None)
     out = evolve_map_elites(
         tiny, cppn(), "cppn", classes, cfg, seed=3, out=tmp_path, checkpoint_every=1
