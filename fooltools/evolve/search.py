@@ -2,10 +2,11 @@
 
 DEAP supplies the toolbox, tournament/random selection, statistics, logbook and hall of
 fame; the population itself lives on the device as one stacked pytree, and each
-generation is one jitted call that gathers the selected parents, varies them (vmapped
-encoding operators), renders, quantizes to 8 bits and classifies the whole brood, and
-forms the next population (see :func:`fuse`). The host only selects and keeps books,
-so the cost is dominated by the network's forward pass.
+single-target generation is one jitted call that gathers the selected parents, varies
+them (vmapped encoding operators), renders, quantizes to 8 bits and classifies the whole
+brood, and forms the next population (see :func:`fuse`; MAP-Elites makes three calls).
+The host only selects and keeps books, so the cost is dominated by the network's
+forward pass.
 
 Randomness: every generation's randomness derives from ``fold_in(key, generation)``;
 DEAP's selection draws from Python's ``random``, which is re-seeded from that key each
