@@ -13,8 +13,9 @@ from sharding_probe import S
 
 from fooltools import io
 from fooltools.errors import FoolError
-from fooltools.evolve import checkpoint, report, search
+from fooltools.evolve import checkpoint, es, report, search
 from fooltools.evolve.cppn import cppn
+from fooltools.evolve.cppn_render import Planned, plan
 from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import HISTORY, evolve_map_elites, evolve_single
@@ -217,9 +218,6 @@ def test_fused_generations_equal_their_parts(tiny):
     # be the same generation as its jitted parts called one after another (as on
     # several devices, and as MAP-Elites runs).
     # Shapes and settings are the searches' below, so the fused calls compile once.
-    from fooltools.evolve import es as es_mod
-    from fooltools.evolve.cppn_render import Planned, plan
-
     def same(got, want):
         leaves = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
         for g, w in zip(*leaves, strict=True):
@@ -236,11 +234,11 @@ def test_fused_generations_equal_their_parts(tiny):
     es_enc, es_cfg, cols = cppn(**ES_CPPN), ES_TEST, jnp.asarray([15])
     center = es_enc.init(search.generation_jax_key(jax.random.key(0), 0))
     renderer = Planned(plan(center, es_enc.channels))
-    sample, update, opt = es_mod.make_strategy(P, es_cfg)
+    sample, update, opt = es.make_strategy(P, es_cfg)
     k_gen, opt_state = search.generation_jax_key(key, 9), opt.init(center.weight)
     images, conf = search.make_evaluator(tiny, renderer)(sample(k_gen, center), cols)
     want = *update(k_gen, center, opt_state, conf), images, conf
-    same(es_mod.make_generation(tiny, renderer, P, es_cfg)(key, 9, center, opt_state, cols), want)
+    same(es.make_generation(tiny, renderer, P, es_cfg)(key, 9, center, opt_state, cols), want)
 
 
 def test_map_elites_never_replaces_an_elite_with_a_worse_one():

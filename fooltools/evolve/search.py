@@ -129,21 +129,18 @@ def make_evaluator(
     return sharding.data_parallel(jax.jit(_evaluation(clf, encoding)), clf.params)
 
 
-def fuse(
-    clf: Classifier, encoding: Encoding, step: Callable[..., Any], *, whole: bool = True
-) -> Callable[..., Any]:
+def fuse(clf: Classifier, encoding: Encoding, step: Callable[..., Any]) -> Callable[..., Any]:
     """A generation ``step(evaluate, *args)`` as one jitted call of ``*args``.
 
-    ``evaluate`` is :func:`make_evaluator`'s function. On one device, and with ``whole``,
-    the whole step (keys, variation, render, classifier, replacement) compiles into one
-    executable, with the classifier's parameters an argument (as a closure they would be
-    baked into it as constants): on a GPU each separate call is a dispatch while the
-    device waits for the host. Otherwise the step runs as its jitted parts, the
-    evaluation :func:`make_evaluator`'s (split over the devices by
-    :func:`fooltools.sharding.data_parallel` where there are several). Both give the
-    same generation (the parts are the same functions).
+    ``evaluate`` is :func:`make_evaluator`'s function. On one device the whole step
+    (keys, variation, render, classifier, replacement) compiles into one executable, with
+    the classifier's parameters an argument (as a closure they would be baked into it as
+    constants): on a GPU each separate call is a dispatch while the device waits for the
+    host. On several devices the step runs as its jitted parts, the evaluation split over
+    the devices by :func:`fooltools.sharding.data_parallel`. Both give the same
+    generation (the parts are the same functions).
     """
-    if not whole or sharding.device_count() > 1:
+    if sharding.device_count() > 1:
         return functools.partial(step, make_evaluator(clf, encoding))
     evaluate = _evaluation(clf, encoding)
     joined = jax.jit(lambda params, *args: step(functools.partial(evaluate, params), *args))
@@ -377,7 +374,7 @@ def make_generation(clf: Classifier, encoding: Encoding, cxpb: float) -> Callabl
 def make_map_elites_generation(
     clf: Classifier, encoding: Encoding, cxpb: float
 ) -> Callable[..., Any]:
-    """One MAP-Elites generation: three jitted calls (see :func:`fuse`).
+    """One MAP-Elites generation: three jitted calls (breed, evaluate, archive update).
 
     ``generation(key, g, archive, fitness, parents, columns) -> (archive, fitness)``:
     children of the cells ``parents`` (k,) bred with generation ``g``'s key, scored for
@@ -395,4 +392,4 @@ def make_map_elites_generation(
         _, conf = evaluate(kids, columns)
         return archive_update(archive, fitness, kids, conf)[:2]
 
-    return fuse(clf, encoding, step, whole=False)
+    return functools.partial(step, make_evaluator(clf, encoding))
