@@ -277,18 +277,21 @@ def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("stop", ["generations", "ctrl-c"])
-@pytest.mark.parametrize("kind", ["single", "map-elites", "es"])
+@pytest.mark.parametrize("kind", ["single", "map-elites", "es", "es-lookahead"])
 def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
+    # es-lookahead: the interrupted and resumed run queues each generation before the
+    # last is collected (as on GPUs), the whole run does not; same bytes either way.
     cfg = SearchConfig(
         population=P, generations=6, elites=2 if kind == "single" else 0, stop_at=None
     )
-    enc = cppn(**ES_CPPN) if kind == "es" else cppn()
+    enc = cppn(**ES_CPPN) if kind.startswith("es") else cppn()
 
     def run(out, generations, resume=False, progress=None):
         c = SearchConfig(**{**cfg.__dict__, "generations": generations})
         kw = {"seed": 1, "out": out, "resume": resume, "checkpoint_every": 2, "progress": progress}
-        if kind == "es":
-            return evolve_es(tiny, enc, "cppn", 15, c, ESConfig(), **kw)
+        if kind.startswith("es"):
+            ahead = kind == "es-lookahead" and out.name == "part"
+            return evolve_es(tiny, enc, "cppn", 15, c, ESConfig(), lookahead=ahead, **kw)
         if kind == "single":
             return evolve_single(tiny, enc, "cppn", 15, c, **kw)
         return evolve_map_elites(tiny, enc, "cppn", [1, 15, 130], c, **kw)
@@ -318,6 +321,27 @@ def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
     w, p = ([json.loads(x) for x in (d / HISTORY).read_text().splitlines()] for d in (whole, part))
     assert [h["generation"] for h in p] == list(range(1, 7))
     assert [h["best"] for h in w] == [h["best"] for h in p]
+
+
+def test_es_lookahead_stops_where_the_plain_loop_stops(tiny, tmp_path):
+    # A generation queued past the stop is discarded: the same last generation, history,
+    # hall of fame and checkpoint as the loop that dispatches after each collection.
+    def run(out, lookahead, stop_at):
+        cfg = SearchConfig(population=P, generations=8, stop_at=stop_at)
+        return evolve_es(
+            tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, seed=2, out=out, lookahead=lookahead
+        )
+
+    free = run(tmp_path / "free", False, None)
+    stop_at = free["history"][3]["best"]  # first reached at generation 4 or before
+    first = next(h["generation"] for h in free["history"] if h["best"] >= stop_at)
+    plain, ahead = run(tmp_path / "plain", False, stop_at), run(tmp_path / "ahead", True, stop_at)
+    assert plain["generation"] == ahead["generation"] == first < 8
+    assert [h["best"] for h in plain["history"]] == [h["best"] for h in ahead["history"]]
+    np.testing.assert_array_equal(plain["best_image"], ahead["best_image"])
+    a, b = np.load(tmp_path / "plain/checkpoint.npz"), np.load(tmp_path / "ahead/checkpoint.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_corrupt_checkpoint_is_refused_and_left_untouched(tiny, tmp_path):

@@ -147,8 +147,13 @@ def evolve_es(
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
+    lookahead: bool | None = None,
 ) -> dict[str, Any]:
     """Evolve one CPPN image that the classifier labels ``target`` (see the module doc).
+
+    ``lookahead`` queues each generation before the previous one is collected (see
+    :meth:`fooltools.evolve.run.Loop.run`; the same run bit for bit); None: on
+    accelerators only.
 
     Returns:
         The same summary as :func:`fooltools.evolve.run.evolve_single`.
@@ -207,8 +212,14 @@ def evolve_es(
     generation = make_generation(clf, renderer, cfg.population, es)
     cols = jnp.asarray([target])
 
+    # The last dispatched generation's centre and Adam state, device arrays that may still
+    # be in flight: the next generation needs nothing from the host, so with lookahead it
+    # is queued before this one is collected. ``pop`` is the last collected state.
+    ahead = dict(pop)
+
     def step(gen: int) -> Callable[[], tuple[np.ndarray, int]]:
-        center, opt_state, images, conf = generation(key, gen, pop["center"], pop["opt"], cols)
+        center, opt_state, images, conf = generation(key, gen, ahead["center"], ahead["opt"], cols)
+        ahead["center"], ahead["opt"] = center, opt_state
 
         def collect() -> tuple[np.ndarray, int]:
             fitness = np.asarray(conf)[:, 0]
@@ -231,5 +242,9 @@ def evolve_es(
 
     if not resume:
         save(0)
-    last = loop.run(start, step, save, cfg.stop_at)
+    if lookahead is None:
+        # On a CPU the "device" is the host's own cores, so there is no idle device to
+        # keep busy, and a generation queued past the stop would cost seconds.
+        lookahead = jax.default_backend() != "cpu"
+    last = loop.run(start, step, save, cfg.stop_at, lookahead=lookahead)
     return single_summary(state, last, loop, clf.info.input_size)

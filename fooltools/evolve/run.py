@@ -58,6 +58,8 @@ class Loop:
         step: Callable[[int], Callable[[], tuple[np.ndarray, int]]],
         save: Callable[[int], None],
         stop_at: float | None = None,
+        *,
+        lookahead: bool = False,
     ) -> int:
         """Run generations ``start+1 .. generations``; return the last one completed.
 
@@ -69,13 +71,24 @@ class Loop:
         between the two, while the device computes generation ``g``: on a GPU it would
         otherwise wait for them. A generation's ``seconds`` run from the previous
         generation's collection to its own.
+
+        ``lookahead``: ``step(g + 1)`` is called before generation ``g`` is collected, so
+        the device has the next generation queued while the host waits for, books and
+        collects this one. Only for a search whose ``step`` needs nothing that ``collect``
+        computes on the host (the ES: its next centre is a device output); a generation
+        queued past a stop is discarded, and the state stays the last collected one's.
         """
         done, pending = start, None  # pending: the last generation collected, not booked
+
+        def dispatch(gen: int) -> Callable[[], tuple[np.ndarray, int]] | None:
+            return step(gen) if gen <= self.generations else None
+
         try:
             with open(self.out / HISTORY, "a") as log:
                 t_last = time.perf_counter()
+                collect = dispatch(start + 1)
                 for gen in range(start + 1, self.generations + 1):
-                    collect = step(gen)
+                    ahead = dispatch(gen + 1) if lookahead else None
                     if pending is not None:
                         self._book(log, *pending, save)
                         pending = None
@@ -84,6 +97,7 @@ class Loop:
                     done, pending, t_last = gen, (gen, fitness, evals, now - t_last), now
                     if stop_at is not None and float(np.max(fitness)) >= stop_at:
                         break
+                    collect = ahead if lookahead else dispatch(gen + 1)
                 if pending is not None:
                     self._book(log, *pending, save)
         except KeyboardInterrupt:
