@@ -86,6 +86,31 @@ def test_sbx_matches_deap_distribution():
     assert ours.min() >= 0.0 and ours.max() <= 1.0
 
 
+def test_sbx_equals_deap_given_the_same_draws(monkeypatch):
+    # DEAP's cxSimulatedBinaryBounded (float64) fed, through random.random, the draws our
+    # operator makes from its key: per gene the crossover coin, u and the swap coin, all
+    # from one 32-bit word (bits 1-8, 9-31 and 0; rng.bits equals jax.random.bits).
+    key, n = jax.random.key(3), 4000
+    a = jax.random.uniform(jax.random.key(4), (n,))
+    b = jax.random.uniform(jax.random.key(5), (n,))
+    c1, c2 = sbx_crossover(key, a, b, eta=10)
+    bits = np.asarray(jax.random.bits(key, (n,), jnp.uint32))
+    draws = []
+    for w in bits.tolist():
+        cross = ((w >> 1) & 0xFF) < 128
+        draws.append(0.0 if cross else 1.0)
+        if cross:  # DEAP draws u and the swap coin only for recombined pairs
+            draws += [(w >> 9) * 2.0**-23, 0.0 if w & 1 else 1.0]
+    monkeypatch.setattr(random, "random", iter(draws).__next__)
+    d1, d2 = tools.cxSimulatedBinaryBounded(
+        np.asarray(a, np.float64).tolist(), np.asarray(b, np.float64).tolist(), 10, 0.0, 1.0
+    )
+    # float32 against float64: 2 - u * alpha cancels as u * alpha nears 2 (7.7e-6 here).
+    np.testing.assert_allclose(np.asarray(c1), d1, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(c2), d2, rtol=0, atol=2e-5)
+    assert 0.4 < np.mean(np.asarray(c1) != np.asarray(a)) < 0.6  # about half recombined
+
+
 def test_direct_encoding_valid_and_rate_zero_is_identity():
     enc = direct(height=8, width=6)
     g = jax.vmap(enc.init)(jax.random.split(jax.random.key(0), 4))
