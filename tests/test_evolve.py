@@ -52,6 +52,21 @@ def test_polynomial_mutation_matches_deap_distribution():
         assert abs(np.quantile(ours, q) - np.quantile(theirs, q)) < 5e-3
 
 
+def test_polynomial_mutation_equals_deap_given_the_same_draws(monkeypatch):
+    # DEAP's mutPolynomialBounded (float64) fed, through random.random, our operator's
+    # uniforms (at rate 1 every gene is mutated with the third key of the split).
+    key, n = jax.random.key(6), 4000
+    x = jax.random.uniform(jax.random.key(7), (n,))
+    ours = np.asarray(polynomial_mutation(key, x, eta=15, rate=1.0))
+    u = np.asarray(jax.random.uniform(jax.random.split(key, 3)[2], (n,)), np.float64)
+    draws = [v for ui in u.tolist() for v in (0.0, ui)]  # per gene: the coin, then u
+    monkeypatch.setattr(random, "random", iter(draws).__next__)
+    (theirs,) = tools.mutPolynomialBounded(
+        np.asarray(x, np.float64).tolist(), eta=15, low=0.0, up=1.0, indpb=1.0
+    )
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-6)
+
+
 def test_sparse_polynomial_mutation_rate_and_step_distribution():
     # A Lite0-size genome at the paper's rate: each gene mutated independently with
     # probability 0.1 (binomial sd of the fraction: 7.7e-4), anywhere in the genome, and
