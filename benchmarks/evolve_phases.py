@@ -37,7 +37,6 @@ import numpy as np
 from fooltools import hugepages
 from fooltools.evolve import cppn_pallas, es, search
 from fooltools.evolve.cppn import SFERES2, cppn
-from fooltools.evolve.cppn_render import Planned, plan
 from fooltools.evolve.direct import direct
 from fooltools.evolve.run import evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
@@ -101,8 +100,7 @@ def es_phases(clf, population: int, repeats: int, generations: int) -> dict:
     enc = cppn(**es.ES_CPPN)
     key, cols = jax.random.key(0), jnp.asarray([TARGET])
     center = enc.init(key)
-    levels = plan(center, enc.channels)
-    renderer = cppn_pallas.PlannedKernel(levels) if cppn_pallas.available() else Planned(levels)
+    renderer = es.plan_renderer(center, enc)
     cfg = es.ESConfig()
     sample, update, opt = es.make_strategy(population, cfg)
     opt_state = opt.init(center.weight)
