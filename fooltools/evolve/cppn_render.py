@@ -83,27 +83,30 @@ def pixel_inputs(height: int, width: int) -> jax.Array:
 _BATCH_FLOATS = 1 << 28
 
 
-def genome_batch(population: int, floats_per_genome: int) -> int:
-    """How many genomes to render together (vmapped): 1 on CPU, else as many as fit.
+def genome_batch(population: int, floats_per_genome: int, *, cpu: int = 1) -> int:
+    """How many genomes to render together (vmapped): ``cpu`` on CPU, else as many as fit.
 
-    On CPU one genome at a time is fastest (each runs only its own loop and activation
-    branch, and its values stay in cache). On other devices (where ``cppn_pallas``'s
-    kernel is not used: TPUs, or ``FOOLTOOLS_PALLAS=0``) that leaves them idle between
-    thousands of tiny kernels (measured on an H200: the sferes2 GA at 123 evaluations/s
-    against 26,000 images/s for the classifier), so genomes render in vmapped batches
-    whose node values fill about 1 GiB, in as few batches as that allows, of equal sizes:
-    the last batch is padded (or run apart), so 200 genomes in batches of at most 167
-    are two of 100, not 167 and 33 padded to 167 (a third more renders).
+    On CPU the graph render is fastest one genome at a time (each runs only its own loop
+    and activation branch, and its values stay in cache); the level render, whose genomes
+    share every op, a few at a time (``cpu``, see :func:`render_levels`). On other devices
+    (where ``cppn_pallas``'s kernel is not used: TPUs, or ``FOOLTOOLS_PALLAS=0``) one at
+    a time leaves them idle between thousands of tiny kernels (measured on an H200: the
+    sferes2 GA at 123 evaluations/s against 26,000 images/s for the classifier), so
+    genomes render in vmapped batches whose node values fill about 1 GiB, in as few
+    batches as that allows, of equal sizes: the last batch is padded (or run apart), so
+    200 genomes in batches of at most 167 are two of 100, not 167 and 33 padded to 167
+    (a third more renders).
 
     Args:
         population: Genomes to render, P.
         floats_per_genome: Float32 values one genome's render keeps live.
+        cpu: The batch on CPU (at most P).
 
     Returns:
         The batch size, in [1, P].
     """
     if jax.default_backend() == "cpu":
-        return 1
+        return max(1, min(cpu, population))
     largest = max(1, min(population, _BATCH_FLOATS // max(floats_per_genome, 1)))
     batches = -(-population // largest)
     return -(-population // batches)
@@ -339,23 +342,20 @@ def render_levels(
             the C outputs).
         height: Image height H.
         width: Image width W.
-        batch: Genomes rendered together (vmapped); default 4 on CPU, else
-            :func:`genome_batch`.
+        batch: Genomes rendered together (vmapped); default :func:`genome_batch` (4 on
+            CPU).
 
     Returns:
         f32[P, H, W, 3] in [0, 1], as :func:`render_graph` gives for these genomes.
     """
     inputs = pixel_inputs(height, width)
     values = N_INPUTS + sum(len(lvl.nodes) for lvl in levels)
-    if batch is None and jax.default_backend() == "cpu":
-        # Whole images, a few genomes at a time. A genome's level is some 30 small ops
-        # (its dot, then slices and activations a few rows each, then their concatenation),
-        # each a separate pass whose fixed cost 4 genomes share: the ES's 200 layered
-        # genomes at 224 x 224 took 370-420 ms in batches of 4 against 585-615 ms one at a
-        # time (2-core Sapphire Rapids VM); whole-population vmaps and 2048-pixel passes
-        # were slower still.
-        batch = min(4, weight.shape[0])
-    batch = batch or genome_batch(weight.shape[0], values * height * width)
+    # Whole images. On CPU 4 genomes at a time: a genome's level is some 30 small ops (its
+    # dot, then slices and activations a few rows each, then their concatenation), each a
+    # separate pass whose fixed cost 4 genomes share: the ES's 200 layered genomes at
+    # 224 x 224 took 370-420 ms in batches of 4 against 585-615 ms one at a time (2-core
+    # Sapphire Rapids VM); whole-population vmaps and 2048-pixel passes were slower still.
+    batch = batch or genome_batch(weight.shape[0], values * height * width, cpu=4)
     # (lax.map with batch_size=1 would still vmap every op over a batch axis of 1.)
     z = jax.lax.map(
         lambda w: _levels_one(w, inputs, levels), weight, batch_size=batch if batch > 1 else None
