@@ -22,6 +22,8 @@ each call blocked until its results are ready, of:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import os
 import platform
 import tempfile
@@ -56,7 +58,7 @@ def median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return 1e3 * float(np.median(times))
 
 
-def loop_ms(run: Callable[..., dict[str, Any]], generations: int) -> float:
+def loop_ms(run: Callable[[Path, int], dict[str, Any]], generations: int) -> float:
     """Median seconds of the real search's generations after the first (which compiles)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = run(Path(tmp), generations)
@@ -64,10 +66,15 @@ def loop_ms(run: Callable[..., dict[str, Any]], generations: int) -> float:
     return 1e3 * float(np.median(seconds))
 
 
-def ga_phases(clf, enc, name: str, population: int, repeats: int, generations: int) -> dict:
-    """Part timings of a single-target GA generation (the bench's 2 elites)."""
+# A search's phases: its parts as calls to time, and ``run(out, generations)``, the real
+# search (whose generations give "loop").
+Phases = tuple[dict[str, Callable[[], Any]], Callable[[Path, int], dict[str, Any]]]
+
+
+def ga_phases(clf, enc, name: str, population: int) -> Phases:
+    """The parts of a single-target GA generation (the bench's 2 elites)."""
     h, w = clf.info.input_size
-    cfg = SearchConfig(population=population, generations=generations, elites=2, stop_at=None)
+    cfg = SearchConfig(population=population, elites=2, stop_at=None)
     key, cols = jax.random.key(0), jnp.asarray([TARGET])
     genomes = jax.vmap(enc.init)(jax.random.split(key, population))
     _, conf = search.make_evaluator(clf, enc)(genomes, cols)
@@ -76,26 +83,25 @@ def ga_phases(clf, enc, name: str, population: int, repeats: int, generations: i
     breed = search.make_breeder(enc, cfg.cxpb)
     kids = jax.block_until_ready(breed(key, genomes, parents))
     images = search.render_images(enc, kids, h, w)
-    logits = jax.jit(clf.logits)
     generation = search.make_generation(clf, enc, cfg.cxpb)
-
-    def run(out: Path, n: int) -> dict[str, Any]:
-        cfg_n = SearchConfig(population=population, generations=n, elites=2, stop_at=None)
-        return evolve_single(clf, enc, name, TARGET, cfg_n, seed=0, out=out, checkpoint_every=n)
-
-    return {
-        "select (host)": median_ms(lambda: search.select_parents(fitness, cfg, 0), repeats),
-        "breed": median_ms(lambda: breed(key, genomes, parents), repeats),
-        "render": median_ms(lambda: search.render_images(enc, kids, h, w), repeats),
-        "classify": median_ms(lambda: logits(clf.params, images), repeats),
-        "next population": median_ms(lambda: search.survivors(genomes, elites, kids), repeats),
-        "fused": median_ms(lambda: generation(key, 1, genomes, parents, elites, cols), repeats),
-        "loop": loop_ms(run, generations),
+    parts = {
+        "select (host)": lambda: search.select_parents(fitness, cfg, 0),
+        "breed": lambda: breed(key, genomes, parents),
+        "render": lambda: search.render_images(enc, kids, h, w),
+        "classify": lambda: _logits(clf)(clf.params, images),
+        "next population": lambda: search.survivors(genomes, elites, kids),
+        "fused": lambda: generation(key, 1, genomes, parents, elites, cols),
     }
 
+    def run(out: Path, n: int) -> dict[str, Any]:
+        cfg_n = dataclasses.replace(cfg, generations=n)
+        return evolve_single(clf, enc, name, TARGET, cfg_n, seed=0, out=out, checkpoint_every=n)
 
-def es_phases(clf, population: int, repeats: int, generations: int) -> dict:
-    """Part timings of an evolution-strategy generation on the layered CPPN."""
+    return parts, run
+
+
+def es_phases(clf, population: int) -> Phases:
+    """The parts of an evolution-strategy generation on the layered CPPN."""
     h, w = clf.info.input_size
     enc = cppn(**es.ES_CPPN)
     key, cols = jax.random.key(0), jnp.asarray([TARGET])
@@ -106,9 +112,15 @@ def es_phases(clf, population: int, repeats: int, generations: int) -> dict:
     opt_state = opt.init(center.weight)
     pop = jax.block_until_ready(sample(key, center))
     images = search.render_images(renderer, pop, h, w)
-    logits = jax.jit(clf.logits)
-    conf = jax.nn.softmax(logits(clf.params, images))[:, TARGET]
+    conf = jax.nn.softmax(_logits(clf)(clf.params, images))[:, TARGET]
     generation = es.make_generation(clf, renderer, population, cfg)
+    parts = {
+        "sample": lambda: sample(key, center),
+        "render": lambda: search.render_images(renderer, pop, h, w),
+        "classify": lambda: _logits(clf)(clf.params, images),
+        "next population": lambda: update(key, center, opt_state, conf),
+        "fused": lambda: generation(key, 1, center, opt_state, cols),
+    }
 
     def run(out: Path, n: int) -> dict[str, Any]:
         cfg_n = SearchConfig(population=population, generations=n, elites=0, stop_at=None)
@@ -116,25 +128,17 @@ def es_phases(clf, population: int, repeats: int, generations: int) -> dict:
             clf, enc, "cppn", TARGET, cfg_n, cfg, seed=0, out=out, checkpoint_every=n
         )
 
-    return {
-        "sample": median_ms(lambda: sample(key, center), repeats),
-        "render": median_ms(lambda: search.render_images(renderer, pop, h, w), repeats),
-        "classify": median_ms(lambda: logits(clf.params, images), repeats),
-        "next population": median_ms(lambda: update(key, center, opt_state, conf), repeats),
-        "fused": median_ms(lambda: generation(key, 1, center, opt_state, cols), repeats),
-        "loop": loop_ms(run, generations),
-    }
+    return parts, run
 
 
-def map_elites_phases(clf, population: int, repeats: int, generations: int) -> dict:
-    """Part timings of a MAP-Elites generation over all 1000 classes (sferes2 CPPN)."""
+def map_elites_phases(clf, population: int) -> Phases:
+    """The parts of a MAP-Elites generation over all 1000 classes (sferes2 CPPN)."""
     h, w = clf.info.input_size
     enc = cppn(**SFERES2)
     cells = list(range(1000))
     key, cols = jax.random.key(0), jnp.asarray(cells)
     genomes = jax.vmap(enc.init)(jax.random.split(key, population))
-    evaluate = search.make_evaluator(clf, enc)
-    _, conf = evaluate(genomes, cols)
+    _, conf = search.make_evaluator(clf, enc)(genomes, cols)
     empty = search.take(genomes, jnp.zeros(len(cells), int))
     archive, fit, _ = search.archive_update(empty, jnp.full(len(cells), -1.0), genomes, conf)
     filled = np.asarray(fit) >= 0
@@ -142,8 +146,15 @@ def map_elites_phases(clf, population: int, repeats: int, generations: int) -> d
     breed = search.make_breeder(enc, 0.5)
     kids = jax.block_until_ready(breed(key, archive, parents))
     images = search.render_images(enc, kids, h, w)
-    logits = jax.jit(clf.logits)
     generation = search.make_map_elites_generation(clf, enc, 0.5)
+    parts = {
+        "select (host)": lambda: search.select_random(filled, population, 0),
+        "breed": lambda: breed(key, archive, parents),
+        "render": lambda: search.render_images(enc, kids, h, w),
+        "classify": lambda: _logits(clf)(clf.params, images),
+        "next population": lambda: search.archive_update(archive, fit, kids, conf),
+        "fused": lambda: generation(key, 1, archive, fit, parents, cols),
+    }
 
     def run(out: Path, n: int) -> dict[str, Any]:
         cfg_n = SearchConfig(population=population, generations=n, elites=0, stop_at=None)
@@ -151,17 +162,13 @@ def map_elites_phases(clf, population: int, repeats: int, generations: int) -> d
             clf, enc, "cppn", cells, cfg_n, seed=0, out=out, checkpoint_every=n
         )
 
-    return {
-        "select (host)": median_ms(lambda: search.select_random(filled, population, 0), repeats),
-        "breed": median_ms(lambda: breed(key, archive, parents), repeats),
-        "render": median_ms(lambda: search.render_images(enc, kids, h, w), repeats),
-        "classify": median_ms(lambda: logits(clf.params, images), repeats),
-        "next population": median_ms(
-            lambda: search.archive_update(archive, fit, kids, conf), repeats
-        ),
-        "fused": median_ms(lambda: generation(key, 1, archive, fit, parents, cols), repeats),
-        "loop": loop_ms(run, generations),
-    }
+    return parts, run
+
+
+@functools.cache
+def _logits(clf) -> Callable[..., jax.Array]:
+    """The classifier alone, jitted once for every row."""
+    return jax.jit(clf.logits)
 
 
 def main() -> None:
@@ -192,18 +199,19 @@ def main() -> None:
         + " | fused | fused - parts | loop | loop - fused | overhead |"
     )
     print("|---" * (len(parts) + 6) + "|")
-    repeats, gens = args.repeats, args.generations
-    sizes = (args.population, repeats, gens)
+    pop = args.population
     jobs = {
-        "direct-ga": lambda: ga_phases(clf, direct(height=h, width=w), "direct", *sizes),
-        "cppn-ga": lambda: ga_phases(clf, cppn(**SFERES2), "cppn", *sizes),
-        "cppn-es": lambda: es_phases(clf, *sizes),
-        "map-elites": lambda: map_elites_phases(clf, args.map_elites_population, repeats, gens),
+        "direct-ga": lambda: ga_phases(clf, direct(height=h, width=w), "direct", pop),
+        "cppn-ga": lambda: ga_phases(clf, cppn(**SFERES2), "cppn", pop),
+        "cppn-es": lambda: es_phases(clf, pop),
+        "map-elites": lambda: map_elites_phases(clf, args.map_elites_population),
     }
     for row, job in jobs.items():
         if args.only and row not in args.only:
             continue
-        t = job()
+        calls, run = job()
+        t = {part: median_ms(fn, args.repeats) for part, fn in calls.items()}
+        t["loop"] = loop_ms(run, args.generations)
         device = sum(t.get(p, 0.0) for p in parts if p != "select (host)")
         cells = [f"{t[p]:.2f}" if p in t else "-" for p in parts]
         print(
