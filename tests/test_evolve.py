@@ -246,6 +246,10 @@ def test_select_parents_equals_deap_over_the_whole_population(selection):
         got = search.select_parents(fitness, cfg, trial)
         assert [g.dtype for g in got] == [np.int32, np.int32]
         assert (got[0].tolist(), got[1].tolist()) == want
+        if selection == "truncation":  # the device's picks (GA lookahead): DEAP's too
+            dev = search.select_truncation(jnp.asarray(fitness), elites, p - elites)
+            assert [d.dtype for d in dev] == [jnp.int32, jnp.int32]
+            assert (dev[0].tolist(), dev[1].tolist()) == want
 
 
 class _RefInd:
@@ -317,23 +321,22 @@ def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("stop", ["generations", "ctrl-c"])
-@pytest.mark.parametrize("kind", ["single", "map-elites", "es", "es-lookahead"])
+@pytest.mark.parametrize("kind", ["single", "single-lookahead", "map-elites", "es", "es-lookahead"])
 def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
-    # es-lookahead: the interrupted and resumed run queues each generation before the
+    # *-lookahead: the interrupted and resumed run queues each generation before the
     # last is collected (as on GPUs), the whole run does not; same bytes either way.
-    cfg = SearchConfig(
-        population=P, generations=6, elites=2 if kind == "single" else 0, stop_at=None
-    )
+    single = kind.startswith("single")
+    cfg = SearchConfig(population=P, generations=6, elites=2 if single else 0, stop_at=None)
     enc = cppn(**ES_CPPN) if kind.startswith("es") else cppn()
 
     def run(out, generations, resume=False, progress=None):
         c = SearchConfig(**{**cfg.__dict__, "generations": generations})
         kw = {"seed": 1, "out": out, "resume": resume, "checkpoint_every": 2, "progress": progress}
+        ahead = kind.endswith("lookahead") and out.name == "part"
         if kind.startswith("es"):
-            ahead = kind == "es-lookahead" and out.name == "part"
             return evolve_es(tiny, enc, "cppn", 15, c, ESConfig(), lookahead=ahead, **kw)
-        if kind == "single":
-            return evolve_single(tiny, enc, "cppn", 15, c, **kw)
+        if single:
+            return evolve_single(tiny, enc, "cppn", 15, c, lookahead=ahead, **kw)
         return evolve_map_elites(tiny, enc, "cppn", [1, 15, 130], c, **kw)
 
     def ctrl_c_at_3(gen, best):
@@ -363,14 +366,17 @@ def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
     assert [h["best"] for h in w] == [h["best"] for h in p]
 
 
-def test_es_lookahead_stops_where_the_plain_loop_stops(tiny, tmp_path):
+@pytest.mark.parametrize("search_kind", ["es", "ga-direct"])
+def test_lookahead_stops_where_the_plain_loop_stops(tiny, tmp_path, search_kind):
     # A generation queued past the stop is discarded: the same last generation, history,
     # hall of fame and checkpoint as the loop that dispatches after each collection.
+    # The GA's run (SBX and mutation) picks its parents on the device, DEAP checking.
     def run(out, lookahead, stop_at):
-        cfg = SearchConfig(population=P, generations=8, stop_at=stop_at)
-        return evolve_es(
-            tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, seed=2, out=out, lookahead=lookahead
-        )
+        cfg = SearchConfig(population=P, generations=8, elites=2, stop_at=stop_at)
+        kw = {"seed": 2, "out": out, "lookahead": lookahead}
+        if search_kind == "es":
+            return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
+        return evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, **kw)
 
     free = run(tmp_path / "free", False, None)
     stop_at = free["history"][3]["best"]  # first reached at generation 4 or before
@@ -382,6 +388,13 @@ def test_es_lookahead_stops_where_the_plain_loop_stops(tiny, tmp_path):
     a, b = np.load(tmp_path / "plain/checkpoint.npz"), np.load(tmp_path / "ahead/checkpoint.npz")
     for k in a.files:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_ga_lookahead_needs_truncation_selection(tiny, tmp_path):
+    # A tournament draws from Python's random on the host: the device cannot pick.
+    cfg = SearchConfig(population=P, generations=1, elites=2, selection="tournament")
+    with pytest.raises(ValueError, match="lookahead needs truncation selection"):
+        evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path, lookahead=True)
 
 
 def test_corrupt_checkpoint_is_refused_and_left_untouched(tiny, tmp_path):

@@ -75,8 +75,9 @@ class Loop:
         ``lookahead``: ``step(g + 1)`` is called before generation ``g`` is collected, so
         the device has the next generation queued while the host waits for, books and
         collects this one. Only for a search whose ``step`` needs nothing that ``collect``
-        computes on the host (the ES: its next centre is a device output); a generation
-        queued past a stop is discarded, and the state stays the last collected one's.
+        computes on the host (the ES: its next centre is a device output; the GA with
+        truncation selection, picked on the device); a generation queued past a stop is
+        discarded, and the state stays the last collected one's.
         """
         done, pending = start, None  # pending: the last generation collected, not booked
 
@@ -211,16 +212,38 @@ def evolve_single(
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
+    lookahead: bool | None = None,
 ) -> dict[str, Any]:
     """Evolve one image that the classifier labels ``target`` with maximal confidence.
+
+    ``lookahead`` (truncation selection only) picks each generation's parents on the
+    device and queues the generation before the previous one is collected (see
+    :meth:`Loop.run`); the host still runs DEAP's selection over the same fitness and
+    checks that the device picked the same parents. The same run bit for bit. None: on
+    accelerators, where the truncation selection allows it.
 
     Returns:
         A summary: ``best_image`` (H, W, 3) on the 8-bit grid, ``best_confidence``,
         ``best_generation``, ``generation`` (last completed), ``evaluations``, ``seconds``,
         ``history``.
+
+    Raises:
+        FoolError: A population < 2 or not larger than the elites, or a bad checkpoint on
+            resume.
+        ValueError: ``lookahead=True`` without truncation selection and elites >= 1.
     """
     if cfg.population < 2 or cfg.elites >= cfg.population:
         raise FoolError("population must be >= 2 and larger than the number of elites")
+    device_picks = cfg.selection == "truncation" and cfg.elites >= 1
+    if lookahead is None:
+        # On a CPU the "device" is the host's own cores: nothing idles while the host
+        # books a generation, and one queued past the stop would cost seconds.
+        lookahead = device_picks and jax.default_backend() != "cpu"
+    elif lookahead and not device_picks:
+        raise ValueError(
+            "lookahead needs truncation selection with elites >= 1 (a tournament draws "
+            "from Python's random on the host)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
     seeds = search.PythonSeeds(key)
@@ -251,26 +274,49 @@ def evolve_single(
         start = 0
         (out / HISTORY).unlink(missing_ok=True)
     pop = {"genomes": genomes}
+    # With lookahead: the last dispatched generation's population and fitness, device
+    # arrays that may still be in flight (``pop`` and ``state`` are the last collected).
+    ahead = {"genomes": genomes, "fitness": jnp.asarray(state["fitness"])}
+    generation_ahead = (
+        search.make_generation_ahead(clf, encoding, cfg.cxpb, cfg.elites) if lookahead else None
+    )
 
     def step(gen: int) -> Callable[[], tuple[np.ndarray, int]]:
-        elites, parents = search.select_parents(state["fitness"], cfg, seeds(gen))
-        nxt, images, conf = generation(key, gen, pop["genomes"], parents, elites, cols)
+        if generation_ahead is None:
+            elites, parents = search.select_parents(state["fitness"], cfg, seeds(gen))
+            nxt, images, conf = generation(key, gen, pop["genomes"], parents, elites, cols)
+            picks = None
+        else:
+            nxt, fit, images, conf, picks = generation_ahead(
+                key, gen, ahead["genomes"], ahead["fitness"], cols
+            )
+            ahead["genomes"], ahead["fitness"] = nxt, fit
+            elites = None
 
         def collect() -> tuple[np.ndarray, int]:
             kid_fit = np.asarray(conf)[:, 0]
+            kept = elites if picks is None else deap_checked(picks, gen)
             pop["genomes"] = nxt
-            state["fitness"] = np.concatenate([state["fitness"][elites], kid_fit])
+            state["fitness"] = np.concatenate([state["fitness"][kept], kid_fit])
             record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
-            return state["fitness"], len(parents)
+            return state["fitness"], len(kid_fit)
 
         return collect
+
+    def deap_checked(picks: jax.Array, gen: int) -> np.ndarray:
+        # DEAP's selection over the fitness the device picked from (the state before
+        # this generation is collected) must be the device's: return its elites.
+        elites, parents = search.select_parents(state["fitness"], cfg, seeds(gen))
+        if not np.array_equal(np.asarray(picks), np.concatenate([elites, parents])):
+            raise RuntimeError(f"generation {gen}: the device's truncation picks are not DEAP's")
+        return elites
 
     def save(gen: int) -> None:
         checkpoint.save(out / CHECKPOINT, pop["genomes"], state, {**meta, "generation": gen})
 
     if not resume:
         save(0)
-    last = loop.run(start, step, save, cfg.stop_at)
+    last = loop.run(start, step, save, cfg.stop_at, lookahead=lookahead)
     return single_summary(state, last, loop, (h, w))
 
 

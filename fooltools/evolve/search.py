@@ -300,6 +300,28 @@ def select_parents(
     return _indices(ind.index for ind in best), _indices(ind.index for ind in chosen)
 
 
+@functools.partial(jax.jit, static_argnames=("elites", "n"))
+def select_truncation(fitness: jax.Array, elites: int, n: int) -> tuple[jax.Array, jax.Array]:
+    """:func:`select_parents`' truncation picks, computed on the device.
+
+    ``lax.top_k`` puts the lower index first among equal values, as DEAP's stable sort
+    does, so the picks are DEAP's (tested, ties included). With them on the device a
+    generation needs nothing from the host, and the next one can be queued before this
+    one is collected (see :func:`make_generation_ahead`).
+
+    Args:
+        fitness: Shape (P,), the current population's fitness.
+        elites: How many of the best are kept (1 <= elites <= P).
+        n: How many parents to pick.
+
+    Returns:
+        ``(elites, parents)``: int32 indices, shapes (elites,) and (n,); parent i is the
+        (i mod elites)-th best.
+    """
+    best = jax.lax.top_k(fitness, elites)[1].astype(jnp.int32)
+    return best, best[jnp.arange(n) % elites]
+
+
 def _indices(picks: Iterable[int]) -> np.ndarray:
     # An int32 array, not a list: jnp.asarray of a list of 200 Python ints types each
     # element on its own, 0.9 ms a call on this project's CPU, the device idle meanwhile.
@@ -366,6 +388,35 @@ def make_generation(clf: Classifier, encoding: Encoding, cxpb: float) -> Callabl
         kids = breed(generation_jax_key(key, gen), genomes, parents)
         images, conf = evaluate(kids, columns)
         return survivors(genomes, elites, kids), images, conf
+
+    return fuse(clf, encoding, step)
+
+
+@functools.lru_cache(maxsize=16)
+def make_generation_ahead(
+    clf: Classifier, encoding: Encoding, cxpb: float, elites: int
+) -> Callable[..., Any]:
+    """:func:`make_generation` with truncation selection on the device.
+
+    ``generation(key, g, genomes, fitness, columns) -> (next, next_fitness, images, conf,
+    picks)``: the ``elites`` best of ``genomes`` by ``fitness`` (P,) (see
+    :func:`select_truncation`) and the children of those best, bred with generation
+    ``g``'s key; the children's images (k, H, W, 3) and confidences (k, K) for
+    ``columns`` (K,); the next population with its fitness (P,), the best then the
+    children (scored on ``columns[0]``); and the picks (P,), the elites then the parents.
+    Every input of generation g + 1 is an output of generation g, so on an accelerator
+    it can be queued before generation g is collected: the device does not wait for the
+    host's books. Memoised per (classifier, encoding, cxpb, elites).
+    """
+    breed = make_breeder(encoding, cxpb)
+
+    def step(evaluate, key, gen, genomes, fitness, columns):
+        best, parents = select_truncation(fitness, elites, fitness.shape[0] - elites)
+        kids = breed(generation_jax_key(key, gen), genomes, parents)
+        images, conf = evaluate(kids, columns)
+        nxt_fitness = jnp.concatenate([fitness[best], conf[:, 0]])
+        picks = jnp.concatenate([best, parents])
+        return survivors(genomes, best, kids), nxt_fitness, images, conf, picks
 
     return fuse(clf, encoding, step)
 
