@@ -64,7 +64,13 @@ def forward_timer(clf, batch: int) -> Callable[[], float]:
 
 
 def search_vs_forward(
-    clf, enc, name: str, strategy: str, population: int, generations: int
+    clf,
+    enc,
+    name: str,
+    strategy: str,
+    population: int,
+    generations: int,
+    lookahead: bool | None = None,
 ) -> tuple[float, float, float]:
     """The search's evaluations/s, the classifier's images/s and the overhead, paired.
 
@@ -76,6 +82,7 @@ def search_vs_forward(
     cancels. Only second generations are paired: they follow a generation, as in a
     search, while on XLA:CPU the generation right after a call of the separate
     classifier executable ran 15% slower (2.77 against 2.41 s for the direct GA).
+    ``lookahead`` is the GA's and the ES's (None: their default, on accelerators only).
     Returns the medians over the pairs of the search rate, the forward rate and the
     paired overhead ``1 - search / forward``.
     """
@@ -88,12 +95,12 @@ def search_vs_forward(
             cfg = SearchConfig(population=population, generations=end, elites=elites, stop_at=None)
             kwargs = {"seed": 0, "out": Path(tmp), "resume": end > 2, "checkpoint_every": 2}
             if strategy == "es":
-                out = evolve_es(clf, enc, name, 15, cfg, ESConfig(), **kwargs)
+                out = evolve_es(clf, enc, name, 15, cfg, ESConfig(), lookahead=lookahead, **kwargs)
             elif strategy == "map-elites":
                 cells = list(range(1000))  # one per ImageNet class, as the paper's run
                 out = evolve_map_elites(clf, enc, name, cells, cfg, **kwargs)
             else:
-                out = evolve_single(clf, enc, name, 15, cfg, **kwargs)
+                out = evolve_single(clf, enc, name, 15, cfg, lookahead=lookahead, **kwargs)
             fwd_seconds[end] = forward()
     history = {h["generation"]: h for h in out["history"]}
     pairs = [
@@ -152,7 +159,15 @@ def main() -> None:
         default=400,
         help="offspring per generation of the MAP-Elites row (the paper's 400)",
     )
+    parser.add_argument(
+        "--lookahead",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="GA and ES: queue each generation before the last is collected "
+        "(auto: on accelerators only, as fool evolve)",
+    )
     args = parser.parse_args()
+    lookahead = {"auto": None, "on": True, "off": False}[args.lookahead]
     if args.generations < 2 or args.generations % 2:
         parser.error(f"--generations must be even and >= 2, got {args.generations}")
     clf = load_model("efficientnet_lite0.in1k")
@@ -161,7 +176,8 @@ def main() -> None:
         f"# evolution throughput, EfficientNet-Lite0 224x224, population {args.population}, "
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
         f"({jax.default_backend()}: {jax.devices()[0].device_kind}), {hugepages.describe()}, "
-        f"CPPN renders: {'Pallas kernels' if cppn_pallas.available() else 'XLA'}"
+        f"CPPN renders: {'Pallas kernels' if cppn_pallas.available() else 'XLA'}, "
+        f"GA/ES lookahead: {args.lookahead}"
     )
     print(
         f"{'encoding':>8}  {'strategy':>8}  {'search ev/s':>11}  {'forward img/s':>13}  "
@@ -176,7 +192,7 @@ def main() -> None:
         if args.only and f"{name}-{strategy}" not in args.only:
             continue
         rate, fwd, overhead = search_vs_forward(
-            clf, enc, name, strategy, args.population, args.generations
+            clf, enc, name, strategy, args.population, args.generations, lookahead
         )
         # The naive loop mutates one genome with the encoding's own operator (for the ES
         # genome too: a weight perturbation costs the same), renders and classifies it.

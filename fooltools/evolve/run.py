@@ -282,8 +282,11 @@ def evolve_single(
     )
 
     def step(gen: int) -> Callable[[], tuple[np.ndarray, int]]:
+        # The seed before the dispatch: a block of seeds computed after it would be
+        # queued behind this generation (and, with lookahead, the next), and wait for it.
+        seed = seeds(gen)
         if generation_ahead is None:
-            elites, parents = search.select_parents(state["fitness"], cfg, seeds(gen))
+            elites, parents = search.select_parents(state["fitness"], cfg, seed)
             nxt, images, conf = generation(key, gen, pop["genomes"], parents, elites, cols)
             picks = None
         else:
@@ -295,7 +298,7 @@ def evolve_single(
 
         def collect() -> tuple[np.ndarray, int]:
             kid_fit = np.asarray(conf)[:, 0]
-            kept = elites if picks is None else deap_checked(picks, gen)
+            kept = elites if picks is None else deap_checked(picks, gen, seed)
             pop["genomes"] = nxt
             state["fitness"] = np.concatenate([state["fitness"][kept], kid_fit])
             record_best(state, kid_fit, images, gen)  # elites are never re-evaluated
@@ -303,10 +306,10 @@ def evolve_single(
 
         return collect
 
-    def deap_checked(picks: jax.Array, gen: int) -> np.ndarray:
+    def deap_checked(picks: jax.Array, gen: int, seed: int) -> np.ndarray:
         # DEAP's selection over the fitness the device picked from (the state before
         # this generation is collected) must be the device's: return its elites.
-        elites, parents = search.select_parents(state["fitness"], cfg, seeds(gen))
+        elites, parents = search.select_parents(state["fitness"], cfg, seed)
         if not np.array_equal(np.asarray(picks), np.concatenate([elites, parents])):
             raise RuntimeError(f"generation {gen}: the device's truncation picks are not DEAP's")
         return elites
