@@ -46,8 +46,13 @@ def probe() -> dict:
     cfg = SearchConfig(population=15, generations=3, elites=2, stop_at=None)
     with tempfile.TemporaryDirectory() as tmp:
         enc = direct(height=S, width=S)
-        run = evolve_single(clf, enc, "direct", 15, cfg, seed=0, out=Path(tmp))
+        run = evolve_single(clf, enc, "direct", 15, cfg, seed=0, out=Path(tmp) / "plain")
         out["direct"] = [h["best"] for h in run["history"]]
+        # Parents picked on the device, each generation queued before the last is
+        # collected (as on GPUs): on several devices, as the generation's jitted parts.
+        kw = {"seed": 0, "out": Path(tmp) / "ahead", "lookahead": True}
+        run = evolve_single(clf, enc, "direct", 15, cfg, **kw)
+        out["direct-lookahead"] = [h["best"] for h in run["history"]]
     det = load_detector("yolo")
     data = synthetic.make_dataset(synthetic.TEST_SEED, 6)
     found = evaluate.detect_all(det, data.images, batch=3)  # 3 rows: padded to 4

@@ -41,6 +41,8 @@ def test_two_devices_match_one(sharded):
 
     single = sharding_probe.probe()
     assert single["devices"] == 1 and sharded["devices"] == 2
-    for key in ("direct", "detect_scores", "vanish"):
+    for key in ("direct", "direct-lookahead", "detect_scores", "vanish"):
         np.testing.assert_allclose(sharded[key], single[key], rtol=0, atol=1e-5, err_msg=key)
+    for run in (single, sharded):
+        assert run["direct-lookahead"] == run["direct"]
     assert single["vanish"][2] > 0  # the detector found objects to make vanish
