@@ -10,8 +10,10 @@ each call blocked until its results are ready, of:
   MAP-Elites), breeding (GA, MAP-Elites) or sampling (ES), render + 8-bit quantization,
   the classifier, and forming the next population (GA survivors, ES update, MAP-Elites
   archive update);
-* ``fused``: the whole generation as the search dispatches it (one jitted call for the
-  GA and ES, the three calls of MAP-Elites), and its excess over the parts' sum;
+* ``fused``: the whole generation as the search dispatches it on this backend (one
+  jitted call for the GA and ES, the three calls of MAP-Elites; on accelerators the GA's
+  call picks its parents itself, see ``search.make_generation_ahead``), and its excess
+  over the parts' sum;
 * ``loop``: a generation of the real search, with its host work (selection, fetching
   the fitness, books): the median of ``history.jsonl``'s seconds over ``--generations``.
 
@@ -83,14 +85,19 @@ def ga_phases(clf, enc, name: str, population: int) -> Phases:
     breed = search.make_breeder(enc, cfg.cxpb)
     kids = jax.block_until_ready(breed(key, genomes, parents))
     images = search.render_images(enc, kids, h, w)
-    generation = search.make_generation(clf, enc, cfg.cxpb)
+    if jax.default_backend() == "cpu":  # as evolve_single's default lookahead
+        plain = search.make_generation(clf, enc, cfg.cxpb)
+        fused = functools.partial(plain, key, 1, genomes, parents, elites, cols)
+    else:
+        ahead = search.make_generation_ahead(clf, enc, cfg.cxpb, cfg.elites)
+        fused = functools.partial(ahead, key, 1, genomes, jnp.asarray(fitness), cols)
     parts = {
         "select (host)": lambda: search.select_parents(fitness, cfg, 0),
         "breed": lambda: breed(key, genomes, parents),
         "render": lambda: search.render_images(enc, kids, h, w),
         "classify": lambda: _logits(clf)(clf.params, images),
         "next population": lambda: search.survivors(genomes, elites, kids),
-        "fused": lambda: generation(key, 1, genomes, parents, elites, cols),
+        "fused": fused,
     }
 
     def run(out: Path, n: int) -> dict[str, Any]:
