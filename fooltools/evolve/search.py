@@ -6,7 +6,10 @@ single-target generation is one jitted call that gathers the selected parents, v
 them (vmapped encoding operators), renders, quantizes to 8 bits and classifies the whole
 brood, and forms the next population (see :func:`fuse`; MAP-Elites makes three calls).
 The host only selects and keeps books, so the cost is dominated by the network's
-forward pass.
+forward pass. On accelerators the GA's truncation selection also runs on the device
+(:func:`select_truncation`, DEAP's picks, which the host checks with DEAP itself), so a
+generation can be queued before the last one is collected
+(:func:`make_generation_ahead`).
 
 Randomness: every generation's randomness derives from ``fold_in(key, generation)``;
 DEAP's selection draws from Python's ``random``, which is re-seeded from that key each
