@@ -253,7 +253,8 @@ class Level(NamedTuple):
 
     Attributes:
         nodes: Slots computed at this level, grouped by activation.
-        sources: Slots with an edge into any of ``nodes`` (all computed earlier).
+        sources: Slots with an edge into any of ``nodes`` (all computed earlier), in the
+            order the render holds their values: inputs, then each level's ``nodes``.
         groups: ``(activation index, count)`` runs over ``nodes`` (identity for outputs).
     """
 
@@ -283,19 +284,28 @@ def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
     for j in hidden:  # in topological order, so every predecessor's depth is final
         depth[j] = 1 + depth[conn[:, j]].max(initial=0)
 
-    def level(members: list[tuple[int, int]]) -> Level:
+    # Where the render holds each slot's values: (level, row), inputs at level 0.
+    held = {i: (0, i) for i in range(N_INPUTS)}
+    levels: list[Level] = []
+
+    def add_level(members: list[tuple[int, int]]) -> None:
         members = sorted(members)  # (activation, slot): each activation's nodes together
         nodes = tuple(j for _, j in members)
         groups = tuple((a, len(list(run))) for a, run in itertools.groupby(a for a, _ in members))
-        sources = tuple(int(i) for i in np.flatnonzero(conn[:, list(nodes)].any(1)))
-        return Level(nodes, sources, groups)
+        # Sources in the order their values are held, not by slot: a layered genome's are
+        # then whole earlier levels, which the render reads without a copy. By slot, the
+        # rows of a level (held grouped by activation) came one at a time: 16 slices and
+        # a concatenation a level, 518-582 -> 374-420 ms for the ES's 200 genomes at
+        # 224 x 224. The order is the dot products' order of summation.
+        feeding = (int(i) for i in np.flatnonzero(conn[:, list(nodes)].any(1)))
+        sources = tuple(sorted(feeding, key=held.__getitem__))
+        levels.append(Level(nodes, sources, groups))
+        held.update({j: (len(levels), r) for r, j in enumerate(nodes)})
 
-    deepest = int(depth.max(initial=0))
-    levels = [
-        level([(int(act[j]), j) for j in hidden if depth[j] == d]) for d in range(1, deepest + 1)
-    ]
-    outputs = [(IDENTITY, j) for j in range(N_INPUTS, first_hidden)]
-    return (*levels, level(outputs))
+    for d in range(1, int(depth.max(initial=0)) + 1):
+        add_level([(int(act[j]), j) for j in hidden if depth[j] == d])
+    add_level([(IDENTITY, j) for j in range(N_INPUTS, first_hidden)])
+    return tuple(levels)
 
 
 def _levels_one(weight: jax.Array, inputs: jax.Array, levels: tuple[Level, ...]) -> jax.Array:
@@ -303,8 +313,8 @@ def _levels_one(weight: jax.Array, inputs: jax.Array, levels: tuple[Level, ...])
     pieces = [inputs]  # each level's values, f32[len(nodes), H*W]
     where = {i: (0, i) for i in range(N_INPUTS)}  # slot -> (piece, row)
     for lvl in levels:
-        # The sources as slices of the pieces (a layered genome's are one whole piece),
-        # not a gather from an M-row array of every slot.
+        # The sources as slices of the pieces (a layered genome's are whole pieces: see
+        # plan), not a gather from an M-row array of every slot.
         runs: list[list[int]] = []
         for s in lvl.sources:
             p, r = where[s]
