@@ -385,14 +385,21 @@ def make_generation(clf: Classifier, encoding: Encoding, cxpb: float) -> Callabl
     individuals ``elites`` of ``genomes`` then the children. Memoised per (classifier,
     encoding, cxpb).
     """
-    breed = make_breeder(encoding, cxpb)
+    return fuse(clf, encoding, _ga_step(make_breeder(encoding, cxpb)))
+
+
+def _ga_step(breed: Callable[..., Genomes]) -> Callable[..., Any]:
+    """The GA generation of :func:`make_generation`, bred by ``breed`` (a :func:`make_breeder`).
+
+    ``step(evaluate, key, g, genomes, parents, elites, columns) -> (next, images, conf)``.
+    """
 
     def step(evaluate, key, gen, genomes, parents, elites, columns):
         kids = breed(generation_jax_key(key, gen), genomes, parents)
         images, conf = evaluate(kids, columns)
         return survivors(genomes, elites, kids), images, conf
 
-    return fuse(clf, encoding, step)
+    return step
 
 
 @functools.lru_cache(maxsize=16)
@@ -411,15 +418,13 @@ def make_generation_ahead(
     it can be queued before generation g is collected: the device does not wait for the
     host's books. Memoised per (classifier, encoding, cxpb, elites).
     """
-    breed = make_breeder(encoding, cxpb)
+    generation = _ga_step(make_breeder(encoding, cxpb))
 
     def step(evaluate, key, gen, genomes, fitness, columns):
         best, parents = select_truncation(fitness, elites, fitness.shape[0] - elites)
-        kids = breed(generation_jax_key(key, gen), genomes, parents)
-        images, conf = evaluate(kids, columns)
+        nxt, images, conf = generation(evaluate, key, gen, genomes, parents, best, columns)
         nxt_fitness = jnp.concatenate([fitness[best], conf[:, 0]])
-        picks = jnp.concatenate([best, parents])
-        return survivors(genomes, best, kids), nxt_fitness, images, conf, picks
+        return nxt, nxt_fitness, images, conf, jnp.concatenate([best, parents])
 
     return fuse(clf, encoding, step)
 
