@@ -42,7 +42,7 @@ from fooltools import hugepages
 from fooltools.evolve import cppn_pallas, es, search
 from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
-from fooltools.evolve.run import evolve_map_elites, evolve_single
+from fooltools.evolve.run import evolve_map_elites, evolve_single, lookahead_by_default
 from fooltools.evolve.search import SearchConfig
 from fooltools.models import load_model
 
@@ -85,12 +85,12 @@ def ga_phases(clf, enc, name: str, population: int) -> Phases:
     breed = search.make_breeder(enc, cfg.cxpb)
     kids = jax.block_until_ready(breed(key, genomes, parents))
     images = search.render_images(enc, kids, h, w)
-    if jax.default_backend() == "cpu":  # as evolve_single's default lookahead
-        plain = search.make_generation(clf, enc, cfg.cxpb)
-        fused = functools.partial(plain, key, 1, genomes, parents, elites, cols)
-    else:
+    if lookahead_by_default():  # as evolve_single picks, with truncation selection
         ahead = search.make_generation_ahead(clf, enc, cfg.cxpb, cfg.elites)
         fused = functools.partial(ahead, key, 1, genomes, jnp.asarray(fitness), cols)
+    else:
+        plain = search.make_generation(clf, enc, cfg.cxpb)
+        fused = functools.partial(plain, key, 1, genomes, parents, elites, cols)
     parts = {
         "select (host)": lambda: search.select_parents(fitness, cfg, 0),
         "breed": lambda: breed(key, genomes, parents),

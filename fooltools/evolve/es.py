@@ -38,6 +38,7 @@ from fooltools.evolve.run import (
     Loop,
     Progress,
     genome_template,
+    lookahead_by_default,
     record_best,
     single_summary,
 )
@@ -250,8 +251,6 @@ def evolve_es(
     if not resume:
         save(0)
     if lookahead is None:
-        # On a CPU the "device" is the host's own cores, so there is no idle device to
-        # keep busy, and a generation queued past the stop would cost seconds.
-        lookahead = jax.default_backend() != "cpu"
+        lookahead = lookahead_by_default()
     last = loop.run(start, step, save, cfg.stop_at, lookahead=lookahead)
     return single_summary(state, last, loop, clf.info.input_size)

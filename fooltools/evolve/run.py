@@ -145,6 +145,16 @@ class Loop:
             save(gen)
 
 
+def lookahead_by_default() -> bool:
+    """Whether a search queues each generation before the last is collected, by default.
+
+    On accelerators only (see :meth:`Loop.run`): on a CPU the "device" is the host's own
+    cores, so nothing idles while the host keeps a generation's books, and a generation
+    queued past the stop would cost seconds.
+    """
+    return jax.default_backend() != "cpu"
+
+
 def genome_template(encoding: search.Encoding, n: int) -> Any:
     """``jax.ShapeDtypeStruct`` pytree of ``n`` stacked genomes (what a checkpoint holds)."""
     keys = jax.ShapeDtypeStruct((n,), jax.random.key(0).dtype)
@@ -236,9 +246,7 @@ def evolve_single(
         raise FoolError("population must be >= 2 and larger than the number of elites")
     device_picks = cfg.selection == "truncation" and cfg.elites >= 1
     if lookahead is None:
-        # On a CPU the "device" is the host's own cores: nothing idles while the host
-        # books a generation, and one queued past the stop would cost seconds.
-        lookahead = device_picks and jax.default_backend() != "cpu"
+        lookahead = device_picks and lookahead_by_default()
     elif lookahead and not device_picks:
         raise ValueError(
             "lookahead needs truncation selection with elites >= 1 (a tournament draws "
