@@ -20,9 +20,9 @@ def lite0():
 # are built once. A worker takes the next module when it is nearly done with the last,
 # so modules start longest first (each with its seconds in one clean-clone run) and
 # the two workers finish at about the same time, the short ones filling in at the end.
-# (With seven hand-picked modules first and the rest alphabetical, the worker loads of
-# three runs, replayed, were 756/796, 866/801 and 904/981 s; in this order 776/776,
-# 833/834 and 941/943.)
+# `--no-loadscope-reorder` keeps this order: by default xdist starts the modules with
+# the most tests first, which ran test_perturb_minimal last, alone (worker spans 769 and
+# 725 s in a clean-clone run; this order, replayed on that run's times: 743 and 748 s).
 _LONGEST_FIRST = (
     "test_detection_eval",  # 187
     "test_experiments",  # 149
