@@ -204,6 +204,13 @@ def test_level_render_of_the_es_population_matches_the_graph_render():
     levels = cppn_render.plan(center, enc.channels)
     assert [len(lvl.nodes) for lvl in levels] == [16, 16, 16, 3]
     assert [len(lvl.sources) for lvl in levels] == [4, 16, 16, 4 + 16]
+    # Each level reads whole earlier levels, as one slice each (no gather, no row copies).
+    assert [lvl.runs for lvl in levels] == [
+        ((0, 0, 4),),
+        ((1, 0, 16),),
+        ((2, 0, 16),),
+        ((0, 0, 4), (3, 0, 16)),
+    ]
     got = cppn_render.Planned(levels).render(pop, 24, 20)
     np.testing.assert_allclose(got, enc.render(pop, 24, 20), atol=1e-5)
 

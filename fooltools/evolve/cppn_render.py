@@ -256,11 +256,14 @@ class Level(NamedTuple):
         sources: Slots with an edge into any of ``nodes`` (all computed earlier), in the
             order the render holds their values: inputs, then each level's ``nodes``.
         groups: ``(activation index, count)`` runs over ``nodes`` (identity for outputs).
+        runs: Where ``sources``' values are held, in order: ``(level, start, stop)`` row
+            slices of a level's values (level 0 the inputs, level k this plan's k-th).
     """
 
     nodes: tuple[int, ...]
     sources: tuple[int, ...]
     groups: tuple[tuple[int, int], ...]
+    runs: tuple[tuple[int, int, int], ...]
 
 
 def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
@@ -299,7 +302,13 @@ def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
         # 224 x 224. The order is the dot products' order of summation.
         feeding = (int(i) for i in np.flatnonzero(conn[:, list(nodes)].any(1)))
         sources = tuple(sorted(feeding, key=held.__getitem__))
-        levels.append(Level(nodes, sources, groups))
+        runs: list[list[int]] = []  # consecutive rows of one level read as one slice
+        for level, row in map(held.__getitem__, sources):
+            if runs and runs[-1][0] == level and runs[-1][2] == row:
+                runs[-1][2] += 1
+            else:
+                runs.append([level, row, row + 1])
+        levels.append(Level(nodes, sources, groups, tuple(map(tuple, runs))))
         held.update({j: (len(levels), r) for r, j in enumerate(nodes)})
 
     for d in range(1, int(depth.max(initial=0)) + 1):
@@ -311,19 +320,11 @@ def plan(genome: CPPNGenome, channels: int) -> tuple[Level, ...]:
 def _levels_one(weight: jax.Array, inputs: jax.Array, levels: tuple[Level, ...]) -> jax.Array:
     """Pre-squash outputs f32[C, H*W] of one genome's weights f32[M, M] along ``levels``."""
     pieces = [inputs]  # each level's values, f32[len(nodes), H*W]
-    where = {i: (0, i) for i in range(N_INPUTS)}  # slot -> (piece, row)
     for lvl in levels:
         # The sources as slices of the pieces (a layered genome's are whole pieces: see
         # plan), not a gather from an M-row array of every slot.
-        runs: list[list[int]] = []
-        for s in lvl.sources:
-            p, r = where[s]
-            if runs and runs[-1][0] == p and runs[-1][2] == r:
-                runs[-1][2] += 1
-            else:
-                runs.append([p, r, r + 1])
-        if runs:
-            src = jnp.concatenate([pieces[p][a:b] for p, a, b in runs])
+        if lvl.runs:
+            src = jnp.concatenate([pieces[p][a:b] for p, a, b in lvl.runs])
             z = weight[np.ix_(np.array(lvl.sources), np.array(lvl.nodes))].T @ src
         else:  # nodes without inputs (an edge deleted by the GA) see 0
             z = jnp.zeros((len(lvl.nodes), inputs.shape[1]), jnp.float32)
@@ -332,7 +333,6 @@ def _levels_one(weight: jax.Array, inputs: jax.Array, levels: tuple[Level, ...])
             out.append(FNS[a](z[start : start + n]))
             start += n
         pieces.append(jnp.concatenate(out))
-        where.update({j: (len(pieces) - 1, r) for r, j in enumerate(lvl.nodes)})
     return pieces[-1]
 
 
