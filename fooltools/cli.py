@@ -6,9 +6,12 @@ them (and click's usage errors) as one line on stderr and exits with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -262,7 +265,7 @@ def evolve(
     """Evolve fooling images (Nguyen et al. 2015) with a CPPN or direct encoding.
 
     Writes best.png (or cells/*.png), history.jsonl, confidence.png, report.json,
-    index.html and checkpoint.npz; Ctrl-C saves the state for --resume.
+    index.html and checkpoint.npz; Ctrl-C (or SIGTERM) saves the state for --resume.
     """
     from fooltools.evolve import cli_support
     from fooltools.models import DEFAULT_MODEL, load_model
@@ -327,21 +330,56 @@ def _register_subgroups() -> None:
 _register_subgroups()
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While in the block, SIGTERM stops a command as Ctrl-C does.
+
+    ``kill``, ``timeout`` and cluster schedulers (Slurm, Kubernetes, Ray) stop a job with
+    SIGTERM, whose default action ends the process at once: an evolution then lost every
+    generation since its last periodic checkpoint and said nothing. As a
+    ``KeyboardInterrupt`` it saves the state for ``--resume`` and ends with one line and
+    exit code 2. Later SIGTERMs are ignored so that they cannot cut that save short
+    (SIGKILL still ends the process; every file is written by rename, so a kill leaves
+    either the old file or the new one). Only the main thread can set a handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interruption(err: BaseException | None) -> str:
+    """The line for a stopped command: an ``Interrupted``'s account of what it saved."""
+    text = " ".join(str(err).split()) if isinstance(err, KeyboardInterrupt) else ""
+    return text or "interrupted"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the ``fool`` command line on ``argv`` (default ``sys.argv[1:]``).
 
     The ``fool`` script itself is :func:`fooltools.hugepages.fool`, which may first
-    restart the process with huge-page buffers, then calls this.
+    restart the process with huge-page buffers, then calls this. SIGTERM interrupts a
+    command as Ctrl-C does (see :func:`_terminate_as_interrupt`).
     """
     from fooltools.cache import enable_compilation_cache
 
     enable_compilation_cache()
     try:
-        cli.main(args=argv, prog_name="fool", standalone_mode=False)
+        with _terminate_as_interrupt():
+            cli.main(args=argv, prog_name="fool", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.Abort:
-        click.echo("error: interrupted", err=True)
+    except click.Abort as e:  # click's form of a KeyboardInterrupt in a command
+        click.echo(f"error: {_interruption(e.__cause__)}", err=True)
         sys.exit(EXIT_USAGE)
     except click.ClickException as e:
         msg = " ".join(e.format_message().split())
@@ -351,8 +389,8 @@ def main(argv: list[str] | None = None) -> None:
     except FoolError as e:
         click.echo(f"error: {' '.join(str(e).split())}", err=True)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted", err=True)
+    except KeyboardInterrupt as e:
+        click.echo(f"error: {_interruption(e)}", err=True)
         sys.exit(EXIT_USAGE)
 
 

@@ -2,7 +2,8 @@
 
 Every error a user can cause (a bad path, an unknown class name, a wrong weights file)
 is a :class:`FoolError`; the CLI prints its message as one line on stderr and exits
-with status 2. Anything else escaping is a bug in fooltools.
+with status 2, as it does for an :class:`Interrupted` command. Anything else escaping is
+a bug in fooltools.
 """
 
 
@@ -24,3 +25,13 @@ class UnknownClassError(FoolError):
 
 class ModelError(FoolError):
     """An unknown model name, a model whose weights are not installed, or bad weights."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, see ``fooltools.cli``) stopped work that saved its state first.
+
+    The message says what was saved and how to continue. A ``KeyboardInterrupt``, not a
+    :class:`FoolError`: a batch (``fool run``) records a task's errors and goes on with
+    the next run, but stops at an interruption and leaves the run unfinished, to be
+    continued by ``fool run --resume``.
+    """

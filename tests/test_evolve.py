@@ -2,6 +2,12 @@
 
 import json
 import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +18,13 @@ from deap import tools
 from sharding_probe import S
 
 from fooltools import io
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, Interrupted
 from fooltools.evolve import checkpoint, es, report, search
 from fooltools.evolve.cppn import cppn
 from fooltools.evolve.cppn_render import Planned, plan
 from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
-from fooltools.evolve.run import HISTORY, evolve_map_elites, evolve_single
+from fooltools.evolve.run import HISTORY, Loop, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 
 # One population size (and elite count) throughout: each new one compiles its own
@@ -351,7 +357,7 @@ def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
     if stop == "generations":
         run(part, 3)
     else:
-        with pytest.raises(FoolError, match="interrupted after generation 3; state saved"):
+        with pytest.raises(Interrupted, match="interrupted after generation 3; state saved"):
             run(part, 6, progress=ctrl_c_at_3)
     lines = (part / HISTORY).read_text().splitlines()
     assert [json.loads(x)["generation"] for x in lines] == [1, 2, 3]
@@ -364,6 +370,19 @@ def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
     w, p = ([json.loads(x) for x in (d / HISTORY).read_text().splitlines()] for d in (whole, part))
     assert [h["generation"] for h in p] == list(range(1, 7))
     assert [h["best"] for h in w] == [h["best"] for h in p]
+
+
+def test_ctrl_c_in_the_first_generation_says_that_nothing_was_saved(tmp_path):
+    def step(gen):
+        def collect():
+            raise KeyboardInterrupt
+
+        return collect
+
+    saved = []
+    with pytest.raises(Interrupted, match="before generation 1 completed; nothing saved"):
+        Loop(tmp_path, generations=3, checkpoint_every=1, progress=None).run(0, step, saved.append)
+    assert saved == []
 
 
 @pytest.mark.parametrize("search_kind", ["es", "ga-direct"])
@@ -478,6 +497,42 @@ def test_resume_of_corrupt_checkpoint_via_cli(capsys, tmp_path):
     code, _, err = fool(capsys, "evolve", "--class", "robin", "--out", str(tmp_path), "--resume")
     assert code == 2 and "corrupt checkpoint" in err
     assert (tmp_path / "checkpoint.npz").read_bytes() == b"PK\x03\x04 garbage"
+
+
+def test_sigterm_saves_the_state_like_ctrl_c(capsys, tmp_path):
+    # What a scheduler's stop (or `kill`, `timeout`) does to a long search: the state of
+    # the last finished generation is saved, one line says so, exit code 2; --resume
+    # goes on from there. (The settings of the end-to-end run below: the same programs,
+    # from the persistent compilation cache.)
+    args = ["evolve", "--class", "robin", "--population", "4", "--seed", "1"]
+    cmd = [sys.executable, "-c", "from fooltools.cli import main; main()"]
+    proc = subprocess.Popen(
+        [*cmd, *args, "--generations", "100000", "--out", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    history = tmp_path / HISTORY
+    deadline = time.monotonic() + 300
+    while not (history.is_file() and history.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    match = re.fullmatch(
+        r"error: interrupted after generation (\d+); state saved in (.+), .*", err.strip()
+    )
+    assert match and "Traceback" not in err, err
+    done = int(match[1])
+    assert Path(match[2]) == tmp_path / "checkpoint.npz"
+    assert len(history.read_text().splitlines()) == done >= 2
+    code, out, _ = fool(
+        capsys, *args, "--generations", str(done + 1), "--out", str(tmp_path), "--resume"
+    )
+    assert code == 0, out
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["generations_run"] == done + 1 and rep["evaluations"] == (done + 1) * 4
 
 
 def test_evolve_end_to_end_on_lite0(capsys, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import ray
 
 from fooltools.cli import main
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, Interrupted
 from fooltools.experiments import (
     TASKS,
     LocalExecutor,
@@ -213,14 +213,21 @@ def toy_kinds(monkeypatch):
 
     def interrupted(p, out):
         (out / "partial.png").write_bytes(b"half")
-        raise KeyboardInterrupt
+        # As `fool evolve` stops at Ctrl-C: its state saved, a message for the user.
+        raise (
+            Interrupted("interrupted after generation 3; state saved")
+            if p["saved"]
+            else (KeyboardInterrupt)
+        )
 
     def where(p, out):
         return {"class": p["file"]}
 
     monkeypatch.setitem(TASKS, "square", TaskKind(square, {"x": Param((int,), required=True)}))
     monkeypatch.setitem(TASKS, "where", TaskKind(where, {"file": Param((str,), path=True)}))
-    monkeypatch.setitem(TASKS, "interrupted", TaskKind(interrupted, {}))
+    monkeypatch.setitem(
+        TASKS, "interrupted", TaskKind(interrupted, {"saved": Param((bool,), required=True)})
+    )
 
 
 def test_run_one_records_failures_instead_of_raising(tmp_path, toy_kinds):
@@ -236,10 +243,13 @@ def test_run_one_records_failures_instead_of_raising(tmp_path, toy_kinds):
     assert read_result(tmp_path / "bug")["status"] == "failed"
 
 
-def test_an_interrupted_run_leaves_no_result(tmp_path, toy_kinds):
+@pytest.mark.parametrize("saved", [False, True])
+def test_an_interrupted_run_leaves_no_result(tmp_path, toy_kinds, saved):
+    # Not recorded as a failure that the batch goes past: the batch stops, and the run
+    # is unfinished, so `fool run --resume` continues it (an evolution from its state).
     run_one("square", {"x": 2}, tmp_path / "r")  # a finished run, re-run and interrupted:
-    with pytest.raises(KeyboardInterrupt):
-        run_one("interrupted", {}, tmp_path / "r")
+    with pytest.raises(Interrupted if saved else KeyboardInterrupt):
+        run_one("interrupted", {"saved": saved}, tmp_path / "r")
     assert (tmp_path / "r" / "partial.png").exists()
     assert read_result(tmp_path / "r") is None  # unfinished, not "finished" with stale data
 

@@ -172,6 +172,7 @@ def evolve_es(
 
     Raises:
         FoolError: A population that is odd or < 2, or a bad checkpoint on resume.
+        Interrupted: Ctrl-C, after saving the state (see :meth:`.run.Loop.run`).
     """
     if cfg.population < 2 or cfg.population % 2:
         raise FoolError(

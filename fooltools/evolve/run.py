@@ -1,8 +1,8 @@
 """Drivers of ``fool evolve``: run a search generation by generation, with checkpoints.
 
 Each generation appends a line to ``history.jsonl``; every ``checkpoint_every``
-generations, at the end, and on Ctrl-C the state is saved atomically to
-``checkpoint.npz``; ``resume=True`` continues from it and ends bit-identical to an
+generations, at the end, and on Ctrl-C (or SIGTERM, under ``fool``) the state is saved
+atomically to ``checkpoint.npz``; ``resume=True`` continues from it and ends bit-identical to an
 uninterrupted run with the same seed.
 """
 
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fooltools import io
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, Interrupted
 from fooltools.evolve import checkpoint, search
 from fooltools.evolve.search import SearchConfig
 from fooltools.models.base import Classifier
@@ -78,6 +78,10 @@ class Loop:
         computes on the host (the ES: its next centre is a device output; the GA with
         truncation selection, picked on the device); a generation queued past a stop is
         discarded, and the state stays the last collected one's.
+
+        Raises:
+            Interrupted: On ``KeyboardInterrupt``, once the last collected generation's
+                state and history line are saved (its message says where).
         """
         done, pending = start, None  # pending: the last generation collected, not booked
 
@@ -107,7 +111,12 @@ class Loop:
                     with open(self.out / HISTORY, "a") as log:
                         self._record(log, *pending)
                 save(done)
-            raise FoolError(
+            if done == 0:  # a fresh run stopped in its first generation: nothing was saved
+                raise Interrupted(
+                    "interrupted before generation 1 completed; nothing saved to resume "
+                    "(run again without --resume)"
+                ) from None
+            raise Interrupted(
                 f"interrupted after generation {done}; state saved in {self.out / CHECKPOINT}, "
                 "continue with --resume"
             ) from None
@@ -240,6 +249,7 @@ def evolve_single(
     Raises:
         FoolError: A population < 2 or not larger than the elites, or a bad checkpoint on
             resume.
+        Interrupted: Ctrl-C, after saving the state (see :meth:`Loop.run`).
         ValueError: ``lookahead=True`` without truncation selection and elites >= 1.
     """
     if cfg.population < 2 or cfg.elites >= cfg.population:
