@@ -357,9 +357,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _interruption(err: BaseException | None) -> str:
-    """The line for a stopped command: an ``Interrupted``'s account of what it saved."""
-    text = " ".join(str(err).split()) if isinstance(err, KeyboardInterrupt) else ""
+def _interruption(err: click.Abort | KeyboardInterrupt) -> str:
+    """The line for a stopped command: an ``Interrupted``'s account of what it saved.
+
+    Click turns a KeyboardInterrupt raised in a command into ``Abort``, its cause.
+    """
+    stop = err.__cause__ if isinstance(err, click.Abort) else err
+    text = " ".join(str(stop).split()) if isinstance(stop, KeyboardInterrupt) else ""
     return text or "interrupted"
 
 
@@ -378,8 +382,8 @@ def main(argv: list[str] | None = None) -> None:
             cli.main(args=argv, prog_name="fool", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except click.Abort as e:  # click's form of a KeyboardInterrupt in a command
-        click.echo(f"error: {_interruption(e.__cause__)}", err=True)
+    except (click.Abort, KeyboardInterrupt) as e:
+        click.echo(f"error: {_interruption(e)}", err=True)
         sys.exit(EXIT_USAGE)
     except click.ClickException as e:
         msg = " ".join(e.format_message().split())
@@ -388,9 +392,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except FoolError as e:
         click.echo(f"error: {' '.join(str(e).split())}", err=True)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt as e:
-        click.echo(f"error: {_interruption(e)}", err=True)
         sys.exit(EXIT_USAGE)
 
 

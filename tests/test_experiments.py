@@ -213,12 +213,9 @@ def toy_kinds(monkeypatch):
 
     def interrupted(p, out):
         (out / "partial.png").write_bytes(b"half")
-        # As `fool evolve` stops at Ctrl-C: its state saved, a message for the user.
-        raise (
-            Interrupted("interrupted after generation 3; state saved")
-            if p["saved"]
-            else (KeyboardInterrupt)
-        )
+        if p["saved"]:  # as `fool evolve` stops at Ctrl-C: its state saved, a message
+            raise Interrupted("interrupted after generation 3; state saved")
+        raise KeyboardInterrupt
 
     def where(p, out):
         return {"class": p["file"]}

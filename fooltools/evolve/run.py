@@ -2,8 +2,8 @@
 
 Each generation appends a line to ``history.jsonl``; every ``checkpoint_every``
 generations, at the end, and on Ctrl-C (or SIGTERM, under ``fool``) the state is saved
-atomically to ``checkpoint.npz``; ``resume=True`` continues from it and ends bit-identical to an
-uninterrupted run with the same seed.
+atomically to ``checkpoint.npz``; ``resume=True`` continues from it and ends
+bit-identical to an uninterrupted run with the same seed.
 """
 
 from __future__ import annotations
