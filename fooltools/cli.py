@@ -190,7 +190,8 @@ def perturb(
     out = Path(out_dir) if out_dir else default_out_dir()
     bar = Progress(total_steps(cfg), label=f"{method} {path.name}")
     try:
-        report = perturb_file(clf, path, cfg, out, progress=bar)
+        # No bar drawn (not a terminal): one device call, not a call per refresh.
+        report = perturb_file(clf, path, cfg, out, progress=bar if bar.enabled else None)
     finally:
         bar.close()
     fin, dist = report["final"], report["distortion_255"]

@@ -72,46 +72,25 @@ class PerturbConfig:
         return dataclasses.replace(self, eps=eps, steps=steps)
 
 
-def build_attack(clf: Classifier, cfg: PerturbConfig, progress: Callable | None = None):
-    """The jitted ``run(key, x, target)`` for a resolved config (see :mod:`.attacks`)."""
+def build_attack(clf: Classifier, cfg: PerturbConfig) -> attacks.base.Run:
+    """The attack ``run(key, x, target, *, progress=None)`` for a resolved config."""
     targeted = cfg.target is not None
-    common = {"targeted": targeted, "progress": progress}
     if cfg.method == "pgd":
         return attacks.pgd(
-            clf.logits, clf.params, eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, **common
+            clf.logits, clf.params, eps=cfg.eps, norm=cfg.norm, steps=cfg.steps, targeted=targeted
         )
     if cfg.method == "fgsm":
-        return attacks.fgsm(clf.logits, clf.params, eps=cfg.eps, norm=cfg.norm, **common)
+        return attacks.fgsm(clf.logits, clf.params, eps=cfg.eps, norm=cfg.norm, targeted=targeted)
     if cfg.method == "szegedy":
-        return attacks.szegedy(clf.logits, clf.params, steps=cfg.steps, **common)
+        return attacks.szegedy(clf.logits, clf.params, steps=cfg.steps, targeted=targeted)
     if cfg.method == "lbfgs":
-        return attacks.lbfgs(clf.logits, clf.params, steps=cfg.steps, **common)
-    return attacks.cw(clf.logits, clf.params, steps=cfg.steps, **common)
+        return attacks.lbfgs(clf.logits, clf.params, steps=cfg.steps, targeted=targeted)
+    return attacks.cw(clf.logits, clf.params, steps=cfg.steps, targeted=targeted)
 
 
-class _Relay:
-    """The one host callback of a cached attack, pointed at each call's own ``progress``.
-
-    A callback is part of the compiled graph: a new ``progress`` function per call meant a
-    new graph, compiled afresh for every image (~10 s for PGD on Lite0 on 2 CPU cores), and
-    JAX's persistent cache does not keep graphs with host callbacks.
-    """
-
-    __slots__ = ("sink",)
-
-    def __init__(self) -> None:
-        self.sink: Callable | None = None
-
-    def __call__(self, step: jax.Array) -> None:
-        if self.sink is not None:
-            self.sink(step)
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_attack(clf: Classifier, cfg: PerturbConfig, with_progress: bool):
-    """``(run, relay)`` per classifier and attack; ``cfg`` without its target and seed."""
-    relay = _Relay() if with_progress else None
-    return build_attack(clf, cfg, relay), relay
+# Per classifier and attack (``cfg`` without its target and seed), so that a batch of
+# images compiles each attack once per image shape.
+_cached_attack = functools.lru_cache(maxsize=16)(build_attack)
 
 
 def total_steps(cfg: PerturbConfig) -> int:
@@ -161,7 +140,7 @@ def perturb_file(
     cfg: PerturbConfig,
     out_dir: str | os.PathLike[str],
     *,
-    progress: Callable | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Attack one image file and write the run directory.
 
@@ -174,7 +153,9 @@ def perturb_file(
         image: Path of the photo.
         cfg: What to run (validated here).
         out_dir: The run directory (created).
-        progress: Optional ``progress(step)`` host callback, called once per iteration.
+        progress: Optional ``progress(step)``, called on the host with the 0-based index
+            of the last finished iteration as the attack goes (see
+            :func:`fooltools.attacks.base.looped`); None: one device call, no reports.
 
     Returns:
         The report dict (also in ``report.json``).
@@ -197,15 +178,9 @@ def perturb_file(
         # Target and seed are arguments of the compiled attack: leave them out of the key
         # (but keep whether it is targeted), so a batch of images compiles once per shape.
         key = dataclasses.replace(cfg, target=None if cfg.target is None else 0, seed=0)
-        run, relay = _cached_attack(clf, key, progress is not None)
-        if relay is not None:
-            relay.sink = progress
-        try:
-            res = run(jax.random.key(cfg.seed), x, jnp.asarray([target]))
-            adv, note, steps = jax.block_until_ready(res.x[0]), None, total_steps(cfg)
-        finally:
-            if relay is not None:
-                relay.sink = None
+        run = _cached_attack(clf, key)
+        res = run(jax.random.key(cfg.seed), x, jnp.asarray([target]), progress=progress)
+        adv, note, steps = jax.block_until_ready(res.x[0]), None, total_steps(cfg)
     adv = np.asarray(adv)
     seconds = time.perf_counter() - t0
 

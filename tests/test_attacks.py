@@ -118,17 +118,48 @@ def test_second_call_does_not_recompile(name):
     run(jax.random.key(0), x0, tgt)
     traced = len(log)
     run(jax.random.key(1), images(seed=5), tgt)
+    # A progress bar runs the same loop in several calls, each fed the last one's carry.
+    run(jax.random.key(2), x0, tgt, progress=lambda i: None)
     assert len(log) == traced  # same shapes: no retrace, hence no recompilation
 
 
-def test_progress_callback_sees_every_step():
+@pytest.mark.parametrize("name", ["pgd-linf", "cw", "lbfgs", "szegedy"])
+def test_a_progress_bar_changes_no_byte_and_sees_the_last_step(name):
+    # With progress the loop runs as a series of device calls (the host reports between
+    # them): the same compiled loop, so the same bytes as one call.
     model, params = linear_model()
-    seen = []
     x0 = images()
-    run = attacks.pgd(model, params, eps=0.1, steps=6, progress=lambda i: seen.append(int(i)))
-    jax.block_until_ready(run(jax.random.key(0), x0, targets_for(model, params, x0)).x)
+    tgt = targets_for(model, params, x0)
+    run = ATTACKS[name](model, params)
+    seen = []
+    quiet = run(jax.random.key(3), x0, tgt)
+    watched = run(jax.random.key(3), x0, tgt, progress=seen.append)
+    for a, b in zip(quiet, watched, strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    total = {"pgd-linf": 10, "cw": 40, "lbfgs": 10, "szegedy": 20}[name]
+    assert seen == sorted(set(seen)) and seen[-1] == total - 1
+    assert all(isinstance(s, int) for s in seen)
+
+
+def test_progress_is_reported_after_the_step_has_run():
+    # A progress bar must not run ahead of the device: each report comes once the
+    # steps it counts have finished (device calls return before they have run).
+    model, params = linear_model()
+    x0 = images()
+    log = []
+
+    def logged_model(p, x):
+        jax.debug.callback(lambda: log.append("step"))
+        return model(p, x)
+
+    run = attacks.pgd(logged_model, params, eps=0.1, steps=6)
+    run(jax.random.key(0), x0, targets_for(model, params, x0), progress=lambda i: log.append(i))
     jax.effects_barrier()
-    assert sorted(set(seen)) == list(range(6))
+    # Model calls: 2 before the loop (the visible pixels, the start's logits), 1 per step.
+    reports = [k for k, e in enumerate(log) if e != "step"]
+    assert log[reports[-1]] == 5
+    for k in reports:
+        assert log[:k].count("step") >= 2 + log[k] + 1
 
 
 def test_snap_rounds_towards_original_and_is_straight_through():

@@ -1,4 +1,7 @@
-"""Gradient attacks: factories of pure jitted ``run(key, x, target) -> AttackResult``."""
+"""Gradient attacks: factories of ``run(key, x, target, *, progress=None) -> AttackResult``.
+
+Each ``run`` is built by :func:`.base.looped` from jitted pieces compiled once per shape.
+"""
 
 from fooltools.attacks.base import AttackResult
 from fooltools.attacks.cw import cw

@@ -4,12 +4,11 @@ Minimises ``||x - x0||_2^2 + c * f(x)`` over ``x = (tanh(w) + 1) / 2`` (so x sta
 box) with Adam, where ``f`` is the margin loss (``base.margin``); between rounds, each
 example's ``c`` is bisected: halved towards the last failure after a success, multiplied
 by 10 while no success has been seen. The smallest successful perturbation over all
-rounds and steps is returned. Everything is one jitted function of nested ``fori_loop``s.
+rounds and steps is returned. The rounds' steps run as one ``fori_loop`` (see
+:func:`.base.looped`): iteration j is step ``j % steps`` of round ``j // steps``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,6 @@ import optax
 
 from fooltools import io
 from fooltools.attacks import base
-from fooltools.attacks.pgd import Run
 
 
 def cw(
@@ -31,8 +29,7 @@ def cw(
     lr: float = 0.01,
     targeted: bool = True,
     quantize: bool = True,
-    progress: Callable[[jax.Array], None] | None = None,
-) -> Run:
+) -> base.Run:
     """Build a Carlini-Wagner L2 attack.
 
     Args:
@@ -45,12 +42,11 @@ def cw(
         lr: Adam learning rate in tanh space.
         targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
         quantize: Evaluate and return images on the 8-bit grid (see :mod:`.base`).
-        progress: Optional host callback ``progress(step)`` called with the 0-based
-            iteration number as the loop runs (for a progress bar); None: no callback.
 
     Returns:
-        ``run(key, x, target) -> AttackResult``; ``key`` is unused (C&W is deterministic)
-        but kept for the common signature. Examples that never succeed return ``x``.
+        ``run(key, x, target, *, progress=None) -> AttackResult`` (see
+        :func:`.base.looped`); ``key`` is unused (C&W is deterministic) but kept for the
+        common signature. Examples that never succeed return ``x``.
     """
     if steps < 1 or search_steps < 1:
         raise ValueError("steps and search_steps must be >= 1")
@@ -68,46 +64,45 @@ def cw(
 
     grad_fn = jax.value_and_grad(objective, argnums=2, has_aux=True)
 
-    @jax.jit
-    def run(p, key, x, target):
+    def start(p, key, x, target):
         del key
         x0, target = base.prepare(x, target, quantize)
         n = x0.shape[0]
         w0 = base.to_tanh_space(x0)
+        search = (jnp.full(n, c), jnp.zeros(n), jnp.full(n, jnp.inf))  # c, lo, hi
+        rnd = (w0, opt.init(w0), jnp.zeros(n, bool))  # this round's iterate, Adam, success
         best = (x0, jnp.full(n, jnp.inf), model(p, x0))
+        return (x0, target, w0), (search, rnd, best)
 
-        def round_(r, carry):
-            const, lo, hi, best = carry
+    def step(p, ctx, j, carry):
+        x0, target, w0 = ctx
+        (const, lo, hi), rnd, (bx, bl2, blog) = carry
+        # Each round starts again from the original, with Adam's moments reset.
+        fresh = (w0, opt.init(w0), jnp.zeros_like(rnd[2]))
+        w, state, hit = jax.lax.cond(j % steps == 0, lambda: fresh, lambda: rnd)
+        (_, (xq, logits, l2sq)), g = grad_fn(p, x0, w, target, const)
+        ok = base.criterion(logits, target, targeted)
+        better = ok & (l2sq < bl2)
+        best = (
+            jnp.where(better[:, None, None, None], xq, bx),
+            jnp.where(better, l2sq, bl2),
+            jnp.where(better[:, None], logits, blog),
+        )
+        updates, state = opt.update(g, state, w)
+        hit = hit | ok
+        # The round's last step: bisect c on whether the round ever succeeded.
+        last = j % steps == steps - 1
+        new_hi = jnp.where(hit, jnp.minimum(hi, const), hi)
+        new_lo = jnp.where(hit, lo, jnp.maximum(lo, const))
+        new_const = jnp.where(jnp.isfinite(new_hi), (new_lo + new_hi) / 2.0, const * 10.0)
+        search = tuple(
+            jnp.where(last, a, b) for a, b in ((new_const, const), (new_lo, lo), (new_hi, hi))
+        )
+        return search, (optax.apply_updates(w, updates), state, hit), best
 
-            def step(i, inner):
-                w, state, hit, (bx, bl2, blog) = inner
-                base.report_progress(progress, r * steps + i)
-                (_, (xq, logits, l2sq)), g = grad_fn(p, x0, w, target, const)
-                ok = base.criterion(logits, target, targeted)
-                better = ok & (l2sq < bl2)
-                bx = jnp.where(better[:, None, None, None], xq, bx)
-                blog = jnp.where(better[:, None], logits, blog)
-                updates, state = opt.update(g, state, w)
-                return (
-                    optax.apply_updates(w, updates),
-                    state,
-                    hit | ok,
-                    (
-                        bx,
-                        jnp.where(better, l2sq, bl2),
-                        blog,
-                    ),
-                )
-
-            init = (w0, opt.init(w0), jnp.zeros(n, bool), best)
-            _, _, hit, best = jax.lax.fori_loop(0, steps, step, init)
-            hi = jnp.where(hit, jnp.minimum(hi, const), hi)
-            lo = jnp.where(hit, lo, jnp.maximum(lo, const))
-            const = jnp.where(jnp.isfinite(hi), (lo + hi) / 2.0, const * 10.0)
-            return const, lo, hi, best
-
-        carry = (jnp.full(n, c), jnp.zeros(n), jnp.full(n, jnp.inf), best)
-        _, _, _, (bx, _, blog) = jax.lax.fori_loop(0, search_steps, round_, carry)
+    def finish(p, ctx, carry):
+        x0, target, _ = ctx
+        bx, _, blog = carry[2]
         return base.result(x0, bx, blog, target, targeted)
 
-    return lambda key, x, target: run(params, key, x, target)
+    return base.looped(start, step, finish, search_steps * steps, params)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import jax
-
 from fooltools.attacks import base
-from fooltools.attacks.pgd import Run, pgd
+from fooltools.attacks.pgd import pgd
 
 
 def fgsm(
@@ -18,8 +14,7 @@ def fgsm(
     norm: str = "linf",
     targeted: bool = True,
     quantize: bool = True,
-    progress: Callable[[jax.Array], None] | None = None,
-) -> Run:
+) -> base.Run:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of length ``eps``.
 
     The L2 variant steps along the normalised gradient. Arguments as :func:`pgd`.
@@ -34,5 +29,4 @@ def fgsm(
         random_start=False,
         targeted=targeted,
         quantize=quantize,
-        progress=progress,
     )

@@ -1,20 +1,16 @@
 """Projected gradient descent (Madry et al. 2018) in L-inf and L2, targeted or not.
 
-``run = pgd(model, params, eps=8/255); res = run(key, x, target)``. The whole loop is one
-``lax.fori_loop`` inside one jitted function, compiled once per input shape.
+``run = pgd(model, params, eps=8/255); res = run(key, x, target)``. The loop is a
+``lax.fori_loop`` compiled once per input shape (see :func:`.base.looped`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from fooltools.attacks import base
-
-Run = Callable[[jax.Array, jax.Array, jax.Array], base.AttackResult]
 
 
 def _flat_norm(v: jax.Array) -> jax.Array:
@@ -60,8 +56,7 @@ def pgd(
     targeted: bool = True,
     quantize: bool = True,
     loss: str = "ce",
-    progress: Callable[[jax.Array], None] | None = None,
-) -> Run:
+) -> base.Run:
     """Build a PGD attack.
 
     Args:
@@ -77,11 +72,10 @@ def pgd(
         targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
         quantize: Evaluate and return images on the 8-bit grid (see :mod:`.base`).
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (Carlini-Wagner f6 on logits).
-        progress: Optional host callback ``progress(step)`` called with the 0-based
-            iteration number as the loop runs (for a progress bar); None: no callback.
 
     Returns:
-        ``run(key, x, target) -> AttackResult`` for x (N, H, W, 3) and target (N,). Each
+        ``run(key, x, target, *, progress=None) -> AttackResult`` (see
+        :func:`.base.looped`) for x (N, H, W, 3) and target (N,). Each
         example returns its last successful iterate if it ever succeeded, else the
         final iterate.
     """
@@ -109,8 +103,7 @@ def pgd(
 
     grad_fn = jax.value_and_grad(evaluate, argnums=2, has_aux=True)
 
-    @jax.jit
-    def run(p, key, x, target):
+    def start(p, key, x, target):
         x0, target = base.prepare(x, target, quantize)
         if random_start:
             # Only where the model can see: pixels that preprocessing crops away have zero
@@ -121,19 +114,22 @@ def pgd(
         else:
             x = x0
         best = (x0, jnp.zeros(x0.shape[0], bool), model(p, x0))
+        return (x0, target), (x, best)
 
-        def body(i, carry):
-            x, (bx, bok, blog) = carry
-            base.report_progress(progress, i)
-            (_, (xq, logits)), g = grad_fn(p, x0, x, target)
-            ok = base.criterion(logits, target, targeted)
-            sel = ok[:, None, None, None]
-            best = (jnp.where(sel, xq, bx), bok | ok, jnp.where(ok[:, None], logits, blog))
-            x = x - lr(i) * step_direction(g, norm)
-            x = jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
-            return x, best
+    def step(p, ctx, i, carry):
+        x0, target = ctx
+        x, (bx, bok, blog) = carry
+        (_, (xq, logits)), g = grad_fn(p, x0, x, target)
+        ok = base.criterion(logits, target, targeted)
+        sel = ok[:, None, None, None]
+        best = (jnp.where(sel, xq, bx), bok | ok, jnp.where(ok[:, None], logits, blog))
+        x = x - lr(i) * step_direction(g, norm)
+        x = jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
+        return x, best
 
-        x, (bx, bok, blog) = jax.lax.fori_loop(0, steps, body, (x, best))
+    def finish(p, ctx, carry):
+        x0, target = ctx
+        x, (bx, bok, blog) = carry
         xq = base.snap(x0, x) if quantize else x
         logits = model(p, xq)
         ok = base.criterion(logits, target, targeted)
@@ -144,4 +140,4 @@ def pgd(
         lf = jnp.where(use_best[:, :, 0, 0], blog, logits)
         return base.result(x0, xf, lf, target, targeted)
 
-    return lambda key, x, target: run(params, key, x, target)
+    return base.looped(start, step, finish, steps, params)

@@ -15,15 +15,12 @@ Two solvers of the seed formulation:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from fooltools import io
 from fooltools.attacks import base
-from fooltools.attacks.pgd import Run
 
 
 def szegedy(
@@ -35,8 +32,7 @@ def szegedy(
     optimizer: optax.GradientTransformation | None = None,
     targeted: bool = True,
     quantize: bool = True,
-    progress: Callable[[jax.Array], None] | None = None,
-) -> Run:
+) -> base.Run:
     """Build the gradient-descent solver of Szegedy et al.'s formulation.
 
     Args:
@@ -47,12 +43,11 @@ def szegedy(
         optimizer: Any optax transformation; default ``optax.adam(1e-3)``.
         targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
         quantize: Evaluate and return images on the 8-bit grid (see :mod:`.base`).
-        progress: Optional host callback ``progress(step)`` called with the 0-based
-            iteration number as the loop runs (for a progress bar); None: no callback.
 
     Returns:
-        ``run(key, x, target) -> AttackResult``; the smallest-L2 successful iterate of
-        each example, else its final iterate.
+        ``run(key, x, target, *, progress=None) -> AttackResult`` (see
+        :func:`.base.looped`): the smallest-L2 successful iterate of each example, else
+        its final iterate.
     """
     if steps < 1 or not lam >= 0:
         raise ValueError("steps must be >= 1 and lam >= 0")
@@ -69,36 +64,37 @@ def szegedy(
 
     grad_fn = jax.value_and_grad(objective, argnums=2, has_aux=True)
 
-    @jax.jit
-    def run(p, key, x, target):
+    def start(p, key, x, target):
         del key
         x0, target = base.prepare(x, target, quantize)
         r = jnp.zeros_like(x0)
         n = x0.shape[0]
+        return (x0, target), (r, opt.init(r), (x0, jnp.full(n, jnp.inf), model(p, x0)))
 
-        def step(i, carry):
-            r, state, (bx, bl2, blog) = carry
-            base.report_progress(progress, i)
-            (_, (xq, logits, l2sq)), g = grad_fn(p, x0, r, target)
-            better = base.criterion(logits, target, targeted) & (l2sq < bl2)
-            best = (
-                jnp.where(better[:, None, None, None], xq, bx),
-                jnp.where(better, l2sq, bl2),
-                jnp.where(better[:, None], logits, blog),
-            )
-            updates, state = opt.update(g, state, r)
-            r = optax.apply_updates(r, updates)
-            return jnp.clip(x0 + r, 0.0, 1.0) - x0, state, best
+    def step(p, ctx, i, carry):
+        x0, target = ctx
+        r, state, (bx, bl2, blog) = carry
+        (_, (xq, logits, l2sq)), g = grad_fn(p, x0, r, target)
+        better = base.criterion(logits, target, targeted) & (l2sq < bl2)
+        best = (
+            jnp.where(better[:, None, None, None], xq, bx),
+            jnp.where(better, l2sq, bl2),
+            jnp.where(better[:, None], logits, blog),
+        )
+        updates, state = opt.update(g, state, r)
+        r = optax.apply_updates(r, updates)
+        return jnp.clip(x0 + r, 0.0, 1.0) - x0, state, best
 
-        init = (r, opt.init(r), (x0, jnp.full(n, jnp.inf), model(p, x0)))
-        r, _, (bx, bl2, blog) = jax.lax.fori_loop(0, steps, step, init)
+    def finish(p, ctx, carry):
+        x0, target = ctx
+        r, _, (bx, bl2, blog) = carry
         xq = io.quantize(x0 + r) if quantize else x0 + r
         found = jnp.isfinite(bl2)
         xf = jnp.where(found[:, None, None, None], bx, xq)
         lf = jnp.where(found[:, None], blog, model(p, xq))
         return base.result(x0, xf, lf, target, targeted)
 
-    return lambda key, x, target: run(params, key, x, target)
+    return base.looped(start, step, finish, steps, params)
 
 
 def lbfgs(
@@ -110,8 +106,7 @@ def lbfgs(
     search_steps: int = 5,
     targeted: bool = True,
     quantize: bool = True,
-    progress: Callable[[jax.Array], None] | None = None,
-) -> Run:
+) -> base.Run:
     """Build Szegedy et al.'s L-BFGS attack with a search over ``c``.
 
     Each example is solved independently (``vmap``) so every one gets its own curvature
@@ -126,68 +121,75 @@ def lbfgs(
         search_steps: Values of ``c`` tried.
         targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
         quantize: Judge and return the minimiser snapped to the 8-bit grid.
-        progress: Optional host callback ``progress(step)`` called with the 0-based
-            iteration number as the loop runs (for a progress bar); None: no callback.
 
     Returns:
-        ``run(key, x, target) -> AttackResult`` holding the smallest successful
-        perturbation found for each example (else the unperturbed input).
+        ``run(key, x, target, *, progress=None) -> AttackResult`` (see
+        :func:`.base.looped`) holding the smallest successful perturbation found for
+        each example (else the unperturbed input).
     """
     if steps < 1 or search_steps < 1 or not c > 0:
         raise ValueError("steps and search_steps must be >= 1 and c > 0")
     opt = optax.lbfgs(memory_size=10)
 
-    def solve_one(p, x0, target):
+    def loss_at(p, x0, target, w, const):
+        x = base.from_tanh_space(w)
+        logits = model(p, x[None])
+        ce = base.cross_entropy(logits, target[None], targeted)[0]
+        return const * jnp.sum((x - x0) ** 2) + ce
+
+    # One example's pieces, vmapped below so that every example gets its own curvature
+    # estimate and its own c. Iteration j is step j % steps of round j // steps.
+    def start_one(p, x0, target):
         # x0: (H, W, 3) on the grid; target: () int.
         w0 = base.to_tanh_space(x0)
-        to_x = base.from_tanh_space
+        search = (jnp.asarray(c), jnp.asarray(0.0), jnp.asarray(jnp.inf))
+        return (x0, target, w0), (search, (w0, opt.init(w0)), (x0, jnp.asarray(jnp.inf)))
 
-        def loss_at(w, const):
-            x = to_x(w)
-            logits = model(p, x[None])
-            ce = base.cross_entropy(logits, target[None], targeted)[0]
-            return const * jnp.sum((x - x0) ** 2) + ce
+    def step_one(p, ctx, j, carry):
+        x0, target, w0 = ctx
+        search, (w, state), best = carry
+        # Each round minimises afresh from the original, with a fresh curvature estimate.
+        w, state = jax.lax.cond(j % steps == 0, lambda: (w0, opt.init(w0)), lambda: (w, state))
 
-        def minimise(const, r):
-            fn = lambda w: loss_at(w, const)  # noqa: E731  (L-BFGS needs a unary function)
-            value_and_grad = optax.value_and_grad_from_state(fn)
+        def fn(w):  # the line search evaluates the loss at other points: a unary function
+            return loss_at(p, x0, target, w, search[0])
 
-            def step(i, carry):
-                w, state = carry
-                base.report_progress(progress, r * steps + i)
-                value, grad = value_and_grad(w, state=state)
-                updates, state = opt.update(grad, state, w, value=value, grad=grad, value_fn=fn)
-                return optax.apply_updates(w, updates), state
+        value, grad = optax.value_and_grad_from_state(fn)(w, state=state)
+        updates, state = opt.update(grad, state, w, value=value, grad=grad, value_fn=fn)
+        w = optax.apply_updates(w, updates)
+        # The round's last step: judge its minimiser (one forward pass per round, as the
+        # predicate is the same for every example and the cond is not turned into a select).
+        search, best = jax.lax.cond(
+            j % steps == steps - 1,
+            lambda: end_round(p, x0, target, w, search, best),
+            lambda: (search, best),
+        )
+        return search, (w, state), best
 
-            w, _ = jax.lax.fori_loop(0, steps, step, (w0, opt.init(w0)))
-            xq = io.quantize(to_x(w)) if quantize else to_x(w)
-            return xq
+    def end_round(p, x0, target, w, search, best):
+        const, lo, hi = search
+        bx, bl2 = best
+        xq = io.quantize(base.from_tanh_space(w)) if quantize else base.from_tanh_space(w)
+        logits = model(p, xq[None])
+        ok = base.criterion(logits, target[None], targeted)[0]
+        l2sq = jnp.sum((xq - x0) ** 2)
+        better = ok & (l2sq < bl2)
+        best = (jnp.where(better, xq, bx), jnp.where(better, l2sq, bl2))
+        # Success: the penalty can grow (smaller r); failure: it must shrink.
+        lo = jnp.where(ok, const, lo)
+        hi = jnp.where(ok, hi, const)
+        const = jnp.where(jnp.isfinite(hi), jnp.sqrt(jnp.maximum(lo, 1e-6 * hi) * hi), const * 10.0)
+        return (const, lo, hi), best
 
-        def round_(r, carry):
-            const, lo, hi, (bx, bl2) = carry
-            xq = minimise(const, r)
-            logits = model(p, xq[None])
-            ok = base.criterion(logits, target[None], targeted)[0]
-            l2sq = jnp.sum((xq - x0) ** 2)
-            better = ok & (l2sq < bl2)
-            best = (jnp.where(better, xq, bx), jnp.where(better, l2sq, bl2))
-            # Success: the penalty can grow (smaller r); failure: it must shrink.
-            lo = jnp.where(ok, const, lo)
-            hi = jnp.where(ok, hi, const)
-            const = jnp.where(
-                jnp.isfinite(hi), jnp.sqrt(jnp.maximum(lo, 1e-6 * hi) * hi), const * 10.0
-            )
-            return const, lo, hi, best
-
-        init = (jnp.asarray(c), jnp.asarray(0.0), jnp.asarray(jnp.inf), (x0, jnp.inf))
-        _, _, _, (bx, _) = jax.lax.fori_loop(0, search_steps, round_, init)
-        return bx
-
-    @jax.jit
-    def run(p, key, x, target):
+    def start(p, key, x, target):
         del key
         x0, target = base.prepare(x, target, quantize)
-        xf = jax.vmap(solve_one, in_axes=(None, 0, 0))(p, x0, target)
+        return jax.vmap(start_one, in_axes=(None, 0, 0))(p, x0, target)
+
+    def finish(p, ctx, carry):
+        x0, target, _ = ctx
+        xf = carry[2][0]
         return base.result(x0, xf, model(p, xf), target, targeted)
 
-    return lambda key, x, target: run(params, key, x, target)
+    step = jax.vmap(step_one, in_axes=(None, 0, None, 0))
+    return base.looped(start, step, finish, search_steps * steps, params)
