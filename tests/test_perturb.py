@@ -52,7 +52,8 @@ def test_pgd_linf_succeeds_on_two_samples_at_their_own_resolution_after_saving(l
 def test_perturb_file_reuses_the_compiled_attack_with_each_calls_progress(lite0, tmp_path):
     # Another seed on an image of the same size: the same compiled attack (no new
     # compilation), and progress goes to the callback of the call that runs. (The same
-    # settings as the CLI run below, which then reuses this compiled attack too.)
+    # settings as the `fool perturb` processes below, which may then load this compiled
+    # attack from the suite's persistent cache.)
     from fooltools import perturb
 
     seen = {"a": [], "b": []}
