@@ -77,9 +77,11 @@ def cw(
     def step(p, ctx, j, carry):
         x0, target, w0 = ctx
         (const, lo, hi), rnd, (bx, bl2, blog) = carry
-        # Each round starts again from the original, with Adam's moments reset.
-        fresh = (w0, opt.init(w0), jnp.zeros_like(rnd[2]))
-        w, state, hit = jax.lax.cond(j % steps == 0, lambda: fresh, lambda: rnd)
+        # Each round starts again from the original, with Adam's moments reset (built in
+        # the branch, so only on a round's first step).
+        w, state, hit = jax.lax.cond(
+            j % steps == 0, lambda: (w0, opt.init(w0), jnp.zeros_like(rnd[2])), lambda: rnd
+        )
         (_, (xq, logits, l2sq)), g = grad_fn(p, x0, w, target, const)
         ok = base.criterion(logits, target, targeted)
         better = ok & (l2sq < bl2)
