@@ -132,17 +132,17 @@ def image(
 
     from fooltools.detection.attack_run import resolve_image
     from fooltools.detection.draw import draw_boxes, records
-    from fooltools.io import read_image, to_uint8, write_png
+    from fooltools.io import make_dir, read_image, to_uint8, write_png
     from fooltools.perturb import default_out_dir
 
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect")
     path = resolve_image(image, out)
     x = read_image(path)
+    make_dir(out)
     det = _load(detector, cfg, weights, variant)
     found = det.detect(det.params, x[None])
     confidence = det.confidence if confidence is None else confidence
     dets = records(found, 0, det.class_names, confidence)
-    out.mkdir(parents=True, exist_ok=True)
     write_png(out / "boxes.png", draw_boxes(to_uint8(x), dets).astype(np.float32) / 255)
     record = {"image": str(path), "detector": det.name, "objects": dets}
     _write_json(out / "detections.json", record)

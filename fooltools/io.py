@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from fooltools.errors import ImageError
+from fooltools.errors import FoolError, ImageError
 
 SAMPLES_DIR = pathlib.Path(__file__).resolve().parent / "data" / "samples"
 _SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -198,6 +198,23 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray | jax.Array) -> pa
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return write_bytes_atomic(path, buf.getvalue())
+
+
+def make_dir(path: str | os.PathLike[str]) -> pathlib.Path:
+    """Create the output directory ``path`` and its parents where missing.
+
+    Returns:
+        ``path`` as a :class:`pathlib.Path`.
+
+    Raises:
+        FoolError: it cannot be created (a file in the way, permissions, a read-only disk).
+    """
+    out = pathlib.Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FoolError(f"cannot create directory {out}: {_one_line(err)}") from err
+    return out
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> pathlib.Path:

@@ -63,6 +63,10 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["missing.png", *NET], ["missing.png"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
+        # An --out that cannot be made (a file in the way): before the attack runs.
+        (["{img}", *NET, "--out", "{img}/run"], ["cannot create directory", "shapes.png/run"]),
+        (["attack", "{img}", "--mode", "vanish", *NET, "--out", "{img}/run"],
+         ["cannot create directory", "shapes.png/run"]),
     ],
 )  # fmt: skip
 def test_bad_input(capsys, shapes_png, args, fragments):

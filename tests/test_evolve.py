@@ -499,6 +499,29 @@ def test_resume_of_corrupt_checkpoint_via_cli(capsys, tmp_path):
     assert (tmp_path / "checkpoint.npz").read_bytes() == b"PK\x03\x04 garbage"
 
 
+def test_an_out_that_holds_a_run_is_not_started_afresh(capsys, tmp_path):
+    # Forgetting --resume after a long run was stopped must not overwrite its checkpoint.
+    (tmp_path / "checkpoint.npz").write_bytes(b"a stopped run's state")
+    (tmp_path / HISTORY).write_text('{"generation": 1}\n')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for mode in (["--class", "robin"], ["--map-elites", "--classes", "robin,ostrich"]):
+        code, _, err = fool(capsys, "evolve", *mode, "--generations", "2", "--out", str(tmp_path))
+        assert code == 2 and "already holds a run" in err and "--resume" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    out = tmp_path / "file" / "run"
+    # Each search (ES, GA, MAP-Elites) makes its own run directory.
+    searches = (["--class", "robin"], ["--class", "robin", "--strategy", "ga"], ["--map-elites"])
+    for mode in searches:
+        code, _, err = fool(capsys, "evolve", *mode, "--generations", "1", "--out", str(out))
+        assert code == 2 and f"cannot create directory {out}" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_evolve_end_to_end_on_lite0_stopped_by_sigterm_and_resumed(capsys, tmp_path):
     # `fool evolve` in its own process, stopped as a scheduler (or `kill`, `timeout`)
     # stops a long search: the last finished generation's state is saved, one line says

@@ -44,7 +44,7 @@ def resolve_image(arg: str, out: Path) -> Path:
     if not index.isdigit():
         raise FoolError(f"synthetic:N needs an image number N >= 0, got {arg!r}")
     image, _, _ = synthetic.make_image(synthetic.TEST_SEED, int(index))
-    out.mkdir(parents=True, exist_ok=True)
+    io.make_dir(out)
     return io.write_png(out / f"synthetic-{index}.png", image)
 
 
@@ -103,9 +103,10 @@ def attack_file(
     """
     start = time.perf_counter()
     x = io.read_image(path)
+    # A bad ``out`` fails here, not after the attack has run.
+    io.make_dir(out)
     run = det_attacks.detection_attack(det, mode=mode, confidence=confidence, **attack_kw)
     result = run(jax.random.key(seed), x[None])
-    out.mkdir(parents=True, exist_ok=True)
     io.write_png(out / "adversarial.png", result.x[0])
     xa = io.read_image(out / "adversarial.png")  # judge what the file holds
     names = det.class_names

@@ -12,7 +12,7 @@ from fooltools.evolve import report as outputs
 from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
-from fooltools.evolve.run import evolve_map_elites, evolve_single
+from fooltools.evolve.run import CHECKPOINT, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 from fooltools.labels import imagenet
 from fooltools.models.base import Classifier
@@ -52,7 +52,8 @@ def parse_job(
     """Check the options and fill in defaults.
 
     Raises:
-        FoolError: Unknown class, population < 2, generations < 1, --resume without --out, ...
+        FoolError: Unknown class, population < 2, generations < 1, --resume without --out,
+            an --out that holds a run but no --resume, ...
     """
     labels = imagenet()
     if map_elites == (target is not None):
@@ -93,6 +94,12 @@ def parse_job(
         raise FoolError("--resume needs --out DIR, the run to continue")
     if out_dir is None:
         out_dir = default_out_dir(kind="evolve")
+    elif not resume and (Path(out_dir) / CHECKPOINT).exists():
+        # Starting afresh would overwrite the checkpoint of a run that may have taken hours.
+        raise FoolError(
+            f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it "
+            "or another --out for a new one"
+        )
     elites = 0 if map_elites else min(2, population - 1)
     cfg = SearchConfig(
         population=population,

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fooltools import io
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, cppn_pallas, search
 from fooltools.evolve.cppn import CPPN, CPPNGenome
@@ -178,7 +179,7 @@ def evolve_es(
         raise FoolError(
             f"the evolution strategy needs an even population >= 2, got {cfg.population}"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    io.make_dir(out)
     key = jax.random.key(seed)
     opt = make_strategy(cfg.population, es)[2]
     meta = {

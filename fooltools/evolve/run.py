@@ -262,7 +262,7 @@ def evolve_single(
             "lookahead needs truncation selection with elites >= 1 (a tournament draws "
             "from Python's random on the host)"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    io.make_dir(out)
     key = jax.random.key(seed)
     seeds = search.PythonSeeds(key)
     evaluate = search.make_evaluator(clf, encoding)
@@ -366,7 +366,7 @@ def evolve_map_elites(
     """
     if cfg.population < 2:
         raise FoolError("population must be >= 2")
-    out.mkdir(parents=True, exist_ok=True)
+    io.make_dir(out)
     key = jax.random.key(seed)
     seeds = search.PythonSeeds(key)
     cols = jnp.asarray(classes)
