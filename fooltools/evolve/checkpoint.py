@@ -75,7 +75,7 @@ def load(
         if meta.get(key) != value:
             raise FoolError(
                 f"checkpoint {path} belongs to another run ({key} = {meta.get(key)!r}, "
-                f"this run has {value!r}); use another --out or drop --resume"
+                f"this run has {value!r}); resume it with its own settings, or use another --out"
             )
     specs, treedef = jax.tree_util.tree_flatten(template)
     leaves = []

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fooltools.errors import FoolError
+from fooltools.evolve import checkpoint
 from fooltools.evolve import report as outputs
 from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
@@ -94,7 +95,7 @@ def parse_job(
         raise FoolError("--resume needs --out DIR, the run to continue")
     if out_dir is None:
         out_dir = default_out_dir(kind="evolve")
-    elif not resume and (Path(out_dir) / CHECKPOINT).exists():
+    elif not resume and checkpoint.exists(Path(out_dir) / CHECKPOINT):
         # Starting afresh would overwrite the checkpoint of a run that may have taken hours.
         raise FoolError(
             f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it "
