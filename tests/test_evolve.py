@@ -372,6 +372,32 @@ def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
     assert [h["best"] for h in w] == [h["best"] for h in p]
 
 
+def test_resume_after_a_kill_mid_history_line(tiny, tmp_path):
+    # SIGKILL (or a power cut) while generation 4's line was being appended: the torn
+    # line is dropped on resume and the run ends as an uninterrupted one.
+    cfg = SearchConfig(population=P, generations=5, elites=2, stop_at=None)
+
+    def run(out, generations, resume=False):
+        c = SearchConfig(**{**cfg.__dict__, "generations": generations})
+        kw = {"seed": 1, "out": out, "resume": resume, "checkpoint_every": 1}
+        return evolve_single(tiny, cppn(), "cppn", 15, c, **kw)
+
+    whole = run(tmp_path / "whole", 5)
+    run(tmp_path / "part", 3)
+    with open(tmp_path / "part" / HISTORY, "a") as log:
+        log.write('{"generation": 4, "best": 0.0')
+    resumed = run(tmp_path / "part", 5, resume=True)
+    assert [h["best"] for h in resumed["history"]] == [h["best"] for h in whole["history"]]
+    lines = (tmp_path / "part" / HISTORY).read_text().splitlines()
+    assert [json.loads(x)["generation"] for x in lines] == [1, 2, 3, 4, 5]
+    # Damage before the last line is not a torn write: refused, the file left as it is.
+    damaged = "{broken\n" + "\n".join(lines[1:]) + "\n"
+    (tmp_path / "part" / HISTORY).write_text(damaged)
+    with pytest.raises(FoolError, match=r"corrupt .*history.jsonl \(line 1\); left untouched"):
+        run(tmp_path / "part", 6, resume=True)
+    assert (tmp_path / "part" / HISTORY).read_text() == damaged
+
+
 def test_ctrl_c_in_the_first_generation_says_that_nothing_was_saved(tmp_path):
     def step(gen):
         def collect():

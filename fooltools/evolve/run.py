@@ -43,11 +43,23 @@ class Loop:
     _stats: Any = dataclasses.field(default_factory=search.statistics, repr=False)
 
     def restore_history(self, generation: int) -> None:
-        """Keep the history lines up to the checkpointed ``generation``."""
+        """Keep the history lines up to the checkpointed ``generation``.
+
+        Raises:
+            FoolError: A line other than the last is not JSON (the file is left as it is).
+        """
         path = self.out / HISTORY
-        lines = path.read_text().splitlines() if path.is_file() else []
-        self.history = [json.loads(x) for x in lines if x.strip()]
-        self.history = [h for h in self.history if h["generation"] <= generation]
+        lines = [x for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+        history = []
+        for i, line in enumerate(lines):
+            try:
+                history.append(json.loads(line))
+            except ValueError:
+                # A run killed mid-append (SIGKILL, power loss) leaves a torn last line,
+                # from a generation after the checkpoint; anything else is damage.
+                if i < len(lines) - 1:
+                    raise FoolError(f"corrupt {path} (line {i + 1}); left untouched") from None
+        self.history = [h for h in history if h["generation"] <= generation]
         self.seconds = sum(h["seconds"] for h in self.history)
         text = "".join(json.dumps(h) + "\n" for h in self.history)
         io.write_bytes_atomic(path, text.encode())
