@@ -142,7 +142,13 @@ def parse_eps(text: str | None) -> float | None:
     default="pgd",
     show_default=True,
 )
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
+@click.option(
+    "--norm",
+    type=click.Choice(["linf", "l2"]),
+    default="linf",
+    show_default=True,
+    help="Budget geometry for pgd/fgsm.",
+)
 @click.option(
     "--eps",
     help="Budget for pgd/fgsm in [0,1] pixel units, e.g. 8/255 (default) for linf, 3.0 for l2.",
@@ -177,6 +183,12 @@ def perturb(
 
     if (target is None) == (not untargeted):
         raise FoolError("give exactly one of --target CLASS or --untargeted")
+    if method not in ("pgd", "fgsm") and (eps is not None or norm != "linf"):
+        # Silently ignored, a budget would be read into a result that does not respect it.
+        raise FoolError(
+            f"--eps and --norm set the budget of pgd and fgsm; {method} looks for the "
+            "smallest perturbation and takes none"
+        )
     cfg = PerturbConfig(
         method=method,
         target=None if untargeted else imagenet().lookup(target),

@@ -170,6 +170,8 @@ def test_target_already_reached_is_a_success_with_nothing_to_do(capsys, tmp_path
         (["--target", "ostrich", "--steps", "0"], ["steps must be >= 1"]),
         ([], ["exactly one of --target CLASS or --untargeted"]),
         (["--target", "ostrich", "--untargeted"], ["exactly one of"]),
+        (["--target", "ostrich", "--method", "cw", "--eps", "8/255"], ["cw looks for the small"]),
+        (["--untargeted", "--method", "lbfgs", "--norm", "l2"], ["--eps and --norm set the"]),
     ],
 )
 def test_bad_perturb_arguments(capsys, tmp_path, args, fragments):
