@@ -222,9 +222,7 @@ def perturb(
 @click.option("--map-elites", is_flag=True, help="MAP-Elites: one archive cell per class.")
 @click.option(
     "--classes",
-    default="all",
-    show_default=True,
-    help="MAP-Elites cells: all, or a comma-separated list of classes.",
+    help="MAP-Elites cells: all, or a comma-separated list of classes [default: all].",
 )
 @click.option(
     "--encoding", type=click.Choice(["cppn", "direct"]), default="cppn", show_default=True
@@ -251,9 +249,7 @@ def perturb(
 @click.option(
     "--stop-at",
     type=float,
-    default=0.99,
-    show_default=True,
-    help="Single target: stop once the best confidence reaches this (0: never).",
+    help="Single target: stop once the best confidence reaches this (0: never) [default: 0.99].",
 )
 @_model_options
 @_run_options("evolve")
@@ -262,12 +258,12 @@ def perturb(
 def evolve(
     target: str | None,
     map_elites: bool,
-    classes: str,
+    classes: str | None,
     encoding: str,
     strategy: str | None,
     generations: int | None,
     population: int | None,
-    stop_at: float,
+    stop_at: float | None,
     model_name: str | None,
     weights: str | None,
     seed: int,

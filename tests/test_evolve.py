@@ -511,6 +511,8 @@ def fool(capsys, *args):
         (["--class", "robin", "--population", "5"], "population must be even"),
         (["--class", "robin", "--encoding", "direct", "--strategy", "es"], "use it with --class"),
         (["--map-elites", "--strategy", "es"], "use it with --class"),
+        (["--class", "robin", "--classes", "robin,ostrich"], "--classes is for --map-elites"),
+        (["--map-elites", "--stop-at", "0.5"], "--stop-at is for --class"),
     ],
 )
 def test_bad_evolve_arguments(capsys, args, fragment):

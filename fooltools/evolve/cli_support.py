@@ -39,12 +39,12 @@ def parse_job(
     *,
     target: str | None,
     map_elites: bool,
-    classes: str,
+    classes: str | None,
     encoding: str,
     strategy: str | None = None,
     generations: int | None,
     population: int | None,
-    stop_at: float,
+    stop_at: float | None,
     seed: int,
     out_dir: str | None,
     resume: bool,
@@ -59,8 +59,14 @@ def parse_job(
     labels = imagenet()
     if map_elites == (target is not None):
         raise FoolError("give exactly one of --class NAME or --map-elites")
+    # Options of the other search are refused: silently ignored, a run would not be the
+    # run its command line reads as.
+    if map_elites and stop_at is not None:
+        raise FoolError("--stop-at is for --class: MAP-Elites runs all its generations")
+    if not map_elites and classes is not None:
+        raise FoolError("--classes is for --map-elites (--class NAME evolves one class)")
     if map_elites:
-        names = [c.strip() for c in classes.split(",") if c.strip()]
+        names = [c.strip() for c in (classes or "all").split(",") if c.strip()]
         cls = (
             tuple(range(len(labels)))
             if names == ["all"]
@@ -89,6 +95,7 @@ def parse_job(
         raise FoolError(
             f"--strategy es samples mirrored pairs: population must be even, got {population}"
         )
+    stop_at = 0.99 if stop_at is None else stop_at
     if not 0 <= stop_at <= 1:
         raise FoolError(f"--stop-at must be in [0, 1], got {stop_at}")
     if resume and out_dir is None:

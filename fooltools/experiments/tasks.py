@@ -103,7 +103,7 @@ def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
 def _evolve(p: dict[str, Any], out: Path, *, map_elites: bool) -> dict[str, Any]:
     from fooltools.evolve import cli_support
 
-    classes = p.get("classes", "all")
+    classes = p.get("classes")
     job = cli_support.parse_job(
         target=None if map_elites else p["class"],
         map_elites=map_elites,
@@ -112,7 +112,7 @@ def _evolve(p: dict[str, Any], out: Path, *, map_elites: bool) -> dict[str, Any]
         strategy=p.get("strategy"),
         generations=p["generations"],
         population=p["population"],
-        stop_at=p.get("stop_at", 0.99),  # map-elites has no stop
+        stop_at=p.get("stop_at"),  # map-elites has no stop
         seed=p["seed"],
         out_dir=str(out),
         # A run killed midway left its checkpoint: continue it (bit-identical to no kill).
