@@ -1,4 +1,4 @@
-"""A minimal progress bar on stderr, driven from inside jitted loops."""
+"""A minimal progress bar on stderr, redrawn between the device calls of a looped attack."""
 
 from __future__ import annotations
 

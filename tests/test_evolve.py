@@ -1,5 +1,6 @@
 """Evolution: operators, searches, checkpoints, outputs — on a tiny model (fast)."""
 
+import io as io_module
 import json
 import random
 import re
@@ -20,6 +21,7 @@ from sharding_probe import S
 from fooltools import io
 from fooltools.errors import FoolError, Interrupted
 from fooltools.evolve import checkpoint, es, report, search
+from fooltools.evolve.cli_support import GenerationBar
 from fooltools.evolve.cppn import cppn
 from fooltools.evolve.cppn_render import Planned, plan
 from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
@@ -396,6 +398,19 @@ def test_resume_after_a_kill_mid_history_line(tiny, tmp_path):
     with pytest.raises(FoolError, match=r"corrupt .*history.jsonl \(line 1\); left untouched"):
         run(tmp_path / "part", 6, resume=True)
     assert (tmp_path / "part" / HISTORY).read_text() == damaged
+
+
+def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
+    # Resumed at generation 40 of 1000 after a 30 s compile: 2 s a generation from there.
+    stream, now = io_module.StringIO(), [30.0]
+    bar = GenerationBar(1000, "robin", stream=stream, clock=lambda: now[0])
+    for gen, best in [(41, 0.1), (42, 0.25), (43, 0.5)]:
+        bar(gen, best)
+        now[0] += 2.0
+    bar.close()
+    frames = stream.getvalue().split("\r")[1:]
+    assert frames[0] == "robin: generation 41/1000  best  10.00%"
+    assert frames[2] == "robin: generation 43/1000  best  50.00%  0:04, 31:54 left\n"
 
 
 def test_ctrl_c_in_the_first_generation_says_that_nothing_was_saved(tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint
@@ -120,15 +122,59 @@ def parse_job(
     )
 
 
-def _progress(total: int, label: str):
-    tty = sys.stderr.isatty()
+def _clock(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
-    def show(gen: int, best: float) -> None:
-        if tty:
-            sys.stderr.write(f"\r{label}: generation {gen}/{total}  best {100 * best:6.2f}%")
-            sys.stderr.flush()
 
-    return show, (lambda: tty and sys.stderr.write("\n"))
+class GenerationBar:
+    """``label: generation g/total  best 45.12%  1:03, 2:10 left`` redrawn on a terminal.
+
+    The time left is paced from the first generation reported, so it leaves out the
+    compilation before it (and, on ``--resume``, the generations run before).
+
+    Args:
+        total: The run's last generation.
+        label: Text before the line (the class, or ``MAP-Elites``).
+        stream: Where to draw; default stderr, and only if it is a terminal.
+        clock: Seconds, for tests.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        label: str,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.label, self.clock = total, label, clock
+        self.stream = stream or sys.stderr
+        self.enabled = stream is not None or self.stream.isatty()
+        self.first: tuple[int, float] | None = None
+        self.drawn = False
+
+    def __call__(self, gen: int, best: float) -> None:
+        """Generation ``gen`` (1-based) has finished with ``best`` the best confidence."""
+        if not self.enabled:
+            return
+        now = self.clock()
+        self.first = self.first or (gen, now)
+        text = f"\r{self.label}: generation {gen}/{self.total}  best {100 * best:6.2f}%"
+        done, elapsed = gen - self.first[0], now - self.first[1]
+        if done:
+            left = elapsed / done * (self.total - gen)
+            text += f"  {_clock(elapsed)}, {_clock(left)} left"
+        self.stream.write(text)
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        """End the line."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
@@ -149,13 +195,13 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
         "generations": job.search.generations,
     }
     label = "MAP-Elites" if job.map_elites else clf.labels.name(job.classes[0])
-    show, end = _progress(job.search.generations, label)
+    bar = GenerationBar(job.search.generations, label)
     kwargs = {
         "seed": job.seed,
         "out": job.out,
         "resume": job.resume,
         "checkpoint_every": job.checkpoint_every,
-        "progress": show,
+        "progress": bar,
     }
     try:
         if job.map_elites:
@@ -171,4 +217,4 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
             summary = evolve_single(clf, enc, job.encoding, job.classes[0], job.search, **kwargs)
         return outputs.write_single(job.out, clf, job.classes[0], summary, common)
     finally:
-        end()
+        bar.close()
