@@ -17,6 +17,7 @@ import pytest
 import sharding_probe
 from deap import tools
 from sharding_probe import S
+from test_cli import run as fool
 
 from fooltools import io
 from fooltools.errors import FoolError, Interrupted
@@ -500,18 +501,6 @@ def test_single_outputs_report_the_saved_file(tiny, tmp_path):
 
 
 # --- the command line -----------------------------------------------------------------
-
-
-def fool(capsys, *args):
-    from fooltools.cli import main
-
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize(

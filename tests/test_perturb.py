@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_cli import run as run_cli
 
 from fooltools import attacks, io
-from fooltools.cli import main
 
 TARGETS = [9, 15, 130]  # ostrich, robin, flamingo: none is a sample's own class
 SAMPLES = io.sample_names()
@@ -68,16 +68,6 @@ def test_perturb_file_reuses_the_compiled_attack_with_each_calls_progress(lite0,
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1
     for steps in seen.values():  # the bar of each call, up to the last step
         assert steps == sorted(set(steps)) and steps[-1] == 2
-
-
-def run_cli(capsys, *args):
-    code = 0
-    try:
-        main(list(args))
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_perturb_writes_a_complete_run(capsys, tmp_path):
