@@ -182,6 +182,8 @@ def attack(
     det = _load(detector, cfg, weights, variant)
     if mode == "mislabel" and target_class is None:
         raise FoolError("--mode mislabel needs --target-class")
+    if mode != "mislabel" and target_class is not None:
+        raise FoolError(f"--target-class is for --mode mislabel; {mode} takes none")
     kw = {"norm": norm, "steps": steps, "target_class": _target_index(det, target_class)}
     kw.update({k: parse_eps(v) for k, v in (("eps", eps), ("step_size", step_size)) if v})
     _check(det, mode, kw)

@@ -62,6 +62,8 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["{img}", "--detector", "faster-rcnn", "--cfg", CFG], ["--cfg is for --detector yolo"]),
         (["missing.png", *NET], ["missing.png"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
+        (["attack", "{img}", "--mode", "vanish", "--target-class", "class1", *NET],
+         ["--target-class is for --mode mislabel; vanish takes none"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
         # An --out that cannot be made (a file in the way): before the attack runs.
         (["{img}", *NET, "--out", "{img}/run"], ["cannot create directory", "shapes.png/run"]),

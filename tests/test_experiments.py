@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import ray
+from test_cli import run as cli
 
-from fooltools.cli import main
 from fooltools.errors import FoolError, Interrupted
 from fooltools.experiments import (
     TASKS,
@@ -33,17 +33,6 @@ SMOKE = {
     name: ROOT / "experiments" / f"{name}.toml"
     for name in ("perturb-smoke", "evolve-smoke", "map-elites-smoke", "detect-smoke")
 }
-
-
-def cli(capsys, *args):
-    """Run `fool ARGS` in this process; returns (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def table(out, drop=("seconds",)):
@@ -352,6 +341,23 @@ def test_detect_smoke_local(capsys, tmp_path_factory):
         assert report["attack"]["steps"] == 2 and report["kind"] == "detect-attack"
         assert report["metrics"]["clean_objects"] >= 1
         assert (out / "runs" / row["id"] / "synthetic-0.png").is_file()
+
+
+def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
+    # As in tog-detectors.toml: the other modes neither use nor report it.
+    spec = parse_spec(
+        {
+            "kind": "detect-attack",
+            "fixed": {"image": "synthetic:0", "detector": "yolo", "steps": 1, "target": "star"},
+            "grid": {"mode": ["vanish", "mislabel"]},
+        },
+        name="t",
+    )
+    results = [run_one(r.kind, r.params, tmp_path / r.id) for r in spec.runs()]
+    assert [r["status"] for r in results] == ["ok", "ok"]
+    assert [r["metrics"]["class"] for r in results] == ["-", "star"]
+    reports = [json.loads((tmp_path / r["id"] / "report.json").read_text()) for r in results]
+    assert [rep["attack"]["target_class"] for rep in reports] == [None, 3]  # star
 
 
 def test_every_bundled_spec_is_valid():

@@ -152,7 +152,8 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from fooltools.detection.attack_run import attack_file, resolve_image
 
     det = _detector(p["detector"], p["cfg"], p["weights"])
-    target = p["target"]
+    # A grid may fix one target over every mode (tog-detectors.toml): mislabel's alone.
+    target = p["target"] if p["mode"] == "mislabel" else None
     if isinstance(target, str):
         if target not in det.class_names:
             names = ", ".join(det.class_names)
