@@ -218,6 +218,10 @@ def eval_cmd(
     from fooltools.detection import synthetic
     from fooltools.detection.evaluate import evaluate
 
+    if target_class is not None and mode != "mislabel":
+        raise FoolError("--target-class is for --attack mislabel")
+    if eps is not None and mode is None:
+        raise FoolError("--eps is the budget of --attack; a clean evaluation takes none")
     data = synthetic.make_dataset(synthetic.TEST_SEED, n)
     kinds = ("yolo", "faster-rcnn") if detectors == "both" else (detectors,)
     for kind in kinds:

@@ -64,6 +64,8 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
         (["attack", "{img}", "--mode", "vanish", "--target-class", "class1", *NET],
          ["--target-class is for --mode mislabel; vanish takes none"]),
+        (["eval", "--attack", "vanish", "--target-class", "star"], ["is for --attack mislabel"]),
+        (["eval", "--eps", "4/255"], ["--eps is the budget of --attack"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
         # An --out that cannot be made (a file in the way): before the attack runs.
         (["{img}", *NET, "--out", "{img}/run"], ["cannot create directory", "shapes.png/run"]),
