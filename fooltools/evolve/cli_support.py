@@ -150,7 +150,7 @@ class GenerationBar:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.total, self.label, self.clock = total, label, clock
-        self.stream = stream or sys.stderr
+        self.stream = sys.stderr if stream is None else stream
         self.enabled = stream is not None or self.stream.isatty()
         self.first: tuple[int, float] | None = None
         self.drawn = False
