@@ -414,6 +414,19 @@ def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
     assert frames[2] == "robin: generation 43/1000  best  50.00%  0:04, 31:54 left\n"
 
 
+def test_a_full_disk_is_one_error_and_the_checkpoints_stay(tmp_path):
+    # history.jsonl on /dev/full: every write fails with ENOSPC, as on a full disk.
+    (tmp_path / HISTORY).symlink_to("/dev/full")
+
+    def step(gen):
+        return lambda: (np.array([0.1 * gen]), 4)
+
+    saved = []
+    with pytest.raises(FoolError, match="No space left on device.*continue with --resume"):
+        Loop(tmp_path, generations=3, checkpoint_every=1, progress=None).run(0, step, saved.append)
+    assert saved == []  # generation 1's line failed before its checkpoint was written
+
+
 def test_ctrl_c_in_the_first_generation_says_that_nothing_was_saved(tmp_path):
     def step(gen):
         def collect():

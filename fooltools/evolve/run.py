@@ -94,6 +94,7 @@ class Loop:
         Raises:
             Interrupted: On ``KeyboardInterrupt``, once the last collected generation's
                 state and history line are saved (its message says where).
+            FoolError: The history cannot be written (a full disk).
         """
         done, pending = start, None  # pending: the last generation collected, not booked
 
@@ -132,6 +133,13 @@ class Loop:
                 f"interrupted after generation {done}; state saved in {self.out / CHECKPOINT}, "
                 "continue with --resume"
             ) from None
+        except OSError as err:
+            # The history's append (a disk full or gone); checkpoints are written whole
+            # (io.write_bytes_atomic), so the last one is intact.
+            raise FoolError(
+                f"cannot write {self.out / HISTORY}: {' '.join(str(err).split())}; the last "
+                f"checkpoint is intact: continue with --resume once it can be written"
+            ) from err
         if done % self.checkpoint_every:
             save(done)
         return done
