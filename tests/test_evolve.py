@@ -1,6 +1,5 @@
 """Evolution: operators, searches, checkpoints, outputs — on a tiny model (fast)."""
 
-import io as io_module
 import json
 import random
 import re
@@ -8,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from io import StringIO
 from pathlib import Path
 
 import jax
@@ -403,7 +403,7 @@ def test_resume_after_a_kill_mid_history_line(tiny, tmp_path):
 
 def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
     # Resumed at generation 40 of 1000 after a 30 s compile: 2 s a generation from there.
-    stream, now = io_module.StringIO(), [30.0]
+    stream, now = StringIO(), [30.0]
     bar = GenerationBar(1000, "robin", stream=stream, clock=lambda: now[0])
     for gen, best in [(41, 0.1), (42, 0.25), (43, 0.5)]:
         bar(gen, best)
@@ -414,7 +414,7 @@ def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
     assert frames[2] == "robin: generation 43/1000  best  50.00%  0:04, 31:54 left\n"
 
 
-def test_a_full_disk_is_one_error_and_the_checkpoints_stay(tmp_path):
+def test_a_full_disk_under_the_history_is_one_error(tmp_path):
     # history.jsonl on /dev/full: every write fails with ENOSPC, as on a full disk.
     (tmp_path / HISTORY).symlink_to("/dev/full")
 
@@ -424,7 +424,8 @@ def test_a_full_disk_is_one_error_and_the_checkpoints_stay(tmp_path):
     saved = []
     with pytest.raises(FoolError, match="No space left on device.*continue with --resume"):
         Loop(tmp_path, generations=3, checkpoint_every=1, progress=None).run(0, step, saved.append)
-    assert saved == []  # generation 1's line failed before its checkpoint was written
+    # Generation 1's line failed, so no checkpoint got ahead of the history.
+    assert saved == []
 
 
 def test_ctrl_c_in_the_first_generation_says_that_nothing_was_saved(tmp_path):
