@@ -189,6 +189,8 @@ def perturb(
             f"--eps and --norm set the budget of pgd and fgsm; {method} looks for the "
             "smallest perturbation and takes none"
         )
+    if method == "fgsm" and steps is not None:
+        raise FoolError("fgsm is a single step; --steps is for the iterative methods")
     cfg = PerturbConfig(
         method=method,
         target=None if untargeted else imagenet().lookup(target),

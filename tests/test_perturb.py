@@ -162,6 +162,7 @@ def test_target_already_reached_is_a_success_with_nothing_to_do(capsys, tmp_path
         (["--target", "ostrich", "--untargeted"], ["exactly one of"]),
         (["--target", "ostrich", "--method", "cw", "--eps", "8/255"], ["cw looks for the small"]),
         (["--untargeted", "--method", "lbfgs", "--norm", "l2"], ["--eps and --norm set the"]),
+        (["--untargeted", "--method", "fgsm", "--steps", "10"], ["fgsm is a single step"]),
     ],
 )
 def test_bad_perturb_arguments(capsys, tmp_path, args, fragments):
