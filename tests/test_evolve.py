@@ -484,12 +484,15 @@ def test_corrupt_checkpoint_is_refused_and_left_untouched(tiny, tmp_path):
     assert ck.read_bytes() == before
 
 
-def test_checkpoint_of_another_run_is_refused(tiny, tmp_path):
+def test_resume_with_another_runs_settings_or_fewer_generations_is_refused(tiny, tmp_path):
     cfg = SearchConfig(population=P, generations=2, elites=2, stop_at=None)
     evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path)
     # Without --resume the CLI refuses this --out too, so the advice is another --out.
     with pytest.raises(FoolError, match=r"another run \(classes = \[15\].*use another --out$"):
         evolve_single(tiny, cppn(), "cppn", 16, cfg, seed=0, out=tmp_path, resume=True)
+    shorter = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    with pytest.raises(FoolError, match="has 2 generations already; resume it with --gen"):
+        evolve_single(tiny, cppn(), "cppn", 15, shorter, seed=0, out=tmp_path, resume=True)
 
 
 def test_checkpoint_never_unpickles(tmp_path):

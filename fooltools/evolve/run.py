@@ -46,8 +46,16 @@ class Loop:
         """Keep the history lines up to the checkpointed ``generation``.
 
         Raises:
-            FoolError: A line other than the last is not JSON (the file is left as it is).
+            FoolError: A line other than the last is not JSON (the file is left as it is),
+                or the checkpoint is past the run's last generation.
         """
+        if generation > self.generations:
+            # Resumed with fewer generations than it ran: nothing to do, and a report
+            # would give two different lengths for the one run.
+            raise FoolError(
+                f"the run in {self.out} has {generation} generations already; resume it "
+                f"with --generations {generation} or more"
+            )
         path = self.out / HISTORY
         lines = [x for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
         history = []
