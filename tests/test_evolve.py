@@ -406,12 +406,26 @@ def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
     stream, now = StringIO(), [30.0]
     bar = GenerationBar(1000, "robin", stream=stream, clock=lambda: now[0])
     for gen, best in [(41, 0.1), (42, 0.25), (43, 0.5)]:
-        bar(gen, best)
+        bar(gen, {"best": best, "median": 0.0})
         now[0] += 2.0
     bar.close()
     frames = stream.getvalue().split("\r")[1:]
     assert frames[0] == "robin: generation 41/1000  best  10.00%"
     assert frames[2] == "robin: generation 43/1000  best  50.00%  0:04, 31:54 left\n"
+    # MAP-Elites also shows the median cell: the paper's summary of a run.
+    stream = StringIO()
+    GenerationBar(5000, "MAP-Elites", median=True, stream=stream)(7, {"best": 1, "median": 0.25})
+    assert stream.getvalue() == "\rMAP-Elites: generation 7/5000  best 100.00%  median  25.00%"
+
+
+def test_progress_gets_each_generations_history_line(tiny, tmp_path):
+    cfg = SearchConfig(population=P, generations=3, elites=0, stop_at=None)
+    seen = []
+    out = evolve_map_elites(
+        tiny, cppn(), "cppn", [1, 15], cfg, seed=0, out=tmp_path,
+        progress=lambda gen, line: seen.append((gen, line)),
+    )  # fmt: skip
+    assert seen == [(h["generation"], h) for h in out["history"]] and len(seen) == 3
 
 
 def test_a_full_disk_under_the_history_is_one_error(tmp_path):

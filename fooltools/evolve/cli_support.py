@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -138,6 +138,7 @@ class GenerationBar:
     Args:
         total: The run's last generation.
         label: Text before the line (the class, or ``MAP-Elites``).
+        median: Also show the median (MAP-Elites: of the cells, the paper's summary).
         stream: Where to draw; default stderr, and only if it is a terminal.
         clock: Seconds, for tests.
     """
@@ -146,22 +147,26 @@ class GenerationBar:
         self,
         total: int,
         label: str,
+        *,
+        median: bool = False,
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.total, self.label, self.clock = total, label, clock
+        self.total, self.label, self.median, self.clock = total, label, median, clock
         self.stream = sys.stderr if stream is None else stream
         self.enabled = stream is not None or self.stream.isatty()
         self.first: tuple[int, float] | None = None
         self.drawn = False
 
-    def __call__(self, gen: int, best: float) -> None:
-        """Generation ``gen`` (1-based) has finished with ``best`` the best confidence."""
+    def __call__(self, gen: int, line: Mapping[str, float]) -> None:
+        """Generation ``gen`` (1-based) has finished; ``line``: its history line."""
         if not self.enabled:
             return
         now = self.clock()
         self.first = self.first or (gen, now)
-        text = f"\r{self.label}: generation {gen}/{self.total}  best {100 * best:6.2f}%"
+        text = f"\r{self.label}: generation {gen}/{self.total}  best {100 * line['best']:6.2f}%"
+        if self.median:
+            text += f"  median {100 * line['median']:6.2f}%"
         done, elapsed = gen - self.first[0], now - self.first[1]
         if done:
             left = elapsed / done * (self.total - gen)
@@ -195,7 +200,7 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
         "generations": job.search.generations,
     }
     label = "MAP-Elites" if job.map_elites else clf.labels.name(job.classes[0])
-    bar = GenerationBar(job.search.generations, label)
+    bar = GenerationBar(job.search.generations, label, median=job.map_elites)
     kwargs = {
         "seed": job.seed,
         "out": job.out,

@@ -27,7 +27,9 @@ from fooltools.models.base import Classifier
 
 CHECKPOINT = "checkpoint.npz"
 HISTORY = "history.jsonl"
-Progress = Callable[[int, float], None]
+# ``progress(generation, line)`` after each generation, with its history line (best,
+# median and mean confidence, evaluations, seconds).
+Progress = Callable[[int, dict[str, Any]], None]
 
 
 @dataclasses.dataclass
@@ -177,7 +179,7 @@ class Loop:
     ) -> None:
         line = self._record(log, gen, fitness, evals, seconds)
         if self.progress is not None:
-            self.progress(gen, line["best"])
+            self.progress(gen, line)
         if gen % self.checkpoint_every == 0:
             save(gen)
 
