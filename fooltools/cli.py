@@ -178,12 +178,18 @@ def perturb(
     """
     from fooltools.labels import imagenet
     from fooltools.models import DEFAULT_MODEL, load_model
-    from fooltools.perturb import PerturbConfig, default_out_dir, perturb_file, total_steps
+    from fooltools.perturb import (
+        BUDGETED,
+        PerturbConfig,
+        default_out_dir,
+        perturb_file,
+        total_steps,
+    )
     from fooltools.progress import Progress
 
     if (target is None) == (not untargeted):
         raise FoolError("give exactly one of --target CLASS or --untargeted")
-    if method not in ("pgd", "fgsm") and (eps is not None or norm != "linf"):
+    if method not in BUDGETED and (eps is not None or norm != "linf"):
         # Silently ignored, a budget would be read into a result that does not respect it.
         raise FoolError(
             f"--eps and --norm set the budget of pgd and fgsm; {method} looks for the "

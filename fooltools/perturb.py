@@ -27,6 +27,8 @@ from fooltools.errors import FoolError
 from fooltools.models.base import Classifier
 
 METHODS = ("pgd", "fgsm", "szegedy", "lbfgs", "cw")
+BUDGETED = ("pgd", "fgsm")  # the methods that take --eps and --norm
+SEARCH_STEPS = 5  # values of c that lbfgs and cw try, each a round of ``steps``
 DEFAULT_STEPS = {"pgd": 40, "fgsm": 1, "szegedy": 300, "lbfgs": 20, "cw": 100}
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 3.0}
 
@@ -83,9 +85,10 @@ def build_attack(clf: Classifier, cfg: PerturbConfig) -> attacks.base.Run:
         return attacks.fgsm(clf.logits, clf.params, eps=cfg.eps, norm=cfg.norm, targeted=targeted)
     if cfg.method == "szegedy":
         return attacks.szegedy(clf.logits, clf.params, steps=cfg.steps, targeted=targeted)
+    rounds = {"steps": cfg.steps, "search_steps": SEARCH_STEPS, "targeted": targeted}
     if cfg.method == "lbfgs":
-        return attacks.lbfgs(clf.logits, clf.params, steps=cfg.steps, targeted=targeted)
-    return attacks.cw(clf.logits, clf.params, steps=cfg.steps, targeted=targeted)
+        return attacks.lbfgs(clf.logits, clf.params, **rounds)
+    return attacks.cw(clf.logits, clf.params, **rounds)
 
 
 # Per classifier and attack (``cfg`` without its target and seed), so that a batch of
@@ -95,8 +98,7 @@ _cached_attack = functools.lru_cache(maxsize=16)(build_attack)
 
 def total_steps(cfg: PerturbConfig) -> int:
     """Gradient iterations the progress bar counts for a resolved config."""
-    rounds = 5 if cfg.method in ("lbfgs", "cw") else 1
-    return cfg.steps * rounds
+    return cfg.steps * (SEARCH_STEPS if cfg.method in ("lbfgs", "cw") else 1)
 
 
 def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb") -> Path:

@@ -78,7 +78,7 @@ def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """``fool perturb`` on one image: see :func:`fooltools.perturb.perturb_file`."""
     from fooltools.cli import resolve_image
     from fooltools.labels import imagenet
-    from fooltools.perturb import PerturbConfig, perturb_file
+    from fooltools.perturb import BUDGETED, PerturbConfig, perturb_file
 
     if (p["target"] is None) == (not p["untargeted"]):
         raise FoolError("give exactly one of target = CLASS or untargeted = true")
@@ -89,7 +89,7 @@ def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
     final, dist = report["final"], report["distortion_255"]
     return {
         "model": report["model"],
-        "method": f"{cfg.method}-{cfg.norm}" if cfg.method in ("pgd", "fgsm") else cfg.method,
+        "method": f"{cfg.method}-{cfg.norm}" if cfg.method in BUDGETED else cfg.method,
         "class": report["target"]["label"] if report["targeted"] else "untargeted",
         "source": report["source"]["label"],
         "success": report["success"],
