@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from fooltools.evolve.search import SearchConfig
 from fooltools.labels import imagenet
 from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
+from fooltools.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class GenerationBar:
+class GenerationBar(Progress):
     """``label: generation g/total  best 45.12%  1:03, 2:10 left`` redrawn on a terminal.
 
     The time left is paced from the first generation reported, so it leaves out the
@@ -152,13 +152,11 @@ class GenerationBar:
         stream: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.total, self.label, self.median, self.clock = total, label, median, clock
-        self.stream = sys.stderr if stream is None else stream
-        self.enabled = stream is not None or self.stream.isatty()
+        super().__init__(total, label, stream, force=stream is not None)
+        self.median, self.clock = median, clock
         self.first: tuple[int, float] | None = None
-        self.drawn = False
 
-    def __call__(self, gen: int, line: Mapping[str, float]) -> None:
+    def __call__(self, gen: int, line: Mapping[str, float]) -> None:  # type: ignore[override]
         """Generation ``gen`` (1-based) has finished; ``line``: its history line."""
         if not self.enabled:
             return
@@ -173,13 +171,7 @@ class GenerationBar:
             text += f"  {_clock(elapsed)}, {_clock(left)} left"
         self.stream.write(text)
         self.stream.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        """End the line."""
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.done = gen  # Progress.close ends the line once something was drawn
 
 
 def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
