@@ -207,7 +207,7 @@ def evolve_es(
         opt_state = (adam, *fresh[1:])
         state = {"best_image": arrays["best_image"], "best": arrays["best"]}
         start = saved["generation"]
-        loop.restore_history(start)
+        loop.resume_from(start)
     else:
         k_init = search.generation_jax_key(key, 0)
         center = encoding.init(k_init)

@@ -44,8 +44,8 @@ class Loop:
     seconds: float = 0.0
     _stats: Any = dataclasses.field(default_factory=search.statistics, repr=False)
 
-    def restore_history(self, generation: int) -> None:
-        """Keep the history lines up to the checkpointed ``generation``.
+    def resume_from(self, generation: int) -> None:
+        """Continue from the checkpointed ``generation``, keeping history lines up to it.
 
         Raises:
             FoolError: A line other than the last is not JSON (the file is left as it is),
@@ -307,7 +307,7 @@ def evolve_single(
         )
         state = {k: arrays[k] for k in ("fitness", "best_image", "best")}
         start = saved["generation"]
-        loop.restore_history(start)
+        loop.resume_from(start)
     else:
         k_init = search.generation_jax_key(key, 0)
         genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
@@ -410,7 +410,7 @@ def evolve_map_elites(
         )
         state = {"fitness": arrays["fitness"], "evaluations": arrays["evaluations"]}
         start = saved["generation"]
-        loop.restore_history(start)
+        loop.resume_from(start)
     else:
         k_init = search.generation_jax_key(key, 0)
         genomes = jax.vmap(encoding.init)(jax.random.split(k_init, cfg.population))
