@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from fooltools import __version__
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, one_line
 
 EXIT_USAGE = 2
 
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {msg}{hint}", err=True)
         sys.exit(EXIT_USAGE)
     except FoolError as e:
-        click.echo(f"error: {' '.join(str(e).split())}", err=True)
+        click.echo(f"error: {one_line(e)}", err=True)
         sys.exit(EXIT_USAGE)
 
 

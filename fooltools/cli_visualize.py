@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from fooltools.cli import _model_options, _run_options, resolve_image
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, one_line
 
 # Defaults shown by --help; the library's own defaults, repeated here so that importing
 # this module (to build the CLI) does not import JAX.
@@ -79,7 +79,7 @@ def _run(total: int, label: str, work: Callable[[Callable[[int], None]], Any]) -
 
 
 def _invalid(err: ValueError) -> FoolError:
-    return FoolError(" ".join(str(err).split()))
+    return FoolError(one_line(err))
 
 
 def _layer_option(help_text: str, **kwargs: Any) -> Callable:

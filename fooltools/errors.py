@@ -7,6 +7,11 @@ a bug in fooltools.
 """
 
 
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (its type's name if it has none), for a user."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 class FoolError(Exception):
     """An error caused by the user's input, with a message fit to show them."""
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from fooltools.errors import FoolError, ImageError
+from fooltools.errors import FoolError, ImageError, one_line
 from fooltools.io import read_image, to_uint8, write_bytes_atomic
 
 REPORT, PAGE, SHEET = "report.json", "index.html", "contact_sheet.png"
@@ -59,10 +59,6 @@ th{text-align:left;font-weight:normal;color:#555}.cards{display:grid;gap:1em}
 """
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def load_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and check a run directory's ``report.json``; its panels' files are known to exist.
 
@@ -75,7 +71,7 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FoolError(f"cannot read {path}: {_one_line(err)}") from None
+        raise FoolError(f"cannot read {path}: {one_line(err)}") from None
     if not isinstance(report, dict) or not isinstance(report.get("title"), str):
         raise FoolError(f'{path}: needs a string "title"')
     if not isinstance(report.get("images"), list):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from fooltools.errors import FoolError, ImageError
+from fooltools.errors import FoolError, ImageError, one_line
 
 SAMPLES_DIR = pathlib.Path(__file__).resolve().parent / "data" / "samples"
 _SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -44,10 +44,6 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
     8: lambda a: np.rot90(a, 1),
 }
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _decode(path: str) -> np.ndarray:
@@ -119,7 +115,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     except PermissionError:
         raise ImageError(f"permission denied: {name}") from None
     except Exception as err:  # Pillow's plugins raise a zoo of exception types
-        raise ImageError(f"cannot read image {name}: {_one_line(err)}") from err
+        raise ImageError(f"cannot read image {name}: {one_line(err)}") from err
     if arr.size == 0:
         raise ImageError(f"image has zero size ({arr.shape[1]}x{arr.shape[0]}): {name}")
     return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
@@ -213,7 +209,7 @@ def make_dir(path: str | os.PathLike[str]) -> pathlib.Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise FoolError(f"cannot create directory {out}: {_one_line(err)}") from err
+        raise FoolError(f"cannot create directory {out}: {one_line(err)}") from err
     return out
 
 
@@ -240,7 +236,7 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> pathlib.Pat
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise ImageError(f"cannot write {dest}: {_one_line(err)}") from err
+            raise ImageError(f"cannot write {dest}: {one_line(err)}") from err
         raise
     return dest
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fooltools import io
-from fooltools.errors import FoolError, Interrupted
+from fooltools.errors import FoolError, Interrupted, one_line
 from fooltools.evolve import checkpoint, search
 from fooltools.evolve.search import SearchConfig
 from fooltools.models.base import Classifier
@@ -147,7 +147,7 @@ class Loop:
             # The history's append (a disk full or gone); checkpoints are written whole
             # (io.write_bytes_atomic), so the last one is intact.
             raise FoolError(
-                f"cannot write {self.out / HISTORY}: {' '.join(str(err).split())}; the last "
+                f"cannot write {self.out / HISTORY}: {one_line(err)}; the last "
                 f"checkpoint is intact: continue with --resume once it can be written"
             ) from err
         if done % self.checkpoint_every:

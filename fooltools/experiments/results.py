@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, one_line
 from fooltools.experiments.batch import BATCH, read_result
 from fooltools.experiments.spec import Run
 from fooltools.experiments.tasks import METRICS
@@ -40,7 +40,7 @@ def load_batch(out: str | os.PathLike[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise FoolError(f"no batch in {out} (no {BATCH}); run `fool run SPEC --out DIR`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FoolError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+        raise FoolError(f"cannot read {path}: {one_line(err)}") from None
 
 
 def _columns(grid: list[str]) -> list[str]:

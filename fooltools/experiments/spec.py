@@ -42,7 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, one_line
 from fooltools.experiments.tasks import TASKS, Param
 
 if sys.version_info >= (3, 11):
@@ -244,7 +244,7 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     except FileNotFoundError:
         raise FoolError(f"no such spec file: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise FoolError(f"cannot read {path}: {' '.join(str(err).split())}") from None
+        raise FoolError(f"cannot read {path}: {one_line(err)}") from None
     return parse_spec(data, name=path.stem, path=path)
 
 
