@@ -145,9 +145,8 @@ def parse_eps(text: str | None) -> float | None:
 @click.option(
     "--norm",
     type=click.Choice(["linf", "l2"]),
-    default="linf",
-    show_default=True,
-    help="Budget geometry for pgd/fgsm.",
+    default=None,
+    help="Budget geometry for pgd/fgsm [default: linf].",
 )
 @click.option(
     "--eps",
@@ -161,7 +160,7 @@ def perturb(
     target: str | None,
     untargeted: bool,
     method: str,
-    norm: str,
+    norm: str | None,
     eps: str | None,
     steps: int | None,
     model_name: str | None,
@@ -179,7 +178,6 @@ def perturb(
     from fooltools.labels import imagenet
     from fooltools.models import DEFAULT_MODEL, load_model
     from fooltools.perturb import (
-        BUDGETED,
         PerturbConfig,
         default_out_dir,
         perturb_file,
@@ -189,14 +187,6 @@ def perturb(
 
     if (target is None) == (not untargeted):
         raise FoolError("give exactly one of --target CLASS or --untargeted")
-    if method not in BUDGETED and (eps is not None or norm != "linf"):
-        # Silently ignored, a budget would be read into a result that does not respect it.
-        raise FoolError(
-            f"--eps and --norm set the budget of pgd and fgsm; {method} looks for the "
-            "smallest perturbation and takes none"
-        )
-    if method == "fgsm" and steps is not None:
-        raise FoolError("fgsm is a single step; --steps is for the iterative methods")
     cfg = PerturbConfig(
         method=method,
         target=None if untargeted else imagenet().lookup(target),

@@ -40,15 +40,16 @@ class PerturbConfig:
     Attributes:
         method: One of :data:`METHODS`.
         target: Class index to reach, or None for an untargeted attack.
-        norm: ``"linf"`` or ``"l2"`` (PGD/FGSM budget geometry).
+        norm: ``"linf"`` or ``"l2"``, the budget's geometry (PGD/FGSM only); None: linf.
         eps: Budget radius in [0, 1] pixel units (PGD/FGSM only); None: the default.
-        steps: Iterations (per search round for lbfgs/cw); None: the method's default.
+        steps: Iterations (per search round for lbfgs/cw; not FGSM, one step); None: the
+            method's default.
         seed: PRNG seed (random start of PGD).
     """
 
     method: str = "pgd"
     target: int | None = None
-    norm: str = "linf"
+    norm: str | None = None
     eps: float | None = None
     steps: int | None = None
     seed: int = 0
@@ -56,22 +57,38 @@ class PerturbConfig:
     def resolved(self) -> PerturbConfig:
         """A copy with defaults filled in, after validating every field.
 
+        A method without a budget (szegedy, lbfgs, cw) resolves to ``norm`` and ``eps``
+        None, so that its report claims no budget it never had.
+
         Raises:
-            FoolError: An unknown method or norm, eps outside (0, 1], steps < 1.
+            FoolError: An unknown method or norm, eps outside (0, 1], steps < 1, a budget
+                given to a method without one, or steps given to FGSM.
         """
         if self.method not in METHODS:
             raise FoolError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.norm not in DEFAULT_EPS:
-            raise FoolError(f"unknown norm {self.norm!r}; choose linf or l2")
-        eps = DEFAULT_EPS[self.norm] if self.eps is None else self.eps
-        if self.norm == "linf" and not 0 < eps <= 1:
-            raise FoolError(f"eps must be in (0, 1] (pixel values are in [0, 1]), got {eps:g}")
-        if self.norm == "l2" and not eps > 0:
-            raise FoolError(f"eps must be > 0, got {eps:g}")
+        if self.method not in BUDGETED:
+            # Silently ignored, a budget would be read into a result that does not respect it.
+            if self.eps is not None or self.norm is not None:
+                raise FoolError(
+                    f"eps and norm set the budget of pgd and fgsm; {self.method} looks for "
+                    "the smallest perturbation and takes none"
+                )
+            norm = eps = None
+        else:
+            norm = self.norm or "linf"
+            if norm not in DEFAULT_EPS:
+                raise FoolError(f"unknown norm {norm!r}; choose linf or l2")
+            eps = DEFAULT_EPS[norm] if self.eps is None else self.eps
+            if norm == "linf" and not 0 < eps <= 1:
+                raise FoolError(f"eps must be in (0, 1] (pixel values are in [0, 1]), got {eps:g}")
+            if norm == "l2" and not eps > 0:
+                raise FoolError(f"eps must be > 0, got {eps:g}")
+        if self.method == "fgsm" and self.steps not in (None, 1):
+            raise FoolError("fgsm is a single step; steps are for the iterative methods")
         steps = DEFAULT_STEPS[self.method] if self.steps is None else self.steps
         if steps < 1:
             raise FoolError(f"steps must be >= 1, got {steps}")
-        return dataclasses.replace(self, eps=eps, steps=steps)
+        return dataclasses.replace(self, norm=norm, eps=eps, steps=steps)
 
 
 def build_attack(clf: Classifier, cfg: PerturbConfig) -> attacks.base.Run:
@@ -204,7 +221,7 @@ def perturb_file(
         "kind": "perturb",
         "title": f"{Path(image).name} -> "
         + (clf.labels.name(target) if cfg.target is not None else "untargeted")
-        + f" ({cfg.method} {cfg.norm})",
+        + f" ({cfg.method}{'' if cfg.norm is None else ' ' + cfg.norm})",
         "success": bool(success),
         "image": str(image),
         "size": list(written.shape[:2]),
@@ -212,7 +229,7 @@ def perturb_file(
         "method": cfg.method,
         "norm": cfg.norm,
         "eps": cfg.eps,
-        "eps_255": cfg.eps * 255,
+        "eps_255": None if cfg.eps is None else cfg.eps * 255,
         "targeted": cfg.target is not None,
         "source": {
             "index": source,

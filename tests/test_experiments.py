@@ -360,6 +360,30 @@ def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
     assert [rep["attack"]["target_class"] for rep in reports] == [None, 3]  # star
 
 
+def test_a_budget_and_steps_fixed_over_perturb_methods_go_to_the_methods_that_take_them(
+    tmp_path,
+):
+    # The coffee photo already is an espresso: no attack runs, only the config and report.
+    spec = parse_spec(
+        {
+            "kind": "perturb",
+            "fixed": {"image": "sample:coffee", "target": "espresso", "eps": "4/255", "steps": 7},
+            "grid": {"method": ["pgd", "fgsm", "cw"]},
+        },
+        name="t",
+    )
+    results = [run_one(r.kind, r.params, tmp_path / r.id) for r in spec.runs()]
+    assert [r["status"] for r in results] == ["ok"] * 3, [r["error"] for r in results]
+    assert [r["metrics"]["method"] for r in results] == ["pgd-linf", "fgsm-linf", "cw"]
+    reports = [json.loads((tmp_path / r["id"] / "report.json").read_text()) for r in results]
+    assert [(rep["norm"], rep["eps_255"]) for rep in reports] == [
+        ("linf", pytest.approx(4)),
+        ("linf", pytest.approx(4)),
+        (None, None),  # C&W has no budget: its report claims none
+    ]
+    assert reports[2]["title"].endswith("(cw)")
+
+
 def test_every_bundled_spec_is_valid():
     # The full-scale specs are too slow to run here; at least they must load.
     specs = sorted((ROOT / "experiments").glob("*.toml"))

@@ -151,6 +151,33 @@ def test_target_already_reached_is_a_success_with_nothing_to_do(capsys, tmp_path
 
 
 @pytest.mark.parametrize(
+    ("method", "norm", "eps_255", "steps"),
+    [("pgd", "linf", 8, 40), ("fgsm", "l2", 3 * 255, 1), ("cw", None, None, 100)],
+)
+def test_a_config_resolves_to_what_its_method_runs(method, norm, eps_255, steps):
+    # A method without a budget resolves to none: its report and title claim none.
+    from fooltools.perturb import PerturbConfig
+
+    given = "l2" if method == "fgsm" else None
+    cfg = PerturbConfig(method, norm=given).resolved()
+    assert cfg.norm == norm and cfg.steps == steps
+    assert (None if cfg.eps is None else cfg.eps * 255) == pytest.approx(eps_255)
+    assert cfg.resolved() == cfg  # perturb_file resolves the CLI's resolved config again
+
+
+def test_a_method_without_a_budget_reports_none(capsys, tmp_path):
+    # Already an espresso: nothing runs, but the report is C&W's.
+    code, _, _ = run_cli(
+        capsys, "perturb", "sample:coffee", "--target", "espresso", "--method", "cw",
+        "--out", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert (report["norm"], report["eps"], report["eps_255"]) == (None, None, None)
+    assert report["title"] == "coffee.png -> espresso (cw)"
+
+
+@pytest.mark.parametrize(
     ("args", "fragments"),
     [
         (["--target", "ostrch"], ['unknown class "ostrch"', "ostrich (9)"]),
@@ -161,7 +188,8 @@ def test_target_already_reached_is_a_success_with_nothing_to_do(capsys, tmp_path
         ([], ["exactly one of --target CLASS or --untargeted"]),
         (["--target", "ostrich", "--untargeted"], ["exactly one of"]),
         (["--target", "ostrich", "--method", "cw", "--eps", "8/255"], ["cw looks for the small"]),
-        (["--untargeted", "--method", "lbfgs", "--norm", "l2"], ["--eps and --norm set the"]),
+        (["--untargeted", "--method", "lbfgs", "--norm", "l2"], ["eps and norm set the"]),
+        (["--untargeted", "--method", "szegedy", "--norm", "linf"], ["szegedy looks for"]),
         (["--untargeted", "--method", "fgsm", "--steps", "10"], ["fgsm is a single step"]),
     ],
 )
