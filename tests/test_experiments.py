@@ -263,6 +263,12 @@ def test_resume_skips_ok_runs_and_reruns_failed_and_unfinished(tmp_path, toy_kin
     assert first.stat().st_mtime_ns == stamp  # the finished run was not touched
     assert [r["status"] for r in load_results(out)] == ["ok", "failed", "ok"]
     assert [r["confidence"] for r in load_results(out)] == [1, None, 9]
+    # Another kind's spec given by mistake: its record is not replaced, nor its runs mixed.
+    before = (out / "batch.json").read_bytes()
+    other = parse_spec({"kind": "where", "grid": {"file": ["a"]}}, name="wh")
+    with pytest.raises(FoolError, match=r"holds a square batch and wh is where: resume it"):
+        run_batch(other, out, resume=True, echo=lines.append)
+    assert (out / "batch.json").read_bytes() == before
 
 
 # --- the smoke specs, end to end --------------------------------------------------------

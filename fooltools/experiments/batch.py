@@ -88,13 +88,21 @@ def run_batch(
         The output directory (read it with :func:`fooltools.experiments.load_results`).
 
     Raises:
-        FoolError: ``out`` already holds a batch and ``resume`` is false.
+        FoolError: ``out`` already holds a batch and ``resume`` is false, or it holds a
+            batch of another task kind (whose record resuming would replace).
     """
     out = Path(out) if out is not None else default_out(spec)
     executor = executor or LocalExecutor()
     if (out / BATCH).exists() and not resume:
         raise FoolError(
             f"{out} already holds a batch; pass --resume to continue it or --out for a new one"
+        )
+    held = _held_kind(out)
+    if resume and held is not None and held != spec.kind:
+        # An edited grid may resume a batch; another kind is another spec given by mistake.
+        raise FoolError(
+            f"{out} holds a {held} batch and {spec.name} is {spec.kind}: "
+            "resume it with its own spec, or use another --out"
         )
     base_dir = str(Path.cwd())
     record = _batch_record(spec, base_dir)
@@ -123,6 +131,15 @@ def run_batch(
 
     executor.execute(jobs, base_dir=base_dir, resources=spec.resources, done=done)
     return out
+
+
+def _held_kind(out: Path) -> str | None:
+    """The task kind of the batch recorded in ``out``, or None (none, or unreadable)."""
+    try:
+        kind = json.loads((out / BATCH).read_text(encoding="utf-8")).get("kind")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None  # rewritten from the spec below, as a missing record would be
+    return kind if isinstance(kind, str) else None
 
 
 def _ok(result: dict[str, Any]) -> bool:
