@@ -249,6 +249,13 @@ def perturb(
     type=float,
     help="Single target: stop once the best confidence reaches this (0: never) [default: 0.99].",
 )
+@click.option(
+    "--crops",
+    type=int,
+    help="Score each image by its confidence averaged over crops, as the paper did: 5 "
+    "(corners and centre of an image 1/0.875 the model's size) or 10 (and their mirror "
+    "images) [default: 1, the model's own view].",
+)
 @_model_options
 @_run_options("evolve")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
@@ -262,6 +269,7 @@ def evolve(
     generations: int | None,
     population: int | None,
     stop_at: float | None,
+    crops: int | None,
     model_name: str | None,
     weights: str | None,
     seed: int,
@@ -290,6 +298,7 @@ def evolve(
         out_dir=out_dir,
         resume=resume,
         checkpoint_every=checkpoint_every,
+        crops=crops,
     )
     clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
     report = cli_support.run_job(clf, job)

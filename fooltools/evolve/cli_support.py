@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fooltools.errors import FoolError
-from fooltools.evolve import checkpoint
+from fooltools.evolve import checkpoint, views
 from fooltools.evolve import report as outputs
 from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
@@ -35,6 +35,7 @@ class EvolveJob:
     out: Path
     resume: bool
     checkpoint_every: int
+    crops: int = 1
 
 
 def parse_job(
@@ -51,6 +52,7 @@ def parse_job(
     out_dir: str | None,
     resume: bool,
     checkpoint_every: int,
+    crops: int | None = None,
 ) -> EvolveJob:
     """Check the options and fill in defaults.
 
@@ -97,6 +99,12 @@ def parse_job(
         raise FoolError(
             f"--strategy es samples mirrored pairs: population must be even, got {population}"
         )
+    crops = 1 if crops is None else crops
+    if crops not in views.CROPS:
+        raise FoolError(
+            f"--crops must be 1 (the model's own view), 5 (corners and centre) or 10 "
+            f"(and their mirror images), got {crops}"
+        )
     stop_at = 0.99 if stop_at is None else stop_at
     if not 0 <= stop_at <= 1:
         raise FoolError(f"--stop-at must be in [0, 1], got {stop_at}")
@@ -118,7 +126,16 @@ def parse_job(
         stop_at=None if map_elites or stop_at == 0 else stop_at,
     )
     return EvolveJob(
-        cls, map_elites, encoding, strategy, cfg, seed, Path(out_dir), resume, checkpoint_every
+        cls,
+        map_elites,
+        encoding,
+        strategy,
+        cfg,
+        seed,
+        Path(out_dir),
+        resume,
+        checkpoint_every,
+        crops,
     )
 
 
@@ -176,7 +193,9 @@ class GenerationBar(Progress):
 
 def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
     """Run the search and write its outputs; returns the report."""
-    h, w = clf.info.input_size
+    model = clf.name
+    clf = views.averaged(clf, job.crops)  # from here on, the (crop-averaged) scorer
+    h, w = clf.info.input_size  # the size images are rendered, scored and saved at
     # The paper's sferes2 weight handling gives the structured CPPN images it reports; the
     # evolution strategy starts from a layered CPPN (its topology never changes).
     if job.encoding == "direct":
@@ -184,7 +203,8 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
     else:
         enc = cppn(**(ES_CPPN if job.strategy == "es" else SFERES2))
     common = {
-        "model": clf.name,
+        "model": model,
+        "crops": job.crops,
         "encoding": job.encoding,
         "strategy": job.strategy,
         "seed": job.seed,

@@ -128,8 +128,14 @@ def _evolve(p: dict[str, Any], out: Path, *, map_elites: bool) -> dict[str, Any]
         # A run killed midway left its checkpoint: continue it (bit-identical to no kill).
         resume=(out / "checkpoint.npz").is_file(),
         checkpoint_every=p["checkpoint_every"],
+        crops=p["crops"],
     )
     return cli_support.run_job(_classifier(p), job)
+
+
+def _crops(report: dict[str, Any]) -> str:
+    # Runs scored over crops are another method: a grid over crops gets a row each.
+    return f"-{report['crops']}crops" if report["crops"] > 1 else ""
 
 
 def run_evolve(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -138,7 +144,9 @@ def run_evolve(p: dict[str, Any], out: Path) -> dict[str, Any]:
     return {
         "model": report["model"],
         # The default CPPN search is the evolution strategy; the GA keeps the bare name.
-        "method": report["encoding"] + ("-es" if report["strategy"] == "es" else ""),
+        "method": report["encoding"]
+        + ("-es" if report["strategy"] == "es" else "")
+        + _crops(report),
         "class": report["target"]["label"],
         "success": report["success"],
         "confidence": report["best_confidence"],
@@ -150,7 +158,7 @@ def run_map_elites(p: dict[str, Any], out: Path) -> dict[str, Any]:
     report = _evolve(p, out, map_elites=True)
     return {
         "model": report["model"],
-        "method": f"map-elites-{report['encoding']}",
+        "method": f"map-elites-{report['encoding']}{_crops(report)}",
         "class": f"{len(report['classes'])} classes",
         "success": report["success"],
         "confidence": report["median_confidence"],
@@ -230,6 +238,8 @@ _EVOLVE = {
     "generations": Param((int,)),
     "population": Param((int,)),
     "checkpoint_every": Param((int,), default=10),
+    # No default: a run id leaves out unset parameters, so batches from before it keep theirs.
+    "crops": Param((int,)),
     **_MODEL,
 }
 
