@@ -94,15 +94,29 @@ def models() -> None:
 @_model_options
 @click.option("--top", "k", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@click.option(
+    "--crops",
+    type=int,
+    help="Average the probabilities over 5 crops (corners and centre of the image resized "
+    "to 1/0.875 the model's size) or 10 (and their mirror images), as `fool evolve "
+    "--crops` scores [default: 1, the model's own view].",
+)
 def classify(
-    images: tuple[str, ...], model_name: str | None, weights: str | None, k: int, as_json: bool
+    images: tuple[str, ...],
+    model_name: str | None,
+    weights: str | None,
+    k: int,
+    as_json: bool,
+    crops: int | None,
 ) -> None:
     """Print the top classes of each IMAGE."""
     from fooltools import io
     from fooltools.classify import probabilities, top_k
     from fooltools.models import DEFAULT_MODEL, load_model
+    from fooltools.models import crops as crop_views
 
-    clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
+    crops = crop_views.check(crops)
+    clf = crop_views.averaged(load_model(model_name or DEFAULT_MODEL, weights=weights), crops)
     paths = [resolve_image(a) for a in images]
     arrays = [io.read_image(p) for p in paths]
     for path, probs in zip(paths, probabilities(clf, arrays), strict=True):

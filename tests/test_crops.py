@@ -11,11 +11,13 @@ from sharding_probe import S
 from test_cli import run as fool
 
 from fooltools import io
+from fooltools.classify import probabilities
 from fooltools.errors import FoolError
-from fooltools.evolve import cli_support, views
+from fooltools.evolve import cli_support
 from fooltools.evolve.direct import direct
 from fooltools.evolve.run import evolve_single
 from fooltools.evolve.search import SearchConfig
+from fooltools.models import crops as views
 
 ROBIN = 15
 
@@ -110,3 +112,22 @@ def test_a_batch_grid_over_crops_gives_each_count_its_own_row(tiny, tmp_path, mo
     results = [run_one(r.kind, r.params, tmp_path / r.id) for r in spec.runs()]
     assert [r["status"] for r in results] == ["ok", "ok"], [r["error"] for r in results]
     assert [r["metrics"]["method"] for r in results] == ["direct", "direct-5crops"]
+
+
+def test_classify_over_crops_is_the_mean_of_lite0_on_each_crop(capsys, lite0):
+    # Reference: the photo resized and centre-cropped to 256 as the model's own
+    # preprocessing does, each crop cut with numpy and classified alone by plain Lite0.
+    code, out, err = fool(capsys, "classify", "sample:coffee", "--crops", "10", "--json")
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["model"] == "efficientnet_lite0.in1k, mean of 10 crops"
+    top = row["top"][0]
+    assert top["label"] == "espresso"
+    x = np.asarray(io.resize_shorter(jnp.asarray(io.read_image(io.sample_path("coffee"))), 256))
+    x = np.asarray(io.center_crop(x, 256))
+    cuts = []
+    for t, left, mirrored in views.crop_offsets((256, 256), (224, 224), 10):
+        cut = x[t : t + 224, left : left + 224]
+        cuts.append(cut[:, ::-1] if mirrored else cut)
+    want = probabilities(lite0, cuts)[:, top["index"]].mean()
+    assert top["prob"] == pytest.approx(want, abs=2e-6)  # the JSON rounds to 6 places

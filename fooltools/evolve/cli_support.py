@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fooltools.errors import FoolError
-from fooltools.evolve import checkpoint, views
+from fooltools.evolve import checkpoint
 from fooltools.evolve import report as outputs
 from fooltools.evolve.cppn import SFERES2, cppn
 from fooltools.evolve.direct import direct
@@ -17,6 +17,7 @@ from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import CHECKPOINT, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 from fooltools.labels import imagenet
+from fooltools.models import crops as crop_views
 from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
 from fooltools.progress import Progress
@@ -99,12 +100,7 @@ def parse_job(
         raise FoolError(
             f"--strategy es samples mirrored pairs: population must be even, got {population}"
         )
-    crops = 1 if crops is None else crops
-    if crops not in views.CROPS:
-        raise FoolError(
-            f"--crops must be 1 (the model's own view), 5 (corners and centre) or 10 "
-            f"(and their mirror images), got {crops}"
-        )
+    crops = crop_views.check(crops)
     stop_at = 0.99 if stop_at is None else stop_at
     if not 0 <= stop_at <= 1:
         raise FoolError(f"--stop-at must be in [0, 1], got {stop_at}")
@@ -194,7 +190,7 @@ class GenerationBar(Progress):
 def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
     """Run the search and write its outputs; returns the report."""
     model = clf.name
-    clf = views.averaged(clf, job.crops)  # from here on, the (crop-averaged) scorer
+    clf = crop_views.averaged(clf, job.crops)  # from here on, the (crop-averaged) scorer
     h, w = clf.info.input_size  # the size images are rendered, scored and saved at
     # The paper's sferes2 weight handling gives the structured CPPN images it reports; the
     # evolution strategy starts from a layered CPPN (its topology never changes).

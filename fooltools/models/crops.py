@@ -1,4 +1,4 @@
-"""Fitness averaged over crops (``fool evolve --crops``), as in the paper's set-up.
+"""A classifier averaged over crops (``--crops`` of ``fool evolve`` and ``fool classify``).
 
 The reference facts of ``DESIGN.md`` give Nguyen et al.'s fitness as the softmax
 confidence averaged over crops: Caffe-era ImageNet models were evaluated on crops of a
@@ -19,10 +19,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fooltools.errors import FoolError
 from fooltools.models.base import Classifier
 
 CROPS = (1, 5, 10)  # the model's own view; corners and centre; and their mirror images
 CROP_FRACTION = 0.875  # crop side / image side (224 of 256)
+
+
+def check(crops: int | None) -> int:
+    """``crops`` as given on a command line (None: 1), or a FoolError naming the choices."""
+    crops = 1 if crops is None else crops
+    if crops not in CROPS:
+        raise FoolError(
+            f"--crops must be 1 (the model's own view), 5 (corners and centre) or 10 "
+            f"(and their mirror images), got {crops}"
+        )
+    return crops
 
 
 def view_size(input_size: tuple[int, int]) -> tuple[int, int]:
