@@ -87,6 +87,7 @@ def job(tmp_path, crops, resume=False):
 def test_the_report_gives_the_crops_and_a_resume_with_other_crops_is_refused(tiny, tmp_path):
     rep = cli_support.run_job(tiny, job(tmp_path, 10))
     assert (rep["model"], rep["crops"], rep["size"]) == ("tiny", 10, [14, 14])
+    assert rep["title"].startswith("robin (direct, mean of 10 crops) ")
     assert io.read_image(tmp_path / "best.png").shape == (14, 14, 3)
     assert json.loads((tmp_path / "report.json").read_text())["crops"] == 10
     # The saved file re-read and scored over the same crops: the search's confidence.

@@ -66,6 +66,12 @@ def _confidence(clf: Classifier, path: Path, index: int) -> float:
     return float(probabilities(clf, [io.read_image(path)])[0, index])
 
 
+def _scoring(common: dict[str, Any]) -> str:
+    # The encoding, and the crops when the confidence is a mean over them.
+    crops = common.get("crops", 1)
+    return common["encoding"] + (f", mean of {crops} crops" if crops > 1 else "")
+
+
 def _write_report(out: Path, report: dict[str, Any]) -> None:
     io.write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
     gallery.write_run_page(out)
@@ -82,7 +88,7 @@ def write_single(
     evals, secs = summary["evaluations"], summary["seconds"]
     report = {
         "kind": "evolve",
-        "title": f"{label} ({common['encoding']}) {100 * conf:.1f}%",
+        "title": f"{label} ({_scoring(common)}) {100 * conf:.1f}%",
         "success": conf >= 0.99,
         "target": {"index": target, "label": label},
         "best_confidence": conf,
@@ -135,7 +141,7 @@ def write_map_elites(
     evals, secs = summary["evaluations"], summary["seconds"]
     report = {
         "kind": "map-elites",
-        "title": f"MAP-Elites {common['encoding']}: {len(panels)}/{len(classes)} cells, "
+        "title": f"MAP-Elites {_scoring(common)}: {len(panels)}/{len(classes)} cells, "
         f"median {100 * median:.1f}%",
         "success": len(panels) == len(classes),
         "classes": classes,
