@@ -1,5 +1,6 @@
-"""Fitness averaged over crops (``fool evolve --crops``), as the paper scored its images."""
+"""Scoring averaged over crops (``--crops`` of ``fool evolve`` and ``fool classify``)."""
 
+import dataclasses
 import json
 
 import jax
@@ -58,6 +59,10 @@ def test_averaged_softmax_is_the_mean_of_the_crops_softmax(tiny, crops):
     # The crops differ (else the mean would be any one of them).
     assert np.abs(np.asarray(probs[0]) - np.asarray(probs[-1])).max() > 1e-4
     assert views.averaged(tiny, 1) is tiny
+    # Feature maps are the centre crop's (offset 1 of 2 here).
+    probe = dataclasses.replace(tiny, features=lambda p, v: {"input": v})
+    centre = views.averaged(probe, crops).features(tiny.params, jnp.asarray(x))["input"]
+    np.testing.assert_array_equal(np.asarray(centre), x[:, 1 : 1 + S, 1 : 1 + S])
     with pytest.raises(ValueError, match="crops must be one of"):
         views.averaged(tiny, 3)
 

@@ -39,7 +39,8 @@ def check(crops: int | None) -> int:
 
 def view_size(input_size: tuple[int, int]) -> tuple[int, int]:
     """The side of the image the crops are cut from: ``input_size / 0.875``, rounded."""
-    return tuple(int(round(s / CROP_FRACTION)) for s in input_size)  # type: ignore[return-value]
+    h, w = input_size
+    return round(h / CROP_FRACTION), round(w / CROP_FRACTION)
 
 
 def crop_offsets(size: tuple[int, int], crop: tuple[int, int], crops: int) -> np.ndarray:
