@@ -266,7 +266,7 @@ def perturb(
 @click.option(
     "--crops",
     type=int,
-    help="Score each image by its confidence averaged over crops, as the paper did: 5 "
+    help="Score each image by its confidence averaged over crops, as in the paper: 5 "
     "(corners and centre of an image 1/0.875 the model's size) or 10 (and their mirror "
     "images) [default: 1, the model's own view].",
 )
