@@ -137,3 +137,15 @@ def test_classify_over_crops_is_the_mean_of_lite0_on_each_crop(capsys, lite0):
         cuts.append(cut[:, ::-1] if mirrored else cut)
     want = probabilities(lite0, cuts)[:, top["index"]].mean()
     assert top["prob"] == pytest.approx(want, abs=2e-6)  # the JSON rounds to 6 places
+
+
+def test_map_elites_over_crops_saves_each_cell_at_the_size_it_scored(tiny, tmp_path):
+    job = cli_support.parse_job(
+        target=None, map_elites=True, classes="robin,ostrich", encoding="cppn", strategy=None,
+        generations=2, population=4, stop_at=None, seed=0, out_dir=str(tmp_path),
+        resume=False, checkpoint_every=1, crops=5,
+    )  # fmt: skip
+    rep = cli_support.run_job(tiny, job)
+    assert rep["filled"] == 2 and rep["title"].startswith("MAP-Elites cppn, mean of 5 crops:")
+    cells = sorted((tmp_path / "cells").glob("*.png"))
+    assert [io.read_image(c).shape for c in cells] == [(14, 14, 3)] * 2
