@@ -54,6 +54,26 @@ class PerturbConfig:
     steps: int | None = None
     seed: int = 0
 
+    def applicable(self) -> PerturbConfig:
+        """A copy without what its method does not take (a budget, or fgsm's steps).
+
+        Budgets go to pgd and fgsm only, and fgsm is one step. For a batch grid that fixes
+        a budget or steps over several methods; :meth:`resolved` refuses what this drops,
+        since a command line that sets it means something else.
+        """
+        budgeted = self.method in BUDGETED
+        return dataclasses.replace(
+            self,
+            norm=self.norm if budgeted else None,
+            eps=self.eps if budgeted else None,
+            steps=None if self.method == "fgsm" else self.steps,
+        )
+
+    @property
+    def label(self) -> str:
+        """``method norm`` (``pgd linf``), or the method alone for one without a budget."""
+        return " ".join(filter(None, (self.method, self.norm)))
+
     def resolved(self) -> PerturbConfig:
         """A copy with defaults filled in, after validating every field.
 
@@ -221,7 +241,7 @@ def perturb_file(
         "kind": "perturb",
         "title": f"{Path(image).name} -> "
         + (clf.labels.name(target) if cfg.target is not None else "untargeted")
-        + f" ({cfg.method}{'' if cfg.norm is None else ' ' + cfg.norm})",
+        + f" ({cfg.label})",
         "success": bool(success),
         "image": str(image),
         "size": list(written.shape[:2]),

@@ -78,28 +78,19 @@ def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """``fool perturb`` on one image: see :func:`fooltools.perturb.perturb_file`."""
     from fooltools.cli import resolve_image
     from fooltools.labels import imagenet
-    from fooltools.perturb import BUDGETED, PerturbConfig, perturb_file
+    from fooltools.perturb import PerturbConfig, perturb_file
 
     if (p["target"] is None) == (not p["untargeted"]):
         raise FoolError("give exactly one of target = CLASS or untargeted = true")
     target = None if p["untargeted"] else imagenet().lookup(p["target"])
-    # A grid may fix a budget or steps over every method: each takes what it uses (the
-    # CLI refuses the rest, so a report never claims a budget or steps it did not run).
-    budgeted = p["method"] in BUDGETED
-    cfg = PerturbConfig(
-        p["method"],
-        target,
-        p["norm"] if budgeted else None,
-        p["eps"] if budgeted else None,
-        None if p["method"] == "fgsm" else p["steps"],
-        p["seed"],
-    )
-    cfg = cfg.resolved()  # validate before the (slow) model load
+    cfg = PerturbConfig(p["method"], target, p["norm"], p["eps"], p["steps"], p["seed"])
+    # A grid may fix a budget or steps over every method: each takes what it uses.
+    cfg = cfg.applicable().resolved()  # validate before the (slow) model load
     report = perturb_file(_classifier(p), resolve_image(p["image"]), cfg, out)
     final, dist = report["final"], report["distortion_255"]
     return {
         "model": report["model"],
-        "method": f"{cfg.method}-{cfg.norm}" if cfg.method in BUDGETED else cfg.method,
+        "method": cfg.label.replace(" ", "-"),
         "class": report["target"]["label"] if report["targeted"] else "untargeted",
         "source": report["source"]["label"],
         "success": report["success"],
