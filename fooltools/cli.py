@@ -191,12 +191,7 @@ def perturb(
     """
     from fooltools.labels import imagenet
     from fooltools.models import DEFAULT_MODEL, load_model
-    from fooltools.perturb import (
-        PerturbConfig,
-        default_out_dir,
-        perturb_file,
-        total_steps,
-    )
+    from fooltools.perturb import PerturbConfig, default_out_dir, perturb_file, total_steps
     from fooltools.progress import Progress
 
     if (target is None) == (not untargeted):

@@ -122,16 +122,16 @@ def parse_job(
         stop_at=None if map_elites or stop_at == 0 else stop_at,
     )
     return EvolveJob(
-        cls,
-        map_elites,
-        encoding,
-        strategy,
-        cfg,
-        seed,
-        Path(out_dir),
-        resume,
-        checkpoint_every,
-        crops,
+        classes=cls,
+        map_elites=map_elites,
+        encoding=encoding,
+        strategy=strategy,
+        search=cfg,
+        seed=seed,
+        out=Path(out_dir),
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        crops=crops,
     )
 
 

@@ -88,8 +88,8 @@ def averaged(clf: Classifier, crops: int) -> Classifier:
         return clf
     crop = clf.info.input_size
     size = view_size(crop)
-    offsets = jnp.asarray(crop_offsets(size, crop, crops))
-    centre = crop_offsets(size, crop, 5)[4]
+    rows = crop_offsets(size, crop, crops)
+    offsets, centre = jnp.asarray(rows), rows[4]
     h, w = crop
 
     def apply(params, x):
