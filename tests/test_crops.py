@@ -10,6 +10,7 @@ import pytest
 import sharding_probe
 from sharding_probe import S
 from test_cli import run as fool
+from test_experiments import run_grid
 
 from fooltools import io
 from fooltools.classify import probabilities
@@ -81,12 +82,14 @@ def test_a_search_scored_over_crops_improves_and_saves_at_the_size_it_scored(tin
     assert float(jax.nn.softmax(conf)[0, ROBIN]) == pytest.approx(out["best_confidence"], rel=1e-5)
 
 
-def job(tmp_path, crops, resume=False):
-    return cli_support.parse_job(
-        target="robin", map_elites=False, classes=None, encoding="direct", strategy=None,
-        generations=2, population=4, stop_at=None, seed=0, out_dir=str(tmp_path),
-        resume=resume, checkpoint_every=1, crops=crops,
-    )  # fmt: skip
+def job(tmp_path, crops, **options):
+    """``fool evolve --class robin --encoding direct`` for 2 generations of 4 (or ``options``)."""
+    kw = {
+        "target": "robin", "map_elites": False, "classes": None, "encoding": "direct",
+        "strategy": None, "generations": 2, "population": 4, "stop_at": None, "seed": 0,
+        "out_dir": str(tmp_path), "resume": False, "checkpoint_every": 1, "crops": crops,
+    }  # fmt: skip
+    return cli_support.parse_job(**{**kw, **options})
 
 
 def test_the_report_gives_the_crops_and_a_resume_with_other_crops_is_refused(tiny, tmp_path):
@@ -110,13 +113,11 @@ def test_a_bad_crops_count_is_one_line(capsys):
 
 
 def test_a_batch_grid_over_crops_gives_each_count_its_own_row(tiny, tmp_path, monkeypatch):
-    from fooltools.experiments import parse_spec, run_one, tasks
+    from fooltools.experiments import tasks
 
     monkeypatch.setattr(tasks, "_classifier", lambda params: tiny)
     fixed = {"class": "robin", "encoding": "direct", "population": 4, "generations": 1}
-    spec = parse_spec({"kind": "evolve", "fixed": fixed, "grid": {"crops": [1, 5]}}, name="t")
-    results = [run_one(r.kind, r.params, tmp_path / r.id) for r in spec.runs()]
-    assert [r["status"] for r in results] == ["ok", "ok"], [r["error"] for r in results]
+    results, _ = run_grid(tmp_path, "evolve", fixed, {"crops": [1, 5]})
     assert [r["metrics"]["method"] for r in results] == ["direct", "direct-5crops"]
 
 
@@ -140,12 +141,8 @@ def test_classify_over_crops_is_the_mean_of_lite0_on_each_crop(capsys, lite0):
 
 
 def test_map_elites_over_crops_saves_each_cell_at_the_size_it_scored(tiny, tmp_path):
-    job = cli_support.parse_job(
-        target=None, map_elites=True, classes="robin,ostrich", encoding="cppn", strategy=None,
-        generations=2, population=4, stop_at=None, seed=0, out_dir=str(tmp_path),
-        resume=False, checkpoint_every=1, crops=5,
-    )  # fmt: skip
-    rep = cli_support.run_job(tiny, job)
+    cells = {"target": None, "map_elites": True, "classes": "robin,ostrich", "encoding": "cppn"}
+    rep = cli_support.run_job(tiny, job(tmp_path, 5, **cells))
     assert rep["filled"] == 2 and rep["title"].startswith("MAP-Elites cppn, mean of 5 crops:")
     cells = sorted((tmp_path / "cells").glob("*.png"))
     assert [io.read_image(c).shape for c in cells] == [(14, 14, 3)] * 2

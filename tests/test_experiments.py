@@ -349,20 +349,19 @@ def test_detect_smoke_local(capsys, tmp_path_factory):
         assert (out / "runs" / row["id"] / "synthetic-0.png").is_file()
 
 
+def run_grid(tmp_path, kind, fixed, grid):
+    """Run each point of a spec in this process: (results, their report.json dicts)."""
+    spec = parse_spec({"kind": kind, "fixed": fixed, "grid": grid}, name="t")
+    results = [run_one(r.kind, r.params, tmp_path / r.id) for r in spec.runs()]
+    assert [r["status"] for r in results] == ["ok"] * len(results), [r["error"] for r in results]
+    return results, [json.loads((tmp_path / r["id"] / "report.json").read_text()) for r in results]
+
+
 def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
     # As in tog-detectors.toml: the other modes neither use nor report it.
-    spec = parse_spec(
-        {
-            "kind": "detect-attack",
-            "fixed": {"image": "synthetic:0", "detector": "yolo", "steps": 1, "target": "star"},
-            "grid": {"mode": ["vanish", "mislabel"]},
-        },
-        name="t",
-    )
-    results = [run_one(r.kind, r.params, tmp_path / r.id) for r in spec.runs()]
-    assert [r["status"] for r in results] == ["ok", "ok"]
+    fixed = {"image": "synthetic:0", "detector": "yolo", "steps": 1, "target": "star"}
+    results, reports = run_grid(tmp_path, "detect-attack", fixed, {"mode": ["vanish", "mislabel"]})
     assert [r["metrics"]["class"] for r in results] == ["-", "star"]
-    reports = [json.loads((tmp_path / r["id"] / "report.json").read_text()) for r in results]
     assert [rep["attack"]["target_class"] for rep in reports] == [None, 3]  # star
 
 
@@ -370,18 +369,9 @@ def test_a_budget_and_steps_fixed_over_perturb_methods_go_to_the_methods_that_ta
     tmp_path,
 ):
     # The coffee photo already is an espresso: no attack runs, only the config and report.
-    spec = parse_spec(
-        {
-            "kind": "perturb",
-            "fixed": {"image": "sample:coffee", "target": "espresso", "eps": "4/255", "steps": 7},
-            "grid": {"method": ["pgd", "fgsm", "cw"]},
-        },
-        name="t",
-    )
-    results = [run_one(r.kind, r.params, tmp_path / r.id) for r in spec.runs()]
-    assert [r["status"] for r in results] == ["ok"] * 3, [r["error"] for r in results]
+    fixed = {"image": "sample:coffee", "target": "espresso", "eps": "4/255", "steps": 7}
+    results, reports = run_grid(tmp_path, "perturb", fixed, {"method": ["pgd", "fgsm", "cw"]})
     assert [r["metrics"]["method"] for r in results] == ["pgd-linf", "fgsm-linf", "cw"]
-    reports = [json.loads((tmp_path / r["id"] / "report.json").read_text()) for r in results]
     assert [(rep["norm"], rep["eps_255"]) for rep in reports] == [
         ("linf", pytest.approx(4)),
         ("linf", pytest.approx(4)),
