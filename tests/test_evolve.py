@@ -172,18 +172,21 @@ def test_evolution_strategy_improves_confidence(tiny, tmp_path):
     assert out["best_confidence"] == max(h["best"] for h in hist)
 
 
+@pytest.mark.parametrize("children", [8, 9])
 @pytest.mark.parametrize("encoding", ["direct", "cppn"])
-def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding):
+def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding, children):
     # The jitted breeder against the operators applied one family at a time, in both of
-    # its forms (one pair at a time, as on CPU for large genomes, and vmapped).
+    # its forms (one pair at a time, as on CPU for large genomes, and vmapped). An odd
+    # number of children (the CLI's population 101 less 2 elites) still mates its pairs,
+    # as DEAP's varAnd does; only the last child is mutated alone.
     enc = direct(height=8, width=6) if encoding == "direct" else cppn()
     key = jax.random.key(4)
     pop = jax.vmap(enc.init)(jax.random.split(jax.random.key(1), 6))
-    parents = jnp.array([5, 0, 2, 2, 3, 1, 4, 0])
+    parents = jnp.array([5, 0, 2, 2, 3, 1, 4, 0, 3][:children])
     k_cx, k_mut, k_pair = jax.random.split(key, 3)
     mate = np.asarray(jax.random.uniform(k_pair, (4,)) < 0.5)
     assert mate.any() and not mate.all()  # both kinds of pair are checked
-    k_cx, k_mut = jax.random.split(k_cx, 4), jax.random.split(k_mut, 8)
+    k_cx, k_mut = jax.random.split(k_cx, 4), jax.random.split(k_mut, children)
     mutate = jax.jit(enc.mutate)  # the same operator, compiled once rather than op by op
     expected = []
     for i in range(4):
@@ -191,6 +194,8 @@ def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding):
         if mate[i] and encoding == "direct":
             x, y = enc.crossover(k_cx[i], x, y)
         expected += [mutate(k_mut[2 * i], x), mutate(k_mut[2 * i + 1], y)]
+    if children % 2:
+        expected.append(mutate(k_mut[8], search.take(pop, parents[8])))
     expected = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *expected)
     for sequential in (True, False, None):
         kids = search.make_breeder(enc, 0.5, sequential)(key, pop, parents)

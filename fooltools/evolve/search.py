@@ -157,7 +157,8 @@ def make_breeder(
     """``breed(key, genomes, parents) -> offspring``: gather, recombine, mutate (jitted).
 
     ``parents`` (k,) indexes the population; with a ``crossover`` operator, consecutive
-    pairs of parents are recombined with probability ``cxpb`` (k must then be even).
+    pairs of parents are recombined with probability ``cxpb`` (an odd k's last child is
+    only mutated, as in DEAP's ``varAnd``).
 
     ``sequential`` varies one pair or child at a time (``lax.map``) instead of the whole
     population at once (``vmap``); both give the same offspring. The default is
@@ -183,7 +184,7 @@ def make_breeder(
             return jax.lax.map(lambda a: fn(*a), args) if seq else jax.vmap(fn)(*args)
 
         mut_keys = jax.random.split(k_mut, k)
-        if crossover is None or cxpb <= 0 or k % 2:
+        if crossover is None or cxpb <= 0 or k < 2:
             return each(lambda i, km: encoding.mutate(km, take(genomes, i)), parents, mut_keys)
 
         def family(k_x, mates, ij, km):
@@ -198,10 +199,16 @@ def make_breeder(
             kids = encoding.mutate(km[0], x), encoding.mutate(km[1], y)
             return jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), *kids)
 
-        mate = jax.random.uniform(k_pair, (k // 2,)) < cxpb
-        pairs = (parents.reshape(k // 2, 2), mut_keys.reshape(k // 2, 2))
-        kids = each(family, jax.random.split(k_cx, k // 2), mate, *pairs)
-        return jax.tree_util.tree_map(lambda a: a.reshape(k, *a.shape[2:]), kids)
+        # As DEAP's varAnd: consecutive pairs mate; an odd last child is only mutated.
+        n = k - k % 2
+        mate = jax.random.uniform(k_pair, (n // 2,)) < cxpb
+        pairs = (parents[:n].reshape(n // 2, 2), mut_keys[:n].reshape(n // 2, 2))
+        kids = each(family, jax.random.split(k_cx, n // 2), mate, *pairs)
+        kids = jax.tree_util.tree_map(lambda a: a.reshape(n, *a.shape[2:]), kids)
+        if n == k:
+            return kids
+        last = encoding.mutate(mut_keys[n], take(genomes, parents[n]))
+        return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b[None]]), kids, last)
 
     return breed
 
