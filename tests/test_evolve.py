@@ -1,5 +1,6 @@
 """Evolution: operators, searches, checkpoints, outputs — on a tiny model (fast)."""
 
+import dataclasses
 import json
 import random
 import re
@@ -21,7 +22,8 @@ from test_cli import run as fool
 
 from fooltools import io
 from fooltools.errors import FoolError, Interrupted
-from fooltools.evolve import checkpoint, es, report, search
+from fooltools.evolve import checkpoint, cli_support, es, report, search
+from fooltools.evolve import run as run_module
 from fooltools.evolve.cli_support import GenerationBar
 from fooltools.evolve.cppn import cppn
 from fooltools.evolve.cppn_render import Planned, plan
@@ -29,6 +31,7 @@ from fooltools.evolve.direct import direct, polynomial_mutation, sbx_crossover
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import HISTORY, Loop, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
+from fooltools.models.base import WeightsFile
 
 # One population size (and elite count) throughout: each new one compiles its own
 # breeder and evaluator (~1-2 s apiece on CPU), which is most of this file's time.
@@ -447,17 +450,106 @@ def test_a_full_disk_under_the_history_is_one_error(tmp_path):
     assert saved == []
 
 
-def test_ctrl_c_in_the_first_generation_says_that_nothing_was_saved(tmp_path):
-    def step(gen):
-        def collect():
-            raise KeyboardInterrupt
+@pytest.mark.parametrize("kind", ["ga", "es"])
+def test_ctrl_c_in_the_first_generation_leaves_a_run_to_resume(tiny, tmp_path, monkeypatch, kind):
+    # Each search saves its first population before generation 1: Ctrl-C there says so
+    # (not "nothing saved", with advice the CLI then refuses), and --resume ends where
+    # an uninterrupted run ends.
+    cfg = SearchConfig(population=P, generations=3, elites=2, stop_at=None)
 
-        return collect
+    def run(out, resume=False):
+        kw = {"seed": 3, "out": out, "resume": resume}
+        if kind == "es":
+            return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
+        return evolve_single(tiny, cppn(), "cppn", 15, cfg, **kw)
 
-    saved = []
-    with pytest.raises(Interrupted, match="before generation 1 completed; nothing saved"):
-        Loop(tmp_path, generations=3, checkpoint_every=1, progress=None).run(0, step, saved.append)
-    assert saved == []
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    run(tmp_path / "whole")
+    part = tmp_path / "part"
+    for module in (run_module, es):  # generation 1's collection, in either search
+        monkeypatch.setattr(module, "record_best", interrupted)
+    saved = re.escape(str(part / "checkpoint.npz"))
+    with pytest.raises(Interrupted, match=rf"in generation 1; .* saved in {saved}, continue with"):
+        run(part)
+    monkeypatch.undo()
+    run(part, resume=True)
+    a, b = np.load(tmp_path / "whole/checkpoint.npz"), np.load(part / "checkpoint.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (tmp_path / "whole" / HISTORY).read_text().count("\n") == 3
+    w, p = ([json.loads(x)["best"] for x in (d / HISTORY).read_text().splitlines()]
+            for d in (tmp_path / "whole", part))  # fmt: skip
+    assert w == p
+
+
+def test_a_run_resumed_after_reaching_its_stop_runs_no_more(tiny, tmp_path):
+    # Killed after its last checkpoint but before its outputs, or the same command run
+    # again: the run has ended, and must not become a longer one on each resume.
+    def run(out, stop_at, resume=False):
+        cfg = SearchConfig(population=P, generations=8, elites=2, stop_at=stop_at)
+        return evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, seed=2,
+                             out=out, resume=resume)  # fmt: skip
+
+    stop_at = run(tmp_path / "free", None)["history"][3]["best"]
+    first = run(tmp_path / "run", stop_at)
+    assert first["generation"] < 8
+    files = ("checkpoint.npz", HISTORY)
+    before = {f: (tmp_path / "run" / f).read_bytes() for f in files}
+    again = run(tmp_path / "run", stop_at, resume=True)
+    assert again["generation"] == first["generation"]
+    assert again["best_confidence"] == first["best_confidence"]
+    assert {f: (tmp_path / "run" / f).read_bytes() for f in files} == before
+    # A higher stop is a deliberate extension: that resume runs on.
+    assert run(tmp_path / "run", 2.0, resume=True)["generation"] == 8
+
+
+def evolve_options(out, **options):
+    """``fool evolve --class robin --encoding direct`` for 3 generations of 4 (or ``options``)."""
+    kw = {
+        "target": "robin", "map_elites": False, "classes": None, "encoding": "direct",
+        "strategy": None, "generations": 3, "population": 4, "stop_at": 0.0, "seed": 0,
+        "out_dir": str(out), "resume": False, "checkpoint_every": 1,
+    }  # fmt: skip
+    return {**kw, **options}
+
+
+def test_a_resume_continues_the_run_as_it_was_started(tiny, tmp_path):
+    # README's resume form gives only --class, --out and --resume: the run's length,
+    # stop and population are its own, not the CLI's defaults (1000 generations, stop
+    # at 99%, 100), which would silently make it another run.
+    cli_support.run_job(tiny, cli_support.parse_job(**evolve_options(tmp_path)))
+    left_out = {"generations": None, "population": None, "stop_at": None, "resume": True}
+    job = cli_support.parse_job(**evolve_options(tmp_path, **left_out))
+    assert (job.search.generations, job.search.population, job.search.stop_at) == (3, 4, None)
+    longer = evolve_options(tmp_path, **{**left_out, "generations": 5, "stop_at": 0.5})
+    rep = cli_support.run_job(tiny, cli_support.parse_job(**longer))
+    assert (rep["generations"], rep["stop_at"], rep["population"]) == (5, 0.5, 4)
+    job = cli_support.parse_job(**evolve_options(tmp_path, **left_out))
+    assert (job.search.generations, job.search.stop_at) == (5, 0.5)
+
+
+def test_classes_all_is_every_class_in_any_case(tmp_path):
+    cells = {"target": None, "map_elites": True, "stop_at": None, "generations": 1}
+    for spelling in ("all", "ALL", " All "):
+        job = cli_support.parse_job(**evolve_options(tmp_path, classes=spelling, **cells))
+        assert job.classes == tuple(range(1000))
+
+
+def test_the_weights_are_reported_and_a_resume_with_others_is_refused(tiny, tmp_path):
+    # --weights: the report names the file, and the checkpoint its digest. Resuming
+    # with other weights would change the network in mid-run.
+    mine = dataclasses.replace(tiny, weights=WeightsFile("mine.pth", "0123456789abcdef"))
+    rep = cli_support.run_job(mine, cli_support.parse_job(**evolve_options(tmp_path)))
+    assert rep["weights"] == {"path": "mine.pth", "digest": "0123456789abcdef"}
+    assert json.loads((tmp_path / "report.json").read_text())["weights"] == rep["weights"]
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    resume = cli_support.parse_job(**evolve_options(tmp_path, resume=True))
+    with pytest.raises(FoolError, match=r"another run \(weights = '0123456789abcdef', this"):
+        cli_support.run_job(tiny, resume)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    assert cli_support.run_job(mine, resume)["generations_run"] == 3
 
 
 @pytest.mark.parametrize("search_kind", ["es", "ga-direct"])
@@ -553,6 +645,7 @@ def test_single_outputs_report_the_saved_file(tiny, tmp_path):
         (["--map-elites", "--strategy", "es"], "use it with --class"),
         (["--class", "robin", "--classes", "robin,ostrich"], "--classes is for --map-elites"),
         (["--map-elites", "--stop-at", "0.5"], "--stop-at is for --class"),
+        (["--map-elites", "--classes", ""], "--classes is empty"),  # an unset "$CLASSES"
     ],
 )
 def test_bad_evolve_arguments(capsys, args, fragment):

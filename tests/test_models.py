@@ -8,6 +8,7 @@ import pytest
 from fooltools import cache, io
 from fooltools.errors import ModelError
 from fooltools.models import efficientnet_lite, layers, list_models, load_model, model_info
+from fooltools.models.base import WeightsFile
 from fooltools.models.registry import merge_params
 
 GOLDEN = np.load(Path(__file__).parent / "golden" / "efficientnet_lite.npz")
@@ -120,6 +121,17 @@ def test_wrong_weights_file_is_refused():
     lite1 = efficientnet_lite.default_weights("efficientnet_lite1.in1k")
     with pytest.raises(ModelError, match="do not fit efficientnet_lite0.in1k"):
         load_model("efficientnet_lite0.in1k", weights=lite1)
+
+
+def test_a_given_weights_file_is_named_by_its_digest():
+    # Reports record a --weights file and resumed searches check it: the same path may
+    # hold other weights by then, so its contents are what is recorded.
+    lite0 = efficientnet_lite.default_weights("efficientnet_lite0.in1k")
+    assert load_model("efficientnet_lite0.in1k").weights is None  # the registry's own
+    given = load_model("efficientnet_lite0.in1k", weights=lite0)
+    assert given.weights == WeightsFile(str(lite0), cache.file_digest(lite0))
+    assert given.weights_record == {"path": str(lite0), "digest": cache.file_digest(lite0)}
+    assert len(given.weights.digest) == 16
 
 
 def test_merge_params_lists_missing_unexpected_and_shapes():

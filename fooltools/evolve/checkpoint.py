@@ -61,16 +61,7 @@ def load(
     Raises:
         FoolError: Missing, corrupt, or written for another configuration.
     """
-    if not Path(path).is_file():
-        raise FoolError(f"no checkpoint to resume from: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            files = {k: data[k] for k in data.files}
-        meta = json.loads(files.pop("meta").tobytes().decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise FoolError(f"corrupt checkpoint {path} ({type(e).__name__}); left untouched") from None
-    if meta.get("format") != FORMAT:
-        raise FoolError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT}")
+    files, meta = _read(path)
     for key, value in expect.items():
         if meta.get(key) != value:
             raise FoolError(
@@ -86,6 +77,32 @@ def load(
         leaves.append(arr)
     arrays = {k.removeprefix("state_"): v for k, v in files.items() if k.startswith("state_")}
     return jax.tree_util.tree_unflatten(treedef, leaves), arrays, meta
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The meta blob of the checkpoint at ``path`` (configuration, generation, ...).
+
+    Raises:
+        FoolError: Missing or corrupt (the file is left untouched).
+    """
+    return _read(path)[1]
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """All arrays but the meta, and the meta, of a checkpoint of this :data:`FORMAT`."""
+    if not Path(path).is_file():
+        raise FoolError(f"no checkpoint to resume from: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = {k: data[k] for k in data.files}
+        meta = json.loads(files.pop("meta").tobytes().decode())
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not an object")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise FoolError(f"corrupt checkpoint {path} ({type(e).__name__}); left untouched") from None
+    if meta.get("format") != FORMAT:
+        raise FoolError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT}")
+    return files, meta
 
 
 def exists(path: str | os.PathLike[str]) -> bool:

@@ -71,10 +71,13 @@ def parse_job(
     if not map_elites and classes is not None:
         raise FoolError("--classes is for --map-elites (--class NAME evolves one class)")
     if map_elites:
-        names = [c.strip() for c in (classes or "all").split(",") if c.strip()]
+        # Only a left-out --classes means all: an empty one (an unset shell variable)
+        # must not start a 1000-class run.
+        names = [c.strip() for c in ("all" if classes is None else classes).split(",")]
+        names = [n for n in names if n]
         cls = (
             tuple(range(len(labels)))
-            if names == ["all"]
+            if [n.lower() for n in names] == ["all"]
             else tuple(dict.fromkeys(labels.lookup(n) for n in names))
         )
         if not cls:
@@ -90,8 +93,25 @@ def parse_job(
             "--strategy es evolves one CPPN for one class: use it with --class "
             "and --encoding cppn (MAP-Elites and the direct encoding use ga)"
         )
-    generations = generations if generations is not None else (5000 if map_elites else 1000)
-    population = population if population is not None else (400 if map_elites else 100)
+    if resume and out_dir is None:
+        raise FoolError("--resume needs --out DIR, the run to continue")
+    ckpt = None if out_dir is None else Path(out_dir) / CHECKPOINT
+    if not resume and ckpt is not None and checkpoint.exists(ckpt):
+        # Starting afresh would overwrite the checkpoint of a run that may have taken hours.
+        raise FoolError(
+            f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it "
+            "or another --out for a new one"
+        )
+    # A resume continues the run as it was started: options left out are the run's own
+    # (its length and stop are not checked against the checkpoint, so the CLI's defaults
+    # would silently make it another run), not the CLI's defaults.
+    saved = checkpoint.read_meta(ckpt) if resume and checkpoint.exists(ckpt) else {}
+    if generations is None:
+        generations = _saved_number(saved, "generations", 5000 if map_elites else 1000)
+    if population is None:
+        population = _saved_number(saved, "population", 400 if map_elites else 100)
+    if stop_at is None and not map_elites and "stop_at" in saved:
+        stop_at = _saved_number(saved, "stop_at", None) or 0.0  # None there: no stop
     if population < 2:
         raise FoolError(f"population must be >= 2, got {population}")
     if generations < 1:
@@ -104,16 +124,8 @@ def parse_job(
     stop_at = 0.99 if stop_at is None else stop_at
     if not 0 <= stop_at <= 1:
         raise FoolError(f"--stop-at must be in [0, 1], got {stop_at}")
-    if resume and out_dir is None:
-        raise FoolError("--resume needs --out DIR, the run to continue")
     if out_dir is None:
         out_dir = default_out_dir(kind="evolve")
-    elif not resume and checkpoint.exists(Path(out_dir) / CHECKPOINT):
-        # Starting afresh would overwrite the checkpoint of a run that may have taken hours.
-        raise FoolError(
-            f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it "
-            "or another --out for a new one"
-        )
     elites = 0 if map_elites else min(2, population - 1)
     cfg = SearchConfig(
         population=population,
@@ -133,6 +145,13 @@ def parse_job(
         checkpoint_every=checkpoint_every,
         crops=crops,
     )
+
+
+def _saved_number(saved: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``saved[key]`` if it is a number (a checkpoint's meta), else ``default``."""
+    value = saved.get(key)
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return value if ok else default
 
 
 def _clock(seconds: float) -> str:
@@ -200,6 +219,7 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
         enc = cppn(**(ES_CPPN if job.strategy == "es" else SFERES2))
     common = {
         "model": model,
+        "weights": clf.weights_record,
         "crops": job.crops,
         "encoding": job.encoding,
         "strategy": job.strategy,
@@ -207,6 +227,8 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
         "population": job.search.population,
         "generations": job.search.generations,
     }
+    if not job.map_elites:
+        common["stop_at"] = job.search.stop_at  # None: ran all its generations
     label = "MAP-Elites" if job.map_elites else clf.labels.name(job.classes[0])
     bar = GenerationBar(job.search.generations, label, median=job.map_elites)
     kwargs = {

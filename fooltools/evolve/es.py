@@ -41,7 +41,9 @@ from fooltools.evolve.run import (
     genome_template,
     lookahead_by_default,
     record_best,
+    run_length,
     single_summary,
+    weights_digest,
 )
 from fooltools.evolve.search import SearchConfig
 from fooltools.models.base import Classifier
@@ -185,6 +187,7 @@ def evolve_es(
     meta = {
         "kind": "es",
         "model": clf.name,
+        "weights": weights_digest(clf),
         "encoding": enc_name,
         "seed": seed,
         "classes": [target],
@@ -248,7 +251,8 @@ def evolve_es(
             "adam_nu": np.asarray(adam.nu),
         }
         stacked = jax.tree_util.tree_map(lambda a: a[None], pop["center"])
-        checkpoint.save(out / CHECKPOINT, stacked, arrays, {**meta, "generation": gen})
+        info = {**meta, **run_length(cfg), "generation": gen}
+        checkpoint.save(out / CHECKPOINT, stacked, arrays, info)
 
     if not resume:
         save(0)

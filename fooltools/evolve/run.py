@@ -85,6 +85,10 @@ class Loop:
     ) -> int:
         """Run generations ``start+1 .. generations``; return the last one completed.
 
+        The caller has saved generation ``start``'s state (the first population, before
+        generation 1). A resumed run whose last generation already reached ``stop_at``
+        runs no more.
+
         ``step(g)`` selects generation ``g``'s parents and dispatches its device work,
         leaving the state as it was, and returns ``collect``: ``collect()`` waits for that
         work, advances the state by one generation and returns the fitness values the
@@ -107,6 +111,12 @@ class Loop:
             FoolError: The history cannot be written (a full disk).
         """
         done, pending = start, None  # pending: the last generation collected, not booked
+        last = self.history[-1] if self.history else None
+        if stop_at is not None and last and last["generation"] == start and last["best"] >= stop_at:
+            # Resumed after its stop was reached (killed before its outputs were written,
+            # or the same command run again): the run is over, and more generations would
+            # make it another run than the one its first outputs describe.
+            return start
 
         def dispatch(gen: int) -> Callable[[], tuple[np.ndarray, int]] | None:
             return step(gen) if gen <= self.generations else None
@@ -134,10 +144,10 @@ class Loop:
                     with open(self.out / HISTORY, "a") as log:
                         self._record(log, *pending)
                 save(done)
-            if done == 0:  # a fresh run stopped in its first generation: nothing was saved
+            if done == 0:  # the searches save the first population before generation 1
                 raise Interrupted(
-                    "interrupted before generation 1 completed; nothing saved to resume "
-                    "(run again without --resume)"
+                    f"interrupted in generation 1; the first population is saved in "
+                    f"{self.out / CHECKPOINT}, continue with --resume"
                 ) from None
             raise Interrupted(
                 f"interrupted after generation {done}; state saved in {self.out / CHECKPOINT}, "
@@ -200,12 +210,31 @@ def genome_template(encoding: search.Encoding, n: int) -> Any:
     return jax.eval_shape(jax.vmap(encoding.init), keys)
 
 
+def weights_digest(clf: Classifier) -> str | None:
+    """What a checkpoint's meta records of the weights: a resume with others is refused.
+
+    None for the registry's own weights (and in checkpoints written before weights were
+    recorded, which were all the registry's or unchecked).
+    """
+    return None if clf.weights is None else clf.weights.digest
+
+
+def run_length(cfg: SearchConfig) -> dict[str, Any]:
+    """The meta entries a resume takes as its defaults, not checked against it.
+
+    A resume may extend the run (more generations) or change its stop; without those
+    options it continues the run as started, not with the CLI's defaults.
+    """
+    return {"generations": cfg.generations, "stop_at": cfg.stop_at}
+
+
 def _meta(
     kind: str, clf: Classifier, enc_name: str, cfg: SearchConfig, seed: int, classes: list[int]
 ) -> dict[str, Any]:
     return {
         "kind": kind,
         "model": clf.name,
+        "weights": weights_digest(clf),
         "encoding": enc_name,
         "seed": seed,
         "classes": classes,
@@ -363,7 +392,8 @@ def evolve_single(
         return elites
 
     def save(gen: int) -> None:
-        checkpoint.save(out / CHECKPOINT, pop["genomes"], state, {**meta, "generation": gen})
+        info = {**meta, **run_length(cfg), "generation": gen}
+        checkpoint.save(out / CHECKPOINT, pop["genomes"], state, info)
 
     if not resume:
         save(0)
@@ -435,7 +465,8 @@ def evolve_map_elites(
         return collect
 
     def save(gen: int) -> None:
-        checkpoint.save(out / CHECKPOINT, pop["archive"], state, {**meta, "generation": gen})
+        info = {**meta, **run_length(cfg), "generation": gen}
+        checkpoint.save(out / CHECKPOINT, pop["archive"], state, info)
 
     if not resume:
         save(0)

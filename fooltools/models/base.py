@@ -50,6 +50,20 @@ class ModelInfo:
     package: str
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+    """A weights file given in place of the registry's own (``--weights``).
+
+    Attributes:
+        path: The file, as given.
+        digest: The first 16 hex digits of its SHA-256: what a report records and what a
+            resumed search checks, since the same path may hold other weights later.
+    """
+
+    path: str
+    digest: str
+
+
 # eq=False: identity semantics, so a Classifier can key caches of jitted functions.
 @dataclasses.dataclass(frozen=True, eq=False)
 class Classifier:
@@ -62,6 +76,8 @@ class Classifier:
         params: The weights pytree passed to ``apply``.
         labels: Class names, index-aligned with the logits.
         features: ``features(params, x) -> dict[name, array]`` of intermediate maps.
+        weights: The file the params were loaded from when the user gave one; None: the
+            registry's own weights for ``info.name``.
     """
 
     info: ModelInfo
@@ -69,11 +85,17 @@ class Classifier:
     params: Params
     labels: LabelSet
     features: Callable[[Params, jax.Array], dict[str, jax.Array]]
+    weights: WeightsFile | None = None
 
     @property
     def name(self) -> str:
         """The registry key."""
         return self.info.name
+
+    @property
+    def weights_record(self) -> dict[str, str] | None:
+        """``{"path", "digest"}`` of a user's weights file for a report; None: the registry's."""
+        return None if self.weights is None else dataclasses.asdict(self.weights)
 
     def preprocess(self, x: jax.Array) -> jax.Array:
         """Resize, centre-crop and normalise [0, 1] images for this model.

@@ -111,5 +111,10 @@ def averaged(clf: Classifier, crops: int) -> Classifier:
         clf.info, name=f"{clf.name}, mean of {crops} crops", input_size=size, resize=min(size)
     )
     return Classifier(
-        info=info, apply=apply, params=clf.params, labels=clf.labels, features=features
+        info=info,
+        apply=apply,
+        params=clf.params,
+        labels=clf.labels,
+        features=features,
+        weights=clf.weights,
     )

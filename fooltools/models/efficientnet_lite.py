@@ -26,7 +26,7 @@ import numpy as np
 from fooltools import cache, checkpoints, labels
 from fooltools.errors import ModelError
 from fooltools.models import layers
-from fooltools.models.base import Classifier, ModelInfo
+from fooltools.models.base import Classifier, ModelInfo, WeightsFile
 from fooltools.models.registry import merge_params, register
 
 # Stage specification of the Lite builder: (repeats, kernel, stride, expand, in, out).
@@ -280,11 +280,8 @@ def _load(info: ModelInfo, weights: str | os.PathLike[str] | None) -> Classifier
     template = jax.eval_shape(
         module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
     )["params"]
-    entry = (
-        cache.cache_dir()
-        / "params"
-        / (f"{info.name}-{cache.file_digest(path)}-v{CONVERTER_VERSION}.npz")
-    )
+    digest = cache.file_digest(path)
+    entry = cache.cache_dir() / "params" / (f"{info.name}-{digest}-v{CONVERTER_VERSION}.npz")
     params = cache.load_params(entry, template)
     if params is None:
         sd = _Recorder(checkpoints.load_state_dict(path))
@@ -301,6 +298,7 @@ def _load(info: ModelInfo, weights: str | os.PathLike[str] | None) -> Classifier
         params=jax.tree_util.tree_map(jnp.asarray, params),
         labels=labels.imagenet(),
         features=lambda p, x: module.apply({"params": p}, x, capture=True),
+        weights=None if weights is None else WeightsFile(os.fspath(weights), digest),
     )
 
 
