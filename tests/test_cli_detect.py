@@ -10,11 +10,14 @@ import pytest
 from test_cli import assert_one_line_error, run, run_ok
 
 from fooltools.detection import synthetic
+from fooltools.detection.detectors import BUNDLED
 from fooltools.io import read_image, write_png
 
 CFG = "tests/data/yolo/tiny_v3.cfg"
 WEIGHTS = "tests/data/yolo/tiny_v3.weights"
 NET = ["--cfg", CFG, "--weights", WEIGHTS]
+BUNDLED_YOLO_CFG, _ = BUNDLED["yolo"]
+_, BUNDLED_RCNN = BUNDLED["faster-rcnn"]
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,8 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["eval", "--attack", "vanish", "--target-class", "star"], ["is for --attack mislabel"]),
         (["eval", "--eps", "4/255"], ["--eps is the budget of --attack"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
+        (["{img}", "--detector", "faster-rcnn", "--weights", str(BUNDLED_RCNN), "--variant",
+          "fasterrcnn_mobilenet_v3_large_fpn"], ["variant is for other Faster R-CNN weights"]),
         # An --out that cannot be made (a file in the way): before the attack runs.
         (["{img}", *NET, "--out", "{img}/run"], ["cannot create directory", "shapes.png/run"]),
         (["attack", "{img}", "--mode", "vanish", *NET, "--out", "{img}/run"],
@@ -101,3 +106,23 @@ def test_synthetic_image_argument(capsys, tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "synthetic-2.png"), expected, atol=0.5 / 255)
     code, _, err = run(capsys, "detect", "synthetic:two", *NET)
     assert_one_line_error(code, err, "synthetic:N needs an image number")
+
+
+@pytest.mark.parametrize(
+    "detector,named",
+    [("yolo", ["--cfg", str(BUNDLED_YOLO_CFG)]), ("faster-rcnn", ["--weights", str(BUNDLED_RCNN)])],
+)
+def test_the_bundled_files_named_explicitly_are_the_bundled_detector(
+    capsys, tmp_path, monkeypatch, detector, named
+):
+    monkeypatch.chdir(tmp_path)
+    # Whether a detector is the bundled one follows its weights, not whether a file was
+    # named: its class names, operating point and (Faster R-CNN) resize and anchors.
+    default, _ = run_ok(capsys, "detect", "synthetic:0", "--detector", detector, "--out", "a")
+    explicit, _ = run_ok(
+        capsys, "detect", "synthetic:0", "--detector", detector, *named, "--out", "b"
+    )
+    assert explicit.replace("-> b", "") == default.replace("-> a", "")
+    assert "square" in explicit and "class" not in explicit
+    threshold = {"yolo": 0.7, "faster-rcnn": 0.8}[detector]
+    assert f"(score >= {threshold})" in explicit
