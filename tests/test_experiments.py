@@ -1,4 +1,5 @@
 import csv
+import itertools
 import json
 import os
 import signal
@@ -56,7 +57,7 @@ def test_grid_is_a_cartesian_product_in_written_order():
             "fixed": {"method": "fgsm", "eps": "4/255"},
             "grid": {
                 "image": ["sample:cat", "sample:coffee"],
-                "target": ["ostrich", 9, "goldfish"],
+                "target": ["ostrich", 7, "goldfish"],  # 7: cock (9 is ostrich)
                 "seed": {"start": 0, "stop": 4, "step": 2},
             },
         },
@@ -68,7 +69,7 @@ def test_grid_is_a_cartesian_product_in_written_order():
     assert [r.varying for r in runs[:3]] == [
         {"image": "sample:cat", "target": "ostrich", "seed": 0},
         {"image": "sample:cat", "target": "ostrich", "seed": 2},
-        {"image": "sample:cat", "target": 9, "seed": 0},
+        {"image": "sample:cat", "target": 7, "seed": 0},
     ]
     assert runs[-1].varying == {"image": "sample:coffee", "target": "goldfish", "seed": 2}
     first = runs[0].params
@@ -105,6 +106,70 @@ def test_run_ids_are_stable_across_processes_and_depend_only_on_resolved_params(
     assert run_id("perturb", {**a, "model": None}) == run_id("perturb", a)  # unset: omitted
 
 
+def _old_ids(spec):
+    """The ids every grid point had before identical points became one run."""
+    defaults = {k: p.default for k, p in TASKS[spec.kind].params.items()}
+    keys = list(spec.grid)
+    return [
+        run_id(spec.kind, {**defaults, **spec.fixed, **dict(zip(keys, values, strict=True))})
+        for values in itertools.product(*spec.grid.values())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fixed", "grid", "labels"),
+    [
+        (  # a target is mislabel's alone: the other modes are one run each
+            "detect-attack",
+            {"image": "synthetic:0"},
+            {"mode": ["vanish", "untargeted", "mislabel"], "target": ["star", "circle", 3]},
+            ["mode=vanish", "mode=untargeted", "mode=mislabel target=star",
+             "mode=mislabel target=circle"],
+        ),
+        (  # cw takes no budget
+            "perturb",
+            {"image": "sample:cat", "target": "ostrich"},
+            {"method": ["pgd", "cw"], "eps": ["4/255", "8/255"]},
+            ["method=pgd eps=0.01568627450980392", "method=pgd eps=0.03137254901960784",
+             "method=cw"],
+        ),
+        ("perturb", {"image": "sample:cat"}, {"target": ["ostrich", "Ostrich", 9]},
+         ["target=ostrich"]),
+        ("evolve", {"class": "robin"}, {"stop_at": [1, 1.0]}, ["stop_at=1"]),
+        ("evolve", {"stop_at": 0.5}, {"class": ["robin", "American robin", 15]}, ["class=robin"]),
+        ("map-elites", {}, {"classes": [["robin", "ostrich"], "robin,ostrich", [15, "9"]]},
+         ["classes=['robin', 'ostrich']"]),
+    ],
+)  # fmt: skip
+def test_grid_points_that_are_the_same_run_are_one_run(tmp_path, kind, fixed, grid, labels):
+    spec = parse_spec({"kind": kind, "fixed": fixed, "grid": grid}, name="t")
+    runs = spec.runs()
+    assert [r.describe() for r in runs] == [f"{kind} {label}" for label in labels]
+    # Each has the id its first point always had; every point is one run's, in grid order.
+    old = _old_ids(spec)
+    assert sorted(i for r in runs for i in r.points) == sorted(old)
+    assert all(list(r.points) == sorted(r.points, key=old.index) for r in runs)
+    assert [r.id for r in runs] == sorted((r.points[0] for r in runs), key=old.index)
+    assert all(run_id(kind, r.params) == r.id for r in runs)
+    # A resumed batch that recorded another of its points keeps that point's directory.
+    merged = next(r for r in runs if len(r.points) > 1)
+    kept = spec.runs(keep=[merged.points[-1]])
+    assert [r.id for r in kept] == [merged.points[-1] if r == merged else r.id for r in runs]
+    # The batch records each run once, so the summary counts it once.
+    out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)
+    batch = json.loads((out / "batch.json").read_text())
+    assert [r["id"] for r in batch["runs"]] == [r.id for r in runs]
+    assert [r["status"] for r in load_results(out)] == ["unfinished"] * len(runs)
+
+
+def test_grids_without_such_points_keep_their_ids():
+    # Existing batches must resume onto the same directories.
+    for path in sorted((ROOT / "experiments").glob("*.toml")):
+        spec = load_spec(path)
+        assert [r.id for r in spec.runs()] == _old_ids(spec), path.name
+    assert len(load_spec(ROOT / "experiments" / "tog-detectors.toml").runs()) == 500
+
+
 @pytest.mark.parametrize(
     ("doc", "fragment"),
     [
@@ -135,6 +200,26 @@ def test_run_ids_are_stable_across_processes_and_depend_only_on_resolved_params(
         ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"cpus": -1}}, "resources.cpus"),
         ({"kind": "evolve", "fixed": {"class": "robin", "encoding": "pixels"}}, "fixed.encoding"),
         ({"kind": "perturb", "fixed": 3}, "fixed must be a table"),
+        # Set, but taken by no run: refused, as the command line refuses it.
+        (
+            {"kind": "perturb", "fixed": {"image": "a", "method": "cw", "eps": 0.1}},
+            "fixed.eps: no run of this spec takes it (eps is for methods pgd and fgsm)",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "mode": "vanish", "detector": "faster-rcnn", "cfg": "y"},
+            },
+            "fixed.cfg: no run of this spec takes it (cfg is for detector yolo)",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "target": "star"},
+                "grid": {"mode": ["vanish", "dag"]},
+            },
+            "fixed.target: no run of this spec takes it (target is for mode mislabel)",
+        ),
     ],
 )
 def test_spec_errors_are_one_line_and_name_the_key(doc, fragment):
@@ -363,6 +448,18 @@ def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
     results, reports = run_grid(tmp_path, "detect-attack", fixed, {"mode": ["vanish", "mislabel"]})
     assert [r["metrics"]["class"] for r in results] == ["-", "star"]
     assert [rep["attack"]["target_class"] for rep in reports] == [None, 3]  # star
+
+
+def test_a_cfg_fixed_over_detectors_is_yolos_alone(tmp_path):
+    # Given to the Faster R-CNN too, it loaded the bundled weights without their settings
+    # (classes "class0"..., threshold 0.5) under the bundled detector's name.
+    from fooltools.detection.detectors import BUNDLED
+
+    fixed = {"image": "synthetic:0", "mode": "vanish", "steps": 1, "cfg": str(BUNDLED["yolo"][0])}
+    _, reports = run_grid(tmp_path, "detect-attack", fixed, {"detector": ["yolo", "faster-rcnn"]})
+    assert [rep["attack"]["confidence"] for rep in reports] == [0.7, 0.8]  # bundled: both
+    for rep in reports:
+        assert rep["clean_objects"] and {o["label"] for o in rep["clean_objects"]} == {"square"}
 
 
 def test_a_budget_and_steps_fixed_over_perturb_methods_go_to_the_methods_that_take_them(

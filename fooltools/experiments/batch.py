@@ -26,7 +26,7 @@ from typing import Any
 from fooltools import __version__
 from fooltools.errors import FoolError
 from fooltools.experiments.executors import Executor, Job, LocalExecutor
-from fooltools.experiments.spec import Spec, resolved_toml
+from fooltools.experiments.spec import Run, Spec, resolved_toml
 from fooltools.experiments.tasks import RESULT
 from fooltools.io import write_bytes_atomic
 
@@ -51,7 +51,7 @@ def read_result(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return result if isinstance(result, dict) and "status" in result else None
 
 
-def _batch_record(spec: Spec, base_dir: str) -> dict[str, Any]:
+def _batch_record(spec: Spec, runs: list[Run], base_dir: str) -> dict[str, Any]:
     return {
         "name": spec.name,
         "kind": spec.kind,
@@ -62,7 +62,7 @@ def _batch_record(spec: Spec, base_dir: str) -> dict[str, Any]:
         "grid": list(spec.grid),
         "runs": [
             {"id": r.id, "dir": f"{RUNS}/{r.id}", "params": r.params, "varying": r.varying}
-            for r in spec.runs()
+            for r in runs
         ],
     }
 
@@ -97,20 +97,22 @@ def run_batch(
         raise FoolError(
             f"{out} already holds a batch; pass --resume to continue it or --out for a new one"
         )
-    held = _held_kind(out)
-    if resume and held is not None and held != spec.kind:
+    held = _held_record(out) if resume else None
+    held_kind = held.get("kind") if held else None
+    if isinstance(held_kind, str) and held_kind != spec.kind:
         # An edited grid may resume a batch; another kind is another spec given by mistake.
         raise FoolError(
-            f"{out} holds a {held} batch and {spec.name} is {spec.kind}: "
+            f"{out} holds a {held_kind} batch and {spec.name} is {spec.kind}: "
             "resume it with its own spec, or use another --out"
         )
+    # A run that is several grid points keeps the directory it was recorded with.
+    runs = spec.runs(keep=_held_ids(held))
     base_dir = str(Path.cwd())
-    record = _batch_record(spec, base_dir)
+    record = _batch_record(spec, runs, base_dir)
     # A resumed batch may come from an edited spec (a grid extended): the record follows
     # the spec, and runs it shares with the old one are reused by id.
     write_bytes_atomic(out / BATCH, json.dumps(record, indent=2).encode())
     write_bytes_atomic(out / RESOLVED, resolved_toml(spec, len(record["runs"])).encode())
-    runs = spec.runs()
     finished = {
         r.id for r in runs if resume and (res := read_result(out / RUNS / r.id)) and _ok(res)
     }
@@ -133,13 +135,21 @@ def run_batch(
     return out
 
 
-def _held_kind(out: Path) -> str | None:
-    """The task kind of the batch recorded in ``out``, or None (none, or unreadable)."""
+def _held_record(out: Path) -> dict[str, Any] | None:
+    """The batch record in ``out``, or None: none, or unreadable (rewritten from the spec)."""
     try:
-        kind = json.loads((out / BATCH).read_text(encoding="utf-8")).get("kind")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return None  # rewritten from the spec below, as a missing record would be
-    return kind if isinstance(kind, str) else None
+        record = json.loads((out / BATCH).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _held_ids(record: dict[str, Any] | None) -> list[str]:
+    """The run ids a batch record lists (none for a record without a readable list)."""
+    runs = record.get("runs") if record else None
+    if not isinstance(runs, list):
+        return []
+    return [r["id"] for r in runs if isinstance(r, dict) and isinstance(r.get("id"), str)]
 
 
 def _ok(result: dict[str, Any]) -> bool:

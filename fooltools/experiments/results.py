@@ -65,7 +65,8 @@ def load_results(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
         result = read_result(out / entry["dir"]) or {"status": "unfinished", "metrics": {}}
         row: dict[str, Any] = {"id": entry["id"], "status": result["status"]}
         for key, column in zip(batch["grid"], _columns(batch["grid"]), strict=True):
-            row[column] = entry["params"].get(key)
+            # Not entry["params"]: a grid value the run does not take is not shown.
+            row[column] = entry["varying"].get(key)
         for key in (*METRICS, *TIMING):
             row[key] = _round(key, (result.get("metrics") or {}).get(key, result.get(key)))
         row["error"] = result.get("error")

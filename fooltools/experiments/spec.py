@@ -26,6 +26,12 @@ fails only the runs that use it.
 A run's id is a short hash of the canonical JSON of its kind and resolved parameters
 (defaults filled in; parameters left unset are omitted, so a kind that gains a new
 optional parameter keeps its old ids). It is the same on every process and machine.
+
+Grid points that are the same run (:attr:`TaskKind.identity`: a parameter its task does
+not take, such as a detector target over modes other than mislabel, or two names of one
+class) are one :class:`Run`, with the id of the first of them, so a grid without such
+points keeps the ids it has always had. A parameter the spec sets that no run takes is
+refused (unless it is the default), as the command line refuses it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +69,16 @@ class Run:
         id: 12 hex digits, :func:`run_id` of ``kind`` and ``params``.
         kind: The task kind.
         params: Every parameter of the kind, defaults filled in (None: not set).
-        varying: The grid's parameters and their values here, in grid order (for labels).
+        varying: The grid's parameters and their values here, in grid order (for labels),
+            without those the run does not take.
+        points: The ids of every grid point that is this run, in grid order.
     """
 
     id: str
     kind: str
     params: dict[str, Any]
     varying: dict[str, Any]
+    points: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """A short label for progress lines, e.g. ``perturb image=sample:cat target=ostrich``."""
@@ -98,16 +107,58 @@ class Spec:
     resources: dict[str, float]
     path: Path | None = None
 
-    def runs(self) -> list[Run]:
-        """Expand the grid: one :class:`Run` per point, in product order."""
-        defaults = {k: p.default for k, p in TASKS[self.kind].params.items()}
-        keys = list(self.grid)
+    def runs(self, keep: Collection[str] = ()) -> list[Run]:
+        """Expand the grid: one :class:`Run` per distinct run, in product order.
+
+        Args:
+            keep: Ids to give a run whose points include them (a resumed batch's record),
+                so that it resumes onto its directory; otherwise a run has its first
+                point's id.
+        """
         runs = []
+        for points in self._points().values():
+            rep = next((p for p in points if p[0] in keep), points[0])
+            rid, params, varying, used = rep
+            shown = {k: v for k, v in varying.items() if used[k] is not None}
+            runs.append(Run(rid, self.kind, params, shown, tuple(p[0] for p in points)))
+        return runs
+
+    def _points(self) -> dict[str, list[tuple[str, dict, dict, dict]]]:
+        """The grid's points in product order, ``(id, params, varying, identity)``.
+
+        Grouped by identity (the task's canonical parameters), in order of first point.
+        """
+        task = TASKS[self.kind]
+        defaults = {k: p.default for k, p in task.params.items()}
+        keys = list(self.grid)
+        groups: dict[str, list[tuple[str, dict, dict, dict]]] = {}
         for values in itertools.product(*(self.grid[k] for k in keys)):
             varying = dict(zip(keys, values, strict=True))
             params = {**defaults, **self.fixed, **varying}
-            runs.append(Run(run_id(self.kind, params), self.kind, params, varying))
-        return runs
+            used = task.identity(params)
+            key = json.dumps(used, sort_keys=True)
+            groups.setdefault(key, []).append((run_id(self.kind, params), params, varying, used))
+        return groups
+
+    def check_used(self) -> None:
+        """Refuse a parameter set in the spec that no run takes (unless it is its default).
+
+        Raises:
+            FoolError: Naming the key and, where known, the runs that would take it.
+        """
+        where = str(self.path) if self.path else "spec"
+        identities = [points[0][3] for points in self._points().values()]
+        params = TASKS[self.kind].params
+        for section, table in (("fixed", self.fixed), ("grid", self.grid)):
+            for key, value in table.items():
+                if section == "fixed" and value == params[key].default:
+                    continue  # as a resolved spec writes every default out
+                if all(used[key] is None for used in identities):
+                    only = params[key].only
+                    raise FoolError(
+                        f"{where}: {section}.{key}: no run of this spec takes it"
+                        + (f" ({key} is for {only})" if only else "")
+                    )
 
 
 def run_id(kind: str, params: Mapping[str, Any]) -> str:
@@ -229,7 +280,9 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise FoolError(f"{where}: resources.{key}: expected a number >= 0, got {value!r}")
         resources[key] = float(value)
-    return Spec(kind, batch_name, fixed, grid, resources, path)
+    spec = Spec(kind, batch_name, fixed, grid, resources, path)
+    spec.check_used()
+    return spec
 
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:
