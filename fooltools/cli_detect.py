@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,13 @@ class _ImageByDefault(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["image", *args]
         return super().parse_args(ctx, args)
+
+
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange compares, and every comparison with NaN is false.
+    if value is not None and math.isnan(value):
+        raise click.BadParameter(f"{value} is not a number in [0, 1]", ctx, param)
+    return value
 
 
 def _detector_options(f: Callable) -> Callable:
@@ -56,6 +64,7 @@ def _detector_options(f: Callable) -> Callable:
             click.option(
                 "--confidence",
                 type=click.FloatRange(0, 1),
+                callback=_not_nan,
                 help="Score at which a detection counts as an object (drawn, counted) "
                 "[default: the detector's operating point: 0.7 bundled YOLO, 0.8 bundled "
                 "Faster R-CNN, 0.5 other weights].",
@@ -192,6 +201,8 @@ def attack(
     confidence = det.confidence if confidence is None else confidence
     report = attack_file(det, path, out, mode=mode, seed=seed, confidence=confidence, **kw)
     m = report["metrics"]
+    if report["success"] is None:
+        click.echo(f"nothing to attack: {path} has {report['note']}")
     click.echo(
         f"{mode}: {m['clean_objects']} objects -> {m['adversarial_objects']}"
         f"  L-inf {m['linf_255']:.0f}/255  L2 {m['l2']:.2f}  in {m['seconds']:.1f}s  -> {out}"

@@ -56,6 +56,19 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
     assert "mislabel" in out
 
 
+def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_path, shapes_png):
+    # No score reaches 1: nothing to vanish, which is no success of the attack.
+    code, out, err = run(
+        capsys, "detect", "attack", shapes_png, "--mode", "vanish", *NET, "--confidence", "1",
+        "--steps", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["metrics"]["clean_objects"] == 0
+    assert report["success"] is None and report["note"] == "no objects at score >= 1.0"
+    assert f"nothing to attack: {shapes_png} has no objects at score >= 1.0" in out
+
+
 @pytest.mark.parametrize(
     "args,fragments",
     [
@@ -70,6 +83,10 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["eval", "--attack", "vanish", "--target-class", "star"], ["is for --attack mislabel"]),
         (["eval", "--eps", "4/255"], ["--eps is the budget of --attack"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
+        (["{img}", *NET, "--confidence", "nan"], ["--confidence", "nan is not a number"]),
+        (["attack", "{img}", "--mode", "vanish", "--steps", "1", *NET, "--confidence", "nan"],
+         ["--confidence", "nan is not a number"]),
+        (["attack", "{img}", "--mode", "vanish", *NET, "--confidence", "70"], ["--confidence"]),
         (["{img}", "--detector", "faster-rcnn", "--weights", str(BUNDLED_RCNN), "--variant",
           "fasterrcnn_mobilenet_v3_large_fpn"], ["variant is for other Faster R-CNN weights"]),
         # An --out that cannot be made (a file in the way): before the attack runs.

@@ -28,6 +28,7 @@ from fooltools.experiments import (
     run_id,
     run_one,
 )
+from fooltools.experiments.results import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
@@ -200,6 +201,10 @@ def test_grids_without_such_points_keep_their_ids():
         ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"cpus": -1}}, "resources.cpus"),
         ({"kind": "evolve", "fixed": {"class": "robin", "encoding": "pixels"}}, "fixed.encoding"),
         ({"kind": "perturb", "fixed": 3}, "fixed must be a table"),
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "confidence": 70}},
+            "fixed.confidence: a detection score threshold is in [0, 1], got 70",
+        ),
         # Set, but taken by no run: refused, as the command line refuses it.
         (
             {"kind": "perturb", "fixed": {"image": "a", "method": "cw", "eps": 0.1}},
@@ -268,6 +273,19 @@ def test_executor_choice_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(FoolError, match=r"pip install 'fooltools\[ray\]'"):
         get_executor("ray")
+
+
+def test_the_success_rate_leaves_out_runs_without_a_verdict():
+    # A detector attack on an image without objects did nothing: not a success.
+    rows = [
+        {"status": "ok", "model": "m", "method": "vanish-linf", "class": "-", "success": s,
+         "confidence": None, "linf": 1.0, "l2": 2.0, "seconds": 1.0}
+        for s in (True, None, False, True)
+    ]  # fmt: skip
+    (row,) = summarize(rows)
+    assert row["runs"] == "4" and row["success"] == "2/3 67%"
+    (row,) = summarize(rows[1:2])
+    assert row["success"] == "-"
 
 
 # --- run_one: results, atomicity, failure isolation -----------------------------------

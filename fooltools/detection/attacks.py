@@ -131,6 +131,7 @@ def check_arguments(
     steps: int = TOG_STEPS,
     norm: str = "linf",
     target_class: int | None = None,
+    confidence: float | None = None,
 ) -> None:
     """Raise ValueError for arguments :func:`detection_attack` would refuse."""
     if mode not in MODES:
@@ -141,6 +142,8 @@ def check_arguments(
         raise ValueError(f"eps and step size must be > 0, got {eps} and {step_size}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if confidence is not None and not 0 <= confidence <= 1:  # NaN too: nothing would count
+        raise ValueError(f"confidence must be in [0, 1], got {confidence}")
     k = len(detector.class_names)
     if mode == "mislabel" and (target_class is None or not 0 <= target_class < k):
         raise ValueError(f"mislabel needs a target class in [0, {k}), got {target_class}")
@@ -180,9 +183,9 @@ def detection_attack(
         takes; jitted once per shape. ``key`` draws DAG's adversarial labels.
 
     Raises:
-        ValueError: A bad mode, norm, budget, step count or target class.
+        ValueError: A bad mode, norm, budget, step count, target class or confidence.
     """
-    check_arguments(detector, mode, eps, step_size, steps, norm, target_class)
+    check_arguments(detector, mode, eps, step_size, steps, norm, target_class, confidence)
     if fabrication not in ("count", "tog"):
         raise ValueError(f"fabrication must be 'count' or 'tog', got {fabrication!r}")
     k, multi = len(detector.class_names), detector.multilabel

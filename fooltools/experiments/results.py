@@ -106,8 +106,9 @@ def _median(values: list[float]) -> str:
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One summary row per (model, method, class) over the runs that finished without error.
 
-    Each has ``runs``, ``success`` (count and rate), the medians of ``linf``/``l2`` (0-255
-    units), confidence median and 10th/90th percentiles, and the median ``seconds``.
+    Each has ``runs``, ``success`` (count and rate over the runs with a verdict: a detector
+    attack on an image with nothing to attack has none), the medians of ``linf``/``l2``
+    (0-255 units), confidence median and 10th/90th percentiles, and the median ``seconds``.
     """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -116,7 +117,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
             groups.setdefault(key, []).append(row)
     table = []
     for (model, method, cls), members in groups.items():
-        wins = sum(r["success"] is True for r in members)
+        judged = [r for r in members if r["success"] is not None]
+        wins = sum(r["success"] is True for r in judged)
         confs = [r["confidence"] for r in members if r["confidence"] is not None]
         pct = np.percentile(confs, [10, 90]) if confs else None
         table.append(
@@ -125,7 +127,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
                 "method": method,
                 "class": cls,
                 "runs": str(len(members)),
-                "success": f"{wins}/{len(members)} {100 * wins / len(members):.0f}%",
+                "success": f"{wins}/{len(judged)} {100 * wins / len(judged):.0f}%"
+                if judged
+                else "-",
                 "L-inf": _median([r["linf"] for r in members if r["linf"] is not None]),
                 "L2": _median([r["l2"] for r in members if r["l2"] is not None]),
                 "conf": _median(confs),

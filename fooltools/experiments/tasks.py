@@ -271,6 +271,12 @@ def _detector(kind: str, cfg: str | None, weights: str | None):
     return _DETECTORS[key]
 
 
+def _confidence(value: float | int) -> float | int:
+    if not 0 <= value <= 1:  # _check_value has refused NaN
+        raise FoolError(f"a detection score threshold is in [0, 1], got {value!r}")
+    return value
+
+
 def _mode(value: str) -> str:
     from fooltools.detection.attacks import MODES
 
@@ -347,7 +353,7 @@ TASKS: dict[str, TaskKind] = {
             "step_size": Param((float, int, str), normalise=_eps),
             "steps": Param((int,)),
             "norm": Param((str,)),
-            "confidence": Param((float, int)),
+            "confidence": Param((float, int), normalise=_confidence),
             "cfg": Param((str,), path=True, only="detector yolo"),
             "weights": Param((str,), path=True),
             "seed": Param((int,), default=0),
