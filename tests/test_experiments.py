@@ -440,8 +440,8 @@ def test_detect_smoke_local(capsys, tmp_path_factory):
     out, stdout = _run_smoke(capsys, "detect-smoke", tmp_path_factory)
     rows = table(out)
     assert [(r["model"].split()[0], r["method"]) for r in rows] == [
-        ("yolo", "vanish"),
-        ("faster-rcnn", "vanish"),
+        ("yolo", "vanish-linf"),
+        ("faster-rcnn", "vanish-linf"),
     ]
     assert {r["status"] for r in rows} == {"ok"}
     assert {float(r["linf"]) for r in rows} <= {3.0, 4.0}  # 2 steps of 2/255
@@ -466,6 +466,15 @@ def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
     results, reports = run_grid(tmp_path, "detect-attack", fixed, {"mode": ["vanish", "mislabel"]})
     assert [r["metrics"]["class"] for r in results] == ["-", "star"]
     assert [rep["attack"]["target_class"] for rep in reports] == [None, 3]  # star
+
+
+def test_detector_attacks_in_each_norm_are_methods_of_their_own(tmp_path):
+    # Else the summary merged L-inf and L2 runs into one row, with medians of neither.
+    fixed = {"image": "synthetic:0", "mode": "vanish", "steps": 1}
+    results, _ = run_grid(tmp_path, "detect-attack", fixed, {"norm": ["linf", "l2"]})
+    assert [r["metrics"]["method"] for r in results] == ["vanish-linf", "vanish-l2"]
+    rows = [{"status": "ok", "seconds": 1, "confidence": None, **r["metrics"]} for r in results]
+    assert [row["method"] for row in summarize(rows)] == ["vanish-linf", "vanish-l2"]
 
 
 def test_a_cfg_fixed_over_detectors_is_yolos_alone(tmp_path):

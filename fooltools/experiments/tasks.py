@@ -249,7 +249,8 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     m = report["metrics"]
     return {
         "model": det.name,
-        "method": p["mode"],
+        # As perturb's pgd-linf: L-inf and L2 attacks are rows of their own.
+        "method": f"{p['mode']}-{p['norm'] or 'linf'}",
         "class": "-" if target is None else det.class_names[target],
         "source": f"{m['clean_objects']} objects",
         "success": report["success"],
