@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from test_cli import assert_one_line_error
 from test_cli import run as cli
 
 from fooltools.errors import FoolError, Interrupted
@@ -372,6 +373,25 @@ def test_resume_skips_ok_runs_and_reruns_failed_and_unfinished(tmp_path, toy_kin
     with pytest.raises(FoolError, match=r"holds a square batch and wh is where: resume it"):
         run_batch(other, out, resume=True, echo=lines.append)
     assert (out / "batch.json").read_bytes() == before
+
+
+def test_resume_may_extend_the_grid_but_not_drop_runs(tmp_path, toy_kinds, capsys):
+    spec = write_spec(tmp_path / "sq.toml", 'kind = "square"\n[grid]\nx = [1, 2]\n')
+    out = tmp_path / "b"
+    assert cli(capsys, "run", str(spec), "--out", str(out))[0] == 0
+    before = (out / "batch.json").read_bytes()
+    # Another spec of the same kind, or a grid cut short: its finished runs would vanish
+    # from the record, and from `fool results`.
+    other = write_spec(tmp_path / "other.toml", 'kind = "square"\n[grid]\nx = [2, 5]\n')
+    code, _, err = cli(capsys, "run", str(other), "--resume", "--out", str(out))
+    assert_one_line_error(code, err, "holds 1 run(s) that other does not have", "another --out")
+    assert (out / "batch.json").read_bytes() == before
+    # Extended: the two finished runs are kept, the new one runs.
+    write_spec(spec, 'kind = "square"\n[grid]\nx = [1, 2, 4]\n')
+    code, stdout, err = cli(capsys, "run", str(spec), "--resume", "--out", str(out))
+    assert code == 0, err
+    assert "3 runs, 2 finished before; running 1" in stdout
+    assert [r["confidence"] for r in load_results(out)] == [1, 4, 16]
 
 
 # --- the smoke specs, end to end --------------------------------------------------------

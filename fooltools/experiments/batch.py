@@ -89,7 +89,8 @@ def run_batch(
 
     Raises:
         FoolError: ``out`` already holds a batch and ``resume`` is false, or it holds a
-            batch of another task kind (whose record resuming would replace).
+            batch of another task kind or with runs the spec does not have (whose record
+            resuming would replace). A spec may extend the grid of the batch it resumes.
     """
     out = Path(out) if out is not None else default_out(spec)
     executor = executor or LocalExecutor()
@@ -107,6 +108,14 @@ def run_batch(
         )
     # A run that is several grid points keeps the directory it was recorded with.
     runs = spec.runs(keep=_held_ids(held))
+    points = {i for r in runs for i in r.points}
+    dropped = [i for i in _held_ids(held) if i not in points]
+    if dropped:
+        # The record follows the spec: these runs would vanish from it and from the results.
+        raise FoolError(
+            f"{out} holds {len(dropped)} run(s) that {spec.name} does not have (such as "
+            f"{dropped[0]}): resume it with a spec whose grid keeps them, or use another --out"
+        )
     base_dir = str(Path.cwd())
     record = _batch_record(spec, runs, base_dir)
     # A resumed batch may come from an edited spec (a grid extended): the record follows
