@@ -30,6 +30,7 @@ from fooltools.experiments import (
     run_one,
 )
 from fooltools.experiments.results import summarize
+from fooltools.experiments.tasks import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
@@ -153,15 +154,54 @@ def test_grid_points_that_are_the_same_run_are_one_run(tmp_path, kind, fixed, gr
     assert all(list(r.points) == sorted(r.points, key=old.index) for r in runs)
     assert [r.id for r in runs] == sorted((r.points[0] for r in runs), key=old.index)
     assert all(run_id(kind, r.params) == r.id for r in runs)
-    # A resumed batch that recorded another of its points keeps that point's directory.
-    merged = next(r for r in runs if len(r.points) > 1)
-    kept = spec.runs(keep=[merged.points[-1]])
-    assert [r.id for r in kept] == [merged.points[-1] if r == merged else r.id for r in runs]
     # The batch records each run once, so the summary counts it once.
     out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)
     batch = json.loads((out / "batch.json").read_text())
     assert [r["id"] for r in batch["runs"]] == [r.id for r in runs]
     assert [r["status"] for r in load_results(out)] == ["unfinished"] * len(runs)
+
+
+def _record(out, kind, points):
+    """batch.json as a batch of these points' params recorded it before they became one run."""
+    runs = [{"id": run_id(kind, p), "dir": f"runs/{run_id(kind, p)}", "params": p, "varying": {}}
+            for p in points]  # fmt: skip
+    record = {"name": "t", "kind": kind, "grid": [], "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "batch.json").write_text(json.dumps(record))
+    return [r["id"] for r in runs]
+
+
+def _finish(out, rid):
+    write_result(out / "runs" / rid, {"id": rid, "status": "ok", "metrics": {}})
+
+
+def test_a_resumed_batch_keeps_the_runs_it_recorded(tmp_path):
+    defaults = {k: p.default for k, p in TASKS["detect-attack"].params.items()}
+    base = {**defaults, "image": "synthetic:0"}
+    # Two vanish runs, one finished: resumed, that one is the vanish run, and is done.
+    out = tmp_path / "dup"
+    points = [{**base, "mode": m, "target": t} for m in ("vanish", "mislabel") for t in ("star", 1)]
+    ids = _record(out, "detect-attack", points)
+    _finish(out, ids[1])
+    spec = parse_spec(
+        {"kind": "detect-attack", "fixed": {"image": "synthetic:0"},
+         "grid": {"mode": ["vanish", "mislabel"], "target": ["star", 1]}}, name="t",
+    )  # fmt: skip
+    executor = _NoOp()
+    run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+    assert [r["id"] for r in json.loads((out / "batch.json").read_text())["runs"]] == ids[1:]
+    assert [job.run.id for job in executor.jobs] == ids[2:]
+    # A target fixed over vanish alone, which a spec may no longer set: the spec without
+    # it is the same run, in the same directory.
+    out = tmp_path / "fixed"
+    (rid,) = _record(out, "detect-attack", [{**base, "mode": "vanish", "target": "star"}])
+    _finish(out, rid)
+    spec = parse_spec(
+        {"kind": "detect-attack", "fixed": {"image": "synthetic:0", "mode": "vanish"}}, name="t"
+    )
+    run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+    assert [r["id"] for r in json.loads((out / "batch.json").read_text())["runs"]] == [rid]
+    assert executor.jobs == []
 
 
 def test_grids_without_such_points_keep_their_ids():

@@ -26,7 +26,7 @@ from typing import Any
 from fooltools import __version__
 from fooltools.errors import FoolError
 from fooltools.experiments.executors import Executor, Job, LocalExecutor
-from fooltools.experiments.spec import Run, Spec, resolved_toml
+from fooltools.experiments.spec import Run, Spec, identity_key, resolved_toml
 from fooltools.experiments.tasks import RESULT
 from fooltools.io import write_bytes_atomic
 
@@ -106,10 +106,11 @@ def run_batch(
             f"{out} holds a {held_kind} batch and {spec.name} is {spec.kind}: "
             "resume it with its own spec, or use another --out"
         )
-    # A run that is several grid points keeps the directory it was recorded with.
-    runs = spec.runs(keep=_held_ids(held))
-    points = {i for r in runs for i in r.points}
-    dropped = [i for i in _held_ids(held) if i not in points]
+    recorded = _recorded(held, spec.kind, out)
+    # A recorded run keeps its id (its directory), whichever grid point stands for it now.
+    runs = spec.runs(keep=recorded)
+    have = {identity_key(spec.kind, r.params) for r in runs}
+    dropped = [rid for key, (rid, _) in recorded.items() if key not in have]
     if dropped:
         # The record follows the spec: these runs would vanish from it and from the results.
         raise FoolError(
@@ -153,12 +154,35 @@ def _held_record(out: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _held_ids(record: dict[str, Any] | None) -> list[str]:
-    """The run ids a batch record lists (none for a record without a readable list)."""
-    runs = record.get("runs") if record else None
-    if not isinstance(runs, list):
-        return []
-    return [r["id"] for r in runs if isinstance(r, dict) and isinstance(r.get("id"), str)]
+def _recorded(
+    record: dict[str, Any] | None, kind: str, out: Path
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The runs a batch record lists, ``(id, params)`` by :func:`identity_key`.
+
+    Of several that are one run (recorded before such grid points became one), a
+    finished one. Entries that are not a run of ``kind`` (a record edited by hand) are
+    left out.
+    """
+    entries = record.get("runs") if record else None
+    if not isinstance(entries, list):
+        return {}
+    runs = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        rid, params = entry.get("id"), entry.get("params")
+        if not isinstance(rid, str) or not isinstance(params, dict):
+            continue
+        try:
+            key = identity_key(kind, params)
+        except (TypeError, ValueError, AttributeError):
+            continue  # values no spec could give
+        result = read_result(out / RUNS / rid)
+        runs.append((not (result and _ok(result)), key, rid, params))
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for _, key, rid, params in sorted(runs, key=lambda r: r[0]):  # stable: finished first
+        found.setdefault(key, (rid, params))
+    return found
 
 
 def _ok(result: dict[str, Any]) -> bool:

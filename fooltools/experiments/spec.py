@@ -30,8 +30,9 @@ optional parameter keeps its old ids). It is the same on every process and machi
 Grid points that are the same run (:attr:`TaskKind.identity`: a parameter its task does
 not take, such as a detector target over modes other than mislabel, or two names of one
 class) are one :class:`Run`, with the id of the first of them, so a grid without such
-points keeps the ids it has always had. A parameter the spec sets that no run takes is
-refused (unless it is the default), as the command line refuses it.
+points keeps the ids it has always had (and a resumed batch the ids it recorded). A
+parameter the spec sets that no run takes is refused (unless it is the default), as the
+command line refuses it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +108,20 @@ class Spec:
     resources: dict[str, float]
     path: Path | None = None
 
-    def runs(self, keep: Collection[str] = ()) -> list[Run]:
+    def runs(self, keep: Mapping[str, tuple[str, dict[str, Any]]] | None = None) -> list[Run]:
         """Expand the grid: one :class:`Run` per distinct run, in product order.
 
         Args:
-            keep: Ids to give a run whose points include them (a resumed batch's record),
-                so that it resumes onto its directory; otherwise a run has its first
-                point's id.
+            keep: The runs a resumed batch recorded, ``(id, params)`` by
+                :func:`identity_key`: a run that is one of them keeps its recorded id and
+                parameters, so that it resumes onto its directory whichever grid point
+                stands for it now. Other runs have their first point's id.
         """
+        keep = keep or {}
         runs = []
-        for points in self._points().values():
-            rep = next((p for p in points if p[0] in keep), points[0])
-            rid, params, varying, used = rep
+        for key, points in self._points().items():
+            rid, params, varying, used = points[0]
+            rid, params = keep.get(key, (rid, params))
             shown = {k: v for k, v in varying.items() if used[k] is not None}
             runs.append(Run(rid, self.kind, params, shown, tuple(p[0] for p in points)))
         return runs
@@ -136,7 +139,7 @@ class Spec:
             varying = dict(zip(keys, values, strict=True))
             params = {**defaults, **self.fixed, **varying}
             used = task.identity(params)
-            key = json.dumps(used, sort_keys=True)
+            key = json.dumps(used, sort_keys=True)  # as identity_key: params has every key
             groups.setdefault(key, []).append((run_id(self.kind, params), params, varying, used))
         return groups
 
@@ -159,6 +162,16 @@ class Spec:
                         f"{where}: {section}.{key}: no run of this spec takes it"
                         + (f" ({key} is for {only})" if only else "")
                     )
+
+
+def identity_key(kind: str, params: Mapping[str, Any]) -> str:
+    """What a run of ``kind`` with ``params`` is: its task's identity, as canonical JSON.
+
+    Two runs with one key are the same run (see :attr:`TaskKind.identity`). A parameter
+    missing from ``params`` (a record written before the kind had it) counts as unset.
+    """
+    task = TASKS[kind]
+    return json.dumps(task.identity({k: params.get(k) for k in task.params}), sort_keys=True)
 
 
 def run_id(kind: str, params: Mapping[str, Any]) -> str:
