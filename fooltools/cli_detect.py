@@ -166,8 +166,12 @@ def image(
 @click.option("--mode", type=click.Choice(_MODES), required=True, help="TOG attack, or DAG.")
 @click.option("--target-class", help="Class name or index to mislabel objects as.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--eps", help="Budget in [0,1] pixel units [default: 8/255 (TOG)].")
-@click.option("--step-size", help="Step per iteration [default: 2/255 (TOG)].")
+@click.option(
+    "--eps", help="Budget in [0,1] pixel units [default: 8/255 (TOG) for linf, 3.0 for l2]."
+)
+@click.option(
+    "--step-size", help="Step per iteration [default: 2/255 (TOG) for linf, 0.75 for l2]."
+)
 @click.option("--steps", type=click.IntRange(1), default=10, show_default=True)
 @_detector_options
 @click.option("--seed", default=0, show_default=True, type=int)

@@ -56,6 +56,18 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
     assert "mislabel" in out
 
 
+def test_l2_attack_has_an_l2_budget(capsys, tmp_path, shapes_png):
+    # The L-inf defaults (8/255, step 2/255) read as an L2 radius changed nothing.
+    run_ok(
+        capsys, "detect", "attack", shapes_png, "--mode", "vanish", "--norm", "l2", *NET,
+        "--confidence", "0.3", "--steps", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())
+    attack = report["attack"]
+    assert (attack["norm"], attack["eps"], attack["step_size"]) == ("l2", 3.0, 0.75)
+    assert 0.5 <= report["metrics"]["l2"] <= 3.0
+
+
 def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_path, shapes_png):
     # No score reaches 1: nothing to vanish, which is no success of the attack.
     code, out, err = run(

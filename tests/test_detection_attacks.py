@@ -114,6 +114,14 @@ def test_bad_arguments(tiny_yolo, kwargs, message):
         attacks.detection_attack(tiny_yolo, **kwargs)
 
 
+def test_budget_defaults_follow_the_norm():
+    assert attacks.budget("linf", None, None) == (8 / 255, 2 / 255)  # TOG's
+    assert attacks.budget("l2", None, None) == (3.0, 0.75)  # fool perturb's L2 radius
+    assert attacks.budget("l2", 1.0, None) == (1.0, 0.75)
+    with pytest.raises(ValueError, match="norm must be"):
+        attacks.budget("l1", None, None)
+
+
 def _obj(label, box=(0, 0, 10, 10)):
     return {"class_index": label, "box": list(box)}
 

@@ -531,10 +531,14 @@ def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
 def test_detector_attacks_in_each_norm_are_methods_of_their_own(tmp_path):
     # Else the summary merged L-inf and L2 runs into one row, with medians of neither.
     fixed = {"image": "synthetic:0", "mode": "vanish", "steps": 1}
-    results, _ = run_grid(tmp_path, "detect-attack", fixed, {"norm": ["linf", "l2"]})
+    results, reports = run_grid(tmp_path, "detect-attack", fixed, {"norm": ["linf", "l2"]})
     assert [r["metrics"]["method"] for r in results] == ["vanish-linf", "vanish-l2"]
     rows = [{"status": "ok", "seconds": 1, "confidence": None, **r["metrics"]} for r in results]
     assert [row["method"] for row in summarize(rows)] == ["vanish-linf", "vanish-l2"]
+    # Each norm has its own default budget: L-inf's 8/255 read as an L2 radius did nothing.
+    budgets = [(rep["attack"]["eps"], rep["attack"]["step_size"]) for rep in reports]
+    assert budgets == [(pytest.approx(8 / 255), pytest.approx(2 / 255)), (3.0, 0.75)]
+    assert results[1]["metrics"]["l2"] > 0.5 * 255  # one step of 0.75 (0-255 units)
 
 
 def test_a_cfg_fixed_over_detectors_is_yolos_alone(tmp_path):

@@ -110,6 +110,8 @@ def attack_file(
     # A bad ``out`` fails here, not after the attack has run.
     io.make_dir(out)
     run = det_attacks.detection_attack(det, mode=mode, confidence=confidence, **attack_kw)
+    norm = attack_kw.get("norm", "linf")
+    eps, step_size = det_attacks.budget(norm, attack_kw.get("eps"), attack_kw.get("step_size"))
     result = run(jax.random.key(seed), x[None])
     io.write_png(out / "adversarial.png", result.x[0])
     xa = io.read_image(out / "adversarial.png")  # judge what the file holds
@@ -133,7 +135,16 @@ def attack_file(
         "note": None if ok is not None else f"no objects at score >= {confidence}",
         "source": {"path": os.fspath(path), "size": list(x.shape[:2])},
         "detector": {"name": det.name, "kind": det.kind, "sources": list(det.sources)},
-        "attack": {"mode": mode, "seed": seed, "confidence": confidence, **attack_kw},
+        # The budget it had, defaults included, so the report claims no other.
+        "attack": {
+            "mode": mode,
+            "seed": seed,
+            "confidence": confidence,
+            **attack_kw,
+            "norm": norm,
+            "eps": eps,
+            "step_size": step_size,
+        },
         "images": [
             {"file": "clean_boxes.png", "caption": f"clean: {len(clean)} objects"},
             {"file": "adversarial_boxes.png", "caption": f"attacked: {len(adv)} objects"},
