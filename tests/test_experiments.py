@@ -242,6 +242,16 @@ def test_grids_without_such_points_keep_their_ids():
         ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"cpus": -1}}, "resources.cpus"),
         ({"kind": "evolve", "fixed": {"class": "robin", "encoding": "pixels"}}, "fixed.encoding"),
         ({"kind": "perturb", "fixed": 3}, "fixed must be a table"),
+        ({"kind": "perturb", "name": "..", "fixed": {"image": "a"}}, "name: expected a non-empty"),
+        ({"kind": "perturb", "name": "a/b", "fixed": {"image": "a"}}, "name: expected a non-"),
+        (
+            {"kind": "evolve", "fixed": {"class": "robin", "checkpoint_every": 0}},
+            "fixed.checkpoint_every: expected an integer >= 1, got 0",
+        ),
+        (
+            {"kind": "map-elites", "grid": {"checkpoint_every": [5, -1]}},
+            "grid.checkpoint_every[1]: expected an integer >= 1, got -1",
+        ),
         (
             {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "confidence": 70}},
             "fixed.confidence: a detection score threshold is in [0, 1], got 70",

@@ -286,6 +286,12 @@ def _mode(value: str) -> str:
     return value
 
 
+def _positive(value: int) -> int:
+    if value < 1:
+        raise FoolError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _encoding(value: str) -> str:
     if value not in ("cppn", "direct"):
         raise FoolError(f"unknown encoding {value!r}; choose cppn or direct")
@@ -307,7 +313,7 @@ _EVOLVE = {
     "encoding": Param((str,), default="cppn", normalise=_encoding),
     "generations": Param((int,)),
     "population": Param((int,)),
-    "checkpoint_every": Param((int,), default=10),
+    "checkpoint_every": Param((int,), default=10, normalise=_positive),
     # No default: a run id leaves out unset parameters, so batches from before it keep theirs.
     "crops": Param((int,)),
     **_MODEL,
