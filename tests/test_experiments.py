@@ -297,6 +297,36 @@ def test_spec_file_errors_through_the_cli(tmp_path, capsys):
     assert code == 2 and "no batch in" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("batch", "result", "fragment"),
+    [
+        ({}, None, "batch.json is not a batch record: name is missing"),
+        ([1], None, "batch.json is not a batch record: not a JSON object"),
+        ({"name": "t", "kind": "square", "grid": ["x"], "runs": [1]}, None, "runs[0] is not a run"),
+        (None, {"status": "ok", "metrics": [1]}, "is not a run's result (metrics is not an"),
+        (None, {"status": "ok", "metrics": {"confidence": "high"}}, "(confidence is not a number"),
+        (None, {"status": "done", "metrics": {}}, "(status is not ok or failed)"),
+    ],
+)
+def test_results_of_a_batch_edited_by_hand_are_one_line(
+    capsys, tmp_path, toy_kinds, batch, result, fragment
+):
+    out = run_batch(parse_spec({"kind": "square", "grid": {"x": [1]}}, name="t"), tmp_path / "b",
+                    echo=lambda line: None)  # fmt: skip
+    if batch is not None:
+        (out / "batch.json").write_text(json.dumps(batch))
+    if result is not None:
+        (next((out / "runs").iterdir()) / "result.json").write_text(json.dumps(result))
+    code, _, err = cli(capsys, "results", str(out))
+    assert_one_line_error(code, err, fragment)
+    if result is not None:  # nor is it taken for finished, nor run over
+        before = (out / "batch.json").read_bytes()
+        spec = write_spec(tmp_path / "t.toml", 'kind = "square"\n[grid]\nx = [1]\n')
+        code, _, err = cli(capsys, "run", str(spec), "--resume", "--out", str(out))
+        assert_one_line_error(code, err, fragment, "delete it to run it again")
+        assert (out / "batch.json").read_bytes() == before
+
+
 def test_resolved_spec_reads_back_to_the_same_runs(tmp_path):
     spec = load_spec(SMOKE["perturb-smoke"])
     out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)

@@ -43,12 +43,43 @@ def read_result(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
     ``result.json`` is written atomically, so it is complete or absent; an unreadable one
     (edited by hand, a full disk) also counts as unfinished, to be run again.
+
+    Raises:
+        FoolError: A ``result.json`` that is JSON but not a run's result (edited by hand):
+            neither trusted nor replaced, since someone wrote it.
     """
+    path = Path(run_dir) / RESULT
     try:
-        result = json.loads((Path(run_dir) / RESULT).read_text(encoding="utf-8"))
+        result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return result if isinstance(result, dict) and "status" in result else None
+    problem = _result_problem(result)
+    if problem:
+        raise FoolError(f"{path} is not a run's result ({problem}); delete it to run it again")
+    return result
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _result_problem(result: Any) -> str | None:
+    """What makes ``result`` no run result, or None: the fields the results table reads."""
+    if not isinstance(result, dict):
+        return "not a JSON object"
+    if result.get("status") not in ("ok", "failed"):
+        return "status is not ok or failed"
+    metrics = result.get("metrics")
+    if not isinstance(metrics, dict):
+        return "metrics is not an object"
+    for key in ("confidence", "linf", "l2", "seconds"):  # as load_results reads them
+        if not _number_or_none(metrics.get(key, result.get(key))):
+            return f"{key} is not a number"
+    if metrics.get("success") not in (True, False, None):
+        return "success is not true, false or null"
+    if not isinstance(result.get("error"), (str, type(None))):
+        return "error is not a string"
+    return None
 
 
 def _batch_record(spec: Spec, runs: list[Run], base_dir: str) -> dict[str, Any]:
@@ -90,7 +121,8 @@ def run_batch(
     Raises:
         FoolError: ``out`` already holds a batch and ``resume`` is false, or it holds a
             batch of another task kind or with runs the spec does not have (whose record
-            resuming would replace). A spec may extend the grid of the batch it resumes.
+            resuming would replace), or a result edited by hand (see :func:`read_result`).
+            A spec may extend the grid of the batch it resumes.
     """
     out = Path(out) if out is not None else default_out(spec)
     executor = executor or LocalExecutor()
@@ -117,15 +149,16 @@ def run_batch(
             f"{out} holds {len(dropped)} run(s) that {spec.name} does not have (such as "
             f"{dropped[0]}): resume it with a spec whose grid keeps them, or use another --out"
         )
+    # Read before the record is rewritten: a result.json edited by hand stops it here.
+    finished = {
+        r.id for r in runs if resume and (res := read_result(out / RUNS / r.id)) and _ok(res)
+    }
     base_dir = str(Path.cwd())
     record = _batch_record(spec, runs, base_dir)
     # A resumed batch may come from an edited spec (a grid extended): the record follows
     # the spec, and runs it shares with the old one are reused by id.
     write_bytes_atomic(out / BATCH, json.dumps(record, indent=2).encode())
     write_bytes_atomic(out / RESOLVED, resolved_toml(spec, len(record["runs"])).encode())
-    finished = {
-        r.id for r in runs if resume and (res := read_result(out / RUNS / r.id)) and _ok(res)
-    }
     jobs = [Job(r, out / RUNS / r.id) for r in runs if r.id not in finished]
     echo(
         f"{spec.name}: {len(runs)} runs"

@@ -32,15 +32,36 @@ def load_batch(out: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``out/batch.json``.
 
     Raises:
-        FoolError: ``out`` holds no batch.
+        FoolError: ``out`` holds no batch, or a ``batch.json`` that ``fool run`` did not
+            write (edited by hand: not of its shape).
     """
     path = Path(out) / BATCH
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        batch = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FoolError(f"no batch in {out} (no {BATCH}); run `fool run SPEC --out DIR`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FoolError(f"cannot read {path}: {one_line(err)}") from None
+    problem = _batch_problem(batch)
+    if problem:
+        raise FoolError(f"{path} is not a batch record: {problem}")
+    return batch
+
+
+def _batch_problem(batch: Any) -> str | None:
+    """What makes ``batch`` no batch record, or None: the fields the table reads."""
+    if not isinstance(batch, dict):
+        return "not a JSON object"
+    for key, kind in (("name", str), ("kind", str), ("grid", list), ("runs", list)):
+        if not isinstance(batch.get(key), kind):
+            return f"{key} is missing or not a {kind.__name__}"
+    if not all(isinstance(key, str) for key in batch["grid"]):
+        return "grid is not a list of names"
+    fields = (("id", str), ("dir", str), ("params", dict), ("varying", dict))
+    for i, entry in enumerate(batch["runs"]):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in fields):
+            return f"runs[{i}] is not a run (id, dir, params, varying)"
+    return None
 
 
 def _columns(grid: list[str]) -> list[str]:
