@@ -198,7 +198,9 @@ def attack(
     if mode != "mislabel" and target_class is not None:
         raise FoolError(f"--target-class is for --mode mislabel; {mode} takes none")
     kw = {"norm": norm, "steps": steps, "target_class": _target_index(det, target_class)}
-    kw.update({k: parse_eps(v) for k, v in (("eps", eps), ("step_size", step_size)) if v})
+    for key, text in (("eps", eps), ("step_size", step_size)):
+        if text is not None:
+            kw[key] = parse_eps(text, "--" + key.replace("_", "-"))
     _check(det, mode, kw)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect-attack")
     path = resolve_image(image, out)

@@ -222,7 +222,40 @@ def test_grids_without_such_points_keep_their_ids():
         ({"kind": "perturb", "fixed": {"target": "x"}}, "missing parameter 'image'"),
         ({"kind": "perturb", "fixed": {"image": "a", "steps": "3"}}, "fixed.steps: expected an"),
         ({"kind": "perturb", "fixed": {"image": "a", "steps": True}}, "fixed.steps: expected an"),
-        ({"kind": "perturb", "fixed": {"image": "a", "eps": "8/0"}}, "fixed.eps: --eps must be"),
+        ({"kind": "perturb", "fixed": {"image": "a", "eps": "8/0"}}, "fixed.eps: it must be"),
+        ({"kind": "perturb", "fixed": {"image": "a", "eps": "inf"}}, "fixed.eps: it must be a"),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "mode": "vanish"},
+                "grid": {"norm": ["l2"], "step_size": ["1/4", "1e400"]},
+            },
+            "grid.step_size[1]: it must be a number",
+        ),
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "eps": 3}},
+            "detect-attack: eps 3: an L-inf budget is at most 1",
+        ),
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "norm": "l1"}},
+            "fixed.norm: unknown norm 'l1'",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "target": 5},
+                "grid": {"mode": ["vanish", "mislabel"]},
+            },
+            "detect-attack mode=mislabel: target 5: the bundled detectors' classes are 0-4",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "mode": "mislabel"},
+                "grid": {"target": ["star", -1]},
+            },
+            "detect-attack target=-1: target -1: a class index is >= 0",
+        ),
         (
             {"kind": "perturb", "fixed": {"image": "a"}, "grid": {"steps": 3}},
             "grid.steps: expected",
@@ -579,6 +612,19 @@ def test_detector_attacks_in_each_norm_are_methods_of_their_own(tmp_path):
     budgets = [(rep["attack"]["eps"], rep["attack"]["step_size"]) for rep in reports]
     assert budgets == [(pytest.approx(8 / 255), pytest.approx(2 / 255)), (3.0, 0.75)]
     assert results[1]["metrics"]["l2"] > 0.5 * 255  # one step of 0.75 (0-255 units)
+
+
+def test_a_detector_run_its_detector_refuses_fails_in_one_line(tmp_path):
+    # Only the loaded detector knows its classes: refused as the run starts, as the
+    # command line refuses it, with no traceback in error.txt.
+    defaults = {k: p.default for k, p in TASKS["detect-attack"].params.items()}
+    net = {"cfg": str(ROOT / "tests/data/yolo/tiny_v3.cfg"),
+           "weights": str(ROOT / "tests/data/yolo/tiny_v3.weights")}  # fmt: skip
+    params = {**defaults, **net, "image": "synthetic:0", "mode": "mislabel", "target": 99}
+    result = run_one("detect-attack", params, tmp_path)
+    assert result["status"] == "failed"
+    assert result["error"].startswith("mislabel needs a target class in [0, ")
+    assert not (tmp_path / "error.txt").exists()
 
 
 def test_a_cfg_fixed_over_detectors_is_yolos_alone(tmp_path):

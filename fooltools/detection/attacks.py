@@ -32,6 +32,7 @@ original, :func:`fooltools.attacks.base.snap`), so what is reported is what the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -155,8 +156,10 @@ def check_arguments(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     eps, step_size = budget(norm, eps, step_size)
-    if not eps > 0 or not step_size > 0:
-        raise ValueError(f"eps and step size must be > 0, got {eps} and {step_size}")
+    if not (0 < eps < math.inf and 0 < step_size < math.inf):  # NaN fails both
+        raise ValueError(f"eps and step size must be finite and > 0, got {eps} and {step_size}")
+    if norm == "linf" and eps > 1:
+        raise ValueError(f"an L-inf eps is at most 1 (pixel values are in [0, 1]), got {eps:g}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if confidence is not None and not 0 <= confidence <= 1:  # NaN too: nothing would count

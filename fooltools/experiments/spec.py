@@ -19,9 +19,10 @@ A spec::
 
 The grid expands in the order its keys are written, the last key varying fastest. Checks
 made here (before anything runs) are structural: known keys, value types, non-empty grid
-lists without duplicates, required parameters present. Whether a value makes sense (a
-class name that exists, steps >= 1) is checked by the run itself, so one bad grid value
-fails only the runs that use it.
+lists without duplicates, required parameters present, and what a task's ``check``
+refuses on any machine (an L-inf eps over 1, a class index outside the bundled detector's
+classes). Whether other values make sense (a class name that exists, steps >= 1) is
+checked by the run itself, so one bad grid value fails only the runs that use it.
 
 A run's id is a short hash of the canonical JSON of its kind and resolved parameters
 (defaults filled in; parameters left unset are omitted, so a kind that gains a new
@@ -296,6 +297,12 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
         resources[key] = float(value)
     spec = Spec(kind, batch_name, fixed, grid, resources, path)
     spec.check_used()
+    check = TASKS[kind].check
+    for run in spec.runs() if check else ():
+        try:
+            check(run.params)
+        except FoolError as err:
+            raise FoolError(f"{where}: {run.describe()}: {err}") from None
     return spec
 
 

@@ -68,17 +68,23 @@ class TaskKind:
     and indices, ``1`` and ``1.0``) made one. Grid points with equal identities are one
     run (:meth:`fooltools.experiments.spec.Spec.runs`). It must not raise: a value it
     cannot interpret stays as given, for the run to refuse.
+
+    ``check(params)``, where given, refuses a run when the spec is loaded (FoolError): for
+    values that are wrong whatever the machine, such as a class index out of range of the
+    bundled detector's classes, which would otherwise fail only once the run starts.
     """
 
     run: Callable[[dict[str, Any], Path], dict[str, Any]]
     params: dict[str, Param]
     identity: Callable[[dict[str, Any]], dict[str, Any]] = _as_given
+    check: Callable[[dict[str, Any]], None] | None = None
 
 
 def _eps(value: float | int | str) -> float:
     from fooltools.cli import parse_eps
 
-    return parse_eps(value) if isinstance(value, str) else float(value)
+    # The message's prefix (``fixed.eps:``) names the key; "it" reads on from there.
+    return parse_eps(value, "it") if isinstance(value, str) else float(value)
 
 
 def _classifier(params: dict[str, Any]):
@@ -218,6 +224,20 @@ def _detect_applicable(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _detect_check(p: dict[str, Any]) -> None:
+    """Refuse a run that no detector can run, or the bundled one cannot, before any runs."""
+    from fooltools.detection import synthetic
+
+    target = _detect_applicable(p)["target"]
+    if isinstance(target, int) and target < 0:
+        raise FoolError(f"target {target}: a class index is >= 0")
+    if isinstance(target, int) and p["weights"] is None and target >= len(synthetic.CLASSES):
+        classes = ", ".join(synthetic.CLASSES)
+        raise FoolError(f"target {target}: the bundled detectors' classes are 0-4 ({classes})")
+    if (p["norm"] or "linf") == "linf" and p["eps"] is not None and p["eps"] > 1:
+        raise FoolError(f"eps {p['eps']:g}: an L-inf budget is at most 1 (pixels are in [0, 1])")
+
+
 def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
     from fooltools.detection import synthetic
 
@@ -231,6 +251,7 @@ def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
 def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """``fool detect attack``: TOG/DAG on one image (see :mod:`fooltools.detection`)."""
     from fooltools.detection.attack_run import attack_file, resolve_image
+    from fooltools.detection.attacks import check_arguments
 
     p = _detect_applicable(p)
     det = _detector(p["detector"], p["cfg"], p["weights"])
@@ -241,6 +262,10 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
             raise FoolError(f"unknown class {target!r} for {det.name}; classes: {names}")
         target = det.class_names.index(target)
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm") if p[k] is not None}
+    try:  # what only the loaded detector can tell (its classes): one line, as on the CLI
+        check_arguments(det, p["mode"], target_class=target, confidence=p["confidence"], **kw)
+    except ValueError as err:
+        raise FoolError(str(err)) from None
     report = attack_file(
         det, resolve_image(p["image"], out), out, mode=p["mode"], seed=p["seed"],
         confidence=det.confidence if p["confidence"] is None else p["confidence"],
@@ -283,6 +308,12 @@ def _mode(value: str) -> str:
 
     if value not in MODES:
         raise FoolError(f"unknown attack mode {value!r}; choose from {', '.join(MODES)}")
+    return value
+
+
+def _norm(value: str) -> str:
+    if value not in ("linf", "l2"):
+        raise FoolError(f"unknown norm {value!r}; choose linf or l2")
     return value
 
 
@@ -359,13 +390,14 @@ TASKS: dict[str, TaskKind] = {
             "eps": Param((float, int, str), normalise=_eps),
             "step_size": Param((float, int, str), normalise=_eps),
             "steps": Param((int,)),
-            "norm": Param((str,)),
+            "norm": Param((str,), normalise=_norm),
             "confidence": Param((float, int), normalise=_confidence),
             "cfg": Param((str,), path=True, only="detector yolo"),
             "weights": Param((str,), path=True),
             "seed": Param((int,), default=0),
         },
         _detect_identity,
+        _detect_check,
     ),
 }
 
