@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import sys
 import threading
@@ -133,17 +134,18 @@ def classify(
                 click.echo(f"  {i:4d}  {lab:30s} {100 * p:6.2f}%")
 
 
-def parse_eps(text: str | None) -> float | None:
-    """Parse ``--eps``: a number or a fraction such as ``8/255``."""
+def parse_eps(text: str | None, option: str = "--eps") -> float | None:
+    """Parse ``--eps`` (or ``option``): a finite number or a fraction such as ``8/255``."""
     if text is None:
         return None
     try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
+        num, _, den = text.partition("/")
+        value = float(num) / float(den or 1)
     except (ValueError, ZeroDivisionError):
-        raise FoolError(f"--eps must be a number or a fraction like 8/255, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):  # inf and 1e400 too: no budget
+        raise FoolError(f"{option} must be a number or a fraction like 8/255, got {text!r}")
+    return value
 
 
 @cli.command()

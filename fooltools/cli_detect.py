@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,13 @@ class _ImageByDefault(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["image", *args]
         return super().parse_args(ctx, args)
+
+
+def _not_nan(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange compares, and every comparison with NaN is false.
+    if value is not None and math.isnan(value):
+        raise click.BadParameter(f"{value} is not a number in [0, 1]", ctx, param)
+    return value
 
 
 def _detector_options(f: Callable) -> Callable:
@@ -56,6 +64,7 @@ def _detector_options(f: Callable) -> Callable:
             click.option(
                 "--confidence",
                 type=click.FloatRange(0, 1),
+                callback=_not_nan,
                 help="Score at which a detection counts as an object (drawn, counted) "
                 "[default: the detector's operating point: 0.7 bundled YOLO, 0.8 bundled "
                 "Faster R-CNN, 0.5 other weights].",
@@ -157,8 +166,12 @@ def image(
 @click.option("--mode", type=click.Choice(_MODES), required=True, help="TOG attack, or DAG.")
 @click.option("--target-class", help="Class name or index to mislabel objects as.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
-@click.option("--eps", help="Budget in [0,1] pixel units [default: 8/255 (TOG)].")
-@click.option("--step-size", help="Step per iteration [default: 2/255 (TOG)].")
+@click.option(
+    "--eps", help="Budget in [0,1] pixel units [default: 8/255 (TOG) for linf, 3.0 for l2]."
+)
+@click.option(
+    "--step-size", help="Step per iteration [default: 2/255 (TOG) for linf, 0.75 for l2]."
+)
 @click.option("--steps", type=click.IntRange(1), default=10, show_default=True)
 @_detector_options
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -185,13 +198,17 @@ def attack(
     if mode != "mislabel" and target_class is not None:
         raise FoolError(f"--target-class is for --mode mislabel; {mode} takes none")
     kw = {"norm": norm, "steps": steps, "target_class": _target_index(det, target_class)}
-    kw.update({k: parse_eps(v) for k, v in (("eps", eps), ("step_size", step_size)) if v})
+    for key, text in (("eps", eps), ("step_size", step_size)):
+        if text is not None:
+            kw[key] = parse_eps(text, "--" + key.replace("_", "-"))
     _check(det, mode, kw)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect-attack")
     path = resolve_image(image, out)
     confidence = det.confidence if confidence is None else confidence
     report = attack_file(det, path, out, mode=mode, seed=seed, confidence=confidence, **kw)
     m = report["metrics"]
+    if report["success"] is None:
+        click.echo(f"nothing to attack: {path} has {report['note']}")
     click.echo(
         f"{mode}: {m['clean_objects']} objects -> {m['adversarial_objects']}"
         f"  L-inf {m['linf_255']:.0f}/255  L2 {m['l2']:.2f}  in {m['seconds']:.1f}s  -> {out}"

@@ -10,11 +10,14 @@ import pytest
 from test_cli import assert_one_line_error, run, run_ok
 
 from fooltools.detection import synthetic
+from fooltools.detection.detectors import BUNDLED
 from fooltools.io import read_image, write_png
 
 CFG = "tests/data/yolo/tiny_v3.cfg"
 WEIGHTS = "tests/data/yolo/tiny_v3.weights"
 NET = ["--cfg", CFG, "--weights", WEIGHTS]
+BUNDLED_YOLO_CFG, _ = BUNDLED["yolo"]
+_, BUNDLED_RCNN = BUNDLED["faster-rcnn"]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +56,31 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
     assert "mislabel" in out
 
 
+def test_l2_attack_has_an_l2_budget(capsys, tmp_path, shapes_png):
+    # The L-inf defaults (8/255, step 2/255) read as an L2 radius changed nothing.
+    run_ok(
+        capsys, "detect", "attack", shapes_png, "--mode", "vanish", "--norm", "l2", *NET,
+        "--confidence", "0.3", "--steps", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    report = json.loads((tmp_path / "report.json").read_text())
+    attack = report["attack"]
+    assert (attack["norm"], attack["eps"], attack["step_size"]) == ("l2", 3.0, 0.75)
+    assert 0.5 <= report["metrics"]["l2"] <= 3.0
+
+
+def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_path, shapes_png):
+    # No score reaches 1: nothing to vanish, which is no success of the attack.
+    code, out, err = run(
+        capsys, "detect", "attack", shapes_png, "--mode", "vanish", *NET, "--confidence", "1",
+        "--steps", "1", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["metrics"]["clean_objects"] == 0
+    assert report["success"] is None and report["note"] == "no objects at score >= 1.0"
+    assert f"nothing to attack: {shapes_png} has no objects at score >= 1.0" in out
+
+
 @pytest.mark.parametrize(
     "args,fragments",
     [
@@ -62,11 +90,25 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["{img}", "--detector", "faster-rcnn", "--cfg", CFG], ["--cfg is for --detector yolo"]),
         (["missing.png", *NET], ["missing.png"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
+        (["attack", "{img}", "--mode", "vanish", "--eps", "inf", *NET], ["--eps must be a number"]),
+        (["attack", "{img}", "--mode", "vanish", "--eps", "1e400", *NET], ["--eps must be a"]),
+        (["attack", "{img}", "--mode", "vanish", "--eps", "3", *NET],
+         ["an L-inf eps is at most 1", "got 3"]),
+        (["attack", "{img}", "--mode", "vanish", "--step-size", "abc", *NET],
+         ["--step-size must be a number", "'abc'"]),
+        (["attack", "{img}", "--mode", "vanish", "--norm", "l2", "--step-size", "nan", *NET],
+         ["--step-size must be a number"]),
         (["attack", "{img}", "--mode", "vanish", "--target-class", "class1", *NET],
          ["--target-class is for --mode mislabel; vanish takes none"]),
         (["eval", "--attack", "vanish", "--target-class", "star"], ["is for --attack mislabel"]),
         (["eval", "--eps", "4/255"], ["--eps is the budget of --attack"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
+        (["{img}", *NET, "--confidence", "nan"], ["--confidence", "nan is not a number"]),
+        (["attack", "{img}", "--mode", "vanish", "--steps", "1", *NET, "--confidence", "nan"],
+         ["--confidence", "nan is not a number"]),
+        (["attack", "{img}", "--mode", "vanish", *NET, "--confidence", "70"], ["--confidence"]),
+        (["{img}", "--detector", "faster-rcnn", "--weights", str(BUNDLED_RCNN), "--variant",
+          "fasterrcnn_mobilenet_v3_large_fpn"], ["variant is for other Faster R-CNN weights"]),
         # An --out that cannot be made (a file in the way): before the attack runs.
         (["{img}", *NET, "--out", "{img}/run"], ["cannot create directory", "shapes.png/run"]),
         (["attack", "{img}", "--mode", "vanish", *NET, "--out", "{img}/run"],
@@ -101,3 +143,23 @@ def test_synthetic_image_argument(capsys, tmp_path):
     np.testing.assert_allclose(read_image(tmp_path / "synthetic-2.png"), expected, atol=0.5 / 255)
     code, _, err = run(capsys, "detect", "synthetic:two", *NET)
     assert_one_line_error(code, err, "synthetic:N needs an image number")
+
+
+@pytest.mark.parametrize(
+    "detector,named",
+    [("yolo", ["--cfg", str(BUNDLED_YOLO_CFG)]), ("faster-rcnn", ["--weights", str(BUNDLED_RCNN)])],
+)
+def test_the_bundled_files_named_explicitly_are_the_bundled_detector(
+    capsys, tmp_path, monkeypatch, detector, named
+):
+    monkeypatch.chdir(tmp_path)
+    # Whether a detector is the bundled one follows its weights, not whether a file was
+    # named: its class names, operating point and (Faster R-CNN) resize and anchors.
+    default, _ = run_ok(capsys, "detect", "synthetic:0", "--detector", detector, "--out", "a")
+    explicit, _ = run_ok(
+        capsys, "detect", "synthetic:0", "--detector", detector, *named, "--out", "b"
+    )
+    assert explicit.replace("-> b", "") == default.replace("-> a", "")
+    assert "square" in explicit and "class" not in explicit
+    threshold = {"yolo": 0.7, "faster-rcnn": 0.8}[detector]
+    assert f"(score >= {threshold})" in explicit

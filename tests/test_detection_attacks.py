@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fooltools.detection import attacks, detectors, faster_rcnn, yolo
+from fooltools.detection.attack_run import success
 
 DATA = "tests/data"
 
@@ -100,12 +101,48 @@ def test_second_call_does_not_retrace(tiny_yolo, images):
     [
         ({"mode": "melt"}, "mode must be one of"),
         ({"mode": "vanish", "norm": "l1"}, "norm must be"),
-        ({"mode": "vanish", "eps": 0.0}, "must be > 0"),
+        ({"mode": "vanish", "eps": 0.0}, "must be finite and > 0"),
+        ({"mode": "vanish", "norm": "l2", "eps": float("inf")}, "must be finite and > 0"),
+        ({"mode": "vanish", "step_size": float("nan")}, "must be finite and > 0"),
+        ({"mode": "vanish", "eps": 3.0}, "an L-inf eps is at most 1"),
         ({"mode": "vanish", "steps": 0}, "steps must be >= 1"),
         ({"mode": "mislabel"}, "mislabel needs a target class"),
         ({"mode": "mislabel", "target_class": 99}, "mislabel needs a target class"),
+        ({"mode": "vanish", "confidence": 70}, "confidence must be in"),
+        ({"mode": "vanish", "confidence": float("nan")}, "confidence must be in"),
     ],
 )
 def test_bad_arguments(tiny_yolo, kwargs, message):
     with pytest.raises(ValueError, match=message):
         attacks.detection_attack(tiny_yolo, **kwargs)
+
+
+def test_budget_defaults_follow_the_norm():
+    assert attacks.budget("linf", None, None) == (8 / 255, 2 / 255)  # TOG's
+    assert attacks.budget("l2", None, None) == (3.0, 0.75)  # fool perturb's L2 radius
+    assert attacks.budget("l2", 1.0, None) == (1.0, 0.75)
+    with pytest.raises(ValueError, match="norm must be"):
+        attacks.budget("l1", None, None)
+
+
+def _obj(label, box=(0, 0, 10, 10)):
+    return {"class_index": label, "box": list(box)}
+
+
+@pytest.mark.parametrize("mode", ["vanish", "mislabel", "untargeted", "dag"])
+def test_an_image_without_objects_is_no_success(mode):
+    # Their goals hold before any attack: no verdict, rather than a success it did not earn.
+    assert success(mode, [], [], 1) is None
+    assert success(mode, [], [_obj(2)], 1) is None
+
+
+def test_success_verdicts():
+    one, moved = [_obj(0)], [_obj(0, (50, 50, 60, 60))]
+    assert success("vanish", one, [], None) is True
+    assert success("vanish", one, one, None) is False
+    assert success("fabricate", [], [_obj(0)], None) is True  # it has something to make
+    assert success("fabricate", [], [], None) is False
+    assert success("mislabel", one, [_obj(1)], 1) is True
+    assert success("mislabel", one, one, 1) is False
+    assert success("untargeted", one, moved, None) is True
+    assert success("dag", one, one, None) is False

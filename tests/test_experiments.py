@@ -1,4 +1,5 @@
 import csv
+import itertools
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from test_cli import assert_one_line_error
 from test_cli import run as cli
 
 from fooltools.errors import FoolError, Interrupted
@@ -27,6 +29,8 @@ from fooltools.experiments import (
     run_id,
     run_one,
 )
+from fooltools.experiments.results import summarize
+from fooltools.experiments.tasks import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {
@@ -56,7 +60,7 @@ def test_grid_is_a_cartesian_product_in_written_order():
             "fixed": {"method": "fgsm", "eps": "4/255"},
             "grid": {
                 "image": ["sample:cat", "sample:coffee"],
-                "target": ["ostrich", 9, "goldfish"],
+                "target": ["ostrich", 7, "goldfish"],  # 7: cock (9 is ostrich)
                 "seed": {"start": 0, "stop": 4, "step": 2},
             },
         },
@@ -68,7 +72,7 @@ def test_grid_is_a_cartesian_product_in_written_order():
     assert [r.varying for r in runs[:3]] == [
         {"image": "sample:cat", "target": "ostrich", "seed": 0},
         {"image": "sample:cat", "target": "ostrich", "seed": 2},
-        {"image": "sample:cat", "target": 9, "seed": 0},
+        {"image": "sample:cat", "target": 7, "seed": 0},
     ]
     assert runs[-1].varying == {"image": "sample:coffee", "target": "goldfish", "seed": 2}
     first = runs[0].params
@@ -105,6 +109,109 @@ def test_run_ids_are_stable_across_processes_and_depend_only_on_resolved_params(
     assert run_id("perturb", {**a, "model": None}) == run_id("perturb", a)  # unset: omitted
 
 
+def _old_ids(spec):
+    """The ids every grid point had before identical points became one run."""
+    defaults = {k: p.default for k, p in TASKS[spec.kind].params.items()}
+    keys = list(spec.grid)
+    return [
+        run_id(spec.kind, {**defaults, **spec.fixed, **dict(zip(keys, values, strict=True))})
+        for values in itertools.product(*spec.grid.values())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "fixed", "grid", "labels"),
+    [
+        (  # a target is mislabel's alone: the other modes are one run each
+            "detect-attack",
+            {"image": "synthetic:0"},
+            {"mode": ["vanish", "untargeted", "mislabel"], "target": ["star", "circle", 3]},
+            ["mode=vanish", "mode=untargeted", "mode=mislabel target=star",
+             "mode=mislabel target=circle"],
+        ),
+        (  # cw takes no budget
+            "perturb",
+            {"image": "sample:cat", "target": "ostrich"},
+            {"method": ["pgd", "cw"], "eps": ["4/255", "8/255"]},
+            ["method=pgd eps=0.01568627450980392", "method=pgd eps=0.03137254901960784",
+             "method=cw"],
+        ),
+        ("perturb", {"image": "sample:cat"}, {"target": ["ostrich", "Ostrich", 9]},
+         ["target=ostrich"]),
+        ("evolve", {"class": "robin"}, {"stop_at": [1, 1.0]}, ["stop_at=1"]),
+        ("evolve", {"stop_at": 0.5}, {"class": ["robin", "American robin", 15]}, ["class=robin"]),
+        ("map-elites", {}, {"classes": [["robin", "ostrich"], "robin,ostrich", [15, "9"]]},
+         ["classes=['robin', 'ostrich']"]),
+    ],
+)  # fmt: skip
+def test_grid_points_that_are_the_same_run_are_one_run(tmp_path, kind, fixed, grid, labels):
+    spec = parse_spec({"kind": kind, "fixed": fixed, "grid": grid}, name="t")
+    runs = spec.runs()
+    assert [r.describe() for r in runs] == [f"{kind} {label}" for label in labels]
+    # Each has the id its first point always had; every point is one run's, in grid order.
+    old = _old_ids(spec)
+    assert sorted(i for r in runs for i in r.points) == sorted(old)
+    assert all(list(r.points) == sorted(r.points, key=old.index) for r in runs)
+    assert [r.id for r in runs] == sorted((r.points[0] for r in runs), key=old.index)
+    assert all(run_id(kind, r.params) == r.id for r in runs)
+    # The batch records each run once, so the summary counts it once.
+    out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)
+    batch = json.loads((out / "batch.json").read_text())
+    assert [r["id"] for r in batch["runs"]] == [r.id for r in runs]
+    assert [r["status"] for r in load_results(out)] == ["unfinished"] * len(runs)
+
+
+def _record(out, kind, points):
+    """batch.json as a batch of these points' params recorded it before they became one run."""
+    runs = [{"id": run_id(kind, p), "dir": f"runs/{run_id(kind, p)}", "params": p, "varying": {}}
+            for p in points]  # fmt: skip
+    record = {"name": "t", "kind": kind, "grid": [], "runs": runs}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "batch.json").write_text(json.dumps(record))
+    return [r["id"] for r in runs]
+
+
+def _finish(out, rid):
+    write_result(out / "runs" / rid, {"id": rid, "status": "ok", "metrics": {}})
+
+
+def test_a_resumed_batch_keeps_the_runs_it_recorded(tmp_path):
+    defaults = {k: p.default for k, p in TASKS["detect-attack"].params.items()}
+    base = {**defaults, "image": "synthetic:0"}
+    # Two vanish runs, one finished: resumed, that one is the vanish run, and is done.
+    out = tmp_path / "dup"
+    points = [{**base, "mode": m, "target": t} for m in ("vanish", "mislabel") for t in ("star", 1)]
+    ids = _record(out, "detect-attack", points)
+    _finish(out, ids[1])
+    spec = parse_spec(
+        {"kind": "detect-attack", "fixed": {"image": "synthetic:0"},
+         "grid": {"mode": ["vanish", "mislabel"], "target": ["star", 1]}}, name="t",
+    )  # fmt: skip
+    executor = _NoOp()
+    run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+    assert [r["id"] for r in json.loads((out / "batch.json").read_text())["runs"]] == ids[1:]
+    assert [job.run.id for job in executor.jobs] == ids[2:]
+    # A target fixed over vanish alone, which a spec may no longer set: the spec without
+    # it is the same run, in the same directory.
+    out = tmp_path / "fixed"
+    (rid,) = _record(out, "detect-attack", [{**base, "mode": "vanish", "target": "star"}])
+    _finish(out, rid)
+    spec = parse_spec(
+        {"kind": "detect-attack", "fixed": {"image": "synthetic:0", "mode": "vanish"}}, name="t"
+    )
+    run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+    assert [r["id"] for r in json.loads((out / "batch.json").read_text())["runs"]] == [rid]
+    assert executor.jobs == []
+
+
+def test_grids_without_such_points_keep_their_ids():
+    # Existing batches must resume onto the same directories.
+    for path in sorted((ROOT / "experiments").glob("*.toml")):
+        spec = load_spec(path)
+        assert [r.id for r in spec.runs()] == _old_ids(spec), path.name
+    assert len(load_spec(ROOT / "experiments" / "tog-detectors.toml").runs()) == 500
+
+
 @pytest.mark.parametrize(
     ("doc", "fragment"),
     [
@@ -115,7 +222,40 @@ def test_run_ids_are_stable_across_processes_and_depend_only_on_resolved_params(
         ({"kind": "perturb", "fixed": {"target": "x"}}, "missing parameter 'image'"),
         ({"kind": "perturb", "fixed": {"image": "a", "steps": "3"}}, "fixed.steps: expected an"),
         ({"kind": "perturb", "fixed": {"image": "a", "steps": True}}, "fixed.steps: expected an"),
-        ({"kind": "perturb", "fixed": {"image": "a", "eps": "8/0"}}, "fixed.eps: --eps must be"),
+        ({"kind": "perturb", "fixed": {"image": "a", "eps": "8/0"}}, "fixed.eps: it must be"),
+        ({"kind": "perturb", "fixed": {"image": "a", "eps": "inf"}}, "fixed.eps: it must be a"),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "mode": "vanish"},
+                "grid": {"norm": ["l2"], "step_size": ["1/4", "1e400"]},
+            },
+            "grid.step_size[1]: it must be a number",
+        ),
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "eps": 3}},
+            "detect-attack: eps 3: an L-inf budget is at most 1",
+        ),
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "norm": "l1"}},
+            "fixed.norm: unknown norm 'l1'",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "target": 5},
+                "grid": {"mode": ["vanish", "mislabel"]},
+            },
+            "detect-attack mode=mislabel: target 5: the bundled detectors' classes are 0-4",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "mode": "mislabel"},
+                "grid": {"target": ["star", -1]},
+            },
+            "detect-attack target=-1: target -1: a class index is >= 0",
+        ),
         (
             {"kind": "perturb", "fixed": {"image": "a"}, "grid": {"steps": 3}},
             "grid.steps: expected",
@@ -135,6 +275,40 @@ def test_run_ids_are_stable_across_processes_and_depend_only_on_resolved_params(
         ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"cpus": -1}}, "resources.cpus"),
         ({"kind": "evolve", "fixed": {"class": "robin", "encoding": "pixels"}}, "fixed.encoding"),
         ({"kind": "perturb", "fixed": 3}, "fixed must be a table"),
+        ({"kind": "perturb", "name": "..", "fixed": {"image": "a"}}, "name: expected a non-empty"),
+        ({"kind": "perturb", "name": "a/b", "fixed": {"image": "a"}}, "name: expected a non-"),
+        (
+            {"kind": "evolve", "fixed": {"class": "robin", "checkpoint_every": 0}},
+            "fixed.checkpoint_every: expected an integer >= 1, got 0",
+        ),
+        (
+            {"kind": "map-elites", "grid": {"checkpoint_every": [5, -1]}},
+            "grid.checkpoint_every[1]: expected an integer >= 1, got -1",
+        ),
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "confidence": 70}},
+            "fixed.confidence: a detection score threshold is in [0, 1], got 70",
+        ),
+        # Set, but taken by no run: refused, as the command line refuses it.
+        (
+            {"kind": "perturb", "fixed": {"image": "a", "method": "cw", "eps": 0.1}},
+            "fixed.eps: no run of this spec takes it (eps is for methods pgd and fgsm)",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "mode": "vanish", "detector": "faster-rcnn", "cfg": "y"},
+            },
+            "fixed.cfg: no run of this spec takes it (cfg is for detector yolo)",
+        ),
+        (
+            {
+                "kind": "detect-attack",
+                "fixed": {"image": "a", "target": "star"},
+                "grid": {"mode": ["vanish", "dag"]},
+            },
+            "fixed.target: no run of this spec takes it (target is for mode mislabel)",
+        ),
     ],
 )
 def test_spec_errors_are_one_line_and_name_the_key(doc, fragment):
@@ -154,6 +328,36 @@ def test_spec_file_errors_through_the_cli(tmp_path, capsys):
     assert code == 2 and "no such spec file" in err
     code, _, err = cli(capsys, "results", str(tmp_path))
     assert code == 2 and "no batch in" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("batch", "result", "fragment"),
+    [
+        ({}, None, "batch.json is not a batch record: name is missing"),
+        ([1], None, "batch.json is not a batch record: not a JSON object"),
+        ({"name": "t", "kind": "square", "grid": ["x"], "runs": [1]}, None, "runs[0] is not a run"),
+        (None, {"status": "ok", "metrics": [1]}, "is not a run's result (metrics is not an"),
+        (None, {"status": "ok", "metrics": {"confidence": "high"}}, "(confidence is not a number"),
+        (None, {"status": "done", "metrics": {}}, "(status is not ok or failed)"),
+    ],
+)
+def test_results_of_a_batch_edited_by_hand_are_one_line(
+    capsys, tmp_path, toy_kinds, batch, result, fragment
+):
+    out = run_batch(parse_spec({"kind": "square", "grid": {"x": [1]}}, name="t"), tmp_path / "b",
+                    echo=lambda line: None)  # fmt: skip
+    if batch is not None:
+        (out / "batch.json").write_text(json.dumps(batch))
+    if result is not None:
+        (next((out / "runs").iterdir()) / "result.json").write_text(json.dumps(result))
+    code, _, err = cli(capsys, "results", str(out))
+    assert_one_line_error(code, err, fragment)
+    if result is not None:  # nor is it taken for finished, nor run over
+        before = (out / "batch.json").read_bytes()
+        spec = write_spec(tmp_path / "t.toml", 'kind = "square"\n[grid]\nx = [1]\n')
+        code, _, err = cli(capsys, "run", str(spec), "--resume", "--out", str(out))
+        assert_one_line_error(code, err, fragment, "delete it to run it again")
+        assert (out / "batch.json").read_bytes() == before
 
 
 def test_resolved_spec_reads_back_to_the_same_runs(tmp_path):
@@ -183,6 +387,19 @@ def test_executor_choice_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(FoolError, match=r"pip install 'fooltools\[ray\]'"):
         get_executor("ray")
+
+
+def test_the_success_rate_leaves_out_runs_without_a_verdict():
+    # A detector attack on an image without objects did nothing: not a success.
+    rows = [
+        {"status": "ok", "model": "m", "method": "vanish-linf", "class": "-", "success": s,
+         "confidence": None, "linf": 1.0, "l2": 2.0, "seconds": 1.0}
+        for s in (True, None, False, True)
+    ]  # fmt: skip
+    (row,) = summarize(rows)
+    assert row["runs"] == "4" and row["success"] == "2/3 67%"
+    (row,) = summarize(rows[1:2])
+    assert row["success"] == "-"
 
 
 # --- run_one: results, atomicity, failure isolation -----------------------------------
@@ -271,6 +488,25 @@ def test_resume_skips_ok_runs_and_reruns_failed_and_unfinished(tmp_path, toy_kin
     assert (out / "batch.json").read_bytes() == before
 
 
+def test_resume_may_extend_the_grid_but_not_drop_runs(tmp_path, toy_kinds, capsys):
+    spec = write_spec(tmp_path / "sq.toml", 'kind = "square"\n[grid]\nx = [1, 2]\n')
+    out = tmp_path / "b"
+    assert cli(capsys, "run", str(spec), "--out", str(out))[0] == 0
+    before = (out / "batch.json").read_bytes()
+    # Another spec of the same kind, or a grid cut short: its finished runs would vanish
+    # from the record, and from `fool results`.
+    other = write_spec(tmp_path / "other.toml", 'kind = "square"\n[grid]\nx = [2, 5]\n')
+    code, _, err = cli(capsys, "run", str(other), "--resume", "--out", str(out))
+    assert_one_line_error(code, err, "holds 1 run(s) that other does not have", "another --out")
+    assert (out / "batch.json").read_bytes() == before
+    # Extended: the two finished runs are kept, the new one runs.
+    write_spec(spec, 'kind = "square"\n[grid]\nx = [1, 2, 4]\n')
+    code, stdout, err = cli(capsys, "run", str(spec), "--resume", "--out", str(out))
+    assert code == 0, err
+    assert "3 runs, 2 finished before; running 1" in stdout
+    assert [r["confidence"] for r in load_results(out)] == [1, 4, 16]
+
+
 # --- the smoke specs, end to end --------------------------------------------------------
 
 
@@ -337,8 +573,8 @@ def test_detect_smoke_local(capsys, tmp_path_factory):
     out, stdout = _run_smoke(capsys, "detect-smoke", tmp_path_factory)
     rows = table(out)
     assert [(r["model"].split()[0], r["method"]) for r in rows] == [
-        ("yolo", "vanish"),
-        ("faster-rcnn", "vanish"),
+        ("yolo", "vanish-linf"),
+        ("faster-rcnn", "vanish-linf"),
     ]
     assert {r["status"] for r in rows} == {"ok"}
     assert {float(r["linf"]) for r in rows} <= {3.0, 4.0}  # 2 steps of 2/255
@@ -363,6 +599,44 @@ def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
     results, reports = run_grid(tmp_path, "detect-attack", fixed, {"mode": ["vanish", "mislabel"]})
     assert [r["metrics"]["class"] for r in results] == ["-", "star"]
     assert [rep["attack"]["target_class"] for rep in reports] == [None, 3]  # star
+
+
+def test_detector_attacks_in_each_norm_are_methods_of_their_own(tmp_path):
+    # Else the summary merged L-inf and L2 runs into one row, with medians of neither.
+    fixed = {"image": "synthetic:0", "mode": "vanish", "steps": 1}
+    results, reports = run_grid(tmp_path, "detect-attack", fixed, {"norm": ["linf", "l2"]})
+    assert [r["metrics"]["method"] for r in results] == ["vanish-linf", "vanish-l2"]
+    rows = [{"status": "ok", "seconds": 1, "confidence": None, **r["metrics"]} for r in results]
+    assert [row["method"] for row in summarize(rows)] == ["vanish-linf", "vanish-l2"]
+    # Each norm has its own default budget: L-inf's 8/255 read as an L2 radius did nothing.
+    budgets = [(rep["attack"]["eps"], rep["attack"]["step_size"]) for rep in reports]
+    assert budgets == [(pytest.approx(8 / 255), pytest.approx(2 / 255)), (3.0, 0.75)]
+    assert results[1]["metrics"]["l2"] > 0.5 * 255  # one step of 0.75 (0-255 units)
+
+
+def test_a_detector_run_its_detector_refuses_fails_in_one_line(tmp_path):
+    # Only the loaded detector knows its classes: refused as the run starts, as the
+    # command line refuses it, with no traceback in error.txt.
+    defaults = {k: p.default for k, p in TASKS["detect-attack"].params.items()}
+    net = {"cfg": str(ROOT / "tests/data/yolo/tiny_v3.cfg"),
+           "weights": str(ROOT / "tests/data/yolo/tiny_v3.weights")}  # fmt: skip
+    params = {**defaults, **net, "image": "synthetic:0", "mode": "mislabel", "target": 99}
+    result = run_one("detect-attack", params, tmp_path)
+    assert result["status"] == "failed"
+    assert result["error"].startswith("mislabel needs a target class in [0, ")
+    assert not (tmp_path / "error.txt").exists()
+
+
+def test_a_cfg_fixed_over_detectors_is_yolos_alone(tmp_path):
+    # Given to the Faster R-CNN too, it loaded the bundled weights without their settings
+    # (classes "class0"..., threshold 0.5) under the bundled detector's name.
+    from fooltools.detection.detectors import BUNDLED
+
+    fixed = {"image": "synthetic:0", "mode": "vanish", "steps": 1, "cfg": str(BUNDLED["yolo"][0])}
+    _, reports = run_grid(tmp_path, "detect-attack", fixed, {"detector": ["yolo", "faster-rcnn"]})
+    assert [rep["attack"]["confidence"] for rep in reports] == [0.7, 0.8]  # bundled: both
+    for rep in reports:
+        assert rep["clean_objects"] and {o["label"] for o in rep["clean_objects"]} == {"square"}
 
 
 def test_a_budget_and_steps_fixed_over_perturb_methods_go_to_the_methods_that_take_them(

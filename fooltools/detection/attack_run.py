@@ -60,13 +60,16 @@ def _kept(clean: list[dict], adv: list[dict], label_of: Any) -> int:
     )
 
 
-def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -> bool:
+def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -> bool | None:
     """The attack's own goal on one image, from its object lists (see :func:`records`).
 
     vanish: no object left; fabricate: at least three times as many objects (and at least
     one); mislabel: every object not already of the target class now is; untargeted and
-    DAG: no object keeps its label.
+    DAG: no object keeps its label. None, no verdict, when the image has no object for
+    any but fabricate to attack: those goals hold before the attack, which did nothing.
     """
+    if not clean and mode != "fabricate":
+        return None
     if mode == "vanish":
         return not adv
     if mode == "fabricate":
@@ -99,13 +102,16 @@ def attack_file(
         **attack_kw: Passed to :func:`~fooltools.detection.attacks.detection_attack`.
 
     Returns:
-        The report written to ``report.json``.
+        The report written to ``report.json``. Its ``success`` is None and its ``note``
+        says why when the image holds nothing to attack (see :func:`success`).
     """
     start = time.perf_counter()
     x = io.read_image(path)
     # A bad ``out`` fails here, not after the attack has run.
     io.make_dir(out)
     run = det_attacks.detection_attack(det, mode=mode, confidence=confidence, **attack_kw)
+    norm = attack_kw.get("norm", "linf")
+    eps, step_size = det_attacks.budget(norm, attack_kw.get("eps"), attack_kw.get("step_size"))
     result = run(jax.random.key(seed), x[None])
     io.write_png(out / "adversarial.png", result.x[0])
     xa = io.read_image(out / "adversarial.png")  # judge what the file holds
@@ -126,9 +132,19 @@ def attack_file(
         "title": f"{det.name}: {mode}{target_text} on {Path(path).name}",
         "kind": "detect-attack",
         "success": ok,
+        "note": None if ok is not None else f"no objects at score >= {confidence}",
         "source": {"path": os.fspath(path), "size": list(x.shape[:2])},
         "detector": {"name": det.name, "kind": det.kind, "sources": list(det.sources)},
-        "attack": {"mode": mode, "seed": seed, "confidence": confidence, **attack_kw},
+        # The budget it had, defaults included, so the report claims no other.
+        "attack": {
+            "mode": mode,
+            "seed": seed,
+            "confidence": confidence,
+            **attack_kw,
+            "norm": norm,
+            "eps": eps,
+            "step_size": step_size,
+        },
         "images": [
             {"file": "clean_boxes.png", "caption": f"clean: {len(clean)} objects"},
             {"file": "adversarial_boxes.png", "caption": f"attacked: {len(adv)} objects"},

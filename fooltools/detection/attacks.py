@@ -32,6 +32,7 @@ original, :func:`fooltools.attacks.base.snap`), so what is reported is what the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -45,8 +46,12 @@ from fooltools.detection import boxes as box_ops
 from fooltools.detection.detectors import Dense, Detector, Found
 
 MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
-# TOG's defaults (L-inf, pixel values in [0, 1]).
-TOG_EPS, TOG_STEP, TOG_STEPS = 8 / 255, 2 / 255, 10
+# Budgets in [0, 1] pixel units. L-inf: TOG's. L2: fooltools.perturb's radius (an L-inf
+# radius read as an L2 one is a change of 0.03 to the whole image: nothing), with TOG's
+# ratio of step to radius.
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 3.0}
+DEFAULT_STEP = {"linf": 2 / 255, "l2": 0.75}
+TOG_STEPS = 10
 # Weight of the class term against the objectness terms in the mislabel / untargeted loss.
 # With 1 (a plain sum) the many background terms dominate the signed gradient: the bundled
 # YOLO relabelled 86% of the held-out objects to "star", 93% with 5.
@@ -123,24 +128,42 @@ def _detection_loss(d: Dense, pos: jax.Array, labels: jax.Array, multilabel: boo
     return jnp.sum(jnp.where(pos, fg, jnp.where(d.valid, bg, 0.0)))
 
 
+def budget(norm: str, eps: float | None, step_size: float | None) -> tuple[float, float]:
+    """``(eps, step_size)``, the defaults of ``norm`` for those that are None.
+
+    Raises:
+        ValueError: An unknown norm.
+    """
+    if norm not in DEFAULT_EPS:
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    return (
+        DEFAULT_EPS[norm] if eps is None else eps,
+        DEFAULT_STEP[norm] if step_size is None else step_size,
+    )
+
+
 def check_arguments(
     detector: Detector,
     mode: str,
-    eps: float = TOG_EPS,
-    step_size: float = TOG_STEP,
+    eps: float | None = None,
+    step_size: float | None = None,
     steps: int = TOG_STEPS,
     norm: str = "linf",
     target_class: int | None = None,
+    confidence: float | None = None,
 ) -> None:
     """Raise ValueError for arguments :func:`detection_attack` would refuse."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if not eps > 0 or not step_size > 0:
-        raise ValueError(f"eps and step size must be > 0, got {eps} and {step_size}")
+    eps, step_size = budget(norm, eps, step_size)
+    if not (0 < eps < math.inf and 0 < step_size < math.inf):  # NaN fails both
+        raise ValueError(f"eps and step size must be finite and > 0, got {eps} and {step_size}")
+    if norm == "linf" and eps > 1:
+        raise ValueError(f"an L-inf eps is at most 1 (pixel values are in [0, 1]), got {eps:g}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if confidence is not None and not 0 <= confidence <= 1:  # NaN too: nothing would count
+        raise ValueError(f"confidence must be in [0, 1], got {confidence}")
     k = len(detector.class_names)
     if mode == "mislabel" and (target_class is None or not 0 <= target_class < k):
         raise ValueError(f"mislabel needs a target class in [0, {k}), got {target_class}")
@@ -150,8 +173,8 @@ def detection_attack(
     detector: Detector,
     *,
     mode: str,
-    eps: float = TOG_EPS,
-    step_size: float = TOG_STEP,
+    eps: float | None = None,
+    step_size: float | None = None,
     steps: int = TOG_STEPS,
     norm: str = "linf",
     target_class: int | None = None,
@@ -164,8 +187,10 @@ def detection_attack(
     Args:
         detector: The :class:`Detector` to attack (its own params are used).
         mode: One of :data:`MODES`.
-        eps: Budget, in [0, 1] pixel units (L-inf: per pixel value; L2: whole image).
-        step_size: Step per iteration (TOG: 2/255).
+        eps: Budget, in [0, 1] pixel units (L-inf: per pixel value; L2: whole image);
+            None: :data:`DEFAULT_EPS` of ``norm`` (TOG's 8/255 for L-inf, 3.0 for L2).
+        step_size: Step per iteration; None: :data:`DEFAULT_STEP` of ``norm`` (TOG's 2/255
+            for L-inf, 0.75 for L2).
         steps: Iterations (TOG: 10).
         norm: ``"linf"`` or ``"l2"``.
         target_class: Foreground class index for ``mislabel``.
@@ -180,9 +205,10 @@ def detection_attack(
         takes; jitted once per shape. ``key`` draws DAG's adversarial labels.
 
     Raises:
-        ValueError: A bad mode, norm, budget, step count or target class.
+        ValueError: A bad mode, norm, budget, step count, target class or confidence.
     """
-    check_arguments(detector, mode, eps, step_size, steps, norm, target_class)
+    check_arguments(detector, mode, eps, step_size, steps, norm, target_class, confidence)
+    eps, step_size = budget(norm, eps, step_size)
     if fabrication not in ("count", "tog"):
         raise ValueError(f"fabrication must be 'count' or 'tog', got {fabrication!r}")
     k, multi = len(detector.class_names), detector.multilabel

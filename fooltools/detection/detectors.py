@@ -218,6 +218,14 @@ def from_faster_rcnn(
     )
 
 
+def _same_file(path: str | os.PathLike[str], other: Path) -> bool:
+    """Whether ``path`` is the file ``other`` (False when either is missing)."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
 def load_detector(
     kind: str = "yolo",
     *,
@@ -243,20 +251,31 @@ def load_detector(
             settings to use (see :data:`fooltools.detection.faster_rcnn.VARIANTS`); None:
             the first that fits the weights' backbone.
 
+    The bundled weights, whether named or not, load with the bundled detector's class
+    names, operating point and (Faster R-CNN) resize and anchor settings.
+
     Returns:
         The :class:`Detector`.
 
     Raises:
-        ModelError: Unknown kind, missing or unfitting files.
+        ModelError: Unknown kind, missing or unfitting files, a cfg for a Faster R-CNN, a
+            variant for the bundled one.
     """
     if kind not in KINDS:
         raise ModelError(f"unknown detector {kind!r}; choose one of {', '.join(KINDS)}")
+    if cfg is not None and kind != "yolo":
+        raise ModelError("a cfg is for yolo (a Faster R-CNN is built from its weights alone)")
     bundled_cfg, bundled_weights = BUNDLED[kind]
-    bundled = weights is None and cfg is None
     if weights is None:
         if not bundled_weights.exists():
             raise ModelError(f"the bundled {kind} weights {bundled_weights} are not installed")
         weights = bundled_weights
+    # What the weights were trained on decides their class names, operating point and
+    # (Faster R-CNN) resize and anchors: the bundled file named explicitly, or with its cfg
+    # given explicitly, is still the bundled detector.
+    bundled = _same_file(weights, bundled_weights)
+    if bundled and variant is not None:
+        raise ModelError("a variant is for other Faster R-CNN weights; the bundled one has its own")
     names = class_names or (synthetic.CLASSES if bundled else None)
     confidence = OPERATING_POINTS[kind] if bundled else 0.5
     if kind == "yolo":

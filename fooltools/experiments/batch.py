@@ -26,7 +26,7 @@ from typing import Any
 from fooltools import __version__
 from fooltools.errors import FoolError
 from fooltools.experiments.executors import Executor, Job, LocalExecutor
-from fooltools.experiments.spec import Spec, resolved_toml
+from fooltools.experiments.spec import Run, Spec, identity_key, resolved_toml
 from fooltools.experiments.tasks import RESULT
 from fooltools.io import write_bytes_atomic
 
@@ -43,15 +43,46 @@ def read_result(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
     ``result.json`` is written atomically, so it is complete or absent; an unreadable one
     (edited by hand, a full disk) also counts as unfinished, to be run again.
+
+    Raises:
+        FoolError: A ``result.json`` that is JSON but not a run's result (edited by hand):
+            neither trusted nor replaced, since someone wrote it.
     """
+    path = Path(run_dir) / RESULT
     try:
-        result = json.loads((Path(run_dir) / RESULT).read_text(encoding="utf-8"))
+        result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return result if isinstance(result, dict) and "status" in result else None
+    problem = _result_problem(result)
+    if problem:
+        raise FoolError(f"{path} is not a run's result ({problem}); delete it to run it again")
+    return result
 
 
-def _batch_record(spec: Spec, base_dir: str) -> dict[str, Any]:
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _result_problem(result: Any) -> str | None:
+    """What makes ``result`` no run result, or None: the fields the results table reads."""
+    if not isinstance(result, dict):
+        return "not a JSON object"
+    if result.get("status") not in ("ok", "failed"):
+        return "status is not ok or failed"
+    metrics = result.get("metrics")
+    if not isinstance(metrics, dict):
+        return "metrics is not an object"
+    for key in ("confidence", "linf", "l2", "seconds"):  # as load_results reads them
+        if not _number_or_none(metrics.get(key, result.get(key))):
+            return f"{key} is not a number"
+    if metrics.get("success") not in (True, False, None):
+        return "success is not true, false or null"
+    if not isinstance(result.get("error"), (str, type(None))):
+        return "error is not a string"
+    return None
+
+
+def _batch_record(spec: Spec, runs: list[Run], base_dir: str) -> dict[str, Any]:
     return {
         "name": spec.name,
         "kind": spec.kind,
@@ -62,7 +93,7 @@ def _batch_record(spec: Spec, base_dir: str) -> dict[str, Any]:
         "grid": list(spec.grid),
         "runs": [
             {"id": r.id, "dir": f"{RUNS}/{r.id}", "params": r.params, "varying": r.varying}
-            for r in spec.runs()
+            for r in runs
         ],
     }
 
@@ -89,7 +120,9 @@ def run_batch(
 
     Raises:
         FoolError: ``out`` already holds a batch and ``resume`` is false, or it holds a
-            batch of another task kind (whose record resuming would replace).
+            batch of another task kind or with runs the spec does not have (whose record
+            resuming would replace), or a result edited by hand (see :func:`read_result`).
+            A spec may extend the grid of the batch it resumes.
     """
     out = Path(out) if out is not None else default_out(spec)
     executor = executor or LocalExecutor()
@@ -97,23 +130,35 @@ def run_batch(
         raise FoolError(
             f"{out} already holds a batch; pass --resume to continue it or --out for a new one"
         )
-    held = _held_kind(out)
-    if resume and held is not None and held != spec.kind:
+    held = _held_record(out) if resume else None
+    held_kind = held.get("kind") if held else None
+    if isinstance(held_kind, str) and held_kind != spec.kind:
         # An edited grid may resume a batch; another kind is another spec given by mistake.
         raise FoolError(
-            f"{out} holds a {held} batch and {spec.name} is {spec.kind}: "
+            f"{out} holds a {held_kind} batch and {spec.name} is {spec.kind}: "
             "resume it with its own spec, or use another --out"
         )
+    recorded = _recorded(held, spec.kind, out)
+    # A recorded run keeps its id (its directory), whichever grid point stands for it now.
+    runs = spec.runs(keep=recorded)
+    have = {identity_key(spec.kind, r.params) for r in runs}
+    dropped = [rid for key, (rid, _) in recorded.items() if key not in have]
+    if dropped:
+        # The record follows the spec: these runs would vanish from it and from the results.
+        raise FoolError(
+            f"{out} holds {len(dropped)} run(s) that {spec.name} does not have (such as "
+            f"{dropped[0]}): resume it with a spec whose grid keeps them, or use another --out"
+        )
+    # Read before the record is rewritten: a result.json edited by hand stops it here.
+    finished = {
+        r.id for r in runs if resume and (res := read_result(out / RUNS / r.id)) and _ok(res)
+    }
     base_dir = str(Path.cwd())
-    record = _batch_record(spec, base_dir)
+    record = _batch_record(spec, runs, base_dir)
     # A resumed batch may come from an edited spec (a grid extended): the record follows
     # the spec, and runs it shares with the old one are reused by id.
     write_bytes_atomic(out / BATCH, json.dumps(record, indent=2).encode())
     write_bytes_atomic(out / RESOLVED, resolved_toml(spec, len(record["runs"])).encode())
-    runs = spec.runs()
-    finished = {
-        r.id for r in runs if resume and (res := read_result(out / RUNS / r.id)) and _ok(res)
-    }
     jobs = [Job(r, out / RUNS / r.id) for r in runs if r.id not in finished]
     echo(
         f"{spec.name}: {len(runs)} runs"
@@ -133,13 +178,44 @@ def run_batch(
     return out
 
 
-def _held_kind(out: Path) -> str | None:
-    """The task kind of the batch recorded in ``out``, or None (none, or unreadable)."""
+def _held_record(out: Path) -> dict[str, Any] | None:
+    """The batch record in ``out``, or None: none, or unreadable (rewritten from the spec)."""
     try:
-        kind = json.loads((out / BATCH).read_text(encoding="utf-8")).get("kind")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return None  # rewritten from the spec below, as a missing record would be
-    return kind if isinstance(kind, str) else None
+        record = json.loads((out / BATCH).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _recorded(
+    record: dict[str, Any] | None, kind: str, out: Path
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The runs a batch record lists, ``(id, params)`` by :func:`identity_key`.
+
+    Of several that are one run (recorded before such grid points became one), a
+    finished one. Entries that are not a run of ``kind`` (a record edited by hand) are
+    left out.
+    """
+    entries = record.get("runs") if record else None
+    if not isinstance(entries, list):
+        return {}
+    runs = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        rid, params = entry.get("id"), entry.get("params")
+        if not isinstance(rid, str) or not isinstance(params, dict):
+            continue
+        try:
+            key = identity_key(kind, params)
+        except (TypeError, ValueError, AttributeError):
+            continue  # values no spec could give
+        result = read_result(out / RUNS / rid)
+        runs.append((not (result and _ok(result)), key, rid, params))
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for _, key, rid, params in sorted(runs, key=lambda r: r[0]):  # stable: finished first
+        found.setdefault(key, (rid, params))
+    return found
 
 
 def _ok(result: dict[str, Any]) -> bool:

@@ -32,15 +32,36 @@ def load_batch(out: str | os.PathLike[str]) -> dict[str, Any]:
     """Read ``out/batch.json``.
 
     Raises:
-        FoolError: ``out`` holds no batch.
+        FoolError: ``out`` holds no batch, or a ``batch.json`` that ``fool run`` did not
+            write (edited by hand: not of its shape).
     """
     path = Path(out) / BATCH
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        batch = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FoolError(f"no batch in {out} (no {BATCH}); run `fool run SPEC --out DIR`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FoolError(f"cannot read {path}: {one_line(err)}") from None
+    problem = _batch_problem(batch)
+    if problem:
+        raise FoolError(f"{path} is not a batch record: {problem}")
+    return batch
+
+
+def _batch_problem(batch: Any) -> str | None:
+    """What makes ``batch`` no batch record, or None: the fields the table reads."""
+    if not isinstance(batch, dict):
+        return "not a JSON object"
+    for key, kind in (("name", str), ("kind", str), ("grid", list), ("runs", list)):
+        if not isinstance(batch.get(key), kind):
+            return f"{key} is missing or not a {kind.__name__}"
+    if not all(isinstance(key, str) for key in batch["grid"]):
+        return "grid is not a list of names"
+    fields = (("id", str), ("dir", str), ("params", dict), ("varying", dict))
+    for i, entry in enumerate(batch["runs"]):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in fields):
+            return f"runs[{i}] is not a run (id, dir, params, varying)"
+    return None
 
 
 def _columns(grid: list[str]) -> list[str]:
@@ -65,7 +86,8 @@ def load_results(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
         result = read_result(out / entry["dir"]) or {"status": "unfinished", "metrics": {}}
         row: dict[str, Any] = {"id": entry["id"], "status": result["status"]}
         for key, column in zip(batch["grid"], _columns(batch["grid"]), strict=True):
-            row[column] = entry["params"].get(key)
+            # Not entry["params"]: a grid value the run does not take is not shown.
+            row[column] = entry["varying"].get(key)
         for key in (*METRICS, *TIMING):
             row[key] = _round(key, (result.get("metrics") or {}).get(key, result.get(key)))
         row["error"] = result.get("error")
@@ -105,8 +127,9 @@ def _median(values: list[float]) -> str:
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """One summary row per (model, method, class) over the runs that finished without error.
 
-    Each has ``runs``, ``success`` (count and rate), the medians of ``linf``/``l2`` (0-255
-    units), confidence median and 10th/90th percentiles, and the median ``seconds``.
+    Each has ``runs``, ``success`` (count and rate over the runs with a verdict: a detector
+    attack on an image with nothing to attack has none), the medians of ``linf``/``l2``
+    (0-255 units), confidence median and 10th/90th percentiles, and the median ``seconds``.
     """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -115,7 +138,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
             groups.setdefault(key, []).append(row)
     table = []
     for (model, method, cls), members in groups.items():
-        wins = sum(r["success"] is True for r in members)
+        judged = [r for r in members if r["success"] is not None]
+        wins = sum(r["success"] is True for r in judged)
         confs = [r["confidence"] for r in members if r["confidence"] is not None]
         pct = np.percentile(confs, [10, 90]) if confs else None
         table.append(
@@ -124,7 +148,9 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
                 "method": method,
                 "class": cls,
                 "runs": str(len(members)),
-                "success": f"{wins}/{len(members)} {100 * wins / len(members):.0f}%",
+                "success": f"{wins}/{len(judged)} {100 * wins / len(judged):.0f}%"
+                if judged
+                else "-",
                 "L-inf": _median([r["linf"] for r in members if r["linf"] is not None]),
                 "L2": _median([r["l2"] for r in members if r["l2"] is not None]),
                 "conf": _median(confs),

@@ -19,13 +19,21 @@ A spec::
 
 The grid expands in the order its keys are written, the last key varying fastest. Checks
 made here (before anything runs) are structural: known keys, value types, non-empty grid
-lists without duplicates, required parameters present. Whether a value makes sense (a
-class name that exists, steps >= 1) is checked by the run itself, so one bad grid value
-fails only the runs that use it.
+lists without duplicates, required parameters present, and what a task's ``check``
+refuses on any machine (an L-inf eps over 1, a class index outside the bundled detector's
+classes). Whether other values make sense (a class name that exists, steps >= 1) is
+checked by the run itself, so one bad grid value fails only the runs that use it.
 
 A run's id is a short hash of the canonical JSON of its kind and resolved parameters
 (defaults filled in; parameters left unset are omitted, so a kind that gains a new
 optional parameter keeps its old ids). It is the same on every process and machine.
+
+Grid points that are the same run (:attr:`TaskKind.identity`: a parameter its task does
+not take, such as a detector target over modes other than mislabel, or two names of one
+class) are one :class:`Run`, with the id of the first of them, so a grid without such
+points keeps the ids it has always had (and a resumed batch the ids it recorded). A
+parameter the spec sets that no run takes is refused (unless it is the default), as the
+command line refuses it.
 """
 
 from __future__ import annotations
@@ -63,13 +71,16 @@ class Run:
         id: 12 hex digits, :func:`run_id` of ``kind`` and ``params``.
         kind: The task kind.
         params: Every parameter of the kind, defaults filled in (None: not set).
-        varying: The grid's parameters and their values here, in grid order (for labels).
+        varying: The grid's parameters and their values here, in grid order (for labels),
+            without those the run does not take.
+        points: The ids of every grid point that is this run, in grid order.
     """
 
     id: str
     kind: str
     params: dict[str, Any]
     varying: dict[str, Any]
+    points: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """A short label for progress lines, e.g. ``perturb image=sample:cat target=ostrich``."""
@@ -98,16 +109,70 @@ class Spec:
     resources: dict[str, float]
     path: Path | None = None
 
-    def runs(self) -> list[Run]:
-        """Expand the grid: one :class:`Run` per point, in product order."""
-        defaults = {k: p.default for k, p in TASKS[self.kind].params.items()}
-        keys = list(self.grid)
+    def runs(self, keep: Mapping[str, tuple[str, dict[str, Any]]] | None = None) -> list[Run]:
+        """Expand the grid: one :class:`Run` per distinct run, in product order.
+
+        Args:
+            keep: The runs a resumed batch recorded, ``(id, params)`` by
+                :func:`identity_key`: a run that is one of them keeps its recorded id and
+                parameters, so that it resumes onto its directory whichever grid point
+                stands for it now. Other runs have their first point's id.
+        """
+        keep = keep or {}
         runs = []
+        for key, points in self._points().items():
+            rid, params, varying, used = points[0]
+            rid, params = keep.get(key, (rid, params))
+            shown = {k: v for k, v in varying.items() if used[k] is not None}
+            runs.append(Run(rid, self.kind, params, shown, tuple(p[0] for p in points)))
+        return runs
+
+    def _points(self) -> dict[str, list[tuple[str, dict, dict, dict]]]:
+        """The grid's points in product order, ``(id, params, varying, identity)``.
+
+        Grouped by identity (the task's canonical parameters), in order of first point.
+        """
+        task = TASKS[self.kind]
+        defaults = {k: p.default for k, p in task.params.items()}
+        keys = list(self.grid)
+        groups: dict[str, list[tuple[str, dict, dict, dict]]] = {}
         for values in itertools.product(*(self.grid[k] for k in keys)):
             varying = dict(zip(keys, values, strict=True))
             params = {**defaults, **self.fixed, **varying}
-            runs.append(Run(run_id(self.kind, params), self.kind, params, varying))
-        return runs
+            used = task.identity(params)
+            key = json.dumps(used, sort_keys=True)  # as identity_key: params has every key
+            groups.setdefault(key, []).append((run_id(self.kind, params), params, varying, used))
+        return groups
+
+    def check_used(self) -> None:
+        """Refuse a parameter set in the spec that no run takes (unless it is its default).
+
+        Raises:
+            FoolError: Naming the key and, where known, the runs that would take it.
+        """
+        where = str(self.path) if self.path else "spec"
+        identities = [points[0][3] for points in self._points().values()]
+        params = TASKS[self.kind].params
+        for section, table in (("fixed", self.fixed), ("grid", self.grid)):
+            for key, value in table.items():
+                if section == "fixed" and value == params[key].default:
+                    continue  # as a resolved spec writes every default out
+                if all(used[key] is None for used in identities):
+                    only = params[key].only
+                    raise FoolError(
+                        f"{where}: {section}.{key}: no run of this spec takes it"
+                        + (f" ({key} is for {only})" if only else "")
+                    )
+
+
+def identity_key(kind: str, params: Mapping[str, Any]) -> str:
+    """What a run of ``kind`` with ``params`` is: its task's identity, as canonical JSON.
+
+    Two runs with one key are the same run (see :attr:`TaskKind.identity`). A parameter
+    missing from ``params`` (a record written before the kind had it) counts as unset.
+    """
+    task = TASKS[kind]
+    return json.dumps(task.identity({k: params.get(k) for k in task.params}), sort_keys=True)
 
 
 def run_id(kind: str, params: Mapping[str, Any]) -> str:
@@ -200,8 +265,9 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
     if kind not in TASKS:
         raise FoolError(f"{where}: kind: unknown kind {kind!r}{_suggest(kind, list(TASKS))}")
     batch_name = data.get("name", name)
-    if not isinstance(batch_name, str) or not batch_name or "/" in batch_name:
-        raise FoolError(f"{where}: name: expected a non-empty string without '/'")
+    # The batch's directory under runs/: "." or ".." would be runs/ or the directory above.
+    if not isinstance(batch_name, str) or batch_name in ("", ".", "..") or "/" in batch_name:
+        raise FoolError(f"{where}: name: expected a non-empty string without '/', not . or ..")
     params = TASKS[kind].params
     fixed, grid = {}, {}
     for section in ("fixed", "grid"):
@@ -229,7 +295,15 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise FoolError(f"{where}: resources.{key}: expected a number >= 0, got {value!r}")
         resources[key] = float(value)
-    return Spec(kind, batch_name, fixed, grid, resources, path)
+    spec = Spec(kind, batch_name, fixed, grid, resources, path)
+    spec.check_used()
+    check = TASKS[kind].check
+    for run in spec.runs() if check else ():
+        try:
+            check(run.params)
+        except FoolError as err:
+            raise FoolError(f"{where}: {run.describe()}: {err}") from None
+    return spec
 
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:

@@ -43,6 +43,8 @@ class Param:
             (``sample:NAME`` is left alone), so remote workers find the same file.
         normalise: Maps a type-checked value to its canonical form (e.g. ``"8/255"`` to a
             float); raises FoolError for a bad one.
+        only: The runs that take it, when not every run does (e.g. ``"mode mislabel"``):
+            for the message refusing a spec where no run does.
     """
 
     types: tuple[type, ...]
@@ -50,20 +52,39 @@ class Param:
     required: bool = False
     path: bool = False
     normalise: Callable[[Any], Any] | None = None
+    only: str = ""
+
+
+def _as_given(params: dict[str, Any]) -> dict[str, Any]:
+    return dict(params)
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskKind:
-    """A kind of run: its function and its parameters (name to :class:`Param`)."""
+    """A kind of run: its function and its parameters (name to :class:`Param`).
+
+    ``identity(params)`` is what a run with ``params`` does: the parameters it does not
+    take set to None, and values that name the same thing in several ways (class names
+    and indices, ``1`` and ``1.0``) made one. Grid points with equal identities are one
+    run (:meth:`fooltools.experiments.spec.Spec.runs`). It must not raise: a value it
+    cannot interpret stays as given, for the run to refuse.
+
+    ``check(params)``, where given, refuses a run when the spec is loaded (FoolError): for
+    values that are wrong whatever the machine, such as a class index out of range of the
+    bundled detector's classes, which would otherwise fail only once the run starts.
+    """
 
     run: Callable[[dict[str, Any], Path], dict[str, Any]]
     params: dict[str, Param]
+    identity: Callable[[dict[str, Any]], dict[str, Any]] = _as_given
+    check: Callable[[dict[str, Any]], None] | None = None
 
 
 def _eps(value: float | int | str) -> float:
     from fooltools.cli import parse_eps
 
-    return parse_eps(value) if isinstance(value, str) else float(value)
+    # The message's prefix (``fixed.eps:``) names the key; "it" reads on from there.
+    return parse_eps(value, "it") if isinstance(value, str) else float(value)
 
 
 def _classifier(params: dict[str, Any]):
@@ -72,6 +93,24 @@ def _classifier(params: dict[str, Any]):
     from fooltools.models import DEFAULT_MODEL, load_model
 
     return load_model(params["model"] or DEFAULT_MODEL, weights=params["weights"])
+
+
+def _imagenet_index(value: str | int | None) -> str | int | None:
+    """The ImageNet class ``value`` names, as an index; as given when it names none."""
+    from fooltools.labels import imagenet
+
+    try:
+        return None if value is None else imagenet().lookup(value)
+    except FoolError:
+        return value
+
+
+def _perturb_identity(p: dict[str, Any]) -> dict[str, Any]:
+    from fooltools.perturb import PerturbConfig
+
+    cfg = PerturbConfig(p["method"], None, p["norm"], p["eps"], p["steps"]).applicable()
+    return {**p, "target": _imagenet_index(p["target"]), "norm": cfg.norm, "eps": cfg.eps,
+            "steps": cfg.steps}  # fmt: skip
 
 
 def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -124,6 +163,23 @@ def _evolve(p: dict[str, Any], out: Path, *, map_elites: bool) -> dict[str, Any]
     return cli_support.run_job(_classifier(p), job)
 
 
+def _evolve_identity(p: dict[str, Any]) -> dict[str, Any]:
+    used = {**p, "class": _imagenet_index(p["class"])}
+    if isinstance(p["stop_at"], int):
+        used["stop_at"] = float(p["stop_at"])  # 1 and 1.0 are one threshold
+    return used
+
+
+def _map_elites_identity(p: dict[str, Any]) -> dict[str, Any]:
+    # As cli_support.parse_job reads them: a comma-separated string or a list, "all".
+    names = p["classes"].split(",") if isinstance(p["classes"], str) else p["classes"]
+    names = [n.strip() if isinstance(n, str) else n for n in names]
+    if names == ["all"]:
+        return dict(p)
+    indices = (_imagenet_index(n) for n in names if n != "")
+    return {**p, "classes": list(dict.fromkeys(indices))}
+
+
 def _crops(report: dict[str, Any]) -> str:
     # Runs scored over crops are another method: a grid over crops gets a row each.
     return f"-{report['crops']}crops" if report["crops"] > 1 else ""
@@ -156,19 +212,60 @@ def run_map_elites(p: dict[str, Any], out: Path) -> dict[str, Any]:
     }
 
 
+def _detect_applicable(p: dict[str, Any]) -> dict[str, Any]:
+    """``p`` without what its run does not take: a target but for mislabel, a cfg but for YOLO.
+
+    A grid may fix them over several modes or detectors (as tog-detectors.toml does).
+    """
+    return {
+        **p,
+        "target": p["target"] if p["mode"] == "mislabel" else None,
+        "cfg": p["cfg"] if p["detector"] == "yolo" else None,
+    }
+
+
+def _detect_check(p: dict[str, Any]) -> None:
+    """Refuse a run that no detector can run, or the bundled one cannot, before any runs."""
+    from fooltools.detection import synthetic
+
+    target = _detect_applicable(p)["target"]
+    if isinstance(target, int) and target < 0:
+        raise FoolError(f"target {target}: a class index is >= 0")
+    if isinstance(target, int) and p["weights"] is None and target >= len(synthetic.CLASSES):
+        classes = ", ".join(synthetic.CLASSES)
+        raise FoolError(f"target {target}: the bundled detectors' classes are 0-4 ({classes})")
+    if (p["norm"] or "linf") == "linf" and p["eps"] is not None and p["eps"] > 1:
+        raise FoolError(f"eps {p['eps']:g}: an L-inf budget is at most 1 (pixels are in [0, 1])")
+
+
+def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
+    from fooltools.detection import synthetic
+
+    used = _detect_applicable(p)
+    # Class names are known before loading only for the bundled detectors.
+    if used["weights"] is None and used["target"] in synthetic.CLASSES:
+        used["target"] = synthetic.CLASSES.index(used["target"])
+    return used
+
+
 def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """``fool detect attack``: TOG/DAG on one image (see :mod:`fooltools.detection`)."""
     from fooltools.detection.attack_run import attack_file, resolve_image
+    from fooltools.detection.attacks import check_arguments
 
+    p = _detect_applicable(p)
     det = _detector(p["detector"], p["cfg"], p["weights"])
-    # A grid may fix one target over every mode (tog-detectors.toml): mislabel's alone.
-    target = p["target"] if p["mode"] == "mislabel" else None
+    target = p["target"]
     if isinstance(target, str):
         if target not in det.class_names:
             names = ", ".join(det.class_names)
             raise FoolError(f"unknown class {target!r} for {det.name}; classes: {names}")
         target = det.class_names.index(target)
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm") if p[k] is not None}
+    try:  # what only the loaded detector can tell (its classes): one line, as on the CLI
+        check_arguments(det, p["mode"], target_class=target, confidence=p["confidence"], **kw)
+    except ValueError as err:
+        raise FoolError(str(err)) from None
     report = attack_file(
         det, resolve_image(p["image"], out), out, mode=p["mode"], seed=p["seed"],
         confidence=det.confidence if p["confidence"] is None else p["confidence"],
@@ -177,7 +274,8 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     m = report["metrics"]
     return {
         "model": det.name,
-        "method": p["mode"],
+        # As perturb's pgd-linf: L-inf and L2 attacks are rows of their own.
+        "method": f"{p['mode']}-{p['norm'] or 'linf'}",
         "class": "-" if target is None else det.class_names[target],
         "source": f"{m['clean_objects']} objects",
         "success": report["success"],
@@ -199,11 +297,29 @@ def _detector(kind: str, cfg: str | None, weights: str | None):
     return _DETECTORS[key]
 
 
+def _confidence(value: float | int) -> float | int:
+    if not 0 <= value <= 1:  # _check_value has refused NaN
+        raise FoolError(f"a detection score threshold is in [0, 1], got {value!r}")
+    return value
+
+
 def _mode(value: str) -> str:
     from fooltools.detection.attacks import MODES
 
     if value not in MODES:
         raise FoolError(f"unknown attack mode {value!r}; choose from {', '.join(MODES)}")
+    return value
+
+
+def _norm(value: str) -> str:
+    if value not in ("linf", "l2"):
+        raise FoolError(f"unknown norm {value!r}; choose linf or l2")
+    return value
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise FoolError(f"expected an integer >= 1, got {value}")
     return value
 
 
@@ -228,7 +344,7 @@ _EVOLVE = {
     "encoding": Param((str,), default="cppn", normalise=_encoding),
     "generations": Param((int,)),
     "population": Param((int,)),
-    "checkpoint_every": Param((int,), default=10),
+    "checkpoint_every": Param((int,), default=10, normalise=_positive),
     # No default: a run id leaves out unset parameters, so batches from before it keep theirs.
     "crops": Param((int,)),
     **_MODEL,
@@ -242,11 +358,12 @@ TASKS: dict[str, TaskKind] = {
             "target": Param((str, int)),
             "untargeted": Param((bool,), default=False),
             "method": Param((str,), default="pgd"),
-            "norm": Param((str,), default="linf"),
-            "eps": Param((float, int, str), normalise=_eps),
-            "steps": Param((int,)),
+            "norm": Param((str,), default="linf", only="methods pgd and fgsm"),
+            "eps": Param((float, int, str), normalise=_eps, only="methods pgd and fgsm"),
+            "steps": Param((int,), only="every method but fgsm"),
             **_MODEL,
         },
+        _perturb_identity,
     ),
     "evolve": TaskKind(
         run_evolve,
@@ -256,9 +373,12 @@ TASKS: dict[str, TaskKind] = {
             "strategy": Param((str,), normalise=_strategy),
             **_EVOLVE,
         },
+        _evolve_identity,
     ),
     "map-elites": TaskKind(
-        run_map_elites, {"classes": Param((str, list), default="all"), **_EVOLVE}
+        run_map_elites,
+        {"classes": Param((str, list), default="all"), **_EVOLVE},
+        _map_elites_identity,
     ),
     "detect-attack": TaskKind(
         run_detect_attack,
@@ -266,16 +386,18 @@ TASKS: dict[str, TaskKind] = {
             "image": Param((str,), required=True, path=True),
             "mode": Param((str,), required=True, normalise=_mode),
             "detector": Param((str,), default="yolo"),
-            "target": Param((str, int)),
+            "target": Param((str, int), only="mode mislabel"),
             "eps": Param((float, int, str), normalise=_eps),
             "step_size": Param((float, int, str), normalise=_eps),
             "steps": Param((int,)),
-            "norm": Param((str,)),
-            "confidence": Param((float, int)),
-            "cfg": Param((str,), path=True),
+            "norm": Param((str,), normalise=_norm),
+            "confidence": Param((float, int), normalise=_confidence),
+            "cfg": Param((str,), path=True, only="detector yolo"),
             "weights": Param((str,), path=True),
             "seed": Param((int,), default=0),
         },
+        _detect_identity,
+        _detect_check,
     ),
 }
 
