@@ -322,12 +322,17 @@ def evolve(
 )
 @click.option("--title", default="fooltools gallery", show_default=True)
 def gallery(dirs: tuple[str, ...], out_dir: str, title: str) -> None:
-    """Build an HTML gallery and a PNG contact sheet from result directories DIRS."""
+    """Build an HTML gallery and a PNG contact sheet from result directories DIRS.
+
+    A DIR may be a run or hold runs below it. A broken run found below a DIR is skipped
+    and listed on the page; one named as a DIR is an error.
+    """
     from fooltools import gallery as gallery_mod
 
-    runs = gallery_mod.collect_runs(dirs)
-    index = gallery_mod.build_gallery(runs, out_dir, title=title)
-    click.echo(f"{len(runs)} runs; open {index}")
+    # The directories as given, not the runs found below them: build_gallery stops only
+    # at a broken run named here, and skips (and lists) one it found by searching.
+    index = gallery_mod.build_gallery(dirs, out_dir, title=title)
+    click.echo(f"open {index}")
 
 
 @cli.command(name="labels")
