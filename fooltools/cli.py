@@ -187,11 +187,17 @@ def perturb(
     Writes adversarial.png (same size as IMAGE), perturbation.png, report.json and
     index.html. Success and distortions are measured on the PNG re-read from disk. If the
     image already is the target class, the run is written unchanged and counts as a
-    success (exit 0).
+    success (exit 0). An --out that already holds a run is refused.
     """
     from fooltools.labels import imagenet
     from fooltools.models import DEFAULT_MODEL, load_model
-    from fooltools.perturb import PerturbConfig, default_out_dir, perturb_file, total_steps
+    from fooltools.perturb import (
+        PerturbConfig,
+        check_out_dir,
+        default_out_dir,
+        perturb_file,
+        total_steps,
+    )
     from fooltools.progress import Progress
 
     if (target is None) == (not untargeted):
@@ -205,6 +211,8 @@ def perturb(
         seed=seed,
     ).resolved()
     path = resolve_image(image)
+    if out_dir:
+        check_out_dir(out_dir)
     clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
     out = Path(out_dir) if out_dir else default_out_dir()
     bar = Progress(total_steps(cfg), label=f"{method} {path.name}")

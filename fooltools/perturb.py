@@ -31,6 +31,7 @@ BUDGETED = ("pgd", "fgsm")  # the methods that take --eps and --norm
 SEARCH_STEPS = 5  # values of c that lbfgs and cw try, each a round of ``steps``
 DEFAULT_STEPS = {"pgd": 40, "fgsm": 1, "szegedy": 300, "lbfgs": 20, "cw": 100}
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 3.0}
+REPORT = "report.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +148,21 @@ def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb"
         n += 1
         out = Path(root) / f"{kind}-{stamp}-{n}"
     return out
+
+
+def check_out_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Refuse a run directory that already holds a run, before any work is done.
+
+    :func:`perturb_file` writes its files one after another: into an earlier run's
+    directory it would overwrite that run's results, and a run that then failed would
+    leave a mix of the two. ``fool perturb`` checks its ``--out`` with this; a batch
+    re-running one of its own runs (``fool run --resume``) writes over it on purpose.
+
+    Raises:
+        FoolError: ``out_dir`` holds a ``report.json``.
+    """
+    if (Path(out_dir) / REPORT).exists():
+        raise FoolError(f"{out_dir} already holds a run ({REPORT}); choose another --out")
 
 
 def _top(clf: Classifier, logits: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
@@ -297,6 +313,6 @@ def perturb_file(
         "steps": steps,
         "seconds": report["seconds"],
     }
-    io.write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+    io.write_bytes_atomic(out / REPORT, json.dumps(report, indent=2).encode())
     gallery.write_run_page(out)
     return report

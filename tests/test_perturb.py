@@ -202,6 +202,30 @@ def test_bad_perturb_arguments(capsys, tmp_path, args, fragments):
     assert not (tmp_path / "r").exists()
 
 
+def test_an_out_holding_a_run_is_refused_before_any_work(capsys, tmp_path, monkeypatch, lite0):
+    from fooltools import models
+    from fooltools.perturb import PerturbConfig, perturb_file
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.json").write_text('{"title": "an earlier run"}')
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a run that is refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "load_model", no_model)
+        code, _, err = run_cli(capsys, "perturb", "sample:coffee", "--target", "ostrich",
+                               "--out", str(out))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{out} already holds a run (report.json)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert "an earlier run" in (out / "report.json").read_text()
+    # A batch re-running its own run (fool run --resume) still writes over it.
+    report = perturb_file(lite0, io.sample_path("coffee"), PerturbConfig(target=967), out)
+    assert report["note"] and json.loads((out / "report.json").read_text()) == report
+
+
 def test_unreadable_image(capsys, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
