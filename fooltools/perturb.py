@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fooltools import __version__, attacks, io
+from fooltools.attacks.pgd import MAX_EPS
 from fooltools.errors import FoolError
 from fooltools.models.base import Classifier
 
@@ -82,8 +83,9 @@ class PerturbConfig:
         None, so that its report claims no budget it never had.
 
         Raises:
-            FoolError: An unknown method or norm, eps outside (0, 1], steps < 1, a budget
-                given to a method without one, or steps given to FGSM.
+            FoolError: An unknown method or norm, eps outside (0, 1] (L-inf) or (0, 1e6]
+                (L2), steps < 1, a budget given to a method without one, or steps given
+                to FGSM.
         """
         if self.method not in METHODS:
             raise FoolError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
@@ -102,8 +104,9 @@ class PerturbConfig:
             eps = DEFAULT_EPS[norm] if self.eps is None else self.eps
             if norm == "linf" and not 0 < eps <= 1:
                 raise FoolError(f"eps must be in (0, 1] (pixel values are in [0, 1]), got {eps:g}")
-            if norm == "l2" and not eps > 0:
-                raise FoolError(f"eps must be > 0, got {eps:g}")
+            if norm == "l2" and not 0 < eps <= MAX_EPS:
+                # Finite and bounded: an infinite budget wrote NaN images after the attack.
+                raise FoolError(f"eps must be in (0, {MAX_EPS:g}] for l2, got {eps:g}")
         if self.method == "fgsm" and self.steps not in (None, 1):
             raise FoolError("fgsm is a single step; steps are for the iterative methods")
         steps = DEFAULT_STEPS[self.method] if self.steps is None else self.steps

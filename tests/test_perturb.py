@@ -184,6 +184,8 @@ def test_a_method_without_a_budget_reports_none(capsys, tmp_path):
         (["--target", "ostrich", "--eps", "0"], ["eps must be in (0, 1]"]),
         (["--target", "ostrich", "--eps", "2"], ["eps must be in (0, 1]"]),
         (["--target", "ostrich", "--eps", "8/0"], ["--eps must be a number"]),
+        (["--untargeted", "--norm", "l2", "--eps", "inf"], ["eps must be in (0, 1e+06] for l2"]),
+        (["--untargeted", "--norm", "l2", "--eps", "1e300"], ["eps must be in (0, 1e+06]"]),
         (["--target", "ostrich", "--steps", "0"], ["steps must be >= 1"]),
         ([], ["exactly one of --target CLASS or --untargeted"]),
         (["--target", "ostrich", "--untargeted"], ["exactly one of"]),
