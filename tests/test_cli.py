@@ -4,8 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from fooltools.checkpoints import load_state_dict, save_state_dict
 from fooltools.cli import main
 from fooltools.io import sample_path
+from fooltools.models.efficientnet_lite import default_weights
 
 
 def run(capsys, *args):
@@ -113,6 +118,31 @@ def test_wrong_weights_file(capsys, tmp_path):
     bad.write_bytes(b"\x80\x02not really a checkpoint")
     code, _, err = run(capsys, "classify", "sample:cat", "--weights", str(bad))
     assert_one_line_error(code, err, "weights.pth")
+
+
+@pytest.fixture(scope="module")
+def lite0_state():
+    """The state dict of Lite0's shipped weights (file name -> array)."""
+    return load_state_dict(default_weights("efficientnet_lite0.in1k"))
+
+
+@pytest.mark.filterwarnings("error")  # a numpy warning would be a second line on stderr
+@pytest.mark.parametrize(
+    ("key", "value", "where"),
+    [
+        ("_fc.bias", np.nan, "['fc']['bias']"),
+        ("_bn0.running_var", -1.0, "['stem']['bias']"),  # folds to NaN
+        ("_fc.weight", 1e300, "['fc']['kernel']"),  # inf in float32
+    ],
+)
+def test_weights_that_are_not_finite_are_refused(capsys, tmp_path, lite0_state, key, value, where):
+    state = dict(lite0_state)
+    state[key] = state[key].astype(np.float64)  # a file may hold float64
+    state[key][3] = value
+    weights = save_state_dict(tmp_path / "broken.pth", state)
+    code, out, err = run(capsys, "classify", "sample:cat", "--weights", str(weights))
+    assert_one_line_error(code, err, f"NaN or infinite values in {where}")
+    assert "nan" not in out
 
 
 def test_console_script_exit_code_and_compilation_cache(tmp_path):

@@ -138,6 +138,17 @@ def test_merge_params_lists_missing_unexpected_and_shapes():
     assert "has shape (3, 2), expected (2, 3)" in msg
 
 
+def test_merge_params_refuses_weights_that_are_not_finite_in_float32():
+    template = {k: {"kernel": jax.ShapeDtypeStruct((2,), jnp.float32)} for k in "abc"}
+    # 1e300 is finite in the file's float64 but not in the model's float32.
+    converted = {"a": {"kernel": np.zeros(2)}, "b": {"kernel": np.array([0.0, 1e300])}}
+    converted["c"] = {"kernel": np.array([np.nan, 0.0], np.float32)}
+    with pytest.raises(
+        ModelError, match=r"m hold NaN or infinite values in \['b'\]\['kernel'\], \['c'\]"
+    ):
+        merge_params(template, converted, model="m")
+
+
 def test_converted_params_are_cached_and_corrupt_cache_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("FOOLTOOLS_CACHE_DIR", str(tmp_path))
     info = model_info("efficientnet_lite0.in1k")

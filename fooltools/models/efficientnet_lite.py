@@ -188,24 +188,29 @@ def convert_state_dict(
     Raises:
         ModelError: A key the architecture needs is missing from ``sd``.
     """
-    try:
-        out: dict[str, dict[str, np.ndarray]] = {}
-        w, b = _fold(sd, "_conv_stem", "_bn0")
-        out["stem"] = _entry(w.transpose(2, 3, 1, 0), b)
-        for i, spec in enumerate(blocks):
-            p = f"_blocks.{i}"
-            if spec.cexp != spec.cin:
-                w, b = _fold(sd, f"{p}._expand_conv", f"{p}._bn0")
-                out[f"block{i}_expand"] = _entry(w[:, :, 0, 0].T, b)
-            w, b = _fold(sd, f"{p}._depthwise_conv", f"{p}._bn1")
-            out[f"block{i}_dw"] = _entry(w[:, 0].transpose(1, 2, 0), b)
-            w, b = _fold(sd, f"{p}._project_conv", f"{p}._bn2")
-            out[f"block{i}_project"] = _entry(w[:, :, 0, 0].T, b)
-        w, b = _fold(sd, "_conv_head", "_bn1")
-        out["head"] = _entry(w[:, :, 0, 0].T, b)
-        out["fc"] = _entry(sd["_fc.weight"].T, sd["_fc.bias"])
-    except KeyError as err:
-        raise ModelError(f"weights do not fit EfficientNet-Lite: missing {err.args[0]}") from None
+    # Quietly: a broken file (a negative variance, a value too large for float32) converts
+    # to NaN or inf, which merge_params refuses in one line; numpy would warn in several.
+    with np.errstate(all="ignore"):
+        try:
+            out: dict[str, dict[str, np.ndarray]] = {}
+            w, b = _fold(sd, "_conv_stem", "_bn0")
+            out["stem"] = _entry(w.transpose(2, 3, 1, 0), b)
+            for i, spec in enumerate(blocks):
+                p = f"_blocks.{i}"
+                if spec.cexp != spec.cin:
+                    w, b = _fold(sd, f"{p}._expand_conv", f"{p}._bn0")
+                    out[f"block{i}_expand"] = _entry(w[:, :, 0, 0].T, b)
+                w, b = _fold(sd, f"{p}._depthwise_conv", f"{p}._bn1")
+                out[f"block{i}_dw"] = _entry(w[:, 0].transpose(1, 2, 0), b)
+                w, b = _fold(sd, f"{p}._project_conv", f"{p}._bn2")
+                out[f"block{i}_project"] = _entry(w[:, :, 0, 0].T, b)
+            w, b = _fold(sd, "_conv_head", "_bn1")
+            out["head"] = _entry(w[:, :, 0, 0].T, b)
+            out["fc"] = _entry(sd["_fc.weight"].T, sd["_fc.bias"])
+        except KeyError as err:
+            raise ModelError(
+                f"weights do not fit EfficientNet-Lite: missing {err.args[0]}"
+            ) from None
     return out
 
 
