@@ -145,6 +145,23 @@ def test_weights_that_are_not_finite_are_refused(capsys, tmp_path, lite0_state, 
     assert "nan" not in out
 
 
+@pytest.mark.parametrize(
+    ("key", "shape", "message"),
+    [
+        ("_blocks.0._bn1.running_var", (16,), "_blocks.0._bn1.running_var has shape (16,), "
+         "expected (32,) (the channels of _blocks.0._depthwise_conv.weight)"),
+        ("_conv_head.weight", (1280, 320), "_conv_head.weight has shape (1280, 320), expected"),
+    ],
+)  # fmt: skip
+def test_weights_with_mismatched_batchnorm_are_refused(
+    capsys, tmp_path, lite0_state, key, shape, message
+):
+    state = dict(lite0_state, **{key: np.ones(shape, np.float32)})
+    weights = save_state_dict(tmp_path / "mismatched.pth", state)
+    code, _, err = run(capsys, "classify", "sample:cat", "--weights", str(weights))
+    assert_one_line_error(code, err, "weights do not fit EfficientNet-Lite: " + message)
+
+
 def test_console_script_exit_code_and_compilation_cache(tmp_path):
     """The installed `fool` really exits 2 with one line; a repeat run compiles nothing new."""
     env = dict(os.environ, FOOLTOOLS_CACHE_DIR=str(tmp_path))

@@ -163,6 +163,18 @@ class EfficientNetLite(nn.Module):
 def _fold(sd: Mapping[str, np.ndarray], conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
     # y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta  ==  conv'(x) + b'
     w = sd[f"{conv}.weight"].astype(np.float64)
+    # Checked here, before numpy broadcasts them: the folded shapes go to merge_params.
+    if w.ndim != 4:
+        raise ModelError(
+            f"weights do not fit EfficientNet-Lite: {conv}.weight has shape {w.shape}, "
+            "expected a convolution kernel (4 dimensions)"
+        )
+    for stat in ("weight", "bias", "running_mean", "running_var"):
+        if (shape := np.shape(sd[f"{bn}.{stat}"])) != w.shape[:1]:
+            raise ModelError(
+                f"weights do not fit EfficientNet-Lite: {bn}.{stat} has shape {shape}, "
+                f"expected {w.shape[:1]} (the channels of {conv}.weight)"
+            )
     scale = sd[f"{bn}.weight"] / np.sqrt(sd[f"{bn}.running_var"].astype(np.float64) + BN_EPS)
     bias = sd[f"{bn}.bias"] - sd[f"{bn}.running_mean"] * scale
     w = w * scale[:, None, None, None]  # torch layout (Cout, Cin/groups, kh, kw)
@@ -186,7 +198,8 @@ def convert_state_dict(
         The Flax ``params`` dict of :class:`EfficientNetLite`.
 
     Raises:
-        ModelError: A key the architecture needs is missing from ``sd``.
+        ModelError: A key the architecture needs is missing from ``sd``, or a convolution
+            and its BatchNorm disagree in shape.
     """
     # Quietly: a broken file (a negative variance, a value too large for float32) converts
     # to NaN or inf, which merge_params refuses in one line; numpy would warn in several.
