@@ -20,6 +20,9 @@ from fooltools import __version__
 from fooltools.errors import FoolError, one_line
 
 EXIT_USAGE = 2
+# jax.random.key keeps a seed's low 32 bits (and overflows past 64): seeds 2^32 apart gave
+# the same run while their reports recorded different seeds.
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def resolve_image(arg: str) -> Path:
@@ -51,7 +54,7 @@ def _run_options(kind: str) -> Callable[[Callable], Callable]:
             type=click.Path(file_okay=False),
             help=f"Run directory [default: runs/{kind}-<timestamp>].",
         )(f)
-        return click.option("--seed", default=0, show_default=True, type=int)(f)
+        return click.option("--seed", default=0, show_default=True, type=SEED)(f)
 
     return decorate
 

@@ -108,6 +108,12 @@ def test_unknown_sample(capsys):
     assert_one_line_error(code, err, "dog", "cat")
 
 
+def test_evolve_seed_is_a_32_bit_seed(capsys):
+    # jax.random.key keeps the low 32 bits: 2^32 would have run seed 0's search.
+    code, _, err = run(capsys, "evolve", "--class", "robin", "--seed", str(2**32))
+    assert_one_line_error(code, err, "--seed", "0<=x<=4294967295")
+
+
 def test_usage_error_is_one_line(capsys):
     code, _, err = run(capsys, "classify", "sample:cat", "--top", "0")
     assert_one_line_error(code, err, "--top")

@@ -62,6 +62,8 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["{img}", "--detector", "faster-rcnn", "--cfg", CFG], ["--cfg is for --detector yolo"]),
         (["missing.png", *NET], ["missing.png"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
+        (["attack", "{img}", "--mode", "vanish", "--seed", str(2**64), *NET],
+         ["--seed", "0<=x<=4294967295"]),
         (["attack", "{img}", "--mode", "vanish", "--target-class", "class1", *NET],
          ["--target-class is for --mode mislabel; vanish takes none"]),
         (["eval", "--attack", "vanish", "--target-class", "star"], ["is for --attack mislabel"]),

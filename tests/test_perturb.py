@@ -187,6 +187,8 @@ def test_a_method_without_a_budget_reports_none(capsys, tmp_path):
         (["--untargeted", "--norm", "l2", "--eps", "inf"], ["eps must be in (0, 1e+06] for l2"]),
         (["--untargeted", "--norm", "l2", "--eps", "1e300"], ["eps must be in (0, 1e+06]"]),
         (["--target", "ostrich", "--steps", "0"], ["steps must be >= 1"]),
+        (["--untargeted", "--seed", str(10**23)], ["--seed", "0<=x<=4294967295"]),
+        (["--untargeted", "--seed", str(2**32)], ["--seed", "0<=x<=4294967295"]),
         ([], ["exactly one of --target CLASS or --untargeted"]),
         (["--target", "ostrich", "--untargeted"], ["exactly one of"]),
         (["--target", "ostrich", "--method", "cw", "--eps", "8/255"], ["cw looks for the small"]),
