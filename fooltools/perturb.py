@@ -84,8 +84,9 @@ class PerturbConfig:
 
         Raises:
             FoolError: An unknown method or norm, eps outside (0, 1] (L-inf) or (0, 1e6]
-                (L2), steps < 1, a budget given to a method without one, or steps given
-                to FGSM.
+                (L2), steps < 1 or more than the attack's loop can count (see
+                :data:`fooltools.attacks.base.MAX_STEPS`), a budget given to a method
+                without one, or steps given to FGSM.
         """
         if self.method not in METHODS:
             raise FoolError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
@@ -112,6 +113,12 @@ class PerturbConfig:
         steps = DEFAULT_STEPS[self.method] if self.steps is None else self.steps
         if steps < 1:
             raise FoolError(f"steps must be >= 1, got {steps}")
+        rounds = _rounds(self.method)
+        if steps > attacks.base.MAX_STEPS // rounds:
+            per = f" for {self.method} ({rounds} search rounds of steps each)" * (rounds > 1)
+            raise FoolError(
+                f"steps must be at most {attacks.base.MAX_STEPS // rounds}{per}, got {steps}"
+            )
         return dataclasses.replace(self, norm=norm, eps=eps, steps=steps)
 
 
@@ -137,9 +144,14 @@ def build_attack(clf: Classifier, cfg: PerturbConfig) -> attacks.base.Run:
 _cached_attack = functools.lru_cache(maxsize=16)(build_attack)
 
 
+def _rounds(method: str) -> int:
+    """Rounds of ``steps`` a method runs: lbfgs and cw search over their constant."""
+    return SEARCH_STEPS if method in ("lbfgs", "cw") else 1
+
+
 def total_steps(cfg: PerturbConfig) -> int:
     """Gradient iterations the progress bar counts for a resolved config."""
-    return cfg.steps * (SEARCH_STEPS if cfg.method in ("lbfgs", "cw") else 1)
+    return cfg.steps * _rounds(cfg.method)
 
 
 def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb") -> Path:

@@ -187,6 +187,11 @@ def test_a_method_without_a_budget_reports_none(capsys, tmp_path):
         (["--untargeted", "--norm", "l2", "--eps", "inf"], ["eps must be in (0, 1e+06] for l2"]),
         (["--untargeted", "--norm", "l2", "--eps", "1e300"], ["eps must be in (0, 1e+06]"]),
         (["--target", "ostrich", "--steps", "0"], ["steps must be >= 1"]),
+        (["--untargeted", "--steps", "3000000000"], ["steps must be at most 2147483647,"]),
+        (
+            ["--untargeted", "--method", "cw", "--steps", "500000000"],
+            ["steps must be at most 429496729 for cw (5 search rounds"],
+        ),
         (["--untargeted", "--seed", str(10**23)], ["--seed", "0<=x<=4294967295"]),
         (["--untargeted", "--seed", str(2**32)], ["--seed", "0<=x<=4294967295"]),
         ([], ["exactly one of --target CLASS or --untargeted"]),
