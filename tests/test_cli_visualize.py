@@ -204,6 +204,10 @@ def test_unknown_class_suggests_close_names(capsys):
         (["dream", "sample:cat", "--layer", "head", "--lr", "0"], "--lr must be > 0"),
         (["invert", "sample:cat", "--layer", "pool", "--starts", "0"], "--starts must be >= 1"),
         (["visualize", "--class", "robin", "--steps", "0"], "--steps must be >= 1"),
+        (
+            ["style", "a.png", "b.png", "--steps", "3000000000"],
+            "--steps must be at most 2147483647",
+        ),
         (["invert", "sample:cat", "--layer", "pool", "--seed", "-1"], "0<=x<=4294967295"),
         (
             ["dream", "sample:cat", "--layer", "head", "--octave-scale", "1"],

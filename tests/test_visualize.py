@@ -113,6 +113,17 @@ def test_engine_minimises_a_quadratic_in_the_box_with_snapshots():
     assert opt.segment._cache_size() == 1
 
 
+def test_the_loop_makes_its_segment_ends_one_at_a_time():
+    # Each snapshot step, at most CHUNK apart, then the last: as the set they were made in.
+    chunk = engine.CHUNK
+    for steps, every in [(1, 1), (7, 2), (100, 30), (101, 25), (300, 38), (60, 7)]:
+        want = sorted({*range(every, steps, every), *range(chunk, steps, chunk), steps})
+        assert list(engine._segment_ends(steps, every)) == want
+    # The largest --steps: made in full first, 86 million ends (gigabytes) before step 1.
+    ends = engine._segment_ends(2**31 - 1, 2**28)
+    assert [next(ends) for _ in range(3)] == [chunk, 2 * chunk, 3 * chunk]
+
+
 # --- layers --------------------------------------------------------------------------
 
 
