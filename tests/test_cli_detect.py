@@ -62,6 +62,10 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
         (["{img}", "--detector", "faster-rcnn", "--cfg", CFG], ["--cfg is for --detector yolo"]),
         (["missing.png", *NET], ["missing.png"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
+        # Unrolled when compiled: 3e9 steps was a hang, not an error.
+        (["attack", "{img}", "--mode", "vanish", "--steps", "3000000000", *NET],
+         ["steps must be in 1..1000"]),
+        (["eval", "--attack", "vanish", "--steps", "1001"], ["steps must be in 1..1000"]),
         (["attack", "{img}", "--mode", "vanish", "--seed", str(2**64), *NET],
          ["--seed", "0<=x<=4294967295"]),
         (["attack", "{img}", "--mode", "vanish", "--target-class", "class1", *NET],

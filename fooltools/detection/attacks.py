@@ -47,6 +47,11 @@ from fooltools.detection.detectors import Dense, Detector, Found
 MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
 # TOG's defaults (L-inf, pixel values in [0, 1]).
 TOG_EPS, TOG_STEP, TOG_STEPS = 8 / 255, 2 / 255, 10
+# The loop is unrolled when compiled, so compile time and memory grow with the steps: on
+# 2 CPU cores 100 steps on the bundled YOLO took ~45 s and 1.5 GB (10 steps: 12 s and
+# 0.7 GB), and 2^31 - 1 steps still compiled after a minute. TOG runs 10 steps, DAG a
+# few hundred at most.
+MAX_STEPS = 1000
 # Weight of the class term against the objectness terms in the mislabel / untargeted loss.
 # With 1 (a plain sum) the many background terms dominate the signed gradient: the bundled
 # YOLO relabelled 86% of the held-out objects to "star", 93% with 5.
@@ -139,8 +144,8 @@ def check_arguments(
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if not eps > 0 or not step_size > 0:
         raise ValueError(f"eps and step size must be > 0, got {eps} and {step_size}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be in 1..{MAX_STEPS} (the loop is unrolled), got {steps}")
     k = len(detector.class_names)
     if mode == "mislabel" and (target_class is None or not 0 <= target_class < k):
         raise ValueError(f"mislabel needs a target class in [0, {k}), got {target_class}")
@@ -166,7 +171,7 @@ def detection_attack(
         mode: One of :data:`MODES`.
         eps: Budget, in [0, 1] pixel units (L-inf: per pixel value; L2: whole image).
         step_size: Step per iteration (TOG: 2/255).
-        steps: Iterations (TOG: 10).
+        steps: Iterations (TOG: 10), at most :data:`MAX_STEPS`.
         norm: ``"linf"`` or ``"l2"``.
         target_class: Foreground class index for ``mislabel``.
         confidence: Score at which a clean detection counts as an object; None: the
