@@ -130,7 +130,7 @@ _every = click.option(
     show_default=True,
     help="Weight of the L-alpha bound on pixel values.",
 )
-@click.option("--beta", type=float, default=2.0, show_default=True, help="TV exponent (>= 1).")
+@click.option("--beta", type=float, default=2.0, show_default=True, help="TV exponent (1 to 100).")
 @click.option("--lr", type=float, default=_INV["lr"], show_default=True)
 @_every
 @_model_options
@@ -151,11 +151,12 @@ def invert_cmd(
     _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--every", every, 1)
-    if not beta >= 1:
-        raise FoolError(f"--beta must be >= 1, got {beta:g}")
     import jax
 
     from fooltools.visualize import inversion, layers, run
+
+    if not 1 <= beta <= inversion.MAX_EXPONENT:  # also refuses NaN
+        raise FoolError(f"--beta must be in [1, {inversion.MAX_EXPONENT:g}], got {beta:g}")
 
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).

@@ -166,6 +166,17 @@ def test_inversion_at_the_two_deepest_layers_is_within_5_percent_of_random(inver
         assert inv.random_distance[0] > 10 * inv.distance[0]
 
 
+@pytest.mark.parametrize(
+    "exponents", [{"beta": np.inf}, {"beta": 1000.0}, {"alpha": np.inf}, {"alpha": 200.0}]
+)
+def test_inversion_refuses_exponents_that_overflow_float32(lite0, exponents):
+    # Each of these ran, and ended in NaN images.
+    cat = io.read_image(io.sample_path("cat"))
+    with pytest.raises(ValueError, match=r"beta, alpha in \[1, 100\]"):
+        inversion.invert(jax.random.key(0), lite0, cat, layer="pool", steps=1, starts=1,
+                         size=16, **exponents)  # fmt: skip
+
+
 def test_inversion_is_not_the_photo_itself(inverted, lite0):
     # Same features, different pixels: the photo is an exact solution, the reconstructions
     # from random starts are other ones (the reconstruction is not unique).
