@@ -33,6 +33,14 @@ _LEVELS8 = np.arange(256, dtype=np.float32) / np.float32(255)
 # reading it as 8-bit RGBA gives gray-high, gray-low, alpha-high, alpha-low.
 _PNG16_TWIN = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
 
+# The most resize_shorter stretches the longer side, in multiples of the shorter one's target.
+# Its antialiased resize builds a dense (new x old) weight matrix per axis: a 12000x1 PNG,
+# whose longer side became 2.7 million pixels for a 224 model, asked for 129 GB. 32:1 is past
+# any panorama (360-degree ones are 2:1, stitched strips rarely beyond 10:1), and there the
+# model's centre crop sees 1/32 of the picture; a 32:1 image at Pillow's size limit (179
+# megapixels, 75680 x 2365) needs 2.2 GB of weights for a 224 model.
+MAX_ASPECT = 32
+
 # EXIF orientation -> numpy operation that makes the picture upright (same as
 # PIL.ImageOps.exif_transpose, but also usable on the 16-bit arrays Pillow has no mode for).
 _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
@@ -265,6 +273,9 @@ def resize_shorter(x: jax.Array, size: int) -> jax.Array:
 
     Returns:
         The resized image, same rank and dtype; ``x`` itself if the shorter side is ``size``.
+
+    Raises:
+        ImageError: the longer side would become more than :data:`MAX_ASPECT` times ``size``.
     """
     x = _check_image(x)
     if size <= 0:
@@ -274,6 +285,12 @@ def resize_shorter(x: jax.Array, size: int) -> jax.Array:
     if short == size:
         return x  # no resampling: an image at the model's size passes through bit for bit
     new_long = int(size * long / short)
+    if new_long > MAX_ASPECT * size:
+        raise ImageError(
+            f"image of {w}x{h} pixels is too elongated: with its shorter side resized to "
+            f"{size}, its longer side would be {new_long} pixels (at most {MAX_ASPECT} x "
+            f"{size}); crop it nearer to square"
+        )
     new_h, new_w = (size, new_long) if h <= w else (new_long, size)
     shape = (*x.shape[:-3], new_h, new_w, x.shape[-1])
     return jax.image.resize(x, shape, method="linear", antialias=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fooltools.checkpoints import load_state_dict, save_state_dict
 from fooltools.cli import main
@@ -83,6 +84,15 @@ def test_non_image_file(capsys, tmp_path):
     bad.write_text("these are not pixels\n")
     code, _, err = run(capsys, "classify", str(bad))
     assert_one_line_error(code, err, "notes.png")
+
+
+def test_too_elongated_image(capsys, tmp_path):
+    # 600x1 asked for 322 MB of resize weights (12000x1: 129 GB); refused before any.
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((1, 600, 3), np.uint8)).save(strip)
+    code, out, err = run(capsys, "classify", str(strip))
+    assert_one_line_error(code, err, "600x1 pixels is too elongated", "crop it nearer to square")
+    assert out == ""
 
 
 def test_truncated_jpeg(capsys, tmp_path):

@@ -280,6 +280,15 @@ def test_resize_shorter_shapes(shape: tuple, want: tuple) -> None:
     assert jax.eval_shape(lambda x: fio.resize_shorter(x, size), spec).shape == want
 
 
+def test_resize_refuses_an_image_it_would_stretch_past_32_to_1() -> None:
+    # A 12000x1 strip: its resize's weights for a 224 model were 129 GB.
+    strip = jax.ShapeDtypeStruct((1, 12000, 3), jnp.float32)
+    with pytest.raises(ImageError, match=r"12000x1 pixels is too elongated: .* 2688000 pixels"):
+        jax.eval_shape(lambda x: fio.resize_shorter(x, 224), strip)
+    wide = jax.ShapeDtypeStruct((100, 3200, 3), jnp.float32)  # exactly 32:1 still resizes
+    assert jax.eval_shape(lambda x: fio.resize_shorter(x, 224), wide).shape == (224, 7168, 3)
+
+
 def test_resize_keeps_constant_image() -> None:
     x = jnp.full((9, 14, 3), 0.25)
     out = fio.resize_shorter(x, 4)
