@@ -12,6 +12,7 @@ import io
 import os
 import pathlib
 import secrets
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -95,7 +96,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     ...). The EXIF orientation is applied, gray is replicated to three channels, 16-bit samples
     keep their precision (divided by 65535) and an alpha channel is dropped (not composited).
     Truncated files are rejected as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps
-    Pillow's default, False.
+    Pillow's default, False, and so are images over twice ``PIL.Image.MAX_IMAGE_PIXELS``
+    (179 megapixels by default; Pillow's guard against decompression bombs, whose warning
+    below that is silenced).
 
     Args:
         path: the image file.
@@ -104,8 +107,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         float32 array of shape (H, W, 3) with values in [0, 1].
 
     Raises:
-        ImageError: the file is missing, a directory, empty, not an image, truncated or corrupt;
-            the message is one line naming the path.
+        ImageError: the file is missing, a directory, empty, not an image, truncated, corrupt
+            or over Pillow's size limit; the message is one line naming the path.
     """
     name = os.fspath(path)
     if not os.path.exists(name):
@@ -115,7 +118,12 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         if os.path.getsize(name) == 0:
             raise ImageError(f"empty file, not an image: {name}")
-        arr = _decode(name)
+        with warnings.catch_warnings():
+            # Pillow warns from MAX_IMAGE_PIXELS (89 megapixels) and refuses from twice that,
+            # a DecompressionBombError that becomes the ImageError below: the refusal is the
+            # limit, the warning only a second, multi-line message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            arr = _decode(name)
     except ImageError:
         raise
     except Image.UnidentifiedImageError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -202,6 +203,19 @@ def test_bad_inputs_raise_one_line_image_error(tmp_path: Path, name: str) -> Non
 
 
 # --- writing ---------------------------------------------------------------------------------
+
+
+def test_size_limit_is_pillows_error_without_its_warning(tmp_path: Path, monkeypatch) -> None:
+    # As from 89 and 179 megapixels by default: Pillow warns above the limit, refuses above 2x.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.new("RGB", (20, 10)).save(tmp_path / "warned.png")
+    Image.new("RGB", (30, 10)).save(tmp_path / "refused.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fio.read_image(tmp_path / "warned.png").shape == (10, 20, 3)
+    assert caught == []
+    with pytest.raises(ImageError, match=r"refused\.png: Image size \(300 pixels\) exceeds limit"):
+        fio.read_image(tmp_path / "refused.png")
 
 
 def test_round_trip_equals_quantize(tmp_path: Path) -> None:
