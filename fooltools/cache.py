@@ -5,6 +5,10 @@ Everything lives under :func:`cache_dir` (``$FOOLTOOLS_CACHE_DIR``, else
 ``.npz`` files read with ``allow_pickle=False``: a cache file can be corrupt or stale but
 can never execute code, and anything that does not match the expected structure is
 rebuilt rather than trusted.
+
+Both caches are best effort: a cache dir that cannot be made or written (a read-only file
+system, a parent that is a file) only costs the next process the conversion and the
+compile time, never a failed command.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,8 @@ import jax
 import numpy as np
 
 SEP = "/"
+# How JAX's warning that it could not store a compiled program begins.
+_CACHE_WRITE_WARNING = "Error writing persistent compilation cache entry"
 
 
 def cache_dir() -> Path:
@@ -61,17 +68,24 @@ def _unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def save_params(path: Path, params: dict[str, Any]) -> None:
-    """Write a nested dict of arrays to ``path`` (.npz) atomically.
+    """Write a nested dict of arrays to ``path`` (.npz) atomically, if the cache allows.
 
     A temp file in the same directory is renamed over ``path``, so a killed process
-    never leaves a half-written cache entry under the final name.
+    never leaves a half-written cache entry under the final name. An ``OSError`` (the
+    directory cannot be made or written, the disk is full) leaves no entry and is not
+    raised: the next load converts the weights again.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError:
+        return
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **_flatten(params))
         os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -109,13 +123,19 @@ def enable_compilation_cache() -> None:
     """Turn on JAX's persistent compilation cache under :func:`cache_dir`.
 
     The second ``fool`` invocation on the same shapes then loads compiled executables
-    instead of recompiling (seconds saved per model/shape).
+    instead of recompiling (seconds saved per model/shape). A cache that exists but
+    cannot be written is still read, and JAX's warnings that it could not store a
+    program there are silenced.
     """
     path = cache_dir() / "xla"
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:
         return  # a read-only home only costs compile time
+    if not os.access(path, os.W_OK):
+        # JAX still loads the programs stored there, but warns for every program it
+        # compiles anew that it could not store it: dozens of lines per command.
+        warnings.filterwarnings("ignore", message=_CACHE_WRITE_WARNING, category=UserWarning)
     jax.config.update("jax_compilation_cache_dir", str(path))
     # Every executable, however quick to compile: a `fool` run also compiles dozens of
     # eager ops (~50 ms each on CPU) that a 0.5 s floor never stored. `fool classify`'s

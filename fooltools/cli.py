@@ -21,6 +21,9 @@ from fooltools import __version__
 from fooltools.errors import FoolError, one_line
 
 EXIT_USAGE = 2
+# jax.random.key keeps a seed's low 32 bits (and overflows past 64): seeds 2^32 apart gave
+# the same run while their reports recorded different seeds.
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 def resolve_image(arg: str) -> Path:
@@ -52,7 +55,7 @@ def _run_options(kind: str) -> Callable[[Callable], Callable]:
             type=click.Path(file_okay=False),
             help=f"Run directory [default: runs/{kind}-<timestamp>].",
         )(f)
-        return click.option("--seed", default=0, show_default=True, type=int)(f)
+        return click.option("--seed", default=0, show_default=True, type=SEED)(f)
 
     return decorate
 
@@ -189,11 +192,17 @@ def perturb(
     Writes adversarial.png (same size as IMAGE), perturbation.png, report.json and
     index.html. Success and distortions are measured on the PNG re-read from disk. If the
     image already is the target class, the run is written unchanged and counts as a
-    success (exit 0).
+    success (exit 0). An --out that already holds a run is refused.
     """
     from fooltools.labels import imagenet
     from fooltools.models import DEFAULT_MODEL, load_model
-    from fooltools.perturb import PerturbConfig, default_out_dir, perturb_file, total_steps
+    from fooltools.perturb import (
+        PerturbConfig,
+        check_out_dir,
+        default_out_dir,
+        perturb_file,
+        total_steps,
+    )
     from fooltools.progress import Progress
 
     if (target is None) == (not untargeted):
@@ -207,6 +216,8 @@ def perturb(
         seed=seed,
     ).resolved()
     path = resolve_image(image)
+    if out_dir:
+        check_out_dir(out_dir)
     clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
     out = Path(out_dir) if out_dir else default_out_dir()
     bar = Progress(total_steps(cfg), label=f"{method} {path.name}")
@@ -324,12 +335,17 @@ def evolve(
 )
 @click.option("--title", default="fooltools gallery", show_default=True)
 def gallery(dirs: tuple[str, ...], out_dir: str, title: str) -> None:
-    """Build an HTML gallery and a PNG contact sheet from result directories DIRS."""
+    """Build an HTML gallery and a PNG contact sheet from result directories DIRS.
+
+    A DIR may be a run or hold runs below it. A broken run found below a DIR is skipped
+    and listed on the page; one named as a DIR is an error.
+    """
     from fooltools import gallery as gallery_mod
 
-    runs = gallery_mod.collect_runs(dirs)
-    index = gallery_mod.build_gallery(runs, out_dir, title=title)
-    click.echo(f"{len(runs)} runs; open {index}")
+    # The directories as given, not the runs found below them: build_gallery stops only
+    # at a broken run named here, and skips (and lists) one it found by searching.
+    index = gallery_mod.build_gallery(dirs, out_dir, title=title)
+    click.echo(f"open {index}")
 
 
 @cli.command(name="labels")

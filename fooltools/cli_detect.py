@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from fooltools.cli import SEED
 from fooltools.errors import FoolError
 
 _MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
@@ -174,7 +175,7 @@ def image(
 )
 @click.option("--steps", type=click.IntRange(1), default=10, show_default=True)
 @_detector_options
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False),
     help="Run directory [default: runs/detect-attack-<timestamp>].",

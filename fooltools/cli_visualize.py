@@ -46,6 +46,15 @@ def _at_least(flag: str, value: int | None, low: int) -> None:
         raise FoolError(f"{flag} must be >= {low}, got {value}")
 
 
+def _check_steps(steps: int) -> None:
+    """Raise FoolError unless ``--steps`` is at least 1 and fits an int32 loop counter."""
+    from fooltools.attacks.base import MAX_STEPS  # imports JAX, as the command will anyway
+
+    _at_least("--steps", steps, 1)
+    if steps > MAX_STEPS:
+        raise FoolError(f"--steps must be at most {MAX_STEPS}, got {steps}")
+
+
 def _model(model_name: str | None, weights: str | None) -> Any:
     from fooltools.models import DEFAULT_MODEL, load_model
 
@@ -121,7 +130,7 @@ _every = click.option(
     show_default=True,
     help="Weight of the L-alpha bound on pixel values.",
 )
-@click.option("--beta", type=float, default=2.0, show_default=True, help="TV exponent (>= 1).")
+@click.option("--beta", type=float, default=2.0, show_default=True, help="TV exponent (1 to 100).")
 @click.option("--lr", type=float, default=_INV["lr"], show_default=True)
 @_every
 @_model_options
@@ -139,14 +148,15 @@ def invert_cmd(
     """
     check_positive(tv_weight=tv_weight, alpha_weight=alpha_weight, lr=lr)
     _at_least("--starts", starts, 1)
-    _at_least("--steps", steps, 1)
+    _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--every", every, 1)
-    if not beta >= 1:
-        raise FoolError(f"--beta must be >= 1, got {beta:g}")
     import jax
 
     from fooltools.visualize import inversion, layers, run
+
+    if not 1 <= beta <= inversion.MAX_EXPONENT:  # also refuses NaN
+        raise FoolError(f"--beta must be in [1, {inversion.MAX_EXPONENT:g}], got {beta:g}")
 
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).
@@ -216,7 +226,7 @@ def visualize_cmd(
     if channels and not layer_names:
         raise FoolError("--channel needs --layer NAME (`fool layers` lists them)")
     check_positive(tv_weight=tv_weight, lr=lr)
-    _at_least("--steps", steps, 1)
+    _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--jitter", jitter, 0)
     _at_least("--every", every, 1)
@@ -292,7 +302,7 @@ def dream_cmd(
     if not octave_scale > 1:
         raise FoolError(f"--octave-scale must be > 1, got {octave_scale:g}")
     _at_least("--octaves", octaves, 1)
-    _at_least("--steps", steps, 1)
+    _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--jitter", jitter, 0)
     _at_least("--every", every, 1)
@@ -364,7 +374,7 @@ def style_cmd(
     check_positive(
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, lr=lr
     )
-    _at_least("--steps", steps, 1)
+    _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--every", every, 1)
     chosen = _split(style_layers)

@@ -12,6 +12,7 @@ import io
 import os
 import pathlib
 import secrets
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -32,6 +33,14 @@ _LEVELS8 = np.arange(256, dtype=np.float32) / np.float32(255)
 # the PNG filters are undone identically) yields the low bytes too. LA;16B has no such twin, but
 # reading it as 8-bit RGBA gives gray-high, gray-low, alpha-high, alpha-low.
 _PNG16_TWIN = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L", "LA;16B": "RGBA"}
+
+# The most resize_shorter stretches the longer side, in multiples of the shorter one's target.
+# Its antialiased resize builds a dense (new x old) weight matrix per axis: a 12000x1 PNG,
+# whose longer side became 2.7 million pixels for a 224 model, asked for 129 GB. 32:1 is past
+# any panorama (360-degree ones are 2:1, stitched strips rarely beyond 10:1), and there the
+# model's centre crop sees 1/32 of the picture; a 32:1 image at Pillow's size limit (179
+# megapixels, 75680 x 2365) needs 2.2 GB of weights for a 224 model.
+MAX_ASPECT = 32
 
 # EXIF orientation -> numpy operation that makes the picture upright (same as
 # PIL.ImageOps.exif_transpose, but also usable on the 16-bit arrays Pillow has no mode for).
@@ -87,7 +96,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     ...). The EXIF orientation is applied, gray is replicated to three channels, 16-bit samples
     keep their precision (divided by 65535) and an alpha channel is dropped (not composited).
     Truncated files are rejected as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps
-    Pillow's default, False.
+    Pillow's default, False, and so are images over twice ``PIL.Image.MAX_IMAGE_PIXELS``
+    (179 megapixels by default; Pillow's guard against decompression bombs, whose warning
+    below that is silenced).
 
     Args:
         path: the image file.
@@ -96,8 +107,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         float32 array of shape (H, W, 3) with values in [0, 1].
 
     Raises:
-        ImageError: the file is missing, a directory, empty, not an image, truncated or corrupt;
-            the message is one line naming the path.
+        ImageError: the file is missing, a directory, empty, not an image, truncated, corrupt
+            or over Pillow's size limit; the message is one line naming the path.
     """
     name = os.fspath(path)
     if not os.path.exists(name):
@@ -107,7 +118,12 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         if os.path.getsize(name) == 0:
             raise ImageError(f"empty file, not an image: {name}")
-        arr = _decode(name)
+        with warnings.catch_warnings():
+            # Pillow warns from MAX_IMAGE_PIXELS (89 megapixels) and refuses from twice that,
+            # a DecompressionBombError that becomes the ImageError below: the refusal is the
+            # limit, the warning only a second, multi-line message.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            arr = _decode(name)
     except ImageError:
         raise
     except Image.UnidentifiedImageError:
@@ -265,6 +281,9 @@ def resize_shorter(x: jax.Array, size: int) -> jax.Array:
 
     Returns:
         The resized image, same rank and dtype; ``x`` itself if the shorter side is ``size``.
+
+    Raises:
+        ImageError: the longer side would become more than :data:`MAX_ASPECT` times ``size``.
     """
     x = _check_image(x)
     if size <= 0:
@@ -274,6 +293,12 @@ def resize_shorter(x: jax.Array, size: int) -> jax.Array:
     if short == size:
         return x  # no resampling: an image at the model's size passes through bit for bit
     new_long = int(size * long / short)
+    if new_long > MAX_ASPECT * size:
+        raise ImageError(
+            f"image of {w}x{h} pixels is too elongated: with its shorter side resized to "
+            f"{size}, its longer side would be {new_long} pixels (at most {MAX_ASPECT} x "
+            f"{size}); crop it nearer to square"
+        )
     new_h, new_w = (size, new_long) if h <= w else (new_long, size)
     shape = (*x.shape[:-3], new_h, new_w, x.shape[-1])
     return jax.image.resize(x, shape, method="linear", antialias=True)

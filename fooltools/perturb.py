@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fooltools import __version__, attacks, io
+from fooltools.attacks.pgd import MAX_EPS
 from fooltools.errors import FoolError
 from fooltools.models.base import Classifier
 
@@ -31,6 +32,7 @@ BUDGETED = ("pgd", "fgsm")  # the methods that take --eps and --norm
 SEARCH_STEPS = 5  # values of c that lbfgs and cw try, each a round of ``steps``
 DEFAULT_STEPS = {"pgd": 40, "fgsm": 1, "szegedy": 300, "lbfgs": 20, "cw": 100}
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 3.0}
+REPORT = "report.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +83,10 @@ class PerturbConfig:
         None, so that its report claims no budget it never had.
 
         Raises:
-            FoolError: An unknown method or norm, eps outside (0, 1], steps < 1, a budget
-                given to a method without one, or steps given to FGSM.
+            FoolError: An unknown method or norm, eps outside (0, 1] (L-inf) or (0, 1e6]
+                (L2), steps < 1 or more than the attack's loop can count (see
+                :data:`fooltools.attacks.base.MAX_STEPS`), a budget given to a method
+                without one, or steps given to FGSM.
         """
         if self.method not in METHODS:
             raise FoolError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
@@ -101,13 +105,20 @@ class PerturbConfig:
             eps = DEFAULT_EPS[norm] if self.eps is None else self.eps
             if norm == "linf" and not 0 < eps <= 1:
                 raise FoolError(f"eps must be in (0, 1] (pixel values are in [0, 1]), got {eps:g}")
-            if norm == "l2" and not eps > 0:
-                raise FoolError(f"eps must be > 0, got {eps:g}")
+            if norm == "l2" and not 0 < eps <= MAX_EPS:
+                # Finite and bounded: an infinite budget wrote NaN images after the attack.
+                raise FoolError(f"eps must be in (0, {MAX_EPS:g}] for l2, got {eps:g}")
         if self.method == "fgsm" and self.steps not in (None, 1):
             raise FoolError("fgsm is a single step; steps are for the iterative methods")
         steps = DEFAULT_STEPS[self.method] if self.steps is None else self.steps
         if steps < 1:
             raise FoolError(f"steps must be >= 1, got {steps}")
+        rounds = _rounds(self.method)
+        if steps > attacks.base.MAX_STEPS // rounds:
+            per = f" for {self.method} ({rounds} search rounds of steps each)" * (rounds > 1)
+            raise FoolError(
+                f"steps must be at most {attacks.base.MAX_STEPS // rounds}{per}, got {steps}"
+            )
         return dataclasses.replace(self, norm=norm, eps=eps, steps=steps)
 
 
@@ -133,9 +144,14 @@ def build_attack(clf: Classifier, cfg: PerturbConfig) -> attacks.base.Run:
 _cached_attack = functools.lru_cache(maxsize=16)(build_attack)
 
 
+def _rounds(method: str) -> int:
+    """Rounds of ``steps`` a method runs: lbfgs and cw search over their constant."""
+    return SEARCH_STEPS if method in ("lbfgs", "cw") else 1
+
+
 def total_steps(cfg: PerturbConfig) -> int:
     """Gradient iterations the progress bar counts for a resolved config."""
-    return cfg.steps * (SEARCH_STEPS if cfg.method in ("lbfgs", "cw") else 1)
+    return cfg.steps * _rounds(cfg.method)
 
 
 def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb") -> Path:
@@ -147,6 +163,21 @@ def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb"
         n += 1
         out = Path(root) / f"{kind}-{stamp}-{n}"
     return out
+
+
+def check_out_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Refuse a run directory that already holds a run, before any work is done.
+
+    :func:`perturb_file` writes its files one after another: into an earlier run's
+    directory it would overwrite that run's results, and a run that then failed would
+    leave a mix of the two. ``fool perturb`` checks its ``--out`` with this; a batch
+    re-running one of its own runs (``fool run --resume``) writes over it on purpose.
+
+    Raises:
+        FoolError: ``out_dir`` holds a ``report.json``.
+    """
+    if (Path(out_dir) / REPORT).exists():
+        raise FoolError(f"{out_dir} already holds a run ({REPORT}); choose another --out")
 
 
 def _top(clf: Classifier, logits: np.ndarray, k: int = 5) -> list[dict[str, Any]]:
@@ -297,6 +328,6 @@ def perturb_file(
         "steps": steps,
         "seconds": report["seconds"],
     }
-    io.write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+    io.write_bytes_atomic(out / REPORT, json.dumps(report, indent=2).encode())
     gallery.write_run_page(out)
     return report

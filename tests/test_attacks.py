@@ -176,9 +176,15 @@ def test_snap_rounds_towards_original_and_is_straight_through():
     "make",
     [
         lambda m, p: attacks.pgd(m, p, eps=0),
+        lambda m, p: attacks.pgd(m, p, eps=float("inf"), norm="l2"),
+        lambda m, p: attacks.pgd(m, p, eps=1e30, norm="l2"),
+        lambda m, p: attacks.pgd(m, p, eps=0.1, step_size=float("inf")),
+        lambda m, p: attacks.fgsm(m, p, eps=float("inf"), norm="l2"),
         lambda m, p: attacks.pgd(m, p, eps=0.1, steps=0),
         lambda m, p: attacks.pgd(m, p, eps=0.1, norm="l1"),
         lambda m, p: attacks.cw(m, p, steps=0),
+        lambda m, p: attacks.pgd(m, p, eps=0.1, steps=2**31),  # int32 loop counter
+        lambda m, p: attacks.cw(m, p, steps=2**30),  # 5 rounds of 2^30
         lambda m, p: attacks.lbfgs(m, p, c=0),
     ],
 )

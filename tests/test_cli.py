@@ -4,8 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from fooltools.checkpoints import load_state_dict, save_state_dict
 from fooltools.cli import main
 from fooltools.io import sample_path
+from fooltools.models.efficientnet_lite import default_weights
 
 
 def run(capsys, *args):
@@ -80,6 +86,15 @@ def test_non_image_file(capsys, tmp_path):
     assert_one_line_error(code, err, "notes.png")
 
 
+def test_too_elongated_image(capsys, tmp_path):
+    # 600x1 asked for 322 MB of resize weights (12000x1: 129 GB); refused before any.
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((1, 600, 3), np.uint8)).save(strip)
+    code, out, err = run(capsys, "classify", str(strip))
+    assert_one_line_error(code, err, "600x1 pixels is too elongated", "crop it nearer to square")
+    assert out == ""
+
+
 def test_truncated_jpeg(capsys, tmp_path):
     data = (Path(sample_path("rocket"))).read_bytes()
     cut = tmp_path / "cut.jpg"
@@ -103,6 +118,12 @@ def test_unknown_sample(capsys):
     assert_one_line_error(code, err, "dog", "cat")
 
 
+def test_evolve_seed_is_a_32_bit_seed(capsys):
+    # jax.random.key keeps the low 32 bits: 2^32 would have run seed 0's search.
+    code, _, err = run(capsys, "evolve", "--class", "robin", "--seed", str(2**32))
+    assert_one_line_error(code, err, "--seed", "0<=x<=4294967295")
+
+
 def test_usage_error_is_one_line(capsys):
     code, _, err = run(capsys, "classify", "sample:cat", "--top", "0")
     assert_one_line_error(code, err, "--top")
@@ -113,6 +134,48 @@ def test_wrong_weights_file(capsys, tmp_path):
     bad.write_bytes(b"\x80\x02not really a checkpoint")
     code, _, err = run(capsys, "classify", "sample:cat", "--weights", str(bad))
     assert_one_line_error(code, err, "weights.pth")
+
+
+@pytest.fixture(scope="module")
+def lite0_state():
+    """The state dict of Lite0's shipped weights (file name -> array)."""
+    return load_state_dict(default_weights("efficientnet_lite0.in1k"))
+
+
+@pytest.mark.filterwarnings("error")  # a numpy warning would be a second line on stderr
+@pytest.mark.parametrize(
+    ("key", "value", "where"),
+    [
+        ("_fc.bias", np.nan, "['fc']['bias']"),
+        ("_bn0.running_var", -1.0, "['stem']['bias']"),  # folds to NaN
+        ("_fc.weight", 1e300, "['fc']['kernel']"),  # inf in float32
+    ],
+)
+def test_weights_that_are_not_finite_are_refused(capsys, tmp_path, lite0_state, key, value, where):
+    state = dict(lite0_state)
+    state[key] = state[key].astype(np.float64)  # a file may hold float64
+    state[key][3] = value
+    weights = save_state_dict(tmp_path / "broken.pth", state)
+    code, out, err = run(capsys, "classify", "sample:cat", "--weights", str(weights))
+    assert_one_line_error(code, err, f"NaN or infinite values in {where}")
+    assert "nan" not in out
+
+
+@pytest.mark.parametrize(
+    ("key", "shape", "message"),
+    [
+        ("_blocks.0._bn1.running_var", (16,), "_blocks.0._bn1.running_var has shape (16,), "
+         "expected (32,) (the channels of _blocks.0._depthwise_conv.weight)"),
+        ("_conv_head.weight", (1280, 320), "_conv_head.weight has shape (1280, 320), expected"),
+    ],
+)  # fmt: skip
+def test_weights_with_mismatched_batchnorm_are_refused(
+    capsys, tmp_path, lite0_state, key, shape, message
+):
+    state = dict(lite0_state, **{key: np.ones(shape, np.float32)})
+    weights = save_state_dict(tmp_path / "mismatched.pth", state)
+    code, _, err = run(capsys, "classify", "sample:cat", "--weights", str(weights))
+    assert_one_line_error(code, err, "weights do not fit EfficientNet-Lite: " + message)
 
 
 def test_console_script_exit_code_and_compilation_cache(tmp_path):

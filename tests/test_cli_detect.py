@@ -98,6 +98,12 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
          ["--step-size must be a number", "'abc'"]),
         (["attack", "{img}", "--mode", "vanish", "--norm", "l2", "--step-size", "nan", *NET],
          ["--step-size must be a number"]),
+        # Unrolled when compiled: 3e9 steps was a hang, not an error.
+        (["attack", "{img}", "--mode", "vanish", "--steps", "3000000000", *NET],
+         ["steps must be in 1..1000"]),
+        (["eval", "--attack", "vanish", "--steps", "1001"], ["steps must be in 1..1000"]),
+        (["attack", "{img}", "--mode", "vanish", "--seed", str(2**64), *NET],
+         ["--seed", "0<=x<=4294967295"]),
         (["attack", "{img}", "--mode", "vanish", "--target-class", "class1", *NET],
          ["--target-class is for --mode mislabel; vanish takes none"]),
         (["eval", "--attack", "vanish", "--target-class", "star"], ["is for --attack mislabel"]),

@@ -205,6 +205,28 @@ def test_unknown_class_suggests_close_names(capsys):
         (["invert", "sample:cat", "--layer", "pool", "--starts", "0"], "--starts must be >= 1"),
         (["visualize", "--class", "robin", "--steps", "0"], "--steps must be >= 1"),
         (
+            ["style", "a.png", "b.png", "--steps", "3000000000"],
+            "--steps must be at most 2147483647",
+        ),
+        (["invert", "sample:cat", "--layer", "pool", "--seed", "-1"], "0<=x<=4294967295"),
+        (
+            [
+                "invert",
+                "sample:cat",
+                "--layer",
+                "pool",
+                "--steps",
+                "1",
+                "--starts",
+                "1",
+                "--size",
+                "16",
+                "--beta",
+                "inf",
+            ],
+            "--beta must be in [1, 100], got inf",
+        ),  # fmt: skip
+        (
             ["dream", "sample:cat", "--layer", "head", "--octave-scale", "1"],
             "--octave-scale must be > 1",
         ),

@@ -205,3 +205,22 @@ def test_failed_write_is_atomic(tmp_path, monkeypatch):
         gallery.write_run_page(run)
     assert (run / "index.html").read_bytes() == before
     assert no_temp_files(tmp_path)
+
+
+def test_fool_gallery_skips_a_broken_run_found_below_a_dir(capsys, tmp_path):
+    from test_cli import assert_one_line_error
+    from test_cli import run as run_cli
+
+    make_run(tmp_path / "exp" / "good", "good run")
+    bad = tmp_path / "exp" / "bad"
+    bad.mkdir()
+    (bad / "report.json").write_text("{not json", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "gallery", str(tmp_path / "exp"), "--out", str(tmp_path / "g"))
+    assert code == 0 and "open " in out
+    text = (tmp_path / "g" / "index.html").read_text(encoding="utf-8")
+    assert f"skipped: {bad}: cannot read" in text and "good run" in text
+    assert text.count('<article class="card">') == 1
+    # Named on the command line, the same run is an error, and no gallery is written.
+    code, _, err = run_cli(capsys, "gallery", str(bad), "--out", str(tmp_path / "g2"))
+    assert_one_line_error(code, err, "cannot read", "report.json")
+    assert not (tmp_path / "g2").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -204,6 +205,19 @@ def test_bad_inputs_raise_one_line_image_error(tmp_path: Path, name: str) -> Non
 # --- writing ---------------------------------------------------------------------------------
 
 
+def test_size_limit_is_pillows_error_without_its_warning(tmp_path: Path, monkeypatch) -> None:
+    # As from 89 and 179 megapixels by default: Pillow warns above the limit, refuses above 2x.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.new("RGB", (20, 10)).save(tmp_path / "warned.png")
+    Image.new("RGB", (30, 10)).save(tmp_path / "refused.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert fio.read_image(tmp_path / "warned.png").shape == (10, 20, 3)
+    assert caught == []
+    with pytest.raises(ImageError, match=r"refused\.png: Image size \(300 pixels\) exceeds limit"):
+        fio.read_image(tmp_path / "refused.png")
+
+
 def test_round_trip_equals_quantize(tmp_path: Path) -> None:
     x = np.random.default_rng(2).uniform(-0.2, 1.2, (9, 13, 3)).astype(np.float32)
     x[0, :5, 0] = (np.arange(5) + 0.5) / 255  # ties
@@ -278,6 +292,15 @@ def test_resize_shorter_shapes(shape: tuple, want: tuple) -> None:
     size = 3 if len(shape) == 4 else 224
     spec = jax.ShapeDtypeStruct(shape, jnp.float32)
     assert jax.eval_shape(lambda x: fio.resize_shorter(x, size), spec).shape == want
+
+
+def test_resize_refuses_an_image_it_would_stretch_past_32_to_1() -> None:
+    # A 12000x1 strip: its resize's weights for a 224 model were 129 GB.
+    strip = jax.ShapeDtypeStruct((1, 12000, 3), jnp.float32)
+    with pytest.raises(ImageError, match=r"12000x1 pixels is too elongated: .* 2688000 pixels"):
+        jax.eval_shape(lambda x: fio.resize_shorter(x, 224), strip)
+    wide = jax.ShapeDtypeStruct((100, 3200, 3), jnp.float32)  # exactly 32:1 still resizes
+    assert jax.eval_shape(lambda x: fio.resize_shorter(x, 224), wide).shape == (224, 7168, 3)
 
 
 def test_resize_keeps_constant_image() -> None:

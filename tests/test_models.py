@@ -1,3 +1,5 @@
+import errno
+import warnings
 from pathlib import Path
 
 import jax
@@ -148,6 +150,17 @@ def test_merge_params_lists_missing_unexpected_and_shapes():
     assert "has shape (3, 2), expected (2, 3)" in msg
 
 
+def test_merge_params_refuses_weights_that_are_not_finite_in_float32():
+    template = {k: {"kernel": jax.ShapeDtypeStruct((2,), jnp.float32)} for k in "abc"}
+    # 1e300 is finite in the file's float64 but not in the model's float32.
+    converted = {"a": {"kernel": np.zeros(2)}, "b": {"kernel": np.array([0.0, 1e300])}}
+    converted["c"] = {"kernel": np.array([np.nan, 0.0], np.float32)}
+    with pytest.raises(
+        ModelError, match=r"m hold NaN or infinite values in \['b'\]\['kernel'\], \['c'\]"
+    ):
+        merge_params(template, converted, model="m")
+
+
 def test_converted_params_are_cached_and_corrupt_cache_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("FOOLTOOLS_CACHE_DIR", str(tmp_path))
     info = model_info("efficientnet_lite0.in1k")
@@ -176,3 +189,41 @@ def test_converted_params_are_cached_and_corrupt_cache_rebuilt(tmp_path, monkeyp
         )
         is not None
     )
+
+
+def test_an_unusable_cache_dir_only_costs_the_conversion(tmp_path, monkeypatch):
+    # A cache dir under a file (as unusable as a read-only one) must not fail the load.
+    (tmp_path / "file").write_text("not a directory")
+    monkeypatch.setenv("FOOLTOOLS_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    info = model_info("efficientnet_lite0.in1k")
+    clf = efficientnet_lite._load(info, None)
+    want = load_model("efficientnet_lite0.in1k").params["fc"]["kernel"]
+    np.testing.assert_array_equal(clf.params["fc"]["kernel"], want)
+
+    # A read-only file system fails later, at the temp file, and leaves nothing behind.
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache.tempfile, "mkstemp", read_only)
+    cache.save_params(tmp_path / "params" / "entry.npz", {"a": np.zeros(2, np.float32)})
+    assert list((tmp_path / "params").iterdir()) == []
+
+
+def test_a_read_only_compilation_cache_is_read_without_warnings(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOOLTOOLS_CACHE_DIR", str(tmp_path))
+    (tmp_path / "xla").mkdir()
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    settings = {}
+    monkeypatch.setattr(cache.jax.config, "update", settings.__setitem__)  # not this session's
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cache.enable_compilation_cache()
+        warnings.warn(
+            "Error writing persistent compilation cache entry for 'jit_f': OSError: [Errno 30] "
+            "Read-only file system",
+            UserWarning,
+            stacklevel=1,  # as JAX warns: from the compiler's own frame
+        )
+        warnings.warn("another warning", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another warning"]
+    assert settings["jax_compilation_cache_dir"] == str(tmp_path / "xla")  # still read

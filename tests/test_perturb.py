@@ -184,7 +184,16 @@ def test_a_method_without_a_budget_reports_none(capsys, tmp_path):
         (["--target", "ostrich", "--eps", "0"], ["eps must be in (0, 1]"]),
         (["--target", "ostrich", "--eps", "2"], ["eps must be in (0, 1]"]),
         (["--target", "ostrich", "--eps", "8/0"], ["--eps must be a number"]),
+        (["--untargeted", "--norm", "l2", "--eps", "inf"], ["eps must be in (0, 1e+06] for l2"]),
+        (["--untargeted", "--norm", "l2", "--eps", "1e300"], ["eps must be in (0, 1e+06]"]),
         (["--target", "ostrich", "--steps", "0"], ["steps must be >= 1"]),
+        (["--untargeted", "--steps", "3000000000"], ["steps must be at most 2147483647,"]),
+        (
+            ["--untargeted", "--method", "cw", "--steps", "500000000"],
+            ["steps must be at most 429496729 for cw (5 search rounds"],
+        ),
+        (["--untargeted", "--seed", str(10**23)], ["--seed", "0<=x<=4294967295"]),
+        (["--untargeted", "--seed", str(2**32)], ["--seed", "0<=x<=4294967295"]),
         ([], ["exactly one of --target CLASS or --untargeted"]),
         (["--target", "ostrich", "--untargeted"], ["exactly one of"]),
         (["--target", "ostrich", "--method", "cw", "--eps", "8/255"], ["cw looks for the small"]),
@@ -200,6 +209,30 @@ def test_bad_perturb_arguments(capsys, tmp_path, args, fragments):
     for fragment in fragments:
         assert fragment in err
     assert not (tmp_path / "r").exists()
+
+
+def test_an_out_holding_a_run_is_refused_before_any_work(capsys, tmp_path, monkeypatch, lite0):
+    from fooltools import models
+    from fooltools.perturb import PerturbConfig, perturb_file
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.json").write_text('{"title": "an earlier run"}')
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a run that is refused")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(models, "load_model", no_model)
+        code, _, err = run_cli(capsys, "perturb", "sample:coffee", "--target", "ostrich",
+                               "--out", str(out))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{out} already holds a run (report.json)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+    assert "an earlier run" in (out / "report.json").read_text()
+    # A batch re-running its own run (fool run --resume) still writes over it.
+    report = perturb_file(lite0, io.sample_path("coffee"), PerturbConfig(target=967), out)
+    assert report["note"] and json.loads((out / "report.json").read_text()) == report
 
 
 def test_unreadable_image(capsys, tmp_path):

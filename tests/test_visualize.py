@@ -113,6 +113,17 @@ def test_engine_minimises_a_quadratic_in_the_box_with_snapshots():
     assert opt.segment._cache_size() == 1
 
 
+def test_the_loop_makes_its_segment_ends_one_at_a_time():
+    # Each snapshot step, at most CHUNK apart, then the last: as the set they were made in.
+    chunk = engine.CHUNK
+    for steps, every in [(1, 1), (7, 2), (100, 30), (101, 25), (300, 38), (60, 7)]:
+        want = sorted({*range(every, steps, every), *range(chunk, steps, chunk), steps})
+        assert list(engine._segment_ends(steps, every)) == want
+    # The largest --steps: made in full first, 86 million ends (gigabytes) before step 1.
+    ends = engine._segment_ends(2**31 - 1, 2**28)
+    assert [next(ends) for _ in range(3)] == [chunk, 2 * chunk, 3 * chunk]
+
+
 # --- layers --------------------------------------------------------------------------
 
 
@@ -153,6 +164,17 @@ def test_inversion_at_the_two_deepest_layers_is_within_5_percent_of_random(inver
         assert inv.ratio.shape == (1,)
         assert inv.ratio[0] < 0.05, (inv.layer, inv.ratio)
         assert inv.random_distance[0] > 10 * inv.distance[0]
+
+
+@pytest.mark.parametrize(
+    "exponents", [{"beta": np.inf}, {"beta": 1000.0}, {"alpha": np.inf}, {"alpha": 200.0}]
+)
+def test_inversion_refuses_exponents_that_overflow_float32(lite0, exponents):
+    # Each of these ran, and ended in NaN images.
+    cat = io.read_image(io.sample_path("cat"))
+    with pytest.raises(ValueError, match=r"beta, alpha in \[1, 100\]"):
+        inversion.invert(jax.random.key(0), lite0, cat, layer="pool", steps=1, starts=1,
+                         size=16, **exponents)  # fmt: skip
 
 
 def test_inversion_is_not_the_photo_itself(inverted, lite0):

@@ -64,6 +64,10 @@ ProgressFn = Callable[[int], None]
 # (C&W on Lite0, 28 ms a step): under 2% at this length.
 PROGRESS_SECONDS = 0.5
 
+# Most iterations an attack runs: lax.fori_loop's counters are int32 (one more was an
+# OverflowError once the attack started).
+MAX_STEPS = 2**31 - 1
+
 
 class Run(Protocol):
     """What every attack factory returns (see :func:`looped`)."""
@@ -100,14 +104,19 @@ def looped(
         start: See above; validates shapes (raising ValueError) at trace time.
         step: See above; ``i`` is a traced int32 scalar.
         finish: See above.
-        steps: Total iterations (>= 1).
+        steps: Total iterations, 1 to :data:`MAX_STEPS`.
         params: Passed as ``p`` to every piece (a jit argument, not baked in).
 
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult``. ``progress(i)`` is
         called on the host with the 0-based index of the last finished iteration, after
         that iteration has run; it cannot be used under an outer ``jax.jit``.
+
+    Raises:
+        ValueError: ``steps`` out of range.
     """
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be in 1..{MAX_STEPS} (int32 loop counters), got {steps}")
 
     @jax.jit
     def start_j(p, key, x, target):

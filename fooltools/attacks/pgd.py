@@ -12,6 +12,12 @@ import optax
 
 from fooltools.attacks import base
 
+# The largest budget (and step) taken. Two images in [0, 1] are at most sqrt(3 H W) apart in
+# L2, under 1e6 for any image below 3e11 pixels, so no budget that means anything is refused;
+# and a step of 1e6 has a squared L2 norm far inside float32, where at ~1e19 it overflows
+# to inf and the projection silently undoes the whole perturbation (inf: NaN images).
+MAX_EPS = 1e6
+
 
 def _flat_norm(v: jax.Array) -> jax.Array:
     # Per-example L2 norm broadcastable against (N, H, W, C).
@@ -62,10 +68,12 @@ def pgd(
     Args:
         model: ``model(params, x) -> logits`` on (N, H, W, 3) images in [0, 1].
         params: Passed to ``model`` (kept as a jit argument, not baked in as constants).
-        eps: Radius of the ball, in [0, 1] pixel units (8/255 is the classic L-inf budget).
+        eps: Radius of the ball, in [0, 1] pixel units (8/255 is the classic L-inf
+            budget), at most :data:`MAX_EPS`.
         norm: ``"linf"`` or ``"l2"``.
         steps: Number of gradient steps (>= 1).
-        step_size: Step length; default ``2.5 * eps / steps`` (Madry et al.).
+        step_size: Step length, at most :data:`MAX_EPS`; default ``2.5 * eps / steps``
+            (Madry et al.).
         schedule: ``"constant"`` or ``"cosine"`` decay of the step length to 0.
         random_start: Start from a uniform random point of the ball (restricted to the
             pixels the model sees, e.g. inside its centre crop).
@@ -81,12 +89,14 @@ def pgd(
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    if not 0 < eps <= MAX_EPS:  # also refuses NaN
+        raise ValueError(f"eps must be in (0, {MAX_EPS:g}], got {eps}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if loss not in ("ce", "margin"):
         raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+    if step_size is not None and not 0 < step_size <= MAX_EPS:
+        raise ValueError(f"step_size must be in (0, {MAX_EPS:g}], got {step_size}")
     alpha = 2.5 * eps / steps if step_size is None else step_size
     if schedule == "constant":
         lr = optax.constant_schedule(alpha)

@@ -163,6 +163,18 @@ class EfficientNetLite(nn.Module):
 def _fold(sd: Mapping[str, np.ndarray], conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
     # y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta  ==  conv'(x) + b'
     w = sd[f"{conv}.weight"].astype(np.float64)
+    # Checked here, before numpy broadcasts them: the folded shapes go to merge_params.
+    if w.ndim != 4:
+        raise ModelError(
+            f"weights do not fit EfficientNet-Lite: {conv}.weight has shape {w.shape}, "
+            "expected a convolution kernel (4 dimensions)"
+        )
+    for stat in ("weight", "bias", "running_mean", "running_var"):
+        if (shape := np.shape(sd[f"{bn}.{stat}"])) != w.shape[:1]:
+            raise ModelError(
+                f"weights do not fit EfficientNet-Lite: {bn}.{stat} has shape {shape}, "
+                f"expected {w.shape[:1]} (the channels of {conv}.weight)"
+            )
     scale = sd[f"{bn}.weight"] / np.sqrt(sd[f"{bn}.running_var"].astype(np.float64) + BN_EPS)
     bias = sd[f"{bn}.bias"] - sd[f"{bn}.running_mean"] * scale
     w = w * scale[:, None, None, None]  # torch layout (Cout, Cin/groups, kh, kw)
@@ -186,26 +198,32 @@ def convert_state_dict(
         The Flax ``params`` dict of :class:`EfficientNetLite`.
 
     Raises:
-        ModelError: A key the architecture needs is missing from ``sd``.
+        ModelError: A key the architecture needs is missing from ``sd``, or a convolution
+            and its BatchNorm disagree in shape.
     """
-    try:
-        out: dict[str, dict[str, np.ndarray]] = {}
-        w, b = _fold(sd, "_conv_stem", "_bn0")
-        out["stem"] = _entry(w.transpose(2, 3, 1, 0), b)
-        for i, spec in enumerate(blocks):
-            p = f"_blocks.{i}"
-            if spec.cexp != spec.cin:
-                w, b = _fold(sd, f"{p}._expand_conv", f"{p}._bn0")
-                out[f"block{i}_expand"] = _entry(w[:, :, 0, 0].T, b)
-            w, b = _fold(sd, f"{p}._depthwise_conv", f"{p}._bn1")
-            out[f"block{i}_dw"] = _entry(w[:, 0].transpose(1, 2, 0), b)
-            w, b = _fold(sd, f"{p}._project_conv", f"{p}._bn2")
-            out[f"block{i}_project"] = _entry(w[:, :, 0, 0].T, b)
-        w, b = _fold(sd, "_conv_head", "_bn1")
-        out["head"] = _entry(w[:, :, 0, 0].T, b)
-        out["fc"] = _entry(sd["_fc.weight"].T, sd["_fc.bias"])
-    except KeyError as err:
-        raise ModelError(f"weights do not fit EfficientNet-Lite: missing {err.args[0]}") from None
+    # Quietly: a broken file (a negative variance, a value too large for float32) converts
+    # to NaN or inf, which merge_params refuses in one line; numpy would warn in several.
+    with np.errstate(all="ignore"):
+        try:
+            out: dict[str, dict[str, np.ndarray]] = {}
+            w, b = _fold(sd, "_conv_stem", "_bn0")
+            out["stem"] = _entry(w.transpose(2, 3, 1, 0), b)
+            for i, spec in enumerate(blocks):
+                p = f"_blocks.{i}"
+                if spec.cexp != spec.cin:
+                    w, b = _fold(sd, f"{p}._expand_conv", f"{p}._bn0")
+                    out[f"block{i}_expand"] = _entry(w[:, :, 0, 0].T, b)
+                w, b = _fold(sd, f"{p}._depthwise_conv", f"{p}._bn1")
+                out[f"block{i}_dw"] = _entry(w[:, 0].transpose(1, 2, 0), b)
+                w, b = _fold(sd, f"{p}._project_conv", f"{p}._bn2")
+                out[f"block{i}_project"] = _entry(w[:, :, 0, 0].T, b)
+            w, b = _fold(sd, "_conv_head", "_bn1")
+            out["head"] = _entry(w[:, :, 0, 0].T, b)
+            out["fc"] = _entry(sd["_fc.weight"].T, sd["_fc.bias"])
+        except KeyError as err:
+            raise ModelError(
+                f"weights do not fit EfficientNet-Lite: missing {err.args[0]}"
+            ) from None
     return out
 
 

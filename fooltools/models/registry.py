@@ -99,7 +99,8 @@ def merge_params(template: Any, converted: Mapping[str, Any], *, model: str) -> 
         ``converted`` as a pytree of float32 numpy arrays with the template's structure.
 
     Raises:
-        ModelError: Listing missing keys, unexpected keys and shape mismatches.
+        ModelError: Listing missing keys, unexpected keys and shape mismatches; or the
+            arrays that hold NaN or infinite values (in float32).
     """
     want = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(template)}
     have = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(converted)}
@@ -116,4 +117,17 @@ def merge_params(template: Any, converted: Mapping[str, Any], *, model: str) -> 
             problems.append(f"{key} has shape {np.shape(have[key])}, expected {want[key].shape}")
     if problems:
         raise ModelError(f"weights do not fit {model}: " + "; ".join(problems[:6]))
-    return jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), converted)
+    with np.errstate(over="ignore"):  # a value too large for float32 is refused below
+        params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=np.float32), converted)
+    # A NaN weight makes every output NaN: `fool classify` printed "nan%" for each class.
+    broken = [
+        jax.tree_util.keystr(k)
+        for k, v in jax.tree_util.tree_leaves_with_path(params)
+        if not np.isfinite(v).all()
+    ]
+    if broken:
+        more = " ..." if len(broken) > 5 else ""
+        raise ModelError(
+            f"weights for {model} hold NaN or infinite values in {', '.join(broken[:5])}{more}"
+        )
+    return params

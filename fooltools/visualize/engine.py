@@ -16,7 +16,7 @@ forward and backward pass, and unrolling only multiplies compile time.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -97,6 +97,18 @@ class InputOptimizer(NamedTuple):
 
     run: Callable[..., Trace]
     segment: Callable[..., Any]
+
+
+def _segment_ends(steps: int, every: int) -> Iterator[int]:
+    """Where the loop returns to the host: each snapshot step, at most CHUNK apart, ``steps``.
+
+    Made one at a time: listed up front, the 2^31 - 1 steps the CLI allows would be 86
+    million ends, gigabytes before the first step.
+    """
+    stop = 0
+    while stop < steps:
+        stop = min(steps, (stop // every + 1) * every, (stop // CHUNK + 1) * CHUNK)
+        yield stop
 
 
 def input_optimizer(
@@ -182,12 +194,10 @@ def input_optimizer(
         # Strong types: a Python float in aux (weakly typed) would otherwise compile anew.
         aux = jax.tree_util.tree_map(lambda a: jnp.array(a, jnp.asarray(a).dtype), aux)
         state = tx.init(x)
-        # Segment ends: every snapshot step, and at most CHUNK steps apart for progress.
-        ends = sorted({*range(every, steps, every), *range(CHUNK, steps, CHUNK), steps})
         frames, frame_steps = [np.asarray(quantize(x))], [0]
         losses = [np.full(x.shape[0], np.nan, np.float32)]
         start = 0
-        for stop in ends:
+        for stop in _segment_ends(steps, every):
             x, state, last = segment(
                 params, key, x, state, aux, start, stop, steps, lr, SCHEDULES.index(schedule)
             )

@@ -35,6 +35,10 @@ from fooltools.visualize import common, engine, layers, priors
 
 STEPS, STARTS, LR = 300, 3, 0.1
 TV_WEIGHT, ALPHA_WEIGHT, BETA, ALPHA = 1.0, 1e-4, 2.0, 6.0
+# The largest beta and alpha. A pixel's TV term reaches 2^(beta/2), and float32 holds an
+# image's sum of them up to beta ~ 200 (beta 1000 wrote NaN images, as did inf); the bound's
+# normaliser 0.5^alpha leaves float32 near alpha ~ 130. Mahendran & Vedaldi use 1-2 and 6.
+MAX_EXPONENT = 100.0
 # Adam with a short second-moment memory: the gradient's scale grows by orders of
 # magnitude as noise turns into an image, and b2 = 0.999 lags behind (measured: about
 # twice the feature distance after the same number of steps).
@@ -130,8 +134,8 @@ def invert(
             Smaller is faster (the network runs at this size).
         tv_weight: Weight of the total-variation prior, > 0.
         alpha_weight: Weight of the L-alpha bound, > 0.
-        beta: TV exponent (2: smooth; towards 1: sharper edges), >= 1.
-        alpha: Exponent of the L-alpha bound, >= 1.
+        beta: TV exponent (2: smooth; towards 1: sharper edges), 1 to :data:`MAX_EXPONENT`.
+        alpha: Exponent of the L-alpha bound, 1 to :data:`MAX_EXPONENT`.
         lr: Adam's learning rate (cosine decay to 0), in pixel units.
         every: Progress-strip period in steps; default ``ceil(steps / 8)``.
         progress: Host callback ``progress(step)``.
@@ -142,7 +146,8 @@ def invert(
 
     Raises:
         FoolError: Unknown layer.
-        ValueError: Non-positive weights or lr, starts < 1, beta or alpha < 1, no layer.
+        ValueError: Non-positive weights or lr, starts < 1, beta or alpha outside
+            [1, MAX_EXPONENT], no layer.
     """
     names = (layer,) if isinstance(layer, str) else tuple(layer)
     if not names:
@@ -150,8 +155,8 @@ def invert(
     names = tuple(layers.check_layer(clf, name) for name in names)
     for name, value in (("tv_weight", tv_weight), ("alpha_weight", alpha_weight), ("lr", lr)):
         common.positive(name, value)
-    if starts < 1 or not beta >= 1 or not alpha >= 1:
-        raise ValueError("starts must be >= 1 and beta, alpha >= 1")
+    if starts < 1 or not 1 <= beta <= MAX_EXPONENT or not 1 <= alpha <= MAX_EXPONENT:
+        raise ValueError(f"starts must be >= 1 and beta, alpha in [1, {MAX_EXPONENT:g}]")
     original = common.model_view(clf, image, size)
     feats = common.feature_fn(clf, True)
     maps = feats(clf.params, original[None])
