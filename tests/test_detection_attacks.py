@@ -105,7 +105,7 @@ def test_second_call_does_not_retrace(tiny_yolo, images):
         ({"mode": "vanish", "norm": "l2", "eps": float("inf")}, "must be finite and > 0"),
         ({"mode": "vanish", "step_size": float("nan")}, "must be finite and > 0"),
         ({"mode": "vanish", "eps": 3.0}, "an L-inf eps is at most 1"),
-        ({"mode": "vanish", "steps": 0}, "steps must be >= 1"),
+        ({"mode": "vanish", "steps": 0}, "steps must be in 1..1000"),
         ({"mode": "mislabel"}, "mislabel needs a target class"),
         ({"mode": "mislabel", "target_class": 99}, "mislabel needs a target class"),
         ({"mode": "vanish", "confidence": 70}, "confidence must be in"),
