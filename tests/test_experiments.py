@@ -286,6 +286,14 @@ def test_grids_without_such_points_keep_their_ids():
             "grid.checkpoint_every[1]: expected an integer >= 1, got -1",
         ),
         (
+            {"kind": "perturb", "grid": {"image": ["a"], "seed": [0, 2**32]}},
+            "grid.seed[1]: a seed is an integer in 0..4294967295, got 4294967296",
+        ),
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "seed": -1}},
+            "fixed.seed: a seed is an integer in 0..4294967295, got -1",
+        ),
+        (
             {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "confidence": 70}},
             "fixed.confidence: a detection score threshold is in [0, 1], got 70",
         ),

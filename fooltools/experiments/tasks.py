@@ -323,6 +323,14 @@ def _positive(value: int) -> int:
     return value
 
 
+def _seed(value: int) -> int:
+    # As the CLI's --seed: JAX keys keep a seed's low 32 bits, so seeds 2^32 apart would
+    # be one run with two ids and two reports.
+    if not 0 <= value <= 2**32 - 1:
+        raise FoolError(f"a seed is an integer in 0..{2**32 - 1}, got {value}")
+    return value
+
+
 def _encoding(value: str) -> str:
     if value not in ("cppn", "direct"):
         raise FoolError(f"unknown encoding {value!r}; choose cppn or direct")
@@ -338,7 +346,7 @@ def _strategy(value: str) -> str:
 _MODEL = {
     "model": Param((str,)),
     "weights": Param((str,), path=True),
-    "seed": Param((int,), default=0),
+    "seed": Param((int,), default=0, normalise=_seed),
 }
 _EVOLVE = {
     "encoding": Param((str,), default="cppn", normalise=_encoding),
@@ -394,7 +402,7 @@ TASKS: dict[str, TaskKind] = {
             "confidence": Param((float, int), normalise=_confidence),
             "cfg": Param((str,), path=True, only="detector yolo"),
             "weights": Param((str,), path=True),
-            "seed": Param((int,), default=0),
+            "seed": Param((int,), default=0, normalise=_seed),
         },
         _detect_identity,
         _detect_check,
