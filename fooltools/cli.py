@@ -130,7 +130,8 @@ def classify(
                 {"index": i, "label": lab, "prob": round(p, 6)}
                 for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True)
             ]
-            click.echo(json.dumps({"image": str(path), "model": clf.name, "top": top}))
+            line = {"image": str(path), "model": clf.name, "weights": clf.weights_record}
+            click.echo(json.dumps({**line, "top": top}))
         else:
             click.echo(f"{path}  ({clf.name})")
             for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True):
@@ -435,6 +436,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except FoolError as e:
         click.echo(f"error: {one_line(e)}", err=True)
+        sys.exit(EXIT_USAGE)
+    except Exception as e:
+        # A population, batch or image too large for the device: the user's input, not a
+        # bug, so one line. Matched by name: importing jax here would slow `fool --help`.
+        if type(e).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        # XLA follows its first line with a dump of the live buffers.
+        first = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")[:200]
+        click.echo(f"error: out of memory ({first}); try a smaller input", err=True)
         sys.exit(EXIT_USAGE)
 
 

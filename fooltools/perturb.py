@@ -277,6 +277,7 @@ def perturb_file(
         "image": str(image),
         "size": list(written.shape[:2]),
         "model": clf.name,
+        "weights": clf.weights_record,  # None: the registry's own
         "method": cfg.method,
         "norm": cfg.norm,
         "eps": cfg.eps,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fooltools import cache
 from fooltools.checkpoints import load_state_dict, save_state_dict
 from fooltools.cli import main
 from fooltools.io import sample_path
@@ -46,13 +47,41 @@ def assert_one_line_error(code, err, *fragments):
 def test_classify_cat_json(capsys):
     out, _ = run_ok(capsys, "classify", "sample:cat", "sample:coffee", "--json", "--top", "3")
     cat, coffee = (json.loads(line) for line in out.strip().splitlines())
-    assert cat["model"] == "efficientnet_lite0.in1k"
+    assert cat["model"] == "efficientnet_lite0.in1k" and cat["weights"] is None
     assert cat["image"].endswith("cat.png")
     assert cat["top"][0]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
     assert coffee["top"][0] == {"index": 967, "label": "espresso", "prob": coffee["top"][0]["prob"]}
     assert len(cat["top"]) == 3
     probs = [t["prob"] for t in cat["top"]]
     assert probs == sorted(probs, reverse=True) and 0 < probs[0] <= 1
+
+
+def test_classify_json_names_a_given_weights_file(capsys):
+    # As every report does (perturb, evolve, the visualisations): the file and its digest.
+    lite0 = default_weights("efficientnet_lite0.in1k")
+    out, _ = run_ok(capsys, "classify", "sample:cat", "--json", "--weights", str(lite0))
+    line = json.loads(out)
+    assert line["weights"] == {"path": str(lite0), "digest": cache.file_digest(lite0)}
+    assert line["top"][0]["label"] == "Egyptian cat"
+
+
+def test_out_of_device_memory_is_one_line(capsys, monkeypatch):
+    # What no up-front check catches (a batch or image too large for the device): XLA's
+    # error, its first line, not the traceback and buffer dump after it.
+    import jax
+
+    from fooltools import classify
+
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError(
+            "RESOURCE_EXHAUSTED: Out of memory allocating 129056256000 bytes.\nBuffer 1: ..."
+        )
+
+    monkeypatch.setattr(classify, "probabilities", exhausted)
+    code, _, err = run(capsys, "classify", "sample:cat")
+    assert code == 2
+    want = "out of memory (Out of memory allocating 129056256000 bytes.); try a smaller input"
+    assert err == f"error: {want}\n"
 
 
 def test_classify_table_other_model(capsys):

@@ -646,12 +646,25 @@ def test_single_outputs_report_the_saved_file(tiny, tmp_path):
         (["--class", "robin", "--classes", "robin,ostrich"], "--classes is for --map-elites"),
         (["--map-elites", "--stop-at", "0.5"], "--stop-at is for --class"),
         (["--map-elites", "--classes", ""], "--classes is empty"),  # an unset "$CLASSES"
+        (["--class", "robin", "--population", "3000000000"], "population must be at most"),
+        (["--class", "robin", "--generations", "3000000000"], "generations must be at most"),
     ],
 )
 def test_bad_evolve_arguments(capsys, args, fragment):
     code, _, err = fool(capsys, "evolve", *args)
     assert code == 2 and fragment in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_population_that_cannot_fit_in_memory_is_one_line(capsys, tmp_path):
+    # 4M images of 224 x 224 are 2.2 TiB of float32 before the classifier's activations:
+    # refused before the run starts, instead of a kernel OOM kill or an XLA traceback.
+    out = tmp_path / "run"
+    code, _, err = fool(capsys, "evolve", "--class", "robin", "--population", "4000000",
+                        "--out", str(out))  # fmt: skip
+    assert code == 2 and "a population of 4000000 needs at least 2243.0 GiB" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_resume_of_corrupt_checkpoint_via_cli(capsys, tmp_path):

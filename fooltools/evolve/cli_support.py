@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
+
+import jax
 
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint
@@ -21,6 +24,8 @@ from fooltools.models import crops as crop_views
 from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
 from fooltools.progress import Progress
+
+MAX_COUNT = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +121,9 @@ def parse_job(
         raise FoolError(f"population must be >= 2, got {population}")
     if generations < 1:
         raise FoolError(f"generations must be >= 1, got {generations}")
+    for name, value in (("population", population), ("generations", generations)):
+        if value > MAX_COUNT:  # counted and indexed in int32 on the device
+            raise FoolError(f"{name} must be at most {MAX_COUNT}, got {value}")
     if strategy == "es" and population % 2:
         raise FoolError(
             f"--strategy es samples mirrored pairs: population must be even, got {population}"
@@ -206,11 +214,43 @@ class GenerationBar(Progress):
         self.done = gen  # Progress.close ends the line once something was drawn
 
 
+def device_memory() -> int | None:
+    """Bytes of memory of the first JAX device (a CPU: the machine's RAM); None: unknown."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def check_memory(population: int, size: tuple[int, int]) -> None:
+    """Refuse a population whose rendered images alone exceed the device's memory.
+
+    A lower bound (the classifier's activations come on top), so it refuses only what
+    cannot run: past it, a CPU run would be killed by the kernel without a word and a GPU
+    run fail deep inside XLA.
+
+    Raises:
+        FoolError: Naming the memory needed and the memory there is.
+    """
+    h, w = size
+    need, have = population * h * w * 3 * 4, device_memory()  # float32 RGB images
+    if have is not None and need > have:
+        raise FoolError(
+            f"a population of {population} needs at least {need / 2**30:.1f} GiB for one "
+            f"generation's {h}x{w} images, more than the {have / 2**30:.1f} GiB of "
+            f"{jax.devices()[0].platform}: use a smaller --population"
+        )
+
+
 def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
     """Run the search and write its outputs; returns the report."""
     model = clf.name
     clf = crop_views.averaged(clf, job.crops)  # from here on, the (crop-averaged) scorer
     h, w = clf.info.input_size  # the size images are rendered, scored and saved at
+    check_memory(job.search.population, (h, w))
     # The paper's sferes2 weight handling gives the structured CPPN images it reports; the
     # evolution strategy starts from a layered CPPN (its topology never changes).
     if job.encoding == "direct":

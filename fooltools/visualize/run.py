@@ -182,6 +182,7 @@ def write_inversion(
         "kind": "invert",
         "title": f"{source} reconstructed from layer{'s' * (len(invs) > 1)} {listed} of {clf.name}",
         "model": clf.name,
+        "weights": clf.weights_record,  # None: the registry's own
         "source": source,
         "size": [h, w],
         "layers": per_layer,
@@ -229,6 +230,7 @@ def write_classviz(
             else f"Images that drive channels {', '.join(names)} of {clf.name}"
         ),
         "model": clf.name,
+        "weights": clf.weights_record,  # None: the registry's own
         "layer": viz.layer,
         "targets": [int(t) for t in viz.targets],
         "names": names,
@@ -301,6 +303,7 @@ def write_dream(
         "kind": "dream",
         "title": f"{source} dreamed at layer {dream.layer} of {clf.name}",
         "model": clf.name,
+        "weights": clf.weights_record,  # None: the registry's own
         "layer": dream.layer,
         "source": source,
         "size": [h, w],
@@ -352,6 +355,7 @@ def write_style(
         "kind": "style",
         "title": f"{content_name} in the style of {style_name} ({clf.name} features)",
         "model": clf.name,
+        "weights": clf.weights_record,  # None: the registry's own
         "content_layer": sty.content_layer,
         "style_layers": list(sty.style_layers),
         "style_loss": sty.style_loss,
