@@ -95,9 +95,10 @@ def _layer_option(help_text: str, **kwargs: Any) -> Callable:
     return click.option("--layer", "layer_names", help=help_text, **kwargs)
 
 
-_every = click.option(
-    "--every", type=int, help="Progress-strip period in steps [default: steps/8]."
-)
+def _every(default: str) -> Callable:
+    return click.option(
+        "--every", type=int, help=f"Progress-strip period in steps [default: {default}]."
+    )
 
 
 @click.command(name="invert")
@@ -132,7 +133,7 @@ _every = click.option(
 )
 @click.option("--beta", type=float, default=2.0, show_default=True, help="TV exponent (1 to 100).")
 @click.option("--lr", type=float, default=_INV["lr"], show_default=True)
-@_every
+@_every("steps/8")
 @_model_options
 @_run_options("invert")
 def invert_cmd(
@@ -206,7 +207,7 @@ def invert_cmd(
 )
 @click.option("--jitter", type=int, help="Random shift per step in pixels [default: size/56].")
 @click.option("--lr", type=float, default=_VIZ["lr"], show_default=True)
-@_every
+@_every("steps/8")
 @_model_options
 @_run_options("visualize")
 def visualize_cmd(
@@ -286,7 +287,7 @@ def visualize_cmd(
     "--lr", type=float, default=_DREAM["lr"], show_default=True, help="Mean pixel change per step."
 )
 @click.option("--jitter", type=int, help="Random shift per step [default: octave side/16].")
-@_every
+@_every("steps/2, within each octave")
 @_model_options
 @_run_options("dream")
 def dream_cmd(
@@ -358,7 +359,7 @@ def _split(text: str | None) -> list[str] | None:
     help="Longest side of the result (the content photo is shrunk to it).",
 )
 @click.option("--lr", type=float, default=_STYLE["lr"], show_default=True)
-@_every
+@_every("steps/8")
 @_model_options
 @_run_options("style")
 def style_cmd(

@@ -277,3 +277,10 @@ def test_cli_defaults_are_the_librarys():
         "style": style.STYLE_WEIGHT,
         "tv": style.TV_WEIGHT,
     }
+
+
+def test_every_default_in_the_help_is_the_one_each_command_uses(capsys):
+    # Deep Dream strips each octave's steps at steps // 2; the others at steps / 8.
+    for command, default in [("dream", "steps/2, within each octave"), ("invert", "steps/8")]:
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and f"[default: {default}]" in " ".join(out.split())
