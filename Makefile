@@ -25,6 +25,8 @@ $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 ## demo: turn the bundled cat photo into an "ostrich" with the bundled default model
 demo: $(VENV)/.installed
 	$(BIN)/fool classify sample:cat --top 3
+	@# The demo's own run, made afresh each time: fool perturb refuses an --out holding a run.
+	rm -rf runs/demo-cat-ostrich
 	$(BIN)/fool perturb sample:cat --target ostrich --out runs/demo-cat-ostrich
 	$(BIN)/fool classify runs/demo-cat-ostrich/adversarial.png --top 3
 	$(BIN)/fool gallery runs/demo-cat-ostrich --out runs/gallery
