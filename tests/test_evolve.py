@@ -329,11 +329,12 @@ def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
     assert rep["filled"] == 5 and (tmp_path / "index.html").is_file()
     assert len(list((tmp_path / "cells").glob("*.png"))) == 5
     # Each cell's PNG, re-read (all in one batched call), has its elite's confidence: the
-    # search scored the 8-bit image it saves (captions round to 0.1 percentage point).
+    # search scored the 8-bit image it saves (captions cut to 0.1 percentage point).
     captions = {p["file"]: p["caption"] for p in rep["images"][1:]}
     for cls, fit in zip(classes, out["fitness"], strict=True):
         (name,) = [f for f in captions if f.startswith(f"cells/{cls:03d}-")]
-        assert abs(float(captions[name].split()[-1].rstrip("%")) - 100 * fit) <= 0.051
+        shown = float(captions[name].split()[-1].rstrip("%"))
+        assert shown <= 100 * fit + 1e-4 < shown + 0.1
     assert rep["median_confidence"] == pytest.approx(np.median(out["fitness"]), abs=1e-6)
 
 
@@ -424,6 +425,10 @@ def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
     stream = StringIO()
     GenerationBar(5000, "MAP-Elites", median=True, stream=stream)(7, {"best": 1, "median": 0.25})
     assert stream.getvalue() == "\rMAP-Elites: generation 7/5000  best 100.00%  median  25.00%"
+    # Short of a 99% stop, the bar does not show 99.00%.
+    stream = StringIO()
+    GenerationBar(5, "robin", stream=stream)(1, {"best": 0.98996, "median": 0.0})
+    assert stream.getvalue() == "\rrobin: generation 1/5  best  98.99%"
 
 
 def test_progress_gets_each_generations_history_line(tiny, tmp_path):
@@ -617,6 +622,20 @@ def test_checkpoint_never_unpickles(tmp_path):
     template = jax.ShapeDtypeStruct((1,), jnp.float32)
     with pytest.raises(FoolError):
         checkpoint.load(path, template, {})
+
+
+def test_figures_shown_are_cut_so_a_failed_run_never_reads_99(tiny, tmp_path, monkeypatch):
+    # best.png re-read at 98.996%: rounded, its title, caption and metrics said 99.0%,
+    # 99.00% and 0.99 beside success false.
+    assert report.percent(0.98996, 1) == "98.9%" and report.cut(0.98996, 4) == 0.9899
+    assert report.percent(0.99, 1) == "99.0%" and report.percent(np.float32(0.99), 2) == "99.00%"
+    assert report.cut(0.99, 4) == 0.99  # 0.99 * 1e4 is 9899.999999999998 in floats
+    cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    out = evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=tmp_path)
+    monkeypatch.setattr(report, "_confidence", lambda *args: 0.98996)
+    rep = report.write_single(tmp_path, tiny, 15, out, {"encoding": "direct"})
+    assert not rep["success"] and rep["title"] == "robin (direct) 98.9%"
+    assert rep["images"][0]["caption"] == "robin 98.99%" and rep["metrics"]["confidence"] == 0.9899
 
 
 def test_single_outputs_report_the_saved_file(tiny, tmp_path):

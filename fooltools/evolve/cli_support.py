@@ -202,9 +202,10 @@ class GenerationBar(Progress):
             return
         now = self.clock()
         self.first = self.first or (gen, now)
-        text = f"\r{self.label}: generation {gen}/{self.total}  best {100 * line['best']:6.2f}%"
+        best = outputs.percent(line["best"], 2)  # cut: 99.00% only once the stop is reached
+        text = f"\r{self.label}: generation {gen}/{self.total}  best {best:>7}"
         if self.median:
-            text += f"  median {100 * line['median']:6.2f}%"
+            text += f"  median {outputs.percent(line['median'], 2):>7}"
         done, elapsed = gen - self.first[0], now - self.first[1]
         if done:
             left = elapsed / done * (self.total - gen)

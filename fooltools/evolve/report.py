@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io as _bytes_io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,23 @@ def _scoring(common: dict[str, Any]) -> str:
     return common["encoding"] + (f", mean of {crops} crops" if crops > 1 else "")
 
 
+def cut(value: float, decimals: int) -> float:
+    """``value`` cut (not rounded) to ``decimals`` decimals: 0.98996 -> 0.9899 at 4.
+
+    Cut, so that a figure shown is always reached: 0.98996 rounded would read 0.99 (and
+    99.0%) beside a run that failed its 99% target. Rounded to 6 places of the scaled
+    value first, so that float noise (100 * 0.99 = 98.99999999999999) does not cut a
+    figure that is exact.
+    """
+    scale = 10**decimals
+    return math.floor(round(value * scale, 6)) / scale
+
+
+def percent(confidence: float, digits: int) -> str:
+    """``confidence`` as a percentage :func:`cut` to ``digits`` decimals: ``99.0%``."""
+    return f"{cut(100 * confidence, digits):.{digits}f}%"
+
+
 def _write_report(out: Path, report: dict[str, Any]) -> None:
     io.write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
     gallery.write_run_page(out)
@@ -88,7 +106,7 @@ def write_single(
     evals, secs = summary["evaluations"], summary["seconds"]
     report = {
         "kind": "evolve",
-        "title": f"{label} ({_scoring(common)}) {100 * conf:.1f}%",
+        "title": f"{label} ({_scoring(common)}) {percent(conf, 1)}",
         "success": conf >= 0.99,
         "target": {"index": target, "label": label},
         "best_confidence": conf,
@@ -102,11 +120,11 @@ def write_single(
         **common,
         "versions": versions(),
         "images": [
-            {"file": "best.png", "caption": f"{label} {100 * conf:.2f}%"},
+            {"file": "best.png", "caption": f"{label} {percent(conf, 2)}"},
             {"file": PLOT, "caption": "confidence by generation"},
         ],
         "metrics": {
-            "confidence": round(conf, 4),
+            "confidence": cut(conf, 4),
             "generation": summary["best_generation"],
             "evaluations": evals,
             "seconds": round(secs, 1),
@@ -133,7 +151,7 @@ def write_map_elites(
     probs = probabilities(clf, [io.read_image(out / name) for name in names]) if names else None
     confs = [float(probs[n, cls]) for n, (_, cls) in enumerate(filled)]
     panels = [
-        {"file": name, "caption": f"{clf.labels.name(cls)} {100 * conf:.1f}%"}
+        {"file": name, "caption": f"{clf.labels.name(cls)} {percent(conf, 1)}"}
         for name, (_, cls), conf in zip(names, filled, confs, strict=True)
     ]
     plot_history(summary["history"], out / PLOT, "MAP-Elites: confidence of the archive")
@@ -142,7 +160,7 @@ def write_map_elites(
     report = {
         "kind": "map-elites",
         "title": f"MAP-Elites {_scoring(common)}: {len(panels)}/{len(classes)} cells, "
-        f"median {100 * median:.1f}%",
+        f"median {percent(median, 1)}",
         "success": len(panels) == len(classes),
         "classes": classes,
         "filled": len(panels),
@@ -157,7 +175,7 @@ def write_map_elites(
         "images": [{"file": PLOT, "caption": "confidence by generation"}, *panels],
         "metrics": {
             "filled": f"{len(panels)}/{len(classes)}",
-            "median": round(median, 4),
+            "median": cut(median, 4),
             ">= 99%": report_count(confs),
             "evaluations": evals,
             "seconds": round(secs, 1),
