@@ -161,6 +161,20 @@ def test_style_writes_a_run(capsys, tmp_path):
     assert report["style_loss"] < report["content_style_loss"]
 
 
+def test_style_of_a_photo_by_itself_reports_no_ratio(capsys, tmp_path):
+    # At 32 pixels the style image is resized exactly as the content (at 64 it is cropped
+    # from a wider resize), so the content photo's own style loss is 0 and a ratio to it
+    # is undefined, not 1e10.
+    args = ["style", "sample:cat", "sample:cat", "--size", "32", "--steps", "3"]
+    code, out, err = run(capsys, *args, "--out", tmp_path)
+    assert code == 0, err
+    report = check_run(tmp_path, "style", 4)
+    assert report["content_style_loss"] == 0 and report["style_ratio"] is None
+    assert "no ratio" in out.splitlines()[0] and "%" not in out.splitlines()[0]
+    assert "no ratio" in report["images"][2]["caption"]
+    assert "no ratio" in report["metrics"]["style loss / content photo's"]
+
+
 # --- bad input -----------------------------------------------------------------------
 
 
