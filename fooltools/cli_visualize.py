@@ -46,6 +46,19 @@ def _at_least(flag: str, value: int | None, low: int) -> None:
         raise FoolError(f"{flag} must be >= {low}, got {value}")
 
 
+def _check_jitter(jitter: int | None, side: int) -> None:
+    """Raise FoolError unless ``--jitter`` is at most ``side``, the image's longer side.
+
+    The shift wraps around (a roll), so one by the side or more does nothing a smaller
+    one does not; ``_at_least`` has already refused negative values.
+    """
+    if jitter is not None and jitter > side:
+        raise FoolError(
+            f"--jitter must be at most the image side, {side} pixels (a shift wraps around, "
+            f"so a larger one does nothing more), got {jitter}"
+        )
+
+
 def _check_steps(steps: int) -> None:
     """Raise FoolError unless ``--steps`` is at least 1 and fits an int32 loop counter."""
     from fooltools.attacks.base import MAX_STEPS  # imports JAX, as the command will anyway
@@ -205,7 +218,9 @@ def invert_cmd(
     show_default=True,
     help="Weight of the total-variation (smoothness) prior.",
 )
-@click.option("--jitter", type=int, help="Random shift per step in pixels [default: size/56].")
+@click.option(
+    "--jitter", type=int, help="Random shift per step in pixels, <= size [default: size/56]."
+)
 @click.option("--lr", type=float, default=_VIZ["lr"], show_default=True)
 @_every("steps/8")
 @_model_options
@@ -238,6 +253,7 @@ def visualize_cmd(
 
     targets = [imagenet().lookup(c) for c in classes]  # unknown names fail before loading
     clf = _model(model_name, weights)
+    _check_jitter(jitter, size or max(clf.info.input_size))
     layer = "logits"
     if channels:
         layer = layers.check_layer(clf, layer_names, option="--layer")
@@ -286,7 +302,11 @@ def visualize_cmd(
 @click.option(
     "--lr", type=float, default=_DREAM["lr"], show_default=True, help="Mean pixel change per step."
 )
-@click.option("--jitter", type=int, help="Random shift per step [default: octave side/16].")
+@click.option(
+    "--jitter",
+    type=int,
+    help="Random shift per step in pixels, <= the image side [default: octave side/16].",
+)
 @_every("steps/2, within each octave")
 @_model_options
 @_run_options("dream")
@@ -315,6 +335,7 @@ def dream_cmd(
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
     photo = common.fit(photo, size)
+    _check_jitter(jitter, max(photo.shape[:2]))
     out = _out(out_dir, "dream")
     settings = {
         "layer": layer, "octaves": octaves, "octave_scale": octave_scale, "steps": steps,

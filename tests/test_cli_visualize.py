@@ -258,6 +258,18 @@ def test_visualize_needs_a_class_or_a_channel(capsys):
     assert_one_line_error(code, err, "--channel 1280 is out of range", "0..1279")
 
 
+@pytest.mark.parametrize("past", [1, 3_000_000_000])
+def test_jitter_beyond_the_image_side_is_refused(capsys, tmp_path, past):
+    # The shift wraps around, so one past the side does nothing more; 3e9 overflowed int32.
+    for args, side in [
+        (["visualize", "--class", "robin", "--size", "32"], 32),
+        (["dream", "sample:cat", "--layer", "head", "--size", "48"], 48),
+    ]:
+        code, _, err = run(capsys, *args, "--jitter", side + past, "--out", tmp_path / args[0])
+        assert_one_line_error(code, err, f"--jitter must be at most the image side, {side} pixels")
+        assert not (tmp_path / args[0]).exists()
+
+
 def test_too_many_octaves_for_the_image(capsys):
     code, _, err = run(
         capsys, "dream", "sample:cat", "--layer", "head", "--size", "48", "--octaves", "6"

@@ -20,7 +20,7 @@ import numpy as np
 
 from fooltools import io
 from fooltools.models.base import Classifier
-from fooltools.visualize import common, engine, layers
+from fooltools.visualize import common, engine, layers, priors
 
 STEPS, LR, OCTAVES, OCTAVE_SCALE = 20, 0.01, 3, 1.4
 MIN_SIDE = 16  # smallest octave side the network still makes sense of
@@ -106,7 +106,8 @@ def dream(
         octave_scale: Size ratio between consecutive octaves, > 1.
         steps: Gradient steps per octave.
         lr: Mean pixel change per step (e.g. 0.01 = 2.55 levels of 255).
-        jitter: Largest random shift per step; default ``max(H, W) // 16`` at each octave.
+        jitter: Largest random shift per step, at most ``max(H, W)``; default
+            ``max(h, w) // 16`` of each octave.
         every: Progress-strip period in steps within an octave; default ``steps // 2``.
         progress: Host callback ``progress(step)``, counting over all octaves.
 
@@ -115,13 +116,16 @@ def dream(
 
     Raises:
         FoolError: Unknown layer.
-        ValueError: Bad octaves, scale or lr, or an octave smaller than MIN_SIDE.
+        ValueError: Bad octaves, scale, lr or jitter, or an octave smaller than MIN_SIDE.
     """
     layers.check_layer(clf, layer)
     common.positive("lr", lr)
     if octaves < 1 or not octave_scale > 1:
         raise ValueError("octaves must be >= 1 and octave_scale > 1")
     original = np.asarray(io.quantize(jnp.asarray(image)))
+    if jitter is not None:
+        # Bounded by the largest octave's side; smaller octaves wrap the same shift round.
+        jitter = priors.check_jitter(jitter, max(original.shape[:2]))
     shapes = octave_shapes(original.shape[:2], octaves, octave_scale)
     if min(shapes[0]) < MIN_SIDE:
         raise ValueError(
