@@ -8,6 +8,7 @@ directories.
 import html
 import json
 
+import numpy as np
 import pytest
 
 from fooltools import cli
@@ -270,11 +271,29 @@ def test_jitter_beyond_the_image_side_is_refused(capsys, tmp_path, past):
         assert not (tmp_path / args[0]).exists()
 
 
-def test_too_many_octaves_for_the_image(capsys):
-    code, _, err = run(
-        capsys, "dream", "sample:cat", "--layer", "head", "--size", "48", "--octaves", "6"
-    )
-    assert_one_line_error(code, err, "use fewer octaves")
+@pytest.mark.parametrize(
+    ("octaves", "room"),
+    [
+        (["--octaves", "6"], "at most 3 at scale 1.4"),
+        (["--octaves", "5000"], "at most 3 at scale 1.4"),  # 1.4**4999 overflowed a float
+        (["--octave-scale", "1e300"], "at most 1 at scale 1e+300"),  # (1e300)**2 likewise
+    ],
+)
+def test_too_many_octaves_for_the_image(capsys, tmp_path, octaves, room):
+    # The cat at 48 pixels is 48x32: 32 / 1.4**2 rounds to 16, 32 / 1.4**3 to 12.
+    args = ["dream", "sample:cat", "--layer", "head", "--size", "48", *octaves]
+    code, _, err = run(capsys, *args, "--out", tmp_path)
+    assert_one_line_error(code, err, "use fewer octaves", room, "a smaller octave scale")
+
+
+def test_an_image_too_small_for_one_octave_asks_for_a_larger_one(capsys, tmp_path):
+    from fooltools import io
+
+    tiny = io.write_png(tmp_path / "tiny8.png", np.full((8, 8, 3), 0.5, np.float32))
+    args = ["dream", tiny, "--layer", "head", "--octaves", "1", "--out", tmp_path / "run"]
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, "image is 8x8 pixels, too small", "use a larger image")
+    assert "fewer octaves" not in err  # 1 is the fewest there are
 
 
 def test_cli_defaults_are_the_librarys():
