@@ -296,6 +296,7 @@ def build_gallery(
     *,
     title: str = "fooltools gallery",
     columns: int = 4,
+    skip_broken: bool = False,
 ) -> pathlib.Path:
     """Write ``out_dir/index.html`` linking every run, and ``out_dir/contact_sheet.png``.
 
@@ -307,14 +308,17 @@ def build_gallery(
         out_dir: where the page and the contact sheet go; created if missing.
         title: the page's heading.
         columns: cards per row on the page.
+        skip_broken: also skip (and list) a broken run named directly in ``run_dirs``, as
+            one found below a path is; for callers that name runs they found themselves.
 
     Returns:
         The path of the gallery page.
 
     Raises:
         FoolError: a path is missing or has no run; a run named directly in ``run_dirs`` has a
-            broken report (runs found by searching below a path are skipped and listed on the
-            page instead); ``out_dir`` is itself a run directory; ``columns`` < 1.
+            broken report (unless ``skip_broken``: runs found by searching below a path are
+            skipped and listed on the page instead); ``out_dir`` is itself a run directory;
+            ``columns`` < 1.
     """
     if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
         raise FoolError(f"columns must be a positive integer, got {columns!r}")
@@ -326,7 +330,7 @@ def build_gallery(
         try:
             runs.append((run, load_report(run)))
         except FoolError as err:
-            if named:
+            if named and not skip_broken:
                 raise
             skipped.append(f"skipped: {run}: {err}")
     for run, report in runs:
