@@ -290,6 +290,23 @@ def _card(run: pathlib.Path, report: dict[str, Any], out: pathlib.Path) -> str:
     )
 
 
+def _tally(reports: list[dict[str, Any]]) -> str:
+    """The page's tally of runs and successes, the latter over runs with a verdict only.
+
+    A verdict is a boolean ``success``. Inversions, channel visualisations, dreams and
+    style transfers have no verdict, nor has a detector attack with nothing to attack
+    (``"success": null``): counting them as failures would say "4 runs, 0 successful" of
+    four style transfers.
+    """
+    wins = sum(r.get("success") is True for r in reports)
+    judged = sum(isinstance(r.get("success"), bool) for r in reports)
+    if judged == len(reports):
+        return f"{len(reports)} runs, {wins} successful."
+    if not judged:
+        return f"{len(reports)} runs, none with a success verdict."
+    return f"{len(reports)} runs, {wins} of the {judged} with a success verdict successful."
+
+
 def build_gallery(
     run_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -337,10 +354,9 @@ def build_gallery(
         if not (run / PAGE).exists():
             write_bytes_atomic(run / PAGE, _run_html(run, report).encode())
     shown = _write_sheet(out / SHEET, runs)
-    wins = sum(report.get("success") is True for _, report in runs)
     note = f" The contact sheet is truncated to the first {shown} runs." * (shown < len(runs))
     body = (
-        f"<h1>{html.escape(title)}</h1>\n<p>{len(runs)} runs, {wins} successful.{note} "
+        f"<h1>{html.escape(title)}</h1>\n<p>{_tally([r for _, r in runs])}{note} "
         f'<a href="{SHEET}">Contact sheet</a></p>\n'
         + "".join(f'<p class="skipped">{html.escape(line)}</p>\n' for line in skipped)
         + '<div class="cards">\n'
