@@ -382,17 +382,27 @@ def _split(text: str | None) -> list[str] | None:
 @click.option("--lr", type=float, default=_STYLE["lr"], show_default=True)
 @_every("steps/8")
 @_model_options
-@_run_options("style")
+@_run_options("style", seed=False)
+# Not in --help: style starts from the content photo and draws no random numbers. Given,
+# it is refused with that reason rather than click's bare "no such option", since every
+# other command of this family takes one.
+@click.option("--seed", hidden=True)
 def style_cmd(
     content: str, style: str, content_weight: float, style_weight: float, tv_weight: float,
     content_layer: str | None, style_layers: str | None, steps: int, size: int, lr: float,
-    every: int | None, model_name: str | None, weights: str | None, seed: int,
-    out_dir: str | None,
+    every: int | None, model_name: str | None, weights: str | None, out_dir: str | None,
+    seed: str | None,
 ) -> None:  # fmt: skip
     """Paint CONTENT in the style of STYLE (Gatys et al. 2016) with the model's features.
 
     Writes content.png, style.png, result.png, progress.png, report.json and index.html.
+    It draws no random numbers (the result starts from CONTENT), so it takes no --seed.
     """
+    if seed is not None:
+        raise FoolError(
+            "fool style takes no --seed: it starts from the content photo and draws no "
+            "random numbers, so every seed would give the same image"
+        )
     check_positive(
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, lr=lr
     )
@@ -417,8 +427,9 @@ def style_cmd(
     out = _out(out_dir, "style")
 
     def work(progress):
+        # stylize takes a key for the common signature only: any key, the same image.
         return style_mod.stylize(
-            jax.random.key(seed), clf, content_img, style_img, content_layer=content_layer,
+            jax.random.key(0), clf, content_img, style_img, content_layer=content_layer,
             style_layers=chosen, size=size, steps=steps, content_weight=content_weight,
             style_weight=style_weight, tv_weight=tv_weight, lr=lr, every=every,
             progress=progress,
@@ -428,8 +439,7 @@ def style_cmd(
     settings = {
         "content_layer": result.content_layer, "style_layers": list(result.style_layers),
         "content_weight": content_weight, "style_weight": style_weight,
-        "tv_weight": tv_weight, "steps": steps, "size": size, "lr": lr, "seed": seed,
-        "seconds": seconds,
+        "tv_weight": tv_weight, "steps": steps, "size": size, "lr": lr, "seconds": seconds,
     }  # fmt: skip
     report = run.write_style(
         out, clf, result, content_name=content_path.name, style_name=style_path.name,

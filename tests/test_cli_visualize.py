@@ -160,6 +160,19 @@ def test_style_writes_a_run(capsys, tmp_path):
     report = check_run(tmp_path, "style", 4)
     assert report["content_layer"] == "block6" and report["style_layers"][0] == "stem"
     assert report["style_loss"] < report["content_style_loss"]
+    assert "seed" not in report["settings"]  # it draws no random numbers
+
+
+def test_style_refuses_a_seed_it_would_not_use(capsys, tmp_path):
+    # The result starts from the content photo and nothing is random: a --seed was
+    # accepted and recorded in report.json, yet every seed gave the same image.
+    code, _, err = run(capsys, "style", "sample:cat", "sample:coffee", "--seed", "3",
+                       "--out", tmp_path)  # fmt: skip
+    assert_one_line_error(code, err, "fool style takes no --seed", "draws no random numbers")
+    assert not tmp_path.joinpath("report.json").exists()
+    code, out, _ = run(capsys, "style", "--help")
+    options = [line.split()[0] for line in out.splitlines() if line.startswith("  -")]
+    assert code == 0 and "--out" in options and "--seed" not in options
 
 
 def test_style_of_a_photo_by_itself_reports_no_ratio(capsys, tmp_path):
