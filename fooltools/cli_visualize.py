@@ -207,7 +207,9 @@ def invert_cmd(
     multiple=True,
     help="Class to show: name, synonym, WordNet id or index; repeat for several.",
 )
-@_layer_option("With --channel: the layer whose channel to drive (`fool layers`).")
+@_layer_option(
+    "With --channel: the layer whose channel to drive (`fool layers`; not logits: --class)."
+)
 @click.option("--channel", "channels", type=int, multiple=True, help="Channel index of --layer.")
 @click.option("--steps", type=int, default=_VIZ["steps"], show_default=True)
 @click.option("--size", type=int, help="Side of the images [default: model input].")
@@ -241,6 +243,14 @@ def visualize_cmd(
         raise FoolError("--layer goes with --channel; a class visualisation uses the logits")
     if channels and not layer_names:
         raise FoolError("--channel needs --layer NAME (`fool layers` lists them)")
+    if channels and layer_names == "logits":
+        # The library takes layer "logits" for the class objective (log-softmax), so a
+        # logit "channel" would silently be a class visualisation: say so instead.
+        use = " ".join(f"--class {c}" for c in channels)
+        raise FoolError(
+            f"--layer logits with --channel is a class visualisation: use {use} (it "
+            "maximises the class's log-probability)"
+        )
     check_positive(tv_weight=tv_weight, lr=lr)
     _check_steps(steps)
     _at_least("--size", size, 16)

@@ -272,6 +272,15 @@ def test_visualize_needs_a_class_or_a_channel(capsys):
     assert_one_line_error(code, err, "--channel 1280 is out of range", "0..1279")
 
 
+def test_a_logit_channel_is_refused_for_class(capsys, tmp_path):
+    # It ran a class visualisation (log-softmax, "what ... thinks robin looks like")
+    # under the name of a channel objective.
+    args = ["visualize", "--layer", "logits", "--channel", "15", "--channel", "9"]
+    code, _, err = run(capsys, *args, "--size", "32", "--steps", "1", "--out", tmp_path)
+    assert_one_line_error(code, err, "--layer logits with --channel", "use --class 15 --class 9")
+    assert not (tmp_path / "report.json").exists()
+
+
 @pytest.mark.parametrize("past", [1, 3_000_000_000])
 def test_jitter_beyond_the_image_side_is_refused(capsys, tmp_path, past):
     # The shift wraps around, so one past the side does nothing more; 3e9 overflowed int32.
