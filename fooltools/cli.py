@@ -45,8 +45,14 @@ def _model_options(f: Callable) -> Callable:
     )(f)
 
 
-def _run_options(kind: str) -> Callable[[Callable], Callable]:
-    """``--seed`` and ``--out`` (default ``runs/<kind>-<timestamp>``) of a command's run."""
+def _run_options(kind: str, *, seed: bool = True) -> Callable[[Callable], Callable]:
+    """``--seed`` and ``--out`` (default ``runs/<kind>-<timestamp>``) of a command's run.
+
+    Args:
+        kind: The command, for the default ``--out``.
+        seed: Whether the command takes ``--seed``; False for one that draws no random
+            numbers, where a seed would change nothing.
+    """
 
     def decorate(f: Callable) -> Callable:
         f = click.option(
@@ -55,7 +61,7 @@ def _run_options(kind: str) -> Callable[[Callable], Callable]:
             type=click.Path(file_okay=False),
             help=f"Run directory [default: runs/{kind}-<timestamp>].",
         )(f)
-        return click.option("--seed", default=0, show_default=True, type=SEED)(f)
+        return click.option("--seed", default=0, show_default=True, type=SEED)(f) if seed else f
 
     return decorate
 

@@ -63,12 +63,15 @@ def results(out_dir: str, no_gallery: bool) -> None:
 
     The table gives, over the runs that finished without error, the success rate, median
     L-inf/L2 distortion (0-255 units), median and 10th-90th percentile confidence, and
-    median seconds; then every failed run with its error.
+    median seconds; then every failed run with its error. A finished run whose report or
+    images are broken is left out of the gallery and listed.
     """
     from fooltools.experiments import write_results
 
     written = write_results(out_dir, gallery=not no_gallery)
     click.echo(written["summary"])
     click.echo(f"wrote {written['csv']}")
+    for line in written["skipped"]:
+        click.echo(f"not in the gallery: {line}")
     if written["gallery"] is not None:
         click.echo(f"open {written['gallery']}")

@@ -46,6 +46,19 @@ def _at_least(flag: str, value: int | None, low: int) -> None:
         raise FoolError(f"{flag} must be >= {low}, got {value}")
 
 
+def _check_jitter(jitter: int | None, side: int) -> None:
+    """Raise FoolError unless ``--jitter`` is at most ``side``, the image's longer side.
+
+    The shift wraps around (a roll), so one by the side or more does nothing a smaller
+    one does not; ``_at_least`` has already refused negative values.
+    """
+    if jitter is not None and jitter > side:
+        raise FoolError(
+            f"--jitter must be at most the image side, {side} pixels (a shift wraps around, "
+            f"so a larger one does nothing more), got {jitter}"
+        )
+
+
 def _check_steps(steps: int) -> None:
     """Raise FoolError unless ``--steps`` is at least 1 and fits an int32 loop counter."""
     from fooltools.attacks.base import MAX_STEPS  # imports JAX, as the command will anyway
@@ -194,7 +207,9 @@ def invert_cmd(
     multiple=True,
     help="Class to show: name, synonym, WordNet id or index; repeat for several.",
 )
-@_layer_option("With --channel: the layer whose channel to drive (`fool layers`).")
+@_layer_option(
+    "With --channel: the layer whose channel to drive (`fool layers`; not logits: --class)."
+)
 @click.option("--channel", "channels", type=int, multiple=True, help="Channel index of --layer.")
 @click.option("--steps", type=int, default=_VIZ["steps"], show_default=True)
 @click.option("--size", type=int, help="Side of the images [default: model input].")
@@ -205,7 +220,9 @@ def invert_cmd(
     show_default=True,
     help="Weight of the total-variation (smoothness) prior.",
 )
-@click.option("--jitter", type=int, help="Random shift per step in pixels [default: size/56].")
+@click.option(
+    "--jitter", type=int, help="Random shift per step in pixels, <= size [default: size/56]."
+)
 @click.option("--lr", type=float, default=_VIZ["lr"], show_default=True)
 @_every("steps/8")
 @_model_options
@@ -226,6 +243,14 @@ def visualize_cmd(
         raise FoolError("--layer goes with --channel; a class visualisation uses the logits")
     if channels and not layer_names:
         raise FoolError("--channel needs --layer NAME (`fool layers` lists them)")
+    if channels and layer_names == "logits":
+        # The library takes layer "logits" for the class objective (log-softmax), so a
+        # logit "channel" would silently be a class visualisation: say so instead.
+        use = " ".join(f"--class {c}" for c in channels)
+        raise FoolError(
+            f"--layer logits with --channel is a class visualisation: use {use} (it "
+            "maximises the class's log-probability)"
+        )
     check_positive(tv_weight=tv_weight, lr=lr)
     _check_steps(steps)
     _at_least("--size", size, 16)
@@ -238,6 +263,7 @@ def visualize_cmd(
 
     targets = [imagenet().lookup(c) for c in classes]  # unknown names fail before loading
     clf = _model(model_name, weights)
+    _check_jitter(jitter, size or max(clf.info.input_size))
     layer = "logits"
     if channels:
         layer = layers.check_layer(clf, layer_names, option="--layer")
@@ -286,7 +312,11 @@ def visualize_cmd(
 @click.option(
     "--lr", type=float, default=_DREAM["lr"], show_default=True, help="Mean pixel change per step."
 )
-@click.option("--jitter", type=int, help="Random shift per step [default: octave side/16].")
+@click.option(
+    "--jitter",
+    type=int,
+    help="Random shift per step in pixels, <= the image side [default: octave side/16].",
+)
 @_every("steps/2, within each octave")
 @_model_options
 @_run_options("dream")
@@ -315,6 +345,7 @@ def dream_cmd(
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
     photo = common.fit(photo, size)
+    _check_jitter(jitter, max(photo.shape[:2]))
     out = _out(out_dir, "dream")
     settings = {
         "layer": layer, "octaves": octaves, "octave_scale": octave_scale, "steps": steps,
@@ -361,17 +392,27 @@ def _split(text: str | None) -> list[str] | None:
 @click.option("--lr", type=float, default=_STYLE["lr"], show_default=True)
 @_every("steps/8")
 @_model_options
-@_run_options("style")
+@_run_options("style", seed=False)
+# Not in --help: style starts from the content photo and draws no random numbers. Given,
+# it is refused with that reason rather than click's bare "no such option", since every
+# other command of this family takes one.
+@click.option("--seed", hidden=True)
 def style_cmd(
     content: str, style: str, content_weight: float, style_weight: float, tv_weight: float,
     content_layer: str | None, style_layers: str | None, steps: int, size: int, lr: float,
-    every: int | None, model_name: str | None, weights: str | None, seed: int,
-    out_dir: str | None,
+    every: int | None, model_name: str | None, weights: str | None, out_dir: str | None,
+    seed: str | None,
 ) -> None:  # fmt: skip
     """Paint CONTENT in the style of STYLE (Gatys et al. 2016) with the model's features.
 
     Writes content.png, style.png, result.png, progress.png, report.json and index.html.
+    It draws no random numbers (the result starts from CONTENT), so it takes no --seed.
     """
+    if seed is not None:
+        raise FoolError(
+            "fool style takes no --seed: it starts from the content photo and draws no "
+            "random numbers, so every seed would give the same image"
+        )
     check_positive(
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, lr=lr
     )
@@ -396,8 +437,9 @@ def style_cmd(
     out = _out(out_dir, "style")
 
     def work(progress):
+        # stylize takes a key for the common signature only: any key, the same image.
         return style_mod.stylize(
-            jax.random.key(seed), clf, content_img, style_img, content_layer=content_layer,
+            jax.random.key(0), clf, content_img, style_img, content_layer=content_layer,
             style_layers=chosen, size=size, steps=steps, content_weight=content_weight,
             style_weight=style_weight, tv_weight=tv_weight, lr=lr, every=every,
             progress=progress,
@@ -407,17 +449,19 @@ def style_cmd(
     settings = {
         "content_layer": result.content_layer, "style_layers": list(result.style_layers),
         "content_weight": content_weight, "style_weight": style_weight,
-        "tv_weight": tv_weight, "steps": steps, "size": size, "lr": lr, "seed": seed,
-        "seconds": seconds,
+        "tv_weight": tv_weight, "steps": steps, "size": size, "lr": lr, "seconds": seconds,
     }  # fmt: skip
     report = run.write_style(
         out, clf, result, content_name=content_path.name, style_name=style_path.name,
         settings=settings,
     )  # fmt: skip
-    click.echo(
-        f"style loss {100 * report['style_ratio']:.1f}% of the content photo's; "
-        f"content loss {report['content_loss']:.3f}"
+    ratio = report["style_ratio"]  # None: the content photo's own style loss is 0
+    judged = (
+        f"style loss {report['style_loss']:.3g}; {run.NO_RATIO}"
+        if ratio is None
+        else f"style loss {100 * ratio:.1f}% of the content photo's"
     )
+    click.echo(f"{judged}; content loss {report['content_loss']:.3f}")
     click.echo(f"open {out / 'index.html'}")
 
 

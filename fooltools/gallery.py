@@ -290,12 +290,30 @@ def _card(run: pathlib.Path, report: dict[str, Any], out: pathlib.Path) -> str:
     )
 
 
+def _tally(reports: list[dict[str, Any]]) -> str:
+    """The page's tally of runs and successes, the latter over runs with a verdict only.
+
+    A verdict is a boolean ``success``. Inversions, channel visualisations, dreams and
+    style transfers have no verdict, nor has a detector attack with nothing to attack
+    (``"success": null``): counting them as failures would say "4 runs, 0 successful" of
+    four style transfers.
+    """
+    wins = sum(r.get("success") is True for r in reports)
+    judged = sum(isinstance(r.get("success"), bool) for r in reports)
+    if judged == len(reports):
+        return f"{len(reports)} runs, {wins} successful."
+    if not judged:
+        return f"{len(reports)} runs, none with a success verdict."
+    return f"{len(reports)} runs, {wins} of the {judged} with a success verdict successful."
+
+
 def build_gallery(
     run_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     *,
     title: str = "fooltools gallery",
     columns: int = 4,
+    skip_broken: bool = False,
 ) -> pathlib.Path:
     """Write ``out_dir/index.html`` linking every run, and ``out_dir/contact_sheet.png``.
 
@@ -307,14 +325,17 @@ def build_gallery(
         out_dir: where the page and the contact sheet go; created if missing.
         title: the page's heading.
         columns: cards per row on the page.
+        skip_broken: also skip (and list) a broken run named directly in ``run_dirs``, as
+            one found below a path is; for callers that name runs they found themselves.
 
     Returns:
         The path of the gallery page.
 
     Raises:
         FoolError: a path is missing or has no run; a run named directly in ``run_dirs`` has a
-            broken report (runs found by searching below a path are skipped and listed on the
-            page instead); ``out_dir`` is itself a run directory; ``columns`` < 1.
+            broken report (unless ``skip_broken``: runs found by searching below a path are
+            skipped and listed on the page instead); ``out_dir`` is itself a run directory;
+            ``columns`` < 1.
     """
     if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
         raise FoolError(f"columns must be a positive integer, got {columns!r}")
@@ -326,17 +347,16 @@ def build_gallery(
         try:
             runs.append((run, load_report(run)))
         except FoolError as err:
-            if named:
+            if named and not skip_broken:
                 raise
             skipped.append(f"skipped: {run}: {err}")
     for run, report in runs:
         if not (run / PAGE).exists():
             write_bytes_atomic(run / PAGE, _run_html(run, report).encode())
     shown = _write_sheet(out / SHEET, runs)
-    wins = sum(report.get("success") is True for _, report in runs)
     note = f" The contact sheet is truncated to the first {shown} runs." * (shown < len(runs))
     body = (
-        f"<h1>{html.escape(title)}</h1>\n<p>{len(runs)} runs, {wins} successful.{note} "
+        f"<h1>{html.escape(title)}</h1>\n<p>{_tally([r for _, r in runs])}{note} "
         f'<a href="{SHEET}">Contact sheet</a></p>\n'
         + "".join(f'<p class="skipped">{html.escape(line)}</p>\n' for line in skipped)
         + '<div class="cards">\n'

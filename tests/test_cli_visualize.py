@@ -8,6 +8,7 @@ directories.
 import html
 import json
 
+import numpy as np
 import pytest
 
 from fooltools import cli
@@ -159,6 +160,33 @@ def test_style_writes_a_run(capsys, tmp_path):
     report = check_run(tmp_path, "style", 4)
     assert report["content_layer"] == "block6" and report["style_layers"][0] == "stem"
     assert report["style_loss"] < report["content_style_loss"]
+    assert "seed" not in report["settings"]  # it draws no random numbers
+
+
+def test_style_refuses_a_seed_it_would_not_use(capsys, tmp_path):
+    # The result starts from the content photo and nothing is random: a --seed was
+    # accepted and recorded in report.json, yet every seed gave the same image.
+    code, _, err = run(capsys, "style", "sample:cat", "sample:coffee", "--seed", "3",
+                       "--out", tmp_path)  # fmt: skip
+    assert_one_line_error(code, err, "fool style takes no --seed", "draws no random numbers")
+    assert not tmp_path.joinpath("report.json").exists()
+    code, out, _ = run(capsys, "style", "--help")
+    options = [line.split()[0] for line in out.splitlines() if line.startswith("  -")]
+    assert code == 0 and "--out" in options and "--seed" not in options
+
+
+def test_style_of_a_photo_by_itself_reports_no_ratio(capsys, tmp_path):
+    # At 32 pixels the style image is resized exactly as the content (at 64 it is cropped
+    # from a wider resize), so the content photo's own style loss is 0 and a ratio to it
+    # is undefined, not 1e10.
+    args = ["style", "sample:cat", "sample:cat", "--size", "32", "--steps", "3"]
+    code, out, err = run(capsys, *args, "--out", tmp_path)
+    assert code == 0, err
+    report = check_run(tmp_path, "style", 4)
+    assert report["content_style_loss"] == 0 and report["style_ratio"] is None
+    assert "no ratio" in out.splitlines()[0] and "%" not in out.splitlines()[0]
+    assert "no ratio" in report["images"][2]["caption"]
+    assert "no ratio" in report["metrics"]["style loss / content photo's"]
 
 
 # --- bad input -----------------------------------------------------------------------
@@ -244,11 +272,50 @@ def test_visualize_needs_a_class_or_a_channel(capsys):
     assert_one_line_error(code, err, "--channel 1280 is out of range", "0..1279")
 
 
-def test_too_many_octaves_for_the_image(capsys):
-    code, _, err = run(
-        capsys, "dream", "sample:cat", "--layer", "head", "--size", "48", "--octaves", "6"
-    )
-    assert_one_line_error(code, err, "use fewer octaves")
+def test_a_logit_channel_is_refused_for_class(capsys, tmp_path):
+    # It ran a class visualisation (log-softmax, "what ... thinks robin looks like")
+    # under the name of a channel objective.
+    args = ["visualize", "--layer", "logits", "--channel", "15", "--channel", "9"]
+    code, _, err = run(capsys, *args, "--size", "32", "--steps", "1", "--out", tmp_path)
+    assert_one_line_error(code, err, "--layer logits with --channel", "use --class 15 --class 9")
+    assert not (tmp_path / "report.json").exists()
+
+
+@pytest.mark.parametrize("past", [1, 3_000_000_000])
+def test_jitter_beyond_the_image_side_is_refused(capsys, tmp_path, past):
+    # The shift wraps around, so one past the side does nothing more; 3e9 overflowed int32.
+    for args, side in [
+        (["visualize", "--class", "robin", "--size", "32"], 32),
+        (["dream", "sample:cat", "--layer", "head", "--size", "48"], 48),
+    ]:
+        code, _, err = run(capsys, *args, "--jitter", side + past, "--out", tmp_path / args[0])
+        assert_one_line_error(code, err, f"--jitter must be at most the image side, {side} pixels")
+        assert not (tmp_path / args[0]).exists()
+
+
+@pytest.mark.parametrize(
+    ("octaves", "room"),
+    [
+        (["--octaves", "6"], "at most 3 at scale 1.4"),
+        (["--octaves", "5000"], "at most 3 at scale 1.4"),  # 1.4**4999 overflowed a float
+        (["--octave-scale", "1e300"], "at most 1 at scale 1e+300"),  # (1e300)**2 likewise
+    ],
+)
+def test_too_many_octaves_for_the_image(capsys, tmp_path, octaves, room):
+    # The cat at 48 pixels is 48x32: 32 / 1.4**2 rounds to 16, 32 / 1.4**3 to 12.
+    args = ["dream", "sample:cat", "--layer", "head", "--size", "48", *octaves]
+    code, _, err = run(capsys, *args, "--out", tmp_path)
+    assert_one_line_error(code, err, "use fewer octaves", room, "a smaller octave scale")
+
+
+def test_an_image_too_small_for_one_octave_asks_for_a_larger_one(capsys, tmp_path):
+    from fooltools import io
+
+    tiny = io.write_png(tmp_path / "tiny8.png", np.full((8, 8, 3), 0.5, np.float32))
+    args = ["dream", tiny, "--layer", "head", "--octaves", "1", "--out", tmp_path / "run"]
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, "image is 8x8 pixels, too small", "use a larger image")
+    assert "fewer octaves" not in err  # 1 is the fewest there are
 
 
 def test_cli_defaults_are_the_librarys():

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 from test_cli import assert_one_line_error
@@ -366,6 +367,32 @@ def test_results_of_a_batch_edited_by_hand_are_one_line(
         code, _, err = cli(capsys, "run", str(spec), "--resume", "--out", str(out))
         assert_one_line_error(code, err, fragment, "delete it to run it again")
         assert (out / "batch.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("broken", [[2], [1, 2]])
+def test_results_skip_and_list_a_run_whose_image_is_missing(capsys, tmp_path, toy_kinds, broken):
+    # One run's adversarial.png deleted stopped `fool results` with no gallery or summary.
+    from fooltools.io import write_png
+
+    out = run_batch(parse_spec({"kind": "square", "grid": {"x": [1, 2]}}, name="t"),
+                    tmp_path / "b", echo=lambda line: None)  # fmt: skip
+    dirs = {r["x"]: Path(r["dir"]) for r in load_results(out)}
+    for x, run_dir in dirs.items():
+        report = {"title": f"square {x}", "images": [{"file": "adversarial.png"}]}
+        (run_dir / "report.json").write_text(json.dumps(report))
+        if x not in broken:
+            write_png(run_dir / "adversarial.png", np.zeros((4, 4, 3), np.float32))
+    code, text, err = cli(capsys, "results", str(out))
+    assert code == 0, err
+    assert "2 runs: 2 ok, 0 failed" in text  # the summary
+    listed = [line for line in text.splitlines() if line.startswith("not in the gallery: ")]
+    assert len(listed) == len(broken)
+    assert all("adversarial.png" in line and "file not found" in line for line in listed)
+    page = (out / "gallery" / "index.html").read_text()
+    assert page.count('<article class="card">') == 2 - len(broken)
+    assert page.count('class="skipped"') == len(broken)
+    assert f"t: {2 - len(broken)} runs" in page
+    assert (out / "gallery" / "contact_sheet.png").is_file()
 
 
 def test_resolved_spec_reads_back_to_the_same_runs(tmp_path):

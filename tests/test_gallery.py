@@ -101,6 +101,28 @@ def test_gallery(tmp_path):
     assert no_temp_files(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("verdicts", "tally"),
+    [
+        ([True, False, True], "3 runs, 2 successful."),
+        ([None, None, None, None], "4 runs, none with a success verdict."),
+        ([True, None, False, "yes"], "4 runs, 1 of the 2 with a success verdict successful."),
+    ],
+)
+def test_gallery_counts_successes_over_runs_with_a_verdict(tmp_path, verdicts, tally):
+    # Style, inversion and visualisation runs have no "success"; a detector attack with
+    # nothing to attack has null: "4 runs, 0 successful" said they had all failed.
+    for i, verdict in enumerate(verdicts):
+        run = make_run(tmp_path / "runs" / f"run{i}", f"run {i}", n=1)
+        report = json.loads((run / "report.json").read_text())
+        report.pop("success")
+        if verdict is not None or i % 2:  # both kinds of no verdict: absent, and null
+            report["success"] = verdict
+        (run / "report.json").write_text(json.dumps(report))
+    page = gallery.build_gallery([tmp_path / "runs"], tmp_path / "gallery")
+    assert f"<p>{tally} " in page.read_text(encoding="utf-8")
+
+
 def test_gallery_keeps_existing_run_pages(tmp_path):
     run = make_run(tmp_path / "run")
     (run / "index.html").write_text("custom", encoding="utf-8")

@@ -83,6 +83,19 @@ def test_jitter_rolls_the_whole_batch_reproducibly():
     assert priors.jitter(jax.random.key(3), x, 0) is x
 
 
+@pytest.mark.parametrize("jitter", [33, 3_000_000_000])
+def test_library_refuses_a_jitter_beyond_the_image_side(lite0, jitter):
+    # A roll past the side does nothing more, and 3e9 overflowed the int32 random draw.
+    from fooltools.visualize import deepdream
+
+    with pytest.raises(ValueError, match="jitter must be 0 to the image side, 32 pixels"):
+        classviz.visualize(jax.random.key(0), lite0, [15], size=32, steps=1, jitter=jitter)
+    photo = np.full((32, 24, 3), 0.5, np.float32)
+    with pytest.raises(ValueError, match="jitter must be 0 to the image side, 32 pixels"):
+        deepdream.dream(jax.random.key(0), lite0, photo, layer="head", octaves=1, steps=1,
+                        jitter=jitter)  # fmt: skip
+
+
 def test_engine_minimises_a_quadratic_in_the_box_with_snapshots():
     target = jnp.full((1, 4, 4, 3), 0.25)
 

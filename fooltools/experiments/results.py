@@ -187,21 +187,38 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
 def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[str, Any]:
     """Write ``out/results.csv`` and (``gallery``) ``out/gallery/``; return what was written.
 
+    A finished run whose report is broken (an image of it deleted, the JSON edited) is
+    left out of the gallery and listed on its page and in ``skipped``, as ``fool gallery``
+    does with a broken run below a directory: one bad run costs its card, not the gallery.
+
     Returns:
-        ``{"rows": table rows, "summary": text, "csv": path, "gallery": page path or None}``.
+        ``{"rows": table rows, "summary": text, "csv": path, "gallery": page path or None,
+        "skipped": one line per run left out of the gallery}``.
     """
     from fooltools.io import write_bytes_atomic
 
     rows = load_results(out)
     out = Path(out)
     csv_path = write_bytes_atomic(out / "results.csv", to_csv(rows, table_columns(out)).encode())
-    page = None
+    page, skipped = None, []
     shown = [
         r["dir"] for r in rows if r["status"] == "ok" and (Path(r["dir"]) / "report.json").is_file()
     ]
     if gallery and shown:
-        from fooltools.gallery import build_gallery
+        from fooltools.gallery import build_gallery, load_report
 
+        for run_dir in shown:
+            try:
+                load_report(run_dir)
+            except FoolError as err:
+                skipped.append(f"{run_dir}: {err}")
         name = load_batch(out)["name"]
-        page = build_gallery(shown, out / "gallery", title=f"{name}: {len(shown)} runs")
-    return {"rows": rows, "summary": format_summary(rows), "csv": csv_path, "gallery": page}
+        title = f"{name}: {len(shown) - len(skipped)} runs"
+        page = build_gallery(shown, out / "gallery", title=title, skip_broken=True)
+    return {
+        "rows": rows,
+        "summary": format_summary(rows),
+        "csv": csv_path,
+        "gallery": page,
+        "skipped": skipped,
+    }

@@ -111,8 +111,8 @@ def visualize(
         steps: Optimiser steps.
         size: Side of the square images; default the model's input size.
         tv_weight: Weight of the total-variation prior, > 0.
-        jitter: Largest random shift per step in pixels; default ``size // 56`` (4 at
-            224); 0 for none.
+        jitter: Largest random shift per step in pixels, at most the image side;
+            default ``size // 56`` (4 at 224); 0 for none.
         lr: Adam's learning rate (constant).
         every: Progress-strip period in steps; default ``ceil(steps / 8)``.
         progress: Host callback ``progress(step)``.
@@ -122,7 +122,8 @@ def visualize(
 
     Raises:
         FoolError: Unknown layer.
-        ValueError: No targets, a target out of range, non-positive weights.
+        ValueError: No targets, a target out of range, non-positive weights, a jitter
+            outside [0, size].
     """
     layers.check_layer(clf, layer)
     common.positive("tv_weight", tv_weight)
@@ -131,7 +132,7 @@ def visualize(
     if not targets or not all(0 <= int(t) < width for t in targets):
         raise ValueError(f"targets must be indices in [0, {width}) of {layer}, got {targets}")
     h, w = (size, size) if size else clf.info.input_size
-    jitter = w // 56 if jitter is None else int(jitter)
+    jitter = w // 56 if jitter is None else priors.check_jitter(jitter, max(h, w))
     target = jnp.asarray(targets, jnp.int32)
     key_start, key_jitter = jax.random.split(key)
     # Faint noise around grey: a neutral start that still breaks the symmetry.

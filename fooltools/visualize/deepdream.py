@@ -11,6 +11,7 @@ own resolution (``native=True``), which is what makes the scales differ.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from fooltools import io
 from fooltools.models.base import Classifier
-from fooltools.visualize import common, engine, layers
+from fooltools.visualize import common, engine, layers, priors
 
 STEPS, LR, OCTAVES, OCTAVE_SCALE = 20, 0.01, 3, 1.4
 MIN_SIDE = 16  # smallest octave side the network still makes sense of
@@ -69,12 +70,41 @@ def _optimizer(clf: Classifier, layer: str, jitter: int) -> engine.InputOptimize
     )
 
 
+def _shrunk(side: int, scale: float, k: int) -> int:
+    """``side / scale**k`` rounded, at least 1; 1 also where ``scale**k`` overflows a float."""
+    try:
+        return max(1, round(side / scale**k))
+    except OverflowError:  # e.g. 1.4**5000, or 1e300**2: the side is far below 1
+        return 1
+
+
 def octave_shapes(shape: tuple[int, int], octaves: int, scale: float) -> list[tuple[int, int]]:
     """(h, w) of each octave, smallest first, the last one ``shape`` itself."""
     h, w = shape
-    return [
-        (max(1, round(h / scale**k)), max(1, round(w / scale**k))) for k in reversed(range(octaves))
-    ]
+    return [(_shrunk(h, scale, k), _shrunk(w, scale, k)) for k in reversed(range(octaves))]
+
+
+def max_octaves(shape: tuple[int, int], scale: float) -> int:
+    """How many octaves of an image of ``shape`` keep every side >= :data:`MIN_SIDE`.
+
+    Args:
+        shape: (H, W) of the image.
+        scale: Size ratio between consecutive octaves, > 1.
+
+    Returns:
+        The largest such count; 0 when the image itself is smaller than ``MIN_SIDE``.
+    """
+    side = min(shape)
+    if side < MIN_SIDE:
+        return 0
+    # round(x) >= MIN_SIDE exactly when x >= MIN_SIDE - 0.5: estimate the last k by logs
+    # (a loop would take millions of steps for a scale near 1), then settle the rounding.
+    k = max(0, math.floor(math.log(side / (MIN_SIDE - 0.5)) / math.log(scale)))
+    while k > 0 and _shrunk(side, scale, k) < MIN_SIDE:
+        k -= 1
+    while _shrunk(side, scale, k + 1) >= MIN_SIDE:
+        k += 1
+    return k + 1
 
 
 def _resize(x: np.ndarray | jax.Array, shape: tuple[int, int]) -> jax.Array:
@@ -106,7 +136,8 @@ def dream(
         octave_scale: Size ratio between consecutive octaves, > 1.
         steps: Gradient steps per octave.
         lr: Mean pixel change per step (e.g. 0.01 = 2.55 levels of 255).
-        jitter: Largest random shift per step; default ``max(H, W) // 16`` at each octave.
+        jitter: Largest random shift per step, at most ``max(H, W)``; default
+            ``max(h, w) // 16`` of each octave.
         every: Progress-strip period in steps within an octave; default ``steps // 2``.
         progress: Host callback ``progress(step)``, counting over all octaves.
 
@@ -115,20 +146,32 @@ def dream(
 
     Raises:
         FoolError: Unknown layer.
-        ValueError: Bad octaves, scale or lr, or an octave smaller than MIN_SIDE.
+        ValueError: Bad octaves, scale, lr or jitter, or an octave smaller than MIN_SIDE.
     """
     layers.check_layer(clf, layer)
     common.positive("lr", lr)
     if octaves < 1 or not octave_scale > 1:
         raise ValueError("octaves must be >= 1 and octave_scale > 1")
     original = np.asarray(io.quantize(jnp.asarray(image)))
-    shapes = octave_shapes(original.shape[:2], octaves, octave_scale)
-    if min(shapes[0]) < MIN_SIDE:
+    if jitter is not None:
+        # Bounded by the largest octave's side; smaller octaves wrap the same shift round.
+        jitter = priors.check_jitter(jitter, max(original.shape[:2]))
+    h, w = original.shape[:2]
+    room = max_octaves((h, w), octave_scale)
+    if room == 0:  # no number of octaves or scale helps
         raise ValueError(
-            f"the smallest of {octaves} octaves of a {original.shape[1]}x{original.shape[0]} "
-            f"image would be {shapes[0][1]}x{shapes[0][0]} pixels; use fewer octaves "
-            f"(each side must stay >= {MIN_SIDE})"
+            f"the image is {w}x{h} pixels, too small to dream on (each side must be >= "
+            f"{MIN_SIDE}); use a larger image"
         )
+    if octaves > room:
+        low = (_shrunk(w, octave_scale, octaves - 1), _shrunk(h, octave_scale, octaves - 1))
+        raise ValueError(
+            f"the smallest of {octaves} octaves of a {w}x{h} image would be "
+            f"{low[0]}x{low[1]} pixels (each side must stay >= {MIN_SIDE}); use fewer "
+            f"octaves (at most {room} at scale {octave_scale:g}), a smaller octave scale "
+            "or a larger image"
+        )
+    shapes = octave_shapes((h, w), octaves, octave_scale)
     every = max(steps // 2, 1) if every is None else every
     frames, labels = [original], ["photo"]
     detail = jnp.zeros((*shapes[0], 3), jnp.float32)

@@ -69,6 +69,32 @@ def per_pixel(value: jax.Array, x: jax.Array, scale: float = 1.0) -> jax.Array:
     return value / (x.shape[1] * x.shape[2] * scale)
 
 
+def check_jitter(max_shift: int, side: int) -> int:
+    """``max_shift`` as an int if it is in [0, side], else raise ValueError.
+
+    :func:`jitter` rolls the image (what leaves one edge comes back at the other), so a
+    shift by the image's side is no shift and a larger one repeats a smaller one: no
+    bound beyond the side does anything more, and the bound keeps the random draw within
+    int32 (a larger one overflowed).
+
+    Args:
+        max_shift: Largest shift in pixels.
+        side: The image's longer side in pixels.
+
+    Returns:
+        ``int(max_shift)``.
+
+    Raises:
+        ValueError: ``max_shift`` is negative or larger than ``side``.
+    """
+    if not 0 <= max_shift <= side:
+        raise ValueError(
+            f"jitter must be 0 to the image side, {side} pixels (a shift wraps around, so a "
+            f"larger one does nothing more), got {max_shift}"
+        )
+    return int(max_shift)
+
+
 def jitter(key: jax.Array, x: jax.Array, max_shift: int) -> jax.Array:
     """Roll the images by one random offset in [-max_shift, max_shift] along H and W.
 

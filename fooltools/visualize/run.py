@@ -315,6 +315,29 @@ def write_dream(
     return finish(out, report)
 
 
+# A content photo's style loss below this is float32 rounding, not a distance (the style
+# losses are relative, so the bound holds for any images): a ratio to it is noise, 1e10
+# and more when a photo is its own style.
+MIN_STYLE_LOSS = 1e-12
+NO_RATIO = "no ratio: the content photo's own style loss is 0 (it already has the style)"
+
+
+def style_ratio(style_loss: float, content_style_loss: float) -> float | None:
+    """The result's style loss as a fraction of the content photo's, or None if that is 0.
+
+    Args:
+        style_loss: Style loss of the result.
+        content_style_loss: Style loss of the content photo (the starting point).
+
+    Returns:
+        ``style_loss / content_style_loss``; None when ``content_style_loss`` is below
+        :data:`MIN_STYLE_LOSS`, where the ratio is undefined.
+    """
+    if not content_style_loss >= MIN_STYLE_LOSS:
+        return None
+    return style_loss / content_style_loss
+
+
 def write_style(
     out: Path,
     clf: Classifier,
@@ -324,20 +347,26 @@ def write_style(
     style_name: str,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write the run directory of a :class:`~fooltools.visualize.style.Stylization`."""
-    ratio = sty.style_loss / max(sty.content_style_loss, 1e-12)
+    """Write the run directory of a :class:`~fooltools.visualize.style.Stylization`.
+
+    The report's ``style_ratio`` is the result's style loss over the content photo's, or
+    None when the content photo's own is 0 (below :data:`MIN_STYLE_LOSS`): it already has
+    the style, as when one photo is both, and a ratio to 0 means nothing.
+    """
+    ratio = style_ratio(sty.style_loss, sty.content_style_loss)
+    if ratio is None:
+        judged = f"style loss {sty.style_loss:.3g}; {NO_RATIO}"
+    else:
+        judged = f"style loss {_pct(ratio)} of the content photo's"
     panels = [
         {"file": save(out, "content.png", sty.content), "caption": f"content: {content_name}"},
         {"file": save(out, "style.png", sty.style), "caption": f"style: {style_name}"},
-        {
-            "file": save(out, "result.png", sty.trace.x[0]),
-            "caption": f"result: style loss {_pct(ratio)} of the content photo's",
-        },
+        {"file": save(out, "result.png", sty.trace.x[0]), "caption": f"result: {judged}"},
     ]
     progress_strip(out / STRIP, step_rows(sty.trace.frames, sty.trace.frame_steps))
     panels.append({"file": STRIP, "caption": "progress: from the content photo, every few steps"})
     metrics = {
-        "style loss / content photo's": round(ratio, 4),
+        "style loss / content photo's": NO_RATIO if ratio is None else round(ratio, 4),
         "style loss": round(sty.style_loss, 5),
         "content loss": round(sty.content_loss, 5),
         "content layer": sty.content_layer,
