@@ -85,16 +85,22 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         FoolError: Missing or corrupt (the file is left untouched).
     """
-    return _read(path)[1]
+    return _read(path, arrays=False)[1]
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """All arrays but the meta, and the meta, of a checkpoint of this :data:`FORMAT`."""
+def _read(
+    path: str | os.PathLike[str], arrays: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays but the meta (none unless ``arrays``), and the meta, of a checkpoint.
+
+    An ``.npz`` reads its members on access, so the meta alone reads one small member.
+    """
     if not Path(path).is_file():
         raise FoolError(f"no checkpoint to resume from: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
-            files = {k: data[k] for k in data.files}
+            names = data.files if arrays else ["meta"]
+            files = {k: data[k] for k in names}
         meta = json.loads(files.pop("meta").tobytes().decode())
         if not isinstance(meta, dict):
             raise ValueError("meta is not an object")

@@ -101,7 +101,8 @@ def parse_job(
     if resume and out_dir is None:
         raise FoolError("--resume needs --out DIR, the run to continue")
     ckpt = None if out_dir is None else Path(out_dir) / CHECKPOINT
-    if not resume and ckpt is not None and checkpoint.exists(ckpt):
+    held = ckpt is not None and checkpoint.exists(ckpt)
+    if held and not resume:
         # Starting afresh would overwrite the checkpoint of a run that may have taken hours.
         raise FoolError(
             f"{out_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it "
@@ -110,7 +111,7 @@ def parse_job(
     # A resume continues the run as it was started: options left out are the run's own
     # (its length and stop are not checked against the checkpoint, so the CLI's defaults
     # would silently make it another run), not the CLI's defaults.
-    saved = checkpoint.read_meta(ckpt) if resume and checkpoint.exists(ckpt) else {}
+    saved = checkpoint.read_meta(ckpt) if held else {}
     if generations is None:
         generations = _saved_number(saved, "generations", 5000 if map_elites else 1000)
     if population is None:
