@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -120,17 +121,20 @@ class Spec:
         """
         keep = keep or {}
         runs = []
-        for key, points in self._points().items():
+        for key, points in self._points.items():
             rid, params, varying, used = points[0]
             rid, params = keep.get(key, (rid, params))
             shown = {k: v for k, v in varying.items() if used[k] is not None}
             runs.append(Run(rid, self.kind, params, shown, tuple(p[0] for p in points)))
         return runs
 
+    @functools.cached_property
     def _points(self) -> dict[str, list[tuple[str, dict, dict, dict]]]:
         """The grid's points in product order, ``(id, params, varying, identity)``.
 
         Grouped by identity (the task's canonical parameters), in order of first point.
+        Expanded once per spec: checking it, listing its runs and resuming a batch all
+        read it, and each point's identity resolves class names.
         """
         task = TASKS[self.kind]
         defaults = {k: p.default for k, p in task.params.items()}
@@ -151,7 +155,7 @@ class Spec:
             FoolError: Naming the key and, where known, the runs that would take it.
         """
         where = str(self.path) if self.path else "spec"
-        identities = [points[0][3] for points in self._points().values()]
+        identities = [points[0][3] for points in self._points.values()]
         params = TASKS[self.kind].params
         for section, table in (("fixed", self.fixed), ("grid", self.grid)):
             for key, value in table.items():
