@@ -17,6 +17,7 @@ again in seconds.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -138,11 +139,19 @@ def run_batch(
             f"{out} holds a {held_kind} batch and {spec.name} is {spec.kind}: "
             "resume it with its own spec, or use another --out"
         )
-    recorded = _recorded(held, spec.kind, out)
-    # A recorded run keeps its id (its directory), whichever grid point stands for it now.
+
+    @functools.cache
+    def finished_ok(rid: str) -> bool:
+        # Each run's result.json read once, whether the record or the spec names it.
+        result = read_result(out / RUNS / rid)
+        return bool(result and _ok(result))
+
+    recorded = _recorded(held, spec.kind, finished_ok)
+    # A recorded run keeps its id (its directory), whichever grid point stands for it now,
+    # so a recorded id missing from the runs is a run the spec does not have.
     runs = spec.runs(keep=recorded)
-    have = {identity_key(spec.kind, r.params) for r in runs}
-    dropped = [rid for key, (rid, _) in recorded.items() if key not in have]
+    have = {r.id for r in runs}
+    dropped = [rid for rid, _ in recorded.values() if rid not in have]
     if dropped:
         # The record follows the spec: these runs would vanish from it and from the results.
         raise FoolError(
@@ -150,9 +159,7 @@ def run_batch(
             f"{dropped[0]}): resume it with a spec whose grid keeps them, or use another --out"
         )
     # Read before the record is rewritten: a result.json edited by hand stops it here.
-    finished = {
-        r.id for r in runs if resume and (res := read_result(out / RUNS / r.id)) and _ok(res)
-    }
+    finished = {r.id for r in runs if resume and finished_ok(r.id)}
     base_dir = str(Path.cwd())
     record = _batch_record(spec, runs, base_dir)
     # A resumed batch may come from an edited spec (a grid extended): the record follows
@@ -188,13 +195,13 @@ def _held_record(out: Path) -> dict[str, Any] | None:
 
 
 def _recorded(
-    record: dict[str, Any] | None, kind: str, out: Path
+    record: dict[str, Any] | None, kind: str, finished_ok: Callable[[str], bool]
 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """The runs a batch record lists, ``(id, params)`` by :func:`identity_key`.
 
     Of several that are one run (recorded before such grid points became one), a
-    finished one. Entries that are not a run of ``kind`` (a record edited by hand) are
-    left out.
+    finished one (``finished_ok(id)``). Entries that are not a run of ``kind`` (a record
+    edited by hand) are left out.
     """
     entries = record.get("runs") if record else None
     if not isinstance(entries, list):
@@ -210,8 +217,7 @@ def _recorded(
             key = identity_key(kind, params)
         except (TypeError, ValueError, AttributeError):
             continue  # values no spec could give
-        result = read_result(out / RUNS / rid)
-        runs.append((not (result and _ok(result)), key, rid, params))
+        runs.append((not finished_ok(rid), key, rid, params))
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     for _, key, rid, params in sorted(runs, key=lambda r: r[0]):  # stable: finished first
         found.setdefault(key, (rid, params))
