@@ -455,12 +455,7 @@ def style_cmd(
         out, clf, result, content_name=content_path.name, style_name=style_path.name,
         settings=settings,
     )  # fmt: skip
-    ratio = report["style_ratio"]  # None: the content photo's own style loss is 0
-    judged = (
-        f"style loss {report['style_loss']:.3g}; {run.NO_RATIO}"
-        if ratio is None
-        else f"style loss {100 * ratio:.1f}% of the content photo's"
-    )
+    judged = run.style_verdict(report["style_loss"], report["style_ratio"])
     click.echo(f"{judged}; content loss {report['content_loss']:.3f}")
     click.echo(f"open {out / 'index.html'}")
 

@@ -322,6 +322,13 @@ MIN_STYLE_LOSS = 1e-12
 NO_RATIO = "no ratio: the content photo's own style loss is 0 (it already has the style)"
 
 
+def style_verdict(style_loss: float, ratio: float | None) -> str:
+    """The result's style loss against the content photo's, as the page and CLI say it."""
+    if ratio is None:
+        return f"style loss {style_loss:.3g}; {NO_RATIO}"
+    return f"style loss {_pct(ratio)} of the content photo's"
+
+
 def style_ratio(style_loss: float, content_style_loss: float) -> float | None:
     """The result's style loss as a fraction of the content photo's, or None if that is 0.
 
@@ -354,10 +361,7 @@ def write_style(
     the style, as when one photo is both, and a ratio to 0 means nothing.
     """
     ratio = style_ratio(sty.style_loss, sty.content_style_loss)
-    if ratio is None:
-        judged = f"style loss {sty.style_loss:.3g}; {NO_RATIO}"
-    else:
-        judged = f"style loss {_pct(ratio)} of the content photo's"
+    judged = style_verdict(sty.style_loss, ratio)
     panels = [
         {"file": save(out, "content.png", sty.content), "caption": f"content: {content_name}"},
         {"file": save(out, "style.png", sty.style), "caption": f"style: {style_name}"},
