@@ -19,11 +19,12 @@ import click
 
 from fooltools import __version__
 from fooltools.errors import FoolError, one_line
+from fooltools.limits import SEED_MAX
 
 EXIT_USAGE = 2
 # jax.random.key keeps a seed's low 32 bits (and overflows past 64): seeds 2^32 apart gave
 # the same run while their reports recorded different seeds.
-SEED = click.IntRange(0, 2**32 - 1)
+SEED = click.IntRange(0, SEED_MAX)
 
 
 def resolve_image(arg: str) -> Path:

@@ -21,6 +21,7 @@ import click
 
 from fooltools.cli import _model_options, _run_options, resolve_image
 from fooltools.errors import FoolError, one_line
+from fooltools.limits import INT32_MAX
 
 # Defaults shown by --help; the library's own defaults, repeated here so that importing
 # this module (to build the CLI) does not import JAX.
@@ -61,11 +62,9 @@ def _check_jitter(jitter: int | None, side: int) -> None:
 
 def _check_steps(steps: int) -> None:
     """Raise FoolError unless ``--steps`` is at least 1 and fits an int32 loop counter."""
-    from fooltools.attacks.base import MAX_STEPS  # imports JAX, as the command will anyway
-
     _at_least("--steps", steps, 1)
-    if steps > MAX_STEPS:
-        raise FoolError(f"--steps must be at most {MAX_STEPS}, got {steps}")
+    if steps > INT32_MAX:
+        raise FoolError(f"--steps must be at most {INT32_MAX}, got {steps}")
 
 
 def _model(model_name: str | None, weights: str | None) -> Any:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fooltools import io
+from fooltools.limits import INT32_MAX
 
 Params = Any
 Model = Callable[[Params, jax.Array], jax.Array]
@@ -66,7 +67,7 @@ PROGRESS_SECONDS = 0.5
 
 # Most iterations an attack runs: lax.fori_loop's counters are int32 (one more was an
 # OverflowError once the attack started).
-MAX_STEPS = 2**31 - 1
+MAX_STEPS = INT32_MAX
 
 
 class Run(Protocol):

@@ -20,12 +20,11 @@ from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import CHECKPOINT, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 from fooltools.labels import imagenet
+from fooltools.limits import INT32_MAX
 from fooltools.models import crops as crop_views
 from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
 from fooltools.progress import Progress
-
-MAX_COUNT = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +122,8 @@ def parse_job(
     if generations < 1:
         raise FoolError(f"generations must be >= 1, got {generations}")
     for name, value in (("population", population), ("generations", generations)):
-        if value > MAX_COUNT:  # counted and indexed in int32 on the device
-            raise FoolError(f"{name} must be at most {MAX_COUNT}, got {value}")
+        if value > INT32_MAX:  # counted and indexed in int32 on the device
+            raise FoolError(f"{name} must be at most {INT32_MAX}, got {value}")
     if strategy == "es" and population % 2:
         raise FoolError(
             f"--strategy es samples mirrored pairs: population must be even, got {population}"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fooltools.errors import FoolError
+from fooltools.limits import SEED_MAX
 
 RESULT = "result.json"
 # Image arguments that name built-in images rather than paths.
@@ -326,8 +327,8 @@ def _positive(value: int) -> int:
 def _seed(value: int) -> int:
     # As the CLI's --seed: JAX keys keep a seed's low 32 bits, so seeds 2^32 apart would
     # be one run with two ids and two reports.
-    if not 0 <= value <= 2**32 - 1:
-        raise FoolError(f"a seed is an integer in 0..{2**32 - 1}, got {value}")
+    if not 0 <= value <= SEED_MAX:
+        raise FoolError(f"a seed is an integer in 0..{SEED_MAX}, got {value}")
     return value
 
 
