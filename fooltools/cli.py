@@ -137,8 +137,7 @@ def classify(
                 {"index": i, "label": lab, "prob": round(p, 6)}
                 for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True)
             ]
-            line = {"image": str(path), "model": clf.name, "weights": clf.weights_record}
-            click.echo(json.dumps({**line, "top": top}))
+            click.echo(json.dumps({"image": str(path), **clf.record, "top": top}))
         else:
             click.echo(f"{path}  ({clf.name})")
             for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True):

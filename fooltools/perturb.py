@@ -276,8 +276,7 @@ def perturb_file(
         "success": bool(success),
         "image": str(image),
         "size": list(written.shape[:2]),
-        "model": clf.name,
-        "weights": clf.weights_record,  # None: the registry's own
+        **clf.record,  # weights None: the registry\'s own
         "method": cfg.method,
         "norm": cfg.norm,
         "eps": cfg.eps,

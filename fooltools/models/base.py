@@ -93,6 +93,11 @@ class Classifier:
         return self.info.name
 
     @property
+    def record(self) -> dict[str, Any]:
+        """``{"model", "weights"}``: what a report or JSON line says of the classifier."""
+        return {"model": self.name, "weights": self.weights_record}
+
+    @property
     def weights_record(self) -> dict[str, str] | None:
         """``{"path", "digest"}`` of a user's weights file for a report; None: the registry's."""
         return None if self.weights is None else dataclasses.asdict(self.weights)

@@ -181,8 +181,7 @@ def write_inversion(
     report = {
         "kind": "invert",
         "title": f"{source} reconstructed from layer{'s' * (len(invs) > 1)} {listed} of {clf.name}",
-        "model": clf.name,
-        "weights": clf.weights_record,  # None: the registry's own
+        **clf.record,  # weights None: the registry\'s own
         "source": source,
         "size": [h, w],
         "layers": per_layer,
@@ -229,8 +228,7 @@ def write_classviz(
             if is_class
             else f"Images that drive channels {', '.join(names)} of {clf.name}"
         ),
-        "model": clf.name,
-        "weights": clf.weights_record,  # None: the registry's own
+        **clf.record,  # weights None: the registry\'s own
         "layer": viz.layer,
         "targets": [int(t) for t in viz.targets],
         "names": names,
@@ -302,8 +300,7 @@ def write_dream(
     report = {
         "kind": "dream",
         "title": f"{source} dreamed at layer {dream.layer} of {clf.name}",
-        "model": clf.name,
-        "weights": clf.weights_record,  # None: the registry's own
+        **clf.record,  # weights None: the registry\'s own
         "layer": dream.layer,
         "source": source,
         "size": [h, w],
@@ -387,8 +384,7 @@ def write_style(
     report = {
         "kind": "style",
         "title": f"{content_name} in the style of {style_name} ({clf.name} features)",
-        "model": clf.name,
-        "weights": clf.weights_record,  # None: the registry's own
+        **clf.record,  # weights None: the registry\'s own
         "content_layer": sty.content_layer,
         "style_layers": list(sty.style_layers),
         "style_loss": sty.style_loss,
