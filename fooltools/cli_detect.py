@@ -97,15 +97,6 @@ def _target_index(det: Any, name: str | None) -> int | None:
     raise FoolError(f"unknown class {name!r} for {det.name}; classes: {', '.join(names)}")
 
 
-def _check(det: Any, mode: str, kw: dict[str, Any]) -> None:
-    from fooltools.detection.attacks import check_arguments
-
-    try:
-        check_arguments(det, mode, **kw)
-    except ValueError as err:
-        raise FoolError(str(err)) from None
-
-
 def _write_json(path: Path, data: Any) -> None:
     from fooltools.io import write_bytes_atomic
 
@@ -190,7 +181,7 @@ def attack(
     IMAGE may be ``synthetic:N``, image N of the held-out synthetic set.
     """
     from fooltools.cli import parse_eps
-    from fooltools.detection.attack_run import attack_file, resolve_image
+    from fooltools.detection.attack_run import attack_file, check, resolve_image
     from fooltools.perturb import default_out_dir
 
     det = _load(detector, cfg, weights, variant)
@@ -202,7 +193,7 @@ def attack(
     for key, text in (("eps", eps), ("step_size", step_size)):
         if text is not None:
             kw[key] = parse_eps(text, "--" + key.replace("_", "-"))
-    _check(det, mode, kw)
+    check(det, mode, **kw)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect-attack")
     path = resolve_image(image, out)
     confidence = det.confidence if confidence is None else confidence
@@ -234,6 +225,7 @@ def eval_cmd(
     """mAP@0.5 of the bundled detectors on the held-out synthetic set, clean vs attacked."""
     from fooltools.cli import parse_eps
     from fooltools.detection import synthetic
+    from fooltools.detection.attack_run import check
     from fooltools.detection.evaluate import evaluate
 
     if target_class is not None and mode != "mislabel":
@@ -250,7 +242,7 @@ def eval_cmd(
         if mode and eps:
             kw["eps"] = parse_eps(eps)
         if mode:
-            _check(det, mode, kw)
+            check(det, mode, **kw)
         result = evaluate(det, data, attack=mode, **kw)
         if as_json:
             click.echo(json.dumps(result.as_json()))

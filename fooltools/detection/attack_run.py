@@ -48,6 +48,18 @@ def resolve_image(arg: str, out: Path) -> Path:
     return io.write_png(out / f"synthetic-{index}.png", image)
 
 
+def check(detector: Detector, mode: str, **kwargs: Any) -> None:
+    """:func:`~fooltools.detection.attacks.check_arguments`, its refusal as one line.
+
+    Raises:
+        FoolError: What the attack would refuse (the CLI and a batch show it as is).
+    """
+    try:
+        det_attacks.check_arguments(detector, mode, **kwargs)
+    except ValueError as err:
+        raise FoolError(str(err)) from None
+
+
 def _kept(clean: list[dict], adv: list[dict], label_of: Any) -> int:
     """How many clean objects have an adversarial object (IoU >= 0.5) with ``label_of(obj)``."""
     if not clean or not adv:

@@ -251,8 +251,7 @@ def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
 
 def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """``fool detect attack``: TOG/DAG on one image (see :mod:`fooltools.detection`)."""
-    from fooltools.detection.attack_run import attack_file, resolve_image
-    from fooltools.detection.attacks import check_arguments
+    from fooltools.detection.attack_run import attack_file, check, resolve_image
 
     p = _detect_applicable(p)
     det = _detector(p["detector"], p["cfg"], p["weights"])
@@ -263,10 +262,8 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
             raise FoolError(f"unknown class {target!r} for {det.name}; classes: {names}")
         target = det.class_names.index(target)
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm") if p[k] is not None}
-    try:  # what only the loaded detector can tell (its classes): one line, as on the CLI
-        check_arguments(det, p["mode"], target_class=target, confidence=p["confidence"], **kw)
-    except ValueError as err:
-        raise FoolError(str(err)) from None
+    # What only the loaded detector can tell (its classes): one line, as on the CLI.
+    check(det, p["mode"], target_class=target, confidence=p["confidence"], **kw)
     report = attack_file(
         det, resolve_image(p["image"], out), out, mode=p["mode"], seed=p["seed"],
         confidence=det.confidence if p["confidence"] is None else p["confidence"],
