@@ -143,6 +143,7 @@ def _old_ids(spec):
         ("evolve", {"stop_at": 0.5}, {"class": ["robin", "American robin", 15]}, ["class=robin"]),
         ("map-elites", {}, {"classes": [["robin", "ostrich"], "robin,ostrich", [15, "9"]]},
          ["classes=['robin', 'ostrich']"]),
+        ("map-elites", {}, {"classes": ["all", "ALL", [" All "]]}, ["classes=all"]),
     ],
 )  # fmt: skip
 def test_grid_points_that_are_the_same_run_are_one_run(tmp_path, kind, fixed, grid, labels):

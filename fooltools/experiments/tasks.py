@@ -175,8 +175,8 @@ def _map_elites_identity(p: dict[str, Any]) -> dict[str, Any]:
     # As cli_support.parse_job reads them: a comma-separated string or a list, "all".
     names = p["classes"].split(",") if isinstance(p["classes"], str) else p["classes"]
     names = [n.strip() if isinstance(n, str) else n for n in names]
-    if names == ["all"]:
-        return dict(p)
+    if [n.lower() if isinstance(n, str) else n for n in names] == ["all"]:
+        return {**p, "classes": "all"}  # any spelling, as the CLI reads it
     indices = (_imagenet_index(n) for n in names if n != "")
     return {**p, "classes": list(dict.fromkeys(indices))}
 
