@@ -40,11 +40,21 @@ Genomes = Any  # a pytree of arrays with a leading population axis
 class Encoding(Protocol):
     """What a search needs of an encoding (see ``direct.py`` and ``cppn.py``)."""
 
-    def init(self, key: jax.Array) -> Any: ...  # noqa: D102
+    def init(self, key: jax.Array) -> Any:
+        """One random genome: a pytree of arrays without a population axis."""
+        ...
 
-    def mutate(self, key: jax.Array, genome: Any) -> Any: ...  # noqa: D102
+    def mutate(self, key: jax.Array, genome: Any) -> Any:
+        """One mutated genome, of ``genome``'s structure, shapes and dtypes (jittable)."""
+        ...
 
-    def render(self, genomes: Genomes, height: int, width: int) -> jax.Array: ...  # noqa: D102
+    def render(self, genomes: Genomes, height: int, width: int) -> jax.Array:
+        """Images of a population of P genomes, shape (P, height, width, 3) in [0, 1].
+
+        Jittable, with ``height`` and ``width`` static. An encoding may also have
+        ``crossover(key, a, b) -> (a', b')`` of two genomes; the GA uses it when present.
+        """
+        ...
 
 
 class _Fitness(deap_base.Fitness):
