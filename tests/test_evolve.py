@@ -629,6 +629,9 @@ def test_figures_shown_are_cut_so_a_failed_run_never_reads_99(tiny, tmp_path, mo
     # 99.00% and 0.99 beside success false.
     assert report.percent(0.98996, 1) == "98.9%" and report.cut(0.98996, 4) == 0.9899
     assert report.percent(0.99, 1) == "99.0%" and report.percent(np.float32(0.99), 2) == "99.00%"
+    # A small confidence keeps two significant digits instead of reading as zero.
+    small = [report.percent(c, 1) for c in (0.00034, 0.005, 0.0099999, 3.4e-9, 0.0)]
+    assert small == ["0.034%", "0.50%", "0.99%", "3.4e-07%", "0.0%"]
     assert report.cut(0.99, 4) == 0.99  # 0.99 * 1e4 is 9899.999999999998 in floats
     cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
     out = evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=tmp_path)

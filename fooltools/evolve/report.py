@@ -86,8 +86,18 @@ def cut(value: float, decimals: int) -> float:
 
 
 def percent(confidence: float, digits: int) -> str:
-    """``confidence`` as a percentage :func:`cut` to ``digits`` decimals: ``99.0%``."""
-    return f"{cut(100 * confidence, digits):.{digits}f}%"
+    """``confidence`` as a percentage :func:`cut` to ``digits`` decimals: ``99.0%``.
+
+    Below 1% with two significant digits at least (``0.034%``, not ``0.0%``: a search
+    that has barely moved, or a MAP-Elites cell, is not at zero), and below 0.0001% in
+    exponent form (``3.4e-07%``).
+    """
+    value = 100 * float(confidence)
+    if 0 < value < 1e-4:
+        return f"{value:.1e}%"
+    if 0 < value < 1:
+        digits = max(digits, 1 - math.floor(math.log10(value)))
+    return f"{cut(value, digits):.{digits}f}%"
 
 
 def _write_report(out: Path, report: dict[str, Any]) -> None:
