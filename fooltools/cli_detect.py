@@ -178,12 +178,16 @@ def attack(
 ) -> None:  # fmt: skip
     """Attack the detector on IMAGE; writes clean/adversarial images with boxes and a report.
 
-    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set.
+    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set. An --out that
+    already holds a run is refused.
     """
     from fooltools.cli import parse_eps
     from fooltools.detection.attack_run import attack_file, check, resolve_image
-    from fooltools.perturb import default_out_dir
+    from fooltools.perturb import check_out_dir, default_out_dir
 
+    if out_dir:
+        # As fool perturb: writing into an earlier run would overwrite its results.
+        check_out_dir(out_dir)
     det = _load(detector, cfg, weights, variant)
     if mode == "mislabel" and target_class is None:
         raise FoolError("--mode mislabel needs --target-class")

@@ -126,6 +126,16 @@ def test_bad_input(capsys, shapes_png, args, fragments):
     assert_one_line_error(code, err, *fragments)
 
 
+def test_attack_refuses_an_out_holding_a_run(capsys, tmp_path, shapes_png):
+    # It wrote over the earlier run's images and report, as fool perturb no longer does.
+    (tmp_path / "report.json").write_text('{"title": "an earlier run"}')
+    code, _, err = run(capsys, "detect", "attack", shapes_png, "--mode", "vanish", *NET,
+                       "--out", str(tmp_path))  # fmt: skip
+    assert_one_line_error(code, err, "already holds a run", "choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    assert "earlier run" in (tmp_path / "report.json").read_text()
+
+
 def test_bad_model_files(capsys, tmp_path, shapes_png):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text(open(CFG).read().replace("[maxpool]", "[crop]", 1))
