@@ -279,6 +279,7 @@ def test_grids_without_such_points_keep_their_ids():
         ({"kind": "perturb", "fixed": 3}, "fixed must be a table"),
         ({"kind": "perturb", "name": "..", "fixed": {"image": "a"}}, "name: expected a non-empty"),
         ({"kind": "perturb", "name": "a/b", "fixed": {"image": "a"}}, "name: expected a non-"),
+        ({"kind": "perturb", "name": "a\0b", "fixed": {"image": "a"}}, "name: expected a non-"),
         (
             {"kind": "evolve", "fixed": {"class": "robin", "checkpoint_every": 0}},
             "fixed.checkpoint_every: expected an integer >= 1, got 0",
@@ -394,6 +395,18 @@ def test_results_skip_and_list_a_run_whose_image_is_missing(capsys, tmp_path, to
     assert page.count('class="skipped"') == len(broken)
     assert f"t: {2 - len(broken)} runs" in page
     assert (out / "gallery" / "contact_sheet.png").is_file()
+
+
+def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path, toy_kinds, monkeypatch):
+    # A name too long for the file system, as --out or as the spec's default runs/<name>:
+    # checking it for a batch raised OSError, a traceback.
+    spec = write_spec(tmp_path / "sq.toml", 'kind = "square"\n[grid]\nx = [1]\n')
+    code, _, err = cli(capsys, "run", str(spec), "--out", str(tmp_path / ("b" * 300)))
+    assert_one_line_error(code, err, "cannot create directory", "File name too long")
+    long = write_spec(tmp_path / "long.toml", f'name = "{"c" * 300}"\n' + spec.read_text())
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, "run", str(long))
+    assert_one_line_error(code, err, "cannot create directory runs/ccc", "File name too long")
 
 
 def test_resolved_spec_reads_back_to_the_same_runs(tmp_path):

@@ -29,7 +29,7 @@ from fooltools.errors import FoolError
 from fooltools.experiments.executors import Executor, Job, LocalExecutor
 from fooltools.experiments.spec import Run, Spec, identity_key, resolved_toml
 from fooltools.experiments.tasks import RESULT
-from fooltools.io import write_bytes_atomic
+from fooltools.io import make_dir, write_bytes_atomic
 
 BATCH, RESOLVED, RUNS = "batch.json", "spec.resolved.toml", "runs"
 
@@ -127,6 +127,9 @@ def run_batch(
     """
     out = Path(out) if out is not None else default_out(spec)
     executor = executor or LocalExecutor()
+    # A directory that cannot be made (a name too long for the file system) is one line
+    # here; checking it for a batch would raise OSError.
+    make_dir(out)
     if (out / BATCH).exists() and not resume:
         raise FoolError(
             f"{out} already holds a batch; pass --resume to continue it or --out for a new one"

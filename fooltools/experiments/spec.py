@@ -269,9 +269,17 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
     if kind not in TASKS:
         raise FoolError(f"{where}: kind: unknown kind {kind!r}{_suggest(kind, list(TASKS))}")
     batch_name = data.get("name", name)
-    # The batch's directory under runs/: "." or ".." would be runs/ or the directory above.
-    if not isinstance(batch_name, str) or batch_name in ("", ".", "..") or "/" in batch_name:
-        raise FoolError(f"{where}: name: expected a non-empty string without '/', not . or ..")
+    # The batch's directory under runs/: "." or ".." would be runs/ or the directory above,
+    # and no file name holds a '/' or a NUL (TOML's "\u0000").
+    if (
+        not isinstance(batch_name, str)
+        or batch_name in ("", ".", "..")
+        or "/" in batch_name
+        or "\0" in batch_name
+    ):
+        raise FoolError(
+            f"{where}: name: expected a non-empty string without '/' or NUL, not . or .."
+        )
     params = TASKS[kind].params
     fixed, grid = {}, {}
     for section in ("fixed", "grid"):
