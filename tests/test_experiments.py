@@ -280,6 +280,23 @@ def test_grids_without_such_points_keep_their_ids():
         ({"kind": "perturb", "name": "..", "fixed": {"image": "a"}}, "name: expected a non-empty"),
         ({"kind": "perturb", "name": "a/b", "fixed": {"image": "a"}}, "name: expected a non-"),
         ({"kind": "perturb", "name": "a\0b", "fixed": {"image": "a"}}, "name: expected a non-"),
+        # Refused before expanding: the range alone was 4 billion values, out of memory.
+        (
+            {
+                "kind": "perturb",
+                "fixed": {"image": "a"},
+                "grid": {"seed": {"start": 0, "stop": 2**32}},
+            },
+            "grid.seed: a range of 4294967296 values; a grid has at most 1000000 points",
+        ),
+        (
+            {
+                "kind": "perturb",
+                "fixed": {"image": "a"},
+                "grid": {"seed": {"start": 0, "stop": 1001}, "steps": {"start": 1, "stop": 1001}},
+            },
+            "grid: 1001 x 1000 = 1001000 points; at most 1000000",
+        ),
         (
             {"kind": "evolve", "fixed": {"class": "robin", "checkpoint_every": 0}},
             "fixed.checkpoint_every: expected an integer >= 1, got 0",

@@ -19,9 +19,9 @@ A spec::
 
 The grid expands in the order its keys are written, the last key varying fastest. Checks
 made here (before anything runs) are structural: known keys, value types, non-empty grid
-lists without duplicates, required parameters present, and what a task's ``check``
-refuses on any machine (an L-inf eps over 1, a class index outside the bundled detector's
-classes). Whether other values make sense (a class name that exists, steps >= 1) is
+lists without duplicates, at most :data:`MAX_RUNS` grid points, required parameters
+present, and what a task's ``check`` refuses on any machine (an L-inf eps over 1, a class
+index outside the bundled detector's classes). Whether other values make sense (a class name that exists, steps >= 1) is
 checked by the run itself, so one bad grid value fails only the runs that use it.
 
 A run's id is a short hash of the canonical JSON of its kind and resolved parameters
@@ -61,6 +61,9 @@ else:  # the same parser, published as tomli before it joined the standard libra
 
 TOP_KEYS = ("kind", "name", "fixed", "grid", "resources")
 RESOURCE_KEYS = {"cpus": (int, float), "gpus": (int, float)}
+# Far past any batch one directory should hold: a guard against a typo (a seed range to
+# 2^32 was a list of 4 billion values, then a grid expanded for hours, out of memory).
+MAX_RUNS = 1_000_000
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
@@ -228,6 +231,11 @@ def _grid_values(where: str, raw: Any, param: Param) -> list[Any]:
         bounds = [raw["start"], raw["stop"], raw.get("step", 1)]
         if any(isinstance(b, bool) or not isinstance(b, int) for b in bounds) or not bounds[2]:
             raise FoolError(f"{where}: range start, stop and step must be integers, step != 0")
+        if len(range(*bounds)) > MAX_RUNS:
+            raise FoolError(
+                f"{where}: a range of {len(range(*bounds))} values; a grid has at most "
+                f"{MAX_RUNS} points"
+            )
         raw = list(range(*bounds))
     if not isinstance(raw, list) or not raw:
         raise FoolError(f"{where}: expected a non-empty list of values or a range table")
@@ -295,6 +303,10 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
                 grid[key] = _grid_values(f"{where}: grid.{key}", raw, params[key])
             else:
                 fixed[key] = _check_value(f"{where}: fixed.{key}", raw, params[key])
+    points = math.prod(len(values) for values in grid.values())
+    if points > MAX_RUNS:
+        sizes = " x ".join(str(len(values)) for values in grid.values())
+        raise FoolError(f"{where}: grid: {sizes} = {points} points; at most {MAX_RUNS}")
     for key, param in params.items():
         if param.required and key not in fixed and key not in grid:
             raise FoolError(f"{where}: missing parameter {key!r} of {kind}: set it in [fixed]")
