@@ -3,6 +3,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +31,9 @@ from fooltools.experiments import (
     run_id,
     run_one,
 )
+from fooltools.experiments.executors import Job
 from fooltools.experiments.results import summarize
+from fooltools.experiments.spec import Run
 from fooltools.experiments.tasks import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -881,6 +884,19 @@ def test_failures_are_isolated_on_ray(cluster, tmp_path):
     assert [r["status"] for r in rows] == ["failed", "failed", "ok", "failed"]
     assert "no-such-class" in rows[0]["error"] and "unknown method 'nope'" in rows[3]["error"]
     assert rows[2]["success"] is True  # cat -> ostrich, as in the smoke spec
+
+
+def test_an_address_where_nothing_listens_is_refused(tmp_path, monkeypatch):
+    # ray.init retried it for ever, deaf to Ctrl-C and SIGTERM.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"  # bound, not listening: refused
+        executor = get_executor("ray", address)
+        monkeypatch.setattr(executor.ray, "is_initialized", lambda: False)
+        monkeypatch.setattr(executor.ray, "init", lambda **kw: pytest.fail("ray.init called"))
+        job = Job(Run("0" * 12, "perturb", {}, {}), tmp_path / "r")
+        with pytest.raises(FoolError, match=rf"cannot reach Ray at {address}: .*refused"):
+            executor.execute([job], base_dir=str(tmp_path), resources={}, done=print)
 
 
 def test_ray_task_options(cluster):

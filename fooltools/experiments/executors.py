@@ -10,6 +10,7 @@ directory must be on storage every node mounts at the same path.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,6 +93,8 @@ class RayExecutor:
         """Initialise Ray unless it already is; returns whether we did (and must shut down)."""
         if self.ray.is_initialized():
             return False
+        if self.address is not None:
+            check_reachable(self.address)
         kwargs: dict[str, Any] = {"address": self.address, "log_to_driver": True}
         if self.address is None:
             kwargs["include_dashboard"] = False  # a local instance: nobody to show it to
@@ -147,6 +150,24 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) address where nothing listens.
+
+    ``ray.init`` retries such an address for ever, deaf to Ctrl-C and SIGTERM, printing a
+    warning every few seconds. ``auto`` and addresses without a port are left to Ray.
+
+    Raises:
+        FoolError: The port refuses the connection or does not answer within ``timeout``.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, OverflowError) as err:
+        raise FoolError(f"cannot reach Ray at {address}: {one_line(err)}") from None
 
 
 def _crashed(job: Job, err: BaseException) -> dict[str, Any]:
