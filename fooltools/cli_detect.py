@@ -92,7 +92,8 @@ def _target_index(det: Any, name: str | None) -> int | None:
     names = det.class_names
     if name in names:
         return names.index(name)
-    if name.isdigit() and int(name) < len(names):
+    # isdigit alone takes '²', which int() refuses.
+    if name.isascii() and name.isdigit() and int(name) < len(names):
         return int(name)
     raise FoolError(f"unknown class {name!r} for {det.name}; classes: {', '.join(names)}")
 

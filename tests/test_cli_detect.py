@@ -89,6 +89,10 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
          ["unknown class 'zebra'", "class0"]),
         (["{img}", "--detector", "faster-rcnn", "--cfg", CFG], ["--cfg is for --detector yolo"]),
         (["missing.png", *NET], ["missing.png"]),
+        # Digits that str.isdigit takes and int() does not: a ValueError traceback.
+        (["synthetic:\u00b2", *NET], ["synthetic:N needs an image number"]),
+        (["attack", "{img}", "--mode", "mislabel", "--target-class", "\u00b2", *NET],
+         ["unknown class '\u00b2'", "class0"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "inf", *NET], ["--eps must be a number"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "1e400", *NET], ["--eps must be a"]),

@@ -31,7 +31,7 @@ from fooltools.experiments import (
     run_id,
     run_one,
 )
-from fooltools.experiments.executors import Job
+from fooltools.experiments.executors import Job, check_reachable
 from fooltools.experiments.results import summarize
 from fooltools.experiments.spec import Run
 from fooltools.experiments.tasks import write_result
@@ -897,6 +897,7 @@ def test_an_address_where_nothing_listens_is_refused(tmp_path, monkeypatch):
         job = Job(Run("0" * 12, "perturb", {}, {}), tmp_path / "r")
         with pytest.raises(FoolError, match=rf"cannot reach Ray at {address}: .*refused"):
             executor.execute([job], base_dir=str(tmp_path), resources={}, done=print)
+    check_reachable("127.0.0.1:\u00b2")  # no port (isdigit alone took it): left to Ray
 
 
 def test_ray_task_options(cluster):

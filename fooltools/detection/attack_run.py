@@ -41,7 +41,7 @@ def resolve_image(arg: str, out: Path) -> Path:
 
         return resolve_named(arg)
     index = arg.removeprefix("synthetic:")
-    if not index.isdigit():
+    if not (index.isascii() and index.isdigit()):  # isdigit alone takes '²'
         raise FoolError(f"synthetic:N needs an image number N >= 0, got {arg!r}")
     image, _, _ = synthetic.make_image(synthetic.TEST_SEED, int(index))
     io.make_dir(out)

@@ -162,7 +162,7 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
         FoolError: The port refuses the connection or does not answer within ``timeout``.
     """
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
