@@ -30,6 +30,7 @@ from fooltools.experiments import (
     run_batch,
     run_id,
     run_one,
+    write_results,
 )
 from fooltools.experiments.executors import Job, check_reachable
 from fooltools.experiments.results import summarize
@@ -469,6 +470,25 @@ def test_the_success_rate_leaves_out_runs_without_a_verdict():
     assert row["runs"] == "4" and row["success"] == "2/3 67%"
     (row,) = summarize(rows[1:2])
     assert row["success"] == "-"
+
+
+def test_a_grid_over_a_budget_gives_a_summary_row_per_budget(tmp_path, monkeypatch):
+    # One row per model/method/class merged the budgets an eps sweep compares.
+    def budget(p, out):
+        return {"model": "toy", "method": "m", "class": "c", "success": p["eps"] > 0.1}
+
+    params = {"eps": Param((float,), splits=True), "seed": Param((int,), default=0)}
+    monkeypatch.setitem(TASKS, "budget", TaskKind(budget, params))
+    spec = parse_spec({"kind": "budget", "grid": {"eps": [0.05, 0.2], "seed": [0, 1]}}, name="b")
+    out = run_batch(spec, tmp_path / "b", echo=lambda line: None)
+    header, *lines = write_results(out, gallery=False)["summary"].splitlines()
+    assert header.split()[:5] == ["model", "method", "class", "eps", "runs"]
+    assert [line.split()[3:7] for line in lines[:2]] == [
+        ["0.05", "2", "0/2", "0%"],
+        ["0.2", "2", "2/2", "100%"],
+    ]
+    assert lines[2] == "4 runs: 4 ok, 0 failed"
+    assert all(TASKS[kind].params["eps"].splits for kind in ("perturb", "detect-attack"))
 
 
 # --- run_one: results, atomicity, failure isolation -----------------------------------

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from fooltools.errors import FoolError, one_line
 from fooltools.experiments.batch import BATCH, read_result
 from fooltools.experiments.spec import Run
-from fooltools.experiments.tasks import METRICS
+from fooltools.experiments.tasks import METRICS, TASKS
 
 TIMING = ("seconds",)
 _ROUND = {"confidence": 6, "linf": 3, "l2": 3, "seconds": 2}
@@ -124,20 +125,39 @@ def _median(values: list[float]) -> str:
     return f"{np.median(values):.4g}" if values else "-"
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+def split_columns(batch: dict[str, Any]) -> list[str]:
+    """The table columns of ``batch``'s grid parameters that split the summary's rows.
+
+    Those whose :class:`~.tasks.Param` ``splits``: a grid over a budget compares budgets,
+    which one row per model/method/class would merge.
+    """
+    params = TASKS[batch["kind"]].params if batch["kind"] in TASKS else {}
+    return [
+        column
+        for key, column in zip(batch["grid"], _columns(batch["grid"]), strict=True)
+        if key in params and params[key].splits
+    ]
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else _cell(value) or "-"
+
+
+def summarize(rows: list[dict[str, Any]], by: Sequence[str] = ()) -> list[dict[str, str]]:
     """One summary row per (model, method, class) over the runs that finished without error.
 
+    ``by`` names more columns to group by (see :func:`split_columns`), shown after class.
     Each has ``runs``, ``success`` (count and rate over the runs with a verdict: a detector
     attack on an image with nothing to attack has none), the medians of ``linf``/``l2``
     (0-255 units), confidence median and 10th/90th percentiles, and the median ``seconds``.
     """
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "ok":
             key = (str(row["model"]), str(row["method"]), str(row["class"]))
-            groups.setdefault(key, []).append(row)
+            groups.setdefault(key + tuple(_shown(row.get(c)) for c in by), []).append(row)
     table = []
-    for (model, method, cls), members in groups.items():
+    for (model, method, cls, *split), members in groups.items():
         judged = [r for r in members if r["success"] is not None]
         wins = sum(r["success"] is True for r in judged)
         confs = [r["confidence"] for r in members if r["confidence"] is not None]
@@ -147,6 +167,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
                 "model": model,
                 "method": method,
                 "class": cls,
+                **dict(zip(by, split, strict=True)),
                 "runs": str(len(members)),
                 "success": f"{wins}/{len(judged)} {100 * wins / len(judged):.0f}%"
                 if judged
@@ -161,9 +182,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return table
 
 
-def format_summary(rows: list[dict[str, Any]]) -> str:
-    """The summary as text: a table per group, a totals line, then each failure's message."""
-    table = summarize(rows)
+def format_summary(rows: list[dict[str, Any]], by: Sequence[str] = ()) -> str:
+    """The summary as text: a table per group, a totals line, then each failure's message.
+
+    ``by``: as for :func:`summarize`.
+    """
+    table = summarize(rows, by)
     lines = []
     if table:
         header = list(table[0])
@@ -217,7 +241,7 @@ def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[
         page = build_gallery(shown, out / "gallery", title=title, skip_broken=True)
     return {
         "rows": rows,
-        "summary": format_summary(rows),
+        "summary": format_summary(rows, split_columns(load_batch(out))),
         "csv": csv_path,
         "gallery": page,
         "skipped": skipped,

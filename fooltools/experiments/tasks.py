@@ -46,6 +46,9 @@ class Param:
             float); raises FoolError for a bad one.
         only: The runs that take it, when not every run does (e.g. ``"mode mislabel"``):
             for the message refusing a spec where no run does.
+        splits: It changes what a run measures without showing in its model, method or
+            class (a budget, steps): a grid over it gives the results summary a row per
+            value, where a grid over a seed or an image gives more runs of one row.
     """
 
     types: tuple[type, ...]
@@ -54,6 +57,7 @@ class Param:
     path: bool = False
     normalise: Callable[[Any], Any] | None = None
     only: str = ""
+    splits: bool = False
 
 
 def _as_given(params: dict[str, Any]) -> dict[str, Any]:
@@ -348,8 +352,8 @@ _MODEL = {
 }
 _EVOLVE = {
     "encoding": Param((str,), default="cppn", normalise=_encoding),
-    "generations": Param((int,)),
-    "population": Param((int,)),
+    "generations": Param((int,), splits=True),
+    "population": Param((int,), splits=True),
     "checkpoint_every": Param((int,), default=10, normalise=_positive),
     # No default: a run id leaves out unset parameters, so batches from before it keep theirs.
     "crops": Param((int,)),
@@ -365,8 +369,10 @@ TASKS: dict[str, TaskKind] = {
             "untargeted": Param((bool,), default=False),
             "method": Param((str,), default="pgd"),
             "norm": Param((str,), default="linf", only="methods pgd and fgsm"),
-            "eps": Param((float, int, str), normalise=_eps, only="methods pgd and fgsm"),
-            "steps": Param((int,), only="every method but fgsm"),
+            "eps": Param(
+                (float, int, str), normalise=_eps, only="methods pgd and fgsm", splits=True
+            ),
+            "steps": Param((int,), only="every method but fgsm", splits=True),
             **_MODEL,
         },
         _perturb_identity,
@@ -375,7 +381,7 @@ TASKS: dict[str, TaskKind] = {
         run_evolve,
         {
             "class": Param((str, int), required=True),
-            "stop_at": Param((float, int), default=0.99),
+            "stop_at": Param((float, int), default=0.99, splits=True),
             "strategy": Param((str,), normalise=_strategy),
             **_EVOLVE,
         },
@@ -393,11 +399,11 @@ TASKS: dict[str, TaskKind] = {
             "mode": Param((str,), required=True, normalise=_mode),
             "detector": Param((str,), default="yolo"),
             "target": Param((str, int), only="mode mislabel"),
-            "eps": Param((float, int, str), normalise=_eps),
-            "step_size": Param((float, int, str), normalise=_eps),
-            "steps": Param((int,)),
+            "eps": Param((float, int, str), normalise=_eps, splits=True),
+            "step_size": Param((float, int, str), normalise=_eps, splits=True),
+            "steps": Param((int,), splits=True),
             "norm": Param((str,), normalise=_norm),
-            "confidence": Param((float, int), normalise=_confidence),
+            "confidence": Param((float, int), normalise=_confidence, splits=True),
             "cfg": Param((str,), path=True, only="detector yolo"),
             "weights": Param((str,), path=True),
             "seed": Param((int,), default=0, normalise=_seed),
