@@ -210,6 +210,29 @@ def test_a_resumed_batch_keeps_the_runs_it_recorded(tmp_path):
     assert executor.jobs == []
 
 
+@pytest.mark.parametrize(
+    ("kind", "fixed", "spelled"),
+    [
+        ("detect-attack", {"image": "synthetic:0", "mode": "vanish"},
+         {"norm": "linf", "eps": "8/255", "step_size": "2/255", "steps": 10}),
+        ("detect-attack", {"image": "synthetic:0", "mode": "vanish", "norm": "l2"},
+         {"eps": 3, "step_size": 0.75}),
+        ("perturb", {"image": "sample:cat", "target": "ostrich"}, {"eps": "8/255", "steps": 40}),
+    ],
+)  # fmt: skip
+def test_a_spec_spelling_out_the_defaults_resumes_its_batch(tmp_path, kind, fixed, spelled):
+    # It held runs the spec "does not have" (the same runs, their defaults named): refused.
+    spec = parse_spec({"kind": kind, "fixed": fixed}, name="t")
+    out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)
+    (rid,) = [r.id for r in spec.runs()]
+    _finish(out, rid)
+    executor = _NoOp()
+    again = parse_spec({"kind": kind, "fixed": {**fixed, **spelled}}, name="t")
+    run_batch(again, out, executor=executor, resume=True, echo=lambda line: None)
+    assert [r["id"] for r in json.loads((out / "batch.json").read_text())["runs"]] == [rid]
+    assert executor.jobs == []
+
+
 def test_grids_without_such_points_keep_their_ids():
     # Existing batches must resume onto the same directories.
     for path in sorted((ROOT / "experiments").glob("*.toml")):

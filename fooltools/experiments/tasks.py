@@ -70,9 +70,9 @@ class TaskKind:
 
     ``identity(params)`` is what a run with ``params`` does: the parameters it does not
     take set to None, and values that name the same thing in several ways (class names
-    and indices, ``1`` and ``1.0``) made one. Grid points with equal identities are one
-    run (:meth:`fooltools.experiments.spec.Spec.runs`). It must not raise: a value it
-    cannot interpret stays as given, for the run to refuse.
+    and indices, ``1`` and ``1.0``, a default left unset or spelled out) made one. Grid
+    points with equal identities are one run (:meth:`fooltools.experiments.spec.Spec.runs`).
+    It must not raise: a value it cannot interpret stays as given, for the run to refuse.
 
     ``check(params)``, where given, refuses a run when the spec is loaded (FoolError): for
     values that are wrong whatever the machine, such as a class index out of range of the
@@ -111,11 +111,17 @@ def _imagenet_index(value: str | int | None) -> str | int | None:
 
 
 def _perturb_identity(p: dict[str, Any]) -> dict[str, Any]:
-    from fooltools.perturb import PerturbConfig
+    from fooltools.perturb import DEFAULT_EPS, DEFAULT_STEPS, PerturbConfig
 
     cfg = PerturbConfig(p["method"], None, p["norm"], p["eps"], p["steps"]).applicable()
-    return {**p, "target": _imagenet_index(p["target"]), "norm": cfg.norm, "eps": cfg.eps,
-            "steps": cfg.steps}  # fmt: skip
+    # A default spelled out (steps = 40 for pgd) is the run that leaves it unset, so a
+    # resumed batch finds its runs in a spec edited to name it.
+    eps = DEFAULT_EPS.get(cfg.norm) if cfg.eps is None and cfg.norm else cfg.eps
+    steps = cfg.steps
+    if steps is None and cfg.method != "fgsm":
+        steps = DEFAULT_STEPS.get(cfg.method)
+    return {**p, "target": _imagenet_index(p["target"]), "norm": cfg.norm, "eps": eps,
+            "steps": steps}  # fmt: skip
 
 
 def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -244,9 +250,17 @@ def _detect_check(p: dict[str, Any]) -> None:
 
 
 def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
-    from fooltools.detection import synthetic
+    from fooltools.detection import attacks, synthetic
 
     used = _detect_applicable(p)
+    # The attack's defaults spelled out (norm = "linf", eps = "8/255", steps = 10) are the
+    # run that leaves them unset, as for perturb.
+    norm = used["norm"] or "linf"
+    if norm in attacks.DEFAULT_EPS:  # an identity must not raise
+        eps, step_size = attacks.budget(norm, used["eps"], used["step_size"])
+        used.update(norm=norm, eps=float(eps), step_size=float(step_size))
+    if used["steps"] is None:
+        used["steps"] = attacks.TOG_STEPS
     # Class names are known before loading only for the bundled detectors.
     if used["weights"] is None and used["target"] in synthetic.CLASSES:
         used["target"] = synthetic.CLASSES.index(used["target"])
