@@ -302,6 +302,14 @@ def test_grids_without_such_points_keep_their_ids():
         ),
         ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"gpu": 1}}, "resources.gpu"),
         ({"kind": "perturb", "fixed": {"image": "a"}, "resources": {"cpus": -1}}, "resources.cpus"),
+        (
+            {"kind": "perturb", "fixed": {"image": "a"}, "resources": {"gpus": float("nan")}},
+            "resources.gpus: expected a finite number >= 0, got nan",
+        ),
+        (
+            {"kind": "perturb", "fixed": {"image": "a"}, "resources": {"cpus": float("inf")}},
+            "resources.cpus: expected a finite number >= 0, got inf",
+        ),
         ({"kind": "evolve", "fixed": {"class": "robin", "encoding": "pixels"}}, "fixed.encoding"),
         ({"kind": "perturb", "fixed": 3}, "fixed must be a table"),
         ({"kind": "perturb", "name": "..", "fixed": {"image": "a"}}, "name: expected a non-empty"),

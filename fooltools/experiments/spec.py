@@ -317,8 +317,16 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
             raise FoolError(
                 f"{where}: resources.{key}: unknown{_suggest(key, list(RESOURCE_KEYS))}"
             )
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise FoolError(f"{where}: resources.{key}: expected a number >= 0, got {value!r}")
+        # NaN compares false with 0, and Ray refuses NaN and inf with a traceback.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise FoolError(
+                f"{where}: resources.{key}: expected a finite number >= 0, got {value!r}"
+            )
         resources[key] = float(value)
     spec = Spec(kind, batch_name, fixed, grid, resources, path)
     spec.check_used()
