@@ -246,6 +246,7 @@ def test_grids_without_such_points_keep_their_ids():
     [
         ({"kind": "perturb", "gird": {}}, "unknown key 'gird'; did you mean 'grid'?"),
         ({"fixed": {}}, "kind: missing"),
+        ({"kind": 1}, "kind: expected a string, got 1; set kind to one of perturb"),
         ({"kind": "perturbb"}, "kind: unknown kind 'perturbb'; did you mean 'perturb'?"),
         ({"kind": "perturb", "fixed": {"image": "a", "stpes": 3}}, "fixed.stpes: not a parameter"),
         ({"kind": "perturb", "fixed": {"target": "x"}}, "missing parameter 'image'"),

@@ -274,7 +274,9 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
             raise FoolError(f"{where}: unknown key {key!r}{_suggest(key, list(TOP_KEYS))}")
     kind = data.get("kind")
     if not isinstance(kind, str):
-        raise FoolError(f"{where}: kind: missing; set kind to one of {', '.join(TASKS)}")
+        # kind = 1 is no missing key: say what it holds.
+        what = "missing" if kind is None else f"expected a string, got {kind!r}"
+        raise FoolError(f"{where}: kind: {what}; set kind to one of {', '.join(TASKS)}")
     if kind not in TASKS:
         raise FoolError(f"{where}: kind: unknown kind {kind!r}{_suggest(kind, list(TASKS))}")
     batch_name = data.get("name", name)
