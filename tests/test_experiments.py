@@ -472,6 +472,16 @@ def test_resolved_spec_reads_back_to_the_same_runs(tmp_path):
     assert [r["id"] for r in batch["runs"]] == [r.id for r in spec.runs()]
 
 
+def test_resolved_spec_reads_back_with_any_characters(tmp_path):
+    # A character past U+FFFF was written as a surrogate pair, which TOML refuses.
+    text = 'cats \U0001f600 caf\u00e9 "q" \\ \t\n\x7f\x85'
+    spec = parse_spec({"kind": "perturb", "name": text, "fixed": {"image": text}}, name="t")
+    out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)
+    again = load_spec(out / "spec.resolved.toml")
+    assert again.name == text and again.fixed["image"] == text
+    assert [r.id for r in again.runs()] == [r.id for r in spec.runs()]
+
+
 class _NoOp:
     """An executor that runs nothing (for tests of the batch bookkeeping alone)."""
 

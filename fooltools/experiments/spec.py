@@ -363,7 +363,10 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        # A JSON string is a TOML basic string, but for two escapes: json's ASCII form
+        # writes a character past U+FFFF as a surrogate pair, which TOML refuses, and
+        # TOML wants DEL escaped, which json leaves.
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
 
 
