@@ -535,6 +535,30 @@ def test_a_resume_continues_the_run_as_it_was_started(tiny, tmp_path):
     assert (job.search.generations, job.search.stop_at) == (5, 0.5)
 
 
+def test_a_resume_keeps_the_runs_own_strategy_and_cells(tiny, tmp_path):
+    # README's resume form leaves the search out: a GA run's checkpoint was refused for
+    # the ES default ("population must be even" with an odd one), and a MAP-Elites run's
+    # for all 1000 cells (an error line listing 1000 indices).
+    ga = tmp_path / "ga"
+    checkpoint.save(ga / "checkpoint.npz", {}, {}, {"kind": "single", "population": 5})
+    left_out = {"encoding": "cppn", "population": None, "resume": True}
+    job = cli_support.parse_job(**evolve_options(ga, **left_out))
+    assert (job.strategy, job.search.population) == ("ga", 5)
+    cells = {"target": None, "map_elites": True, "stop_at": None}
+    run = cli_support.parse_job(**evolve_options(tmp_path, classes="ostrich,robin", **cells))
+    cli_support.run_job(tiny, run)
+    again = {**cells, "resume": True, "generations": 4}
+    job = cli_support.parse_job(**evolve_options(tmp_path, **again))
+    assert job.classes == (9, 15)
+    # The same cells in another order are the same archive, in the checkpoint's order.
+    job = cli_support.parse_job(**evolve_options(tmp_path, classes="robin,ostrich", **again))
+    assert job.classes == (9, 15)
+    assert cli_support.run_job(tiny, job)["generations_run"] == 4
+    with pytest.raises(FoolError, match=r"classes = \[9, 15\], this run has \[15\]"):
+        cli_support.run_job(tiny, cli_support.parse_job(**evolve_options(
+            tmp_path, classes="robin", **again)))  # fmt: skip
+
+
 def test_classes_all_is_every_class_in_any_case(tmp_path):
     cells = {"target": None, "map_elites": True, "stop_at": None, "generations": 1}
     for spelling in ("all", "ALL", " All "):

@@ -26,6 +26,9 @@ from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
 from fooltools.progress import Progress
 
+# The --strategy of a checkpoint's single-target search (its meta's kind).
+SAVED_STRATEGY = {"single": "ga", "es": "es"}
+
 
 @dataclasses.dataclass(frozen=True)
 class EvolveJob:
@@ -74,29 +77,6 @@ def parse_job(
         raise FoolError("--stop-at is for --class: MAP-Elites runs all its generations")
     if not map_elites and classes is not None:
         raise FoolError("--classes is for --map-elites (--class NAME evolves one class)")
-    if map_elites:
-        # Only a left-out --classes means all: an empty one (an unset shell variable)
-        # must not start a 1000-class run.
-        names = [c.strip() for c in ("all" if classes is None else classes).split(",")]
-        names = [n for n in names if n]
-        cls = (
-            tuple(range(len(labels)))
-            if [n.lower() for n in names] == ["all"]
-            else tuple(dict.fromkeys(labels.lookup(n) for n in names))
-        )
-        if not cls:
-            raise FoolError("--classes is empty")
-    else:
-        cls = (labels.lookup(target),)
-    # The evolution strategy moves one CPPN's weights towards one class: the default
-    # there; the paper's genetic algorithm everywhere else (and on request).
-    if strategy is None:
-        strategy = "es" if encoding == "cppn" and not map_elites else "ga"
-    if strategy == "es" and (encoding != "cppn" or map_elites):
-        raise FoolError(
-            "--strategy es evolves one CPPN for one class: use it with --class "
-            "and --encoding cppn (MAP-Elites and the direct encoding use ga)"
-        )
     if resume and out_dir is None:
         raise FoolError("--resume needs --out DIR, the run to continue")
     ckpt = None if out_dir is None else Path(out_dir) / CHECKPOINT
@@ -111,6 +91,40 @@ def parse_job(
     # (its length and stop are not checked against the checkpoint, so the CLI's defaults
     # would silently make it another run), not the CLI's defaults.
     saved = checkpoint.read_meta(ckpt) if held else {}
+    saved_cells = _saved_classes(saved, len(labels)) if saved.get("kind") == "map-elites" else None
+    if map_elites and classes is None and saved_cells is not None:
+        # The archive's own cells, not all 1000 (which the checkpoint would refuse).
+        cls = saved_cells
+    elif map_elites:
+        # Only a left-out --classes means all: an empty one (an unset shell variable)
+        # must not start a 1000-class run.
+        names = [c.strip() for c in ("all" if classes is None else classes).split(",")]
+        names = [n for n in names if n]
+        cls = (
+            tuple(range(len(labels)))
+            if [n.lower() for n in names] == ["all"]
+            else tuple(dict.fromkeys(labels.lookup(n) for n in names))
+        )
+        if not cls:
+            raise FoolError("--classes is empty")
+        if saved_cells is not None and sorted(cls) == sorted(saved_cells):
+            # The same cells listed in another order are the same archive, whose cell i
+            # is the checkpoint's class i.
+            cls = saved_cells
+    else:
+        cls = (labels.lookup(target),)
+    # The evolution strategy moves one CPPN's weights towards one class: the default
+    # there; the paper's genetic algorithm everywhere else (and on request). A resume
+    # keeps the run's own search: the default would refuse a GA run's checkpoint.
+    if strategy is None and not map_elites and saved.get("kind") in SAVED_STRATEGY:
+        strategy = SAVED_STRATEGY[saved["kind"]]
+    if strategy is None:
+        strategy = "es" if encoding == "cppn" and not map_elites else "ga"
+    if strategy == "es" and (encoding != "cppn" or map_elites):
+        raise FoolError(
+            "--strategy es evolves one CPPN for one class: use it with --class "
+            "and --encoding cppn (MAP-Elites and the direct encoding use ga)"
+        )
     if generations is None:
         generations = _saved_number(saved, "generations", 5000 if map_elites else 1000)
     if population is None:
@@ -153,6 +167,15 @@ def parse_job(
         checkpoint_every=checkpoint_every,
         crops=crops,
     )
+
+
+def _saved_classes(saved: Mapping[str, Any], n: int) -> tuple[int, ...] | None:
+    """A MAP-Elites checkpoint meta's classes, if a non-empty list of class indices."""
+    value = saved.get("classes")
+    if not isinstance(value, list) or not value:
+        return None
+    ok = all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in value)
+    return tuple(value) if ok else None
 
 
 def _saved_number(saved: Mapping[str, Any], key: str, default: Any) -> Any:
