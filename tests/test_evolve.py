@@ -635,6 +635,16 @@ def test_resume_with_another_runs_settings_or_fewer_generations_is_refused(tiny,
         evolve_single(tiny, cppn(), "cppn", 15, shorter, seed=0, out=tmp_path, resume=True)
 
 
+def test_a_checkpoint_of_other_cells_is_refused_in_a_short_line(tmp_path):
+    # --classes all against a 2-cell archive listed 1000 indices in the error line.
+    ck = tmp_path / "checkpoint.npz"
+    checkpoint.save(ck, {}, {}, {"kind": "map-elites", "classes": [9, 15]})
+    with pytest.raises(FoolError) as err:
+        checkpoint.load(ck, {}, {"kind": "map-elites", "classes": list(range(1000))})
+    assert "this run has [0, 1, 2, ..., 999] (1000 items))" in str(err.value)
+    assert "(classes = [9, 15]," in str(err.value) and len(str(err.value)) < 250
+
+
 def test_checkpoint_never_unpickles(tmp_path):
     # A checkpoint holding an object array would need pickle: it must be refused.
     path = tmp_path / "checkpoint.npz"
