@@ -313,6 +313,7 @@ def evolve(
     """
     from fooltools.evolve import cli_support
     from fooltools.models import DEFAULT_MODEL, load_model
+    from fooltools.perturb import check_out_dir
 
     job = cli_support.parse_job(
         target=target,
@@ -329,6 +330,11 @@ def evolve(
         checkpoint_every=checkpoint_every,
         crops=crops,
     )
+    if not job.resume:
+        # A finished run whose checkpoint was deleted (or another command's run) would
+        # have its report and images overwritten; parse_job refused a checkpoint first,
+        # with --resume as its advice. fool run re-runs its own runs in place on purpose.
+        check_out_dir(job.out)
     clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
     report = cli_support.run_job(clf, job)
     click.echo(report["title"])

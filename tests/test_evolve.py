@@ -742,6 +742,20 @@ def test_an_out_that_holds_a_run_is_not_started_afresh(capsys, tmp_path):
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_finished_run_without_its_checkpoint_is_not_overwritten(capsys, tmp_path):
+    # A finished run whose checkpoint.npz was deleted to save space (or a fool perturb
+    # run) was silently overwritten by a fresh run into the same --out.
+    (tmp_path / "report.json").write_text('{"kind": "evolve"}')
+    (tmp_path / "best.png").write_bytes(b"a finished run's image")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for mode in (["--class", "robin"], ["--map-elites", "--classes", "robin,ostrich"]):
+        code, _, err = fool(capsys, "evolve", *mode, "--generations", "1", "--population", "2",
+                            "--out", str(tmp_path))  # fmt: skip
+        assert code == 2 and "already holds a run (report.json)" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path):
     (tmp_path / "file").write_text("in the way")
     out = tmp_path / "file" / "run"
