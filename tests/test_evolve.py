@@ -730,6 +730,15 @@ def test_resume_of_corrupt_checkpoint_via_cli(capsys, tmp_path):
     assert (tmp_path / "checkpoint.npz").read_bytes() == b"PK\x03\x04 garbage"
 
 
+def test_resume_without_a_checkpoint_is_refused_before_the_run(capsys, tmp_path, monkeypatch):
+    # A mistyped --out: refused before the model's load, and not made as an empty run.
+    out = tmp_path / "typo"
+    monkeypatch.setattr("fooltools.models.load_model", lambda *a, **k: pytest.fail("loaded"))
+    code, _, err = fool(capsys, "evolve", "--class", "robin", "--out", str(out), "--resume")
+    assert code == 2 and f"no checkpoint to resume from: {out / 'checkpoint.npz'}" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_an_out_that_holds_a_run_is_not_started_afresh(capsys, tmp_path):
     # Forgetting --resume after a long run was stopped must not overwrite its checkpoint.
     (tmp_path / "checkpoint.npz").write_bytes(b"a stopped run's state")

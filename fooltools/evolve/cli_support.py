@@ -90,7 +90,9 @@ def parse_job(
     # A resume continues the run as it was started: options left out are the run's own
     # (its length and stop are not checked against the checkpoint, so the CLI's defaults
     # would silently make it another run), not the CLI's defaults.
-    saved = checkpoint.read_meta(ckpt) if held else {}
+    # Read on every resume: a missing checkpoint is refused here, before the model's load
+    # and before the search makes an empty --out.
+    saved = checkpoint.read_meta(ckpt) if resume and ckpt is not None else {}
     saved_cells = _saved_classes(saved, len(labels)) if saved.get("kind") == "map-elites" else None
     if map_elites and classes is None and saved_cells is not None:
         # The archive's own cells, not all 1000 (which the checkpoint would refuse).
