@@ -431,6 +431,19 @@ def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
     assert stream.getvalue() == "\rrobin: generation 1/5  best  98.99%"
 
 
+def test_generation_bar_blanks_the_end_of_a_longer_line():
+    # "\r" only moves back: drawn over "10:00, 10:00 left", "19:59, 0:00 left" read
+    # "19:59, 0:00 leftt" on a terminal.
+    stream, now = StringIO(), [0.0]
+    bar = GenerationBar(3, "robin", stream=stream, clock=lambda: now[0])
+    for gen, t in [(1, 0.0), (2, 600.0), (3, 1199.0)]:
+        now[0] = t
+        bar(gen, {"best": 0.5, "median": 0.0})
+    frames = stream.getvalue().split("\r")[1:]
+    assert frames[1] == "robin: generation 2/3  best  50.00%  10:00, 10:00 left"
+    assert frames[2] == "robin: generation 3/3  best  50.00%  19:59, 0:00 left "
+
+
 def test_progress_gets_each_generations_history_line(tiny, tmp_path):
     cfg = SearchConfig(population=P, generations=3, elites=0, stop_at=None)
     seen = []

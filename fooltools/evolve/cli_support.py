@@ -220,6 +220,7 @@ class GenerationBar(Progress):
         super().__init__(total, label, stream, force=stream is not None)
         self.median, self.clock = median, clock
         self.first: tuple[int, float] | None = None
+        self.shown = 0  # length of the line drawn last
 
     def __call__(self, gen: int, line: Mapping[str, float]) -> None:  # type: ignore[override]
         """Generation ``gen`` (1-based) has finished; ``line``: its history line."""
@@ -235,7 +236,10 @@ class GenerationBar(Progress):
         if done:
             left = elapsed / done * (self.total - gen)
             text += f"  {_clock(elapsed)}, {_clock(left)} left"
-        self.stream.write(text)
+        # "\r" only moves back: a line shorter than the last (the time left from 10:00 to
+        # 9:59) blanks the last one's end, which read on as "9:59 leftt".
+        self.stream.write(text + " " * (self.shown - len(text)))
+        self.shown = len(text)
         self.stream.flush()
         self.done = gen  # Progress.close ends the line once something was drawn
 
