@@ -572,6 +572,27 @@ def test_a_resume_keeps_the_runs_own_strategy_and_cells(tiny, tmp_path):
             tmp_path, classes="robin", **again)))  # fmt: skip
 
 
+GA, ES, ME = "--class NAME --strategy ga", "--class NAME --strategy es", "--map-elites"
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "there", "here"),
+    [
+        ("single", ["--class", "robin", "--strategy", "es"], GA, ES),
+        ("es", ["--class", "robin", "--strategy", "ga"], ES, GA),
+        ("map-elites", ["--class", "robin"], ME, ES),
+        ("es", ["--map-elites"], ES, ME),
+    ],
+)
+def test_a_resume_of_another_search_names_the_options(capsys, tmp_path, kind, options, there, here):
+    # The checkpoint refused it as "kind = 'single', this run has 'es'", once the model
+    # was loaded: in its own terms, not the command line's.
+    checkpoint.save(tmp_path / "checkpoint.npz", {}, {}, {"kind": kind, "classes": [15]})
+    code, _, err = fool(capsys, "evolve", *options, "--out", str(tmp_path), "--resume")
+    assert code == 2 and f"holds a `{there}` run, not a `{here}` one; resume it with" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_classes_all_is_every_class_in_any_case(tmp_path):
     cells = {"target": None, "map_elites": True, "stop_at": None, "generations": 1}
     for spelling in ("all", "ALL", " All "):

@@ -28,6 +28,12 @@ from fooltools.progress import Progress
 
 # The --strategy of a checkpoint's single-target search (its meta's kind).
 SAVED_STRATEGY = {"single": "ga", "es": "es"}
+# The options of each search a checkpoint's meta's kind names.
+SAVED_SEARCH = {
+    "single": "--class NAME --strategy ga",
+    "es": "--class NAME --strategy es",
+    "map-elites": "--map-elites",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +128,15 @@ def parse_job(
         strategy = SAVED_STRATEGY[saved["kind"]]
     if strategy is None:
         strategy = "es" if encoding == "cppn" and not map_elites else "ga"
+    # The checkpoint would refuse another search as "kind = 'single', this run has 'es'",
+    # in its own terms and only once the model is loaded: say it in the options' terms.
+    here = "--map-elites" if map_elites else f"--class NAME --strategy {strategy}"
+    there = SAVED_SEARCH.get(saved.get("kind"))
+    if there is not None and there != here:
+        raise FoolError(
+            f"{out_dir} holds a `{there}` run, not a `{here}` one; resume it with its own "
+            "search, or use another --out"
+        )
     if strategy == "es" and (encoding != "cppn" or map_elites):
         raise FoolError(
             "--strategy es evolves one CPPN for one class: use it with --class "
