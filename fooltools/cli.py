@@ -287,7 +287,12 @@ def perturb(
 )
 @_model_options
 @_run_options("evolve")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its checkpoint; options left out (generations, "
+    "stop, population, strategy, MAP-Elites classes) are the run's own.",
+)
 @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
 def evolve(
     target: str | None,
