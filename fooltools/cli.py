@@ -252,7 +252,10 @@ def perturb(
     help="MAP-Elites cells: all, or a comma-separated list of classes [default: all].",
 )
 @click.option(
-    "--encoding", type=click.Choice(["cppn", "direct"]), default="cppn", show_default=True
+    "--encoding",
+    type=click.Choice(["cppn", "direct"]),
+    default=None,
+    help="Genome: a CPPN or the pixels [default: cppn; on --resume, the run's own].",
 )
 @click.option(
     "--strategy",
@@ -291,7 +294,7 @@ def perturb(
     "--resume",
     is_flag=True,
     help="Continue the run in --out from its checkpoint; options left out (generations, "
-    "stop, population, strategy, MAP-Elites classes) are the run's own.",
+    "stop, population, encoding, strategy, MAP-Elites classes) are the run's own.",
 )
 @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
 def evolve(

@@ -26,6 +26,7 @@ from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
 from fooltools.progress import Progress
 
+ENCODINGS = ("cppn", "direct")
 # The --strategy of a checkpoint's single-target search (its meta's kind).
 SAVED_STRATEGY = {"single": "ga", "es": "es"}
 # The options of each search a checkpoint's meta's kind names.
@@ -57,7 +58,7 @@ def parse_job(
     target: str | None,
     map_elites: bool,
     classes: str | None,
-    encoding: str,
+    encoding: str | None,
     strategy: str | None = None,
     generations: int | None,
     population: int | None,
@@ -121,6 +122,11 @@ def parse_job(
             cls = saved_cells
     else:
         cls = (labels.lookup(target),)
+    if encoding is None:
+        # Left out: the run's own on a resume (a direct run was refused as cppn), else cppn.
+        encoding = saved["encoding"] if saved.get("encoding") in ENCODINGS else "cppn"
+    if encoding not in ENCODINGS:
+        raise FoolError(f"--encoding must be cppn or direct, got {encoding!r}")
     # The evolution strategy moves one CPPN's weights towards one class: the default
     # there; the paper's genetic algorithm everywhere else (and on request). A resume
     # keeps the run's own search: the default would refuse a GA run's checkpoint.
