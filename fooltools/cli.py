@@ -46,13 +46,17 @@ def _model_options(f: Callable) -> Callable:
     )(f)
 
 
-def _run_options(kind: str, *, seed: bool = True) -> Callable[[Callable], Callable]:
+def _run_options(
+    kind: str, *, seed: bool = True, resumable: bool = False
+) -> Callable[[Callable], Callable]:
     """``--seed`` and ``--out`` (default ``runs/<kind>-<timestamp>``) of a command's run.
 
     Args:
         kind: The command, for the default ``--out``.
         seed: Whether the command takes ``--seed``; False for one that draws no random
             numbers, where a seed would change nothing.
+        resumable: The command has ``--resume``, where a left-out ``--seed`` is the run's
+            own: its default is None, for the command to fill in (0 on a new run).
     """
 
     def decorate(f: Callable) -> Callable:
@@ -62,7 +66,12 @@ def _run_options(kind: str, *, seed: bool = True) -> Callable[[Callable], Callab
             type=click.Path(file_okay=False),
             help=f"Run directory [default: runs/{kind}-<timestamp>].",
         )(f)
-        return click.option("--seed", default=0, show_default=True, type=SEED)(f) if seed else f
+        if not seed:
+            return f
+        if resumable:
+            text = "Random seed [default: 0; on --resume, the run's own]."
+            return click.option("--seed", default=None, type=SEED, help=text)(f)
+        return click.option("--seed", default=0, show_default=True, type=SEED)(f)
 
     return decorate
 
@@ -289,12 +298,12 @@ def perturb(
     "images) [default: 1, the model's own view].",
 )
 @_model_options
-@_run_options("evolve")
+@_run_options("evolve", resumable=True)
 @click.option(
     "--resume",
     is_flag=True,
     help="Continue the run in --out from its checkpoint; options left out (generations, "
-    "stop, population, encoding, strategy, MAP-Elites classes) are the run's own.",
+    "stop, population, encoding, strategy, seed, MAP-Elites classes) are the run's own.",
 )
 @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
 def evolve(
@@ -309,7 +318,7 @@ def evolve(
     crops: int | None,
     model_name: str | None,
     weights: str | None,
-    seed: int,
+    seed: int | None,
     out_dir: str | None,
     resume: bool,
     checkpoint_every: int,

@@ -557,14 +557,16 @@ def test_a_resume_keeps_the_runs_own_strategy_and_cells(tiny, tmp_path):
     left_out = {"encoding": "cppn", "population": None, "resume": True}
     job = cli_support.parse_job(**evolve_options(ga, **left_out))
     assert (job.strategy, job.search.population) == ("ga", 5)
-    # A left-out --encoding too (a direct run was refused as cppn); else cppn.
-    meta = {"kind": "single", "encoding": "direct"}
+    # A left-out --encoding and --seed too (were refused as cppn and 0); else cppn and 0.
+    meta = {"kind": "single", "encoding": "direct", "seed": 5}
     checkpoint.save(ga / "checkpoint.npz", {}, {}, meta)
-    job = cli_support.parse_job(**evolve_options(ga, **{**left_out, "encoding": None}))
-    assert (job.encoding, job.strategy) == ("direct", "ga")
-    fresh = {"encoding": None, "out_dir": str(tmp_path / "new")}
+    job = cli_support.parse_job(
+        **evolve_options(ga, **{**left_out, "encoding": None, "seed": None})
+    )
+    assert (job.encoding, job.strategy, job.seed) == ("direct", "ga", 5)
+    fresh = {"encoding": None, "seed": None, "out_dir": str(tmp_path / "new")}
     job = cli_support.parse_job(**evolve_options(tmp_path, **fresh))
-    assert (job.encoding, job.strategy) == ("cppn", "es")
+    assert (job.encoding, job.strategy, job.seed) == ("cppn", "es", 0)
     cells = {"target": None, "map_elites": True, "stop_at": None}
     run = cli_support.parse_job(**evolve_options(tmp_path, classes="ostrich,robin", **cells))
     cli_support.run_job(tiny, run)

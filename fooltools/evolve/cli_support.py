@@ -63,7 +63,7 @@ def parse_job(
     generations: int | None,
     population: int | None,
     stop_at: float | None,
-    seed: int,
+    seed: int | None,
     out_dir: str | None,
     resume: bool,
     checkpoint_every: int,
@@ -148,6 +148,10 @@ def parse_job(
             "--strategy es evolves one CPPN for one class: use it with --class "
             "and --encoding cppn (MAP-Elites and the direct encoding use ga)"
         )
+    if seed is None:
+        # The run's own on a resume: README's resume form gives no --seed.
+        value = saved.get("seed")
+        seed = value if isinstance(value, int) and not isinstance(value, bool) else 0
     if generations is None:
         generations = _saved_number(saved, "generations", 5000 if map_elites else 1000)
     if population is None:
