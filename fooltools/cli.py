@@ -303,7 +303,8 @@ def perturb(
     "--resume",
     is_flag=True,
     help="Continue the run in --out from its checkpoint; options left out (generations, "
-    "stop, population, encoding, strategy, seed, MAP-Elites classes) are the run's own.",
+    "stop, population, encoding, strategy, seed, crops, model, MAP-Elites classes) are "
+    "the run's own.",
 )
 @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
 def evolve(
@@ -352,7 +353,7 @@ def evolve(
         # have its report and images overwritten; parse_job refused a checkpoint first,
         # with --resume as its advice. fool run re-runs its own runs in place on purpose.
         check_out_dir(job.out)
-    clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
+    clf = load_model(model_name or job.model or DEFAULT_MODEL, weights=weights)
     report = cli_support.run_job(clf, job)
     click.echo(report["title"])
     click.echo(f"open {Path(job.out) / 'index.html'}")

@@ -567,6 +567,13 @@ def test_a_resume_keeps_the_runs_own_strategy_and_cells(tiny, tmp_path):
     fresh = {"encoding": None, "seed": None, "out_dir": str(tmp_path / "new")}
     job = cli_support.parse_job(**evolve_options(tmp_path, **fresh))
     assert (job.encoding, job.strategy, job.seed) == ("cppn", "es", 0)
+    assert (job.model, job.crops) == (None, 1)
+    # And its model and --crops (the scorer's name in the checkpoint; were refused).
+    checkpoint.save(ga / "checkpoint.npz", {}, {}, {**meta, "model": "tiny, mean of 10 crops"})
+    job = cli_support.parse_job(**evolve_options(ga, **left_out))
+    assert (job.model, job.crops) == ("tiny", 10)
+    job = cli_support.parse_job(**evolve_options(ga, **left_out, crops=5))
+    assert (job.model, job.crops) == ("tiny", 5)  # given: the checkpoint refuses it
     cells = {"target": None, "map_elites": True, "stop_at": None}
     run = cli_support.parse_job(**evolve_options(tmp_path, classes="ostrich,robin", **cells))
     cli_support.run_job(tiny, run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -51,6 +52,8 @@ class EvolveJob:
     resume: bool
     checkpoint_every: int
     crops: int = 1
+    # On a resume, the registry name of the run's model (for a left-out --model).
+    model: str | None = None
 
 
 def parse_job(
@@ -169,7 +172,10 @@ def parse_job(
         raise FoolError(
             f"--strategy es samples mirrored pairs: population must be even, got {population}"
         )
-    crops = crop_views.check(crops)
+    # The checkpoint's model is the scorer's name, "NAME, mean of N crops" over crops: a
+    # left-out --crops or --model on a resume is the run's own.
+    model, n_crops = _saved_model(saved)
+    crops = crop_views.check(n_crops if crops is None else crops)
     stop_at = 0.99 if stop_at is None else stop_at
     if not 0 <= stop_at <= 1:
         raise FoolError(f"--stop-at must be in [0, 1], got {stop_at}")
@@ -193,7 +199,17 @@ def parse_job(
         resume=resume,
         checkpoint_every=checkpoint_every,
         crops=crops,
+        model=model,
     )
+
+
+def _saved_model(saved: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """A checkpoint meta's model: its registry name and crops (None, None: none recorded)."""
+    name = saved.get("model")
+    if not isinstance(name, str):
+        return None, None
+    m = re.fullmatch(r"(.+), mean of (\d+) crops", name)
+    return (m[1], int(m[2])) if m else (name, 1)
 
 
 def _saved_classes(saved: Mapping[str, Any], n: int) -> tuple[int, ...] | None:
