@@ -87,6 +87,9 @@ def parse_job(
         raise FoolError("--stop-at is for --class: MAP-Elites runs all its generations")
     if not map_elites and classes is not None:
         raise FoolError("--classes is for --map-elites (--class NAME evolves one class)")
+    if out_dir is not None and not out_dir.strip():
+        # An unset shell variable: the run's files would land in the current directory.
+        raise FoolError("--out is empty; give the run's directory")
     if resume and out_dir is None:
         raise FoolError("--resume needs --out DIR, the run to continue")
     ckpt = None if out_dir is None else Path(out_dir) / CHECKPOINT
