@@ -610,6 +610,21 @@ def test_a_resume_of_another_search_names_the_options(capsys, tmp_path, kind, op
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_ctrl_c_while_writing_the_outputs_says_resume_writes_them(tiny, tmp_path, monkeypatch):
+    # The search was over and saved, but the line was a bare "interrupted".
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot_history", interrupted)
+    with pytest.raises(KeyboardInterrupt) as err:
+        cli_support.run_job(tiny, cli_support.parse_job(**evolve_options(tmp_path)))
+    assert isinstance(err.value, Interrupted)
+    assert "while writing the outputs; the finished run is saved in" in str(err.value)
+    monkeypatch.undo()
+    job = cli_support.parse_job(**evolve_options(tmp_path, resume=True))
+    assert cli_support.run_job(tiny, job)["generations_run"] == 3
+
+
 def test_classes_all_is_every_class_in_any_case(tmp_path):
     cells = {"target": None, "map_elites": True, "stop_at": None, "generations": 1}
     for spelling in ("all", "ALL", " All "):

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import jax
 
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, Interrupted
 from fooltools.evolve import checkpoint
 from fooltools.evolve import report as outputs
 from fooltools.evolve.cppn import SFERES2, cppn
@@ -357,13 +357,22 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
             summary = evolve_map_elites(
                 clf, enc, job.encoding, list(job.classes), job.search, **kwargs
             )
-            return outputs.write_map_elites(job.out, clf, list(job.classes), summary, common)
-        if job.strategy == "es":
+        elif job.strategy == "es":
             summary = evolve_es(
                 clf, enc, job.encoding, job.classes[0], job.search, ESConfig(), **kwargs
             )
         else:
             summary = evolve_single(clf, enc, job.encoding, job.classes[0], job.search, **kwargs)
-        return outputs.write_single(job.out, clf, job.classes[0], summary, common)
     finally:
         bar.close()
+    try:
+        if job.map_elites:
+            return outputs.write_map_elites(job.out, clf, list(job.classes), summary, common)
+        return outputs.write_single(job.out, clf, job.classes[0], summary, common)
+    except KeyboardInterrupt:
+        # The search is over and saved; only its outputs are missing (re-reading 1000
+        # cells takes a while): a bare "interrupted" left no way on.
+        raise Interrupted(
+            f"interrupted while writing the outputs; the finished run is saved in "
+            f"{job.out / CHECKPOINT}: --resume writes them"
+        ) from None
