@@ -74,6 +74,9 @@ def parse_job(
 ) -> EvolveJob:
     """Check the options and fill in defaults.
 
+    On a resume, the options left out (None) are those of the run in ``out_dir``, read
+    from its checkpoint; ``EvolveJob.model`` is then its model's registry name.
+
     Raises:
         FoolError: Unknown class, population < 2, generations < 1, --resume without --out,
             an --out that holds a run but no --resume, ...
@@ -102,9 +105,9 @@ def parse_job(
         )
     # A resume continues the run as it was started: options left out are the run's own
     # (its length and stop are not checked against the checkpoint, so the CLI's defaults
-    # would silently make it another run), not the CLI's defaults.
-    # Read on every resume: a missing checkpoint is refused here, before the model's load
-    # and before the search makes an empty --out.
+    # would silently make it another run; its other settings would be refused), not the
+    # CLI's defaults. Read on every resume: a missing checkpoint is refused here, before
+    # the model's load and before the search makes an empty --out.
     saved = checkpoint.read_meta(ckpt) if resume and ckpt is not None else {}
     saved_cells = _saved_classes(saved, len(labels)) if saved.get("kind") == "map-elites" else None
     if map_elites and classes is None and saved_cells is not None:
