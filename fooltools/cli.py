@@ -46,13 +46,17 @@ def _model_options(f: Callable) -> Callable:
     )(f)
 
 
-def _run_options(kind: str, *, seed: bool = True) -> Callable[[Callable], Callable]:
+def _run_options(
+    kind: str, *, seed: bool = True, resumable: bool = False
+) -> Callable[[Callable], Callable]:
     """``--seed`` and ``--out`` (default ``runs/<kind>-<timestamp>``) of a command's run.
 
     Args:
         kind: The command, for the default ``--out``.
         seed: Whether the command takes ``--seed``; False for one that draws no random
             numbers, where a seed would change nothing.
+        resumable: The command has ``--resume``, where a left-out ``--seed`` is the run's
+            own: its default is None, for the command to fill in (0 on a new run).
     """
 
     def decorate(f: Callable) -> Callable:
@@ -62,7 +66,12 @@ def _run_options(kind: str, *, seed: bool = True) -> Callable[[Callable], Callab
             type=click.Path(file_okay=False),
             help=f"Run directory [default: runs/{kind}-<timestamp>].",
         )(f)
-        return click.option("--seed", default=0, show_default=True, type=SEED)(f) if seed else f
+        if not seed:
+            return f
+        if resumable:
+            text = "Random seed [default: 0; on --resume, the run's own]."
+            return click.option("--seed", default=None, type=SEED, help=text)(f)
+        return click.option("--seed", default=0, show_default=True, type=SEED)(f)
 
     return decorate
 
@@ -252,7 +261,10 @@ def perturb(
     help="MAP-Elites cells: all, or a comma-separated list of classes [default: all].",
 )
 @click.option(
-    "--encoding", type=click.Choice(["cppn", "direct"]), default="cppn", show_default=True
+    "--encoding",
+    type=click.Choice(["cppn", "direct"]),
+    default=None,
+    help="Genome: a CPPN or the pixels [default: cppn; on --resume, the run's own].",
 )
 @click.option(
     "--strategy",
@@ -286,8 +298,14 @@ def perturb(
     "images) [default: 1, the model's own view].",
 )
 @_model_options
-@_run_options("evolve")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@_run_options("evolve", resumable=True)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its checkpoint; options left out (generations, "
+    "stop, population, encoding, strategy, seed, crops, model, MAP-Elites classes) are "
+    "the run's own.",
+)
 @click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
 def evolve(
     target: str | None,
@@ -301,7 +319,7 @@ def evolve(
     crops: int | None,
     model_name: str | None,
     weights: str | None,
-    seed: int,
+    seed: int | None,
     out_dir: str | None,
     resume: bool,
     checkpoint_every: int,
@@ -313,6 +331,7 @@ def evolve(
     """
     from fooltools.evolve import cli_support
     from fooltools.models import DEFAULT_MODEL, load_model
+    from fooltools.perturb import check_out_dir
 
     job = cli_support.parse_job(
         target=target,
@@ -329,7 +348,12 @@ def evolve(
         checkpoint_every=checkpoint_every,
         crops=crops,
     )
-    clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
+    if not job.resume:
+        # A finished run whose checkpoint was deleted (or another command's run) would
+        # have its report and images overwritten; parse_job refused a checkpoint first,
+        # with --resume as its advice. fool run re-runs its own runs in place on purpose.
+        check_out_dir(job.out)
+    clf = load_model(model_name or job.model or DEFAULT_MODEL, weights=weights)
     report = cli_support.run_job(clf, job)
     click.echo(report["title"])
     click.echo(f"open {Path(job.out) / 'index.html'}")

@@ -431,6 +431,19 @@ def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
     assert stream.getvalue() == "\rrobin: generation 1/5  best  98.99%"
 
 
+def test_generation_bar_blanks_the_end_of_a_longer_line():
+    # "\r" only moves back: drawn over "10:00, 10:00 left", "19:59, 0:00 left" read
+    # "19:59, 0:00 leftt" on a terminal.
+    stream, now = StringIO(), [0.0]
+    bar = GenerationBar(3, "robin", stream=stream, clock=lambda: now[0])
+    for gen, t in [(1, 0.0), (2, 600.0), (3, 1199.0)]:
+        now[0] = t
+        bar(gen, {"best": 0.5, "median": 0.0})
+    frames = stream.getvalue().split("\r")[1:]
+    assert frames[1] == "robin: generation 2/3  best  50.00%  10:00, 10:00 left"
+    assert frames[2] == "robin: generation 3/3  best  50.00%  19:59, 0:00 left "
+
+
 def test_progress_gets_each_generations_history_line(tiny, tmp_path):
     cfg = SearchConfig(population=P, generations=3, elites=0, stop_at=None)
     seen = []
@@ -535,6 +548,83 @@ def test_a_resume_continues_the_run_as_it_was_started(tiny, tmp_path):
     assert (job.search.generations, job.search.stop_at) == (5, 0.5)
 
 
+def test_a_resume_keeps_the_runs_own_strategy_and_cells(tiny, tmp_path):
+    # README's resume form leaves the search out: a GA run's checkpoint was refused for
+    # the ES default ("population must be even" with an odd one), and a MAP-Elites run's
+    # for all 1000 cells (an error line listing 1000 indices).
+    ga = tmp_path / "ga"
+    checkpoint.save(ga / "checkpoint.npz", {}, {}, {"kind": "single", "population": 5})
+    left_out = {"encoding": "cppn", "population": None, "resume": True}
+    job = cli_support.parse_job(**evolve_options(ga, **left_out))
+    assert (job.strategy, job.search.population) == ("ga", 5)
+    # A left-out --encoding and --seed too (were refused as cppn and 0); else cppn and 0.
+    meta = {"kind": "single", "encoding": "direct", "seed": 5}
+    checkpoint.save(ga / "checkpoint.npz", {}, {}, meta)
+    job = cli_support.parse_job(
+        **evolve_options(ga, **{**left_out, "encoding": None, "seed": None})
+    )
+    assert (job.encoding, job.strategy, job.seed) == ("direct", "ga", 5)
+    fresh = {"encoding": None, "seed": None, "out_dir": str(tmp_path / "new")}
+    job = cli_support.parse_job(**evolve_options(tmp_path, **fresh))
+    assert (job.encoding, job.strategy, job.seed) == ("cppn", "es", 0)
+    assert (job.model, job.crops) == (None, 1)
+    # And its model and --crops (the scorer's name in the checkpoint; were refused).
+    checkpoint.save(ga / "checkpoint.npz", {}, {}, {**meta, "model": "tiny, mean of 10 crops"})
+    job = cli_support.parse_job(**evolve_options(ga, **left_out))
+    assert (job.model, job.crops) == ("tiny", 10)
+    job = cli_support.parse_job(**evolve_options(ga, **left_out, crops=5))
+    assert (job.model, job.crops) == ("tiny", 5)  # given: the checkpoint refuses it
+    cells = {"target": None, "map_elites": True, "stop_at": None}
+    run = cli_support.parse_job(**evolve_options(tmp_path, classes="ostrich,robin", **cells))
+    cli_support.run_job(tiny, run)
+    again = {**cells, "resume": True, "generations": 4}
+    job = cli_support.parse_job(**evolve_options(tmp_path, **again))
+    assert job.classes == (9, 15)
+    # The same cells in another order are the same archive, in the checkpoint's order.
+    job = cli_support.parse_job(**evolve_options(tmp_path, classes="robin,ostrich", **again))
+    assert job.classes == (9, 15)
+    assert cli_support.run_job(tiny, job)["generations_run"] == 4
+    with pytest.raises(FoolError, match=r"classes = \[9, 15\], this run has \[15\]"):
+        cli_support.run_job(tiny, cli_support.parse_job(**evolve_options(
+            tmp_path, classes="robin", **again)))  # fmt: skip
+
+
+GA, ES, ME = "--class NAME --strategy ga", "--class NAME --strategy es", "--map-elites"
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "there", "here"),
+    [
+        ("single", ["--class", "robin", "--strategy", "es"], GA, ES),
+        ("es", ["--class", "robin", "--strategy", "ga"], ES, GA),
+        ("map-elites", ["--class", "robin"], ME, ES),
+        ("es", ["--map-elites"], ES, ME),
+    ],
+)
+def test_a_resume_of_another_search_names_the_options(capsys, tmp_path, kind, options, there, here):
+    # The checkpoint refused it as "kind = 'single', this run has 'es'", once the model
+    # was loaded: in its own terms, not the command line's.
+    checkpoint.save(tmp_path / "checkpoint.npz", {}, {}, {"kind": kind, "classes": [15]})
+    code, _, err = fool(capsys, "evolve", *options, "--out", str(tmp_path), "--resume")
+    assert code == 2 and f"holds a `{there}` run, not a `{here}` one; resume it with" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_ctrl_c_while_writing_the_outputs_says_resume_writes_them(tiny, tmp_path, monkeypatch):
+    # The search was over and saved, but the line was a bare "interrupted".
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot_history", interrupted)
+    with pytest.raises(KeyboardInterrupt) as err:
+        cli_support.run_job(tiny, cli_support.parse_job(**evolve_options(tmp_path)))
+    assert isinstance(err.value, Interrupted)
+    assert "while writing the outputs; the finished run is saved in" in str(err.value)
+    monkeypatch.undo()
+    job = cli_support.parse_job(**evolve_options(tmp_path, resume=True))
+    assert cli_support.run_job(tiny, job)["generations_run"] == 3
+
+
 def test_classes_all_is_every_class_in_any_case(tmp_path):
     cells = {"target": None, "map_elites": True, "stop_at": None, "generations": 1}
     for spelling in ("all", "ALL", " All "):
@@ -611,6 +701,16 @@ def test_resume_with_another_runs_settings_or_fewer_generations_is_refused(tiny,
         evolve_single(tiny, cppn(), "cppn", 15, shorter, seed=0, out=tmp_path, resume=True)
 
 
+def test_a_checkpoint_of_other_cells_is_refused_in_a_short_line(tmp_path):
+    # --classes all against a 2-cell archive listed 1000 indices in the error line.
+    ck = tmp_path / "checkpoint.npz"
+    checkpoint.save(ck, {}, {}, {"kind": "map-elites", "classes": [9, 15]})
+    with pytest.raises(FoolError) as err:
+        checkpoint.load(ck, {}, {"kind": "map-elites", "classes": list(range(1000))})
+    assert "this run has [0, 1, 2, ..., 999] (1000 items))" in str(err.value)
+    assert "(classes = [9, 15]," in str(err.value) and len(str(err.value)) < 250
+
+
 def test_checkpoint_never_unpickles(tmp_path):
     # A checkpoint holding an object array would need pickle: it must be refused.
     path = tmp_path / "checkpoint.npz"
@@ -668,6 +768,7 @@ def test_single_outputs_report_the_saved_file(tiny, tmp_path):
         (["--class", "robin", "--classes", "robin,ostrich"], "--classes is for --map-elites"),
         (["--map-elites", "--stop-at", "0.5"], "--stop-at is for --class"),
         (["--map-elites", "--classes", ""], "--classes is empty"),  # an unset "$CLASSES"
+        (["--class", "robin", "--out", ""], "--out is empty"),  # not the current directory
         (["--class", "robin", "--population", "3000000000"], "population must be at most"),
         (["--class", "robin", "--generations", "3000000000"], "generations must be at most"),
     ],
@@ -696,6 +797,15 @@ def test_resume_of_corrupt_checkpoint_via_cli(capsys, tmp_path):
     assert (tmp_path / "checkpoint.npz").read_bytes() == b"PK\x03\x04 garbage"
 
 
+def test_resume_without_a_checkpoint_is_refused_before_the_run(capsys, tmp_path, monkeypatch):
+    # A mistyped --out: refused before the model's load, and not made as an empty run.
+    out = tmp_path / "typo"
+    monkeypatch.setattr("fooltools.models.load_model", lambda *a, **k: pytest.fail("loaded"))
+    code, _, err = fool(capsys, "evolve", "--class", "robin", "--out", str(out), "--resume")
+    assert code == 2 and f"no checkpoint to resume from: {out / 'checkpoint.npz'}" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_an_out_that_holds_a_run_is_not_started_afresh(capsys, tmp_path):
     # Forgetting --resume after a long run was stopped must not overwrite its checkpoint.
     (tmp_path / "checkpoint.npz").write_bytes(b"a stopped run's state")
@@ -704,6 +814,20 @@ def test_an_out_that_holds_a_run_is_not_started_afresh(capsys, tmp_path):
     for mode in (["--class", "robin"], ["--map-elites", "--classes", "robin,ostrich"]):
         code, _, err = fool(capsys, "evolve", *mode, "--generations", "2", "--out", str(tmp_path))
         assert code == 2 and "already holds a run" in err and "--resume" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_overwritten(capsys, tmp_path):
+    # A finished run whose checkpoint.npz was deleted to save space (or a fool perturb
+    # run) was silently overwritten by a fresh run into the same --out.
+    (tmp_path / "report.json").write_text('{"kind": "evolve"}')
+    (tmp_path / "best.png").write_bytes(b"a finished run's image")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for mode in (["--class", "robin"], ["--map-elites", "--classes", "robin,ostrich"]):
+        code, _, err = fool(capsys, "evolve", *mode, "--generations", "1", "--population", "2",
+                            "--out", str(tmp_path))  # fmt: skip
+        assert code == 2 and "already holds a run (report.json)" in err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 

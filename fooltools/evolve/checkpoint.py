@@ -65,8 +65,9 @@ def load(
     for key, value in expect.items():
         if meta.get(key) != value:
             raise FoolError(
-                f"checkpoint {path} belongs to another run ({key} = {meta.get(key)!r}, "
-                f"this run has {value!r}); resume it with its own settings, or use another --out"
+                f"checkpoint {path} belongs to another run ({key} = {_shown(meta.get(key))}, "
+                f"this run has {_shown(value)}); resume it with its own settings, or use "
+                "another --out"
             )
     specs, treedef = jax.tree_util.tree_flatten(template)
     leaves = []
@@ -77,6 +78,17 @@ def load(
         leaves.append(arr)
     arrays = {k.removeprefix("state_"): v for k, v in files.items() if k.startswith("state_")}
     return jax.tree_util.tree_unflatten(treedef, leaves), arrays, meta
+
+
+def _shown(value: Any, most: int = 8) -> str:
+    """``repr(value)``, a list of more than ``most`` items cut to its ends and length.
+
+    A MAP-Elites run's classes may be 1000 indices: an error line is not the place for them.
+    """
+    if isinstance(value, list) and len(value) > most:
+        ends = [repr(v) for v in value[:3]] + ["...", repr(value[-1])]
+        return f"[{', '.join(ends)}] ({len(value)} items)"
+    return repr(value)
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:

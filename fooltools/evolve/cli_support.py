@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, TextIO
 
 import jax
 
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, Interrupted
 from fooltools.evolve import checkpoint
 from fooltools.evolve import report as outputs
 from fooltools.evolve.cppn import SFERES2, cppn
@@ -25,6 +26,16 @@ from fooltools.models import crops as crop_views
 from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
 from fooltools.progress import Progress
+
+ENCODINGS = ("cppn", "direct")
+# The --strategy of a checkpoint's single-target search (its meta's kind).
+SAVED_STRATEGY = {"single": "ga", "es": "es"}
+# The options of each search a checkpoint's meta's kind names.
+SAVED_SEARCH = {
+    "single": "--class NAME --strategy ga",
+    "es": "--class NAME --strategy es",
+    "map-elites": "--map-elites",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +52,8 @@ class EvolveJob:
     resume: bool
     checkpoint_every: int
     crops: int = 1
+    # On a resume, the registry name of the run's model (for a left-out --model).
+    model: str | None = None
 
 
 def parse_job(
@@ -48,18 +61,21 @@ def parse_job(
     target: str | None,
     map_elites: bool,
     classes: str | None,
-    encoding: str,
+    encoding: str | None,
     strategy: str | None = None,
     generations: int | None,
     population: int | None,
     stop_at: float | None,
-    seed: int,
+    seed: int | None,
     out_dir: str | None,
     resume: bool,
     checkpoint_every: int,
     crops: int | None = None,
 ) -> EvolveJob:
     """Check the options and fill in defaults.
+
+    On a resume, the options left out (None) are those of the run in ``out_dir``, read
+    from its checkpoint; ``EvolveJob.model`` is then its model's registry name.
 
     Raises:
         FoolError: Unknown class, population < 2, generations < 1, --resume without --out,
@@ -74,29 +90,9 @@ def parse_job(
         raise FoolError("--stop-at is for --class: MAP-Elites runs all its generations")
     if not map_elites and classes is not None:
         raise FoolError("--classes is for --map-elites (--class NAME evolves one class)")
-    if map_elites:
-        # Only a left-out --classes means all: an empty one (an unset shell variable)
-        # must not start a 1000-class run.
-        names = [c.strip() for c in ("all" if classes is None else classes).split(",")]
-        names = [n for n in names if n]
-        cls = (
-            tuple(range(len(labels)))
-            if [n.lower() for n in names] == ["all"]
-            else tuple(dict.fromkeys(labels.lookup(n) for n in names))
-        )
-        if not cls:
-            raise FoolError("--classes is empty")
-    else:
-        cls = (labels.lookup(target),)
-    # The evolution strategy moves one CPPN's weights towards one class: the default
-    # there; the paper's genetic algorithm everywhere else (and on request).
-    if strategy is None:
-        strategy = "es" if encoding == "cppn" and not map_elites else "ga"
-    if strategy == "es" and (encoding != "cppn" or map_elites):
-        raise FoolError(
-            "--strategy es evolves one CPPN for one class: use it with --class "
-            "and --encoding cppn (MAP-Elites and the direct encoding use ga)"
-        )
+    if out_dir is not None and not out_dir.strip():
+        # An unset shell variable: the run's files would land in the current directory.
+        raise FoolError("--out is empty; give the run's directory")
     if resume and out_dir is None:
         raise FoolError("--resume needs --out DIR, the run to continue")
     ckpt = None if out_dir is None else Path(out_dir) / CHECKPOINT
@@ -109,8 +105,62 @@ def parse_job(
         )
     # A resume continues the run as it was started: options left out are the run's own
     # (its length and stop are not checked against the checkpoint, so the CLI's defaults
-    # would silently make it another run), not the CLI's defaults.
-    saved = checkpoint.read_meta(ckpt) if held else {}
+    # would silently make it another run; its other settings would be refused), not the
+    # CLI's defaults. Read on every resume: a missing checkpoint is refused here, before
+    # the model's load and before the search makes an empty --out.
+    saved = checkpoint.read_meta(ckpt) if resume and ckpt is not None else {}
+    saved_cells = _saved_classes(saved, len(labels)) if saved.get("kind") == "map-elites" else None
+    if map_elites and classes is None and saved_cells is not None:
+        # The archive's own cells, not all 1000 (which the checkpoint would refuse).
+        cls = saved_cells
+    elif map_elites:
+        # Only a left-out --classes means all: an empty one (an unset shell variable)
+        # must not start a 1000-class run.
+        names = [c.strip() for c in ("all" if classes is None else classes).split(",")]
+        names = [n for n in names if n]
+        cls = (
+            tuple(range(len(labels)))
+            if [n.lower() for n in names] == ["all"]
+            else tuple(dict.fromkeys(labels.lookup(n) for n in names))
+        )
+        if not cls:
+            raise FoolError("--classes is empty")
+        if saved_cells is not None and sorted(cls) == sorted(saved_cells):
+            # The same cells listed in another order are the same archive, whose cell i
+            # is the checkpoint's class i.
+            cls = saved_cells
+    else:
+        cls = (labels.lookup(target),)
+    if encoding is None:
+        # Left out: the run's own on a resume (a direct run was refused as cppn), else cppn.
+        encoding = saved["encoding"] if saved.get("encoding") in ENCODINGS else "cppn"
+    if encoding not in ENCODINGS:
+        raise FoolError(f"--encoding must be cppn or direct, got {encoding!r}")
+    # The evolution strategy moves one CPPN's weights towards one class: the default
+    # there; the paper's genetic algorithm everywhere else (and on request). A resume
+    # keeps the run's own search: the default would refuse a GA run's checkpoint.
+    if strategy is None and not map_elites and saved.get("kind") in SAVED_STRATEGY:
+        strategy = SAVED_STRATEGY[saved["kind"]]
+    if strategy is None:
+        strategy = "es" if encoding == "cppn" and not map_elites else "ga"
+    # The checkpoint would refuse another search as "kind = 'single', this run has 'es'",
+    # in its own terms and only once the model is loaded: say it in the options' terms.
+    here = "--map-elites" if map_elites else f"--class NAME --strategy {strategy}"
+    there = SAVED_SEARCH.get(saved.get("kind"))
+    if there is not None and there != here:
+        raise FoolError(
+            f"{out_dir} holds a `{there}` run, not a `{here}` one; resume it with its own "
+            "search, or use another --out"
+        )
+    if strategy == "es" and (encoding != "cppn" or map_elites):
+        raise FoolError(
+            "--strategy es evolves one CPPN for one class: use it with --class "
+            "and --encoding cppn (MAP-Elites and the direct encoding use ga)"
+        )
+    if seed is None:
+        # The run's own on a resume: README's resume form gives no --seed.
+        value = saved.get("seed")
+        seed = value if isinstance(value, int) and not isinstance(value, bool) else 0
     if generations is None:
         generations = _saved_number(saved, "generations", 5000 if map_elites else 1000)
     if population is None:
@@ -128,7 +178,10 @@ def parse_job(
         raise FoolError(
             f"--strategy es samples mirrored pairs: population must be even, got {population}"
         )
-    crops = crop_views.check(crops)
+    # The checkpoint's model is the scorer's name, "NAME, mean of N crops" over crops: a
+    # left-out --crops or --model on a resume is the run's own.
+    model, n_crops = _saved_model(saved)
+    crops = crop_views.check(n_crops if crops is None else crops)
     stop_at = 0.99 if stop_at is None else stop_at
     if not 0 <= stop_at <= 1:
         raise FoolError(f"--stop-at must be in [0, 1], got {stop_at}")
@@ -152,7 +205,26 @@ def parse_job(
         resume=resume,
         checkpoint_every=checkpoint_every,
         crops=crops,
+        model=model,
     )
+
+
+def _saved_model(saved: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """A checkpoint meta's model: its registry name and crops (None, None: none recorded)."""
+    name = saved.get("model")
+    if not isinstance(name, str):
+        return None, None
+    m = re.fullmatch(r"(.+), mean of (\d+) crops", name)
+    return (m[1], int(m[2])) if m else (name, 1)
+
+
+def _saved_classes(saved: Mapping[str, Any], n: int) -> tuple[int, ...] | None:
+    """A MAP-Elites checkpoint meta's classes, if a non-empty list of class indices."""
+    value = saved.get("classes")
+    if not isinstance(value, list) or not value:
+        return None
+    ok = all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n for c in value)
+    return tuple(value) if ok else None
 
 
 def _saved_number(saved: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -195,6 +267,7 @@ class GenerationBar(Progress):
         super().__init__(total, label, stream, force=stream is not None)
         self.median, self.clock = median, clock
         self.first: tuple[int, float] | None = None
+        self.shown = 0  # length of the line drawn last
 
     def __call__(self, gen: int, line: Mapping[str, float]) -> None:  # type: ignore[override]
         """Generation ``gen`` (1-based) has finished; ``line``: its history line."""
@@ -210,7 +283,10 @@ class GenerationBar(Progress):
         if done:
             left = elapsed / done * (self.total - gen)
             text += f"  {_clock(elapsed)}, {_clock(left)} left"
-        self.stream.write(text)
+        # "\r" only moves back: a line shorter than the last (the time left from 10:00 to
+        # 9:59) blanks the last one's end, which read on as "9:59 leftt".
+        self.stream.write(text + " " * (self.shown - len(text)))
+        self.shown = len(text)
         self.stream.flush()
         self.done = gen  # Progress.close ends the line once something was drawn
 
@@ -284,13 +360,22 @@ def run_job(clf: Classifier, job: EvolveJob) -> dict[str, Any]:
             summary = evolve_map_elites(
                 clf, enc, job.encoding, list(job.classes), job.search, **kwargs
             )
-            return outputs.write_map_elites(job.out, clf, list(job.classes), summary, common)
-        if job.strategy == "es":
+        elif job.strategy == "es":
             summary = evolve_es(
                 clf, enc, job.encoding, job.classes[0], job.search, ESConfig(), **kwargs
             )
         else:
             summary = evolve_single(clf, enc, job.encoding, job.classes[0], job.search, **kwargs)
-        return outputs.write_single(job.out, clf, job.classes[0], summary, common)
     finally:
         bar.close()
+    try:
+        if job.map_elites:
+            return outputs.write_map_elites(job.out, clf, list(job.classes), summary, common)
+        return outputs.write_single(job.out, clf, job.classes[0], summary, common)
+    except KeyboardInterrupt:
+        # The search is over and saved; only its outputs are missing (re-reading 1000
+        # cells takes a while): a bare "interrupted" left no way on.
+        raise Interrupted(
+            f"interrupted while writing the outputs; the finished run is saved in "
+            f"{job.out / CHECKPOINT}: --resume writes them"
+        ) from None
