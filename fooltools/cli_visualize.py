@@ -74,8 +74,16 @@ def _model(model_name: str | None, weights: str | None) -> Any:
 
 
 def _out(out_dir: str | None, kind: str) -> Path:
-    from fooltools.perturb import default_out_dir
+    """The run directory: ``--out``, refused if it holds a run, or a new default one.
 
+    Called before the model is loaded: the commands write their files one after another,
+    so into an earlier run's directory (any command's) they overwrote its report and
+    images and left its other files beside the new ones.
+    """
+    from fooltools.perturb import check_out_dir, default_out_dir
+
+    if out_dir:
+        check_out_dir(out_dir)
     return Path(out_dir) if out_dir else default_out_dir(kind=kind)
 
 
@@ -157,7 +165,8 @@ def invert_cmd(
 
     Writes original.png, reconstruction-*.png (one per layer and random start),
     progress.png, report.json and index.html. The report gives each reconstruction's
-    feature distance to the photo's as a fraction of a random image's.
+    feature distance to the photo's as a fraction of a random image's. An --out that
+    already holds a run is refused.
     """
     check_positive(tv_weight=tv_weight, alpha_weight=alpha_weight, lr=lr)
     _at_least("--starts", starts, 1)
@@ -171,11 +180,11 @@ def invert_cmd(
     if not 1 <= beta <= inversion.MAX_EXPONENT:  # also refuses NaN
         raise FoolError(f"--beta must be in [1, {inversion.MAX_EXPONENT:g}], got {beta:g}")
 
+    out = _out(out_dir, "invert")
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).
     names = list(dict.fromkeys(layers.check_layer(clf, n, option="--layer") for n in layer_names))
     path, photo = _image(image)
-    out = _out(out_dir, "invert")
     settings = {
         "layers": names, "starts": starts, "steps": steps, "size": size, "seed": seed,
         "tv_weight": tv_weight, "alpha_weight": alpha_weight, "beta": beta, "lr": lr,
@@ -234,7 +243,8 @@ def visualize_cmd(
     """Paint, from noise, what the model takes for --class (or what fires --channel).
 
     Writes one PNG per class or channel, progress.png, report.json and index.html; the
-    confidences reported are the model's on the PNG files.
+    confidences reported are the model's on the PNG files. An --out that already holds
+    a run is refused.
     """
     if bool(classes) == bool(channels):
         raise FoolError("give --class NAME (one or more), or --layer NAME with --channel N")
@@ -261,6 +271,7 @@ def visualize_cmd(
     from fooltools.visualize import classviz, layers, run
 
     targets = [imagenet().lookup(c) for c in classes]  # unknown names fail before loading
+    out = _out(out_dir, "visualize")
     clf = _model(model_name, weights)
     _check_jitter(jitter, size or max(clf.info.input_size))
     layer = "logits"
@@ -273,7 +284,6 @@ def visualize_cmd(
                     f"--channel {c} is out of range: {layer} has channels 0..{width - 1}"
                 )
         targets = list(channels)
-    out = _out(out_dir, "visualize")
     settings = {
         "targets": targets, "layer": layer, "steps": steps, "size": size, "seed": seed,
         "tv_weight": tv_weight, "jitter": jitter, "lr": lr,
@@ -326,7 +336,8 @@ def dream_cmd(
 ) -> None:  # fmt: skip
     """Deep Dream: amplify what --layer sees in IMAGE, over several octaves.
 
-    Writes original.png, dream.png, progress.png, report.json and index.html.
+    Writes original.png, dream.png, progress.png, report.json and index.html. An --out
+    that already holds a run is refused.
     """
     check_positive(lr=lr)
     if not octave_scale > 1:
@@ -340,12 +351,12 @@ def dream_cmd(
 
     from fooltools.visualize import common, deepdream, layers, run
 
+    out = _out(out_dir, "dream")
     clf = _model(model_name, weights)
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
     photo = common.fit(photo, size)
     _check_jitter(jitter, max(photo.shape[:2]))
-    out = _out(out_dir, "dream")
     settings = {
         "layer": layer, "octaves": octaves, "octave_scale": octave_scale, "steps": steps,
         "size": size, "lr": lr, "jitter": jitter, "seed": seed,
@@ -406,6 +417,7 @@ def style_cmd(
 
     Writes content.png, style.png, result.png, progress.png, report.json and index.html.
     It draws no random numbers (the result starts from CONTENT), so it takes no --seed.
+    An --out that already holds a run is refused.
     """
     if seed is not None:
         raise FoolError(
@@ -426,6 +438,7 @@ def style_cmd(
     from fooltools.visualize import layers, run
     from fooltools.visualize import style as style_mod
 
+    out = _out(out_dir, "style")
     clf = _model(model_name, weights)
     if content_layer is not None:
         layers.check_layer(clf, content_layer, option="--content-layer")
@@ -433,7 +446,6 @@ def style_cmd(
         layers.check_layer(clf, name, spatial=True, option="--style-layers")
     content_path, content_img = _image(content)
     style_path, style_img = _image(style)
-    out = _out(out_dir, "style")
 
     def work(progress):
         # stylize takes a key for the common signature only: any key, the same image.

@@ -351,3 +351,32 @@ def test_every_default_in_the_help_is_the_one_each_command_uses(capsys):
     for command, default in [("dream", "steps/2, within each octave"), ("invert", "steps/8")]:
         code, out, _ = run(capsys, command, "--help")
         assert code == 0 and f"[default: {default}]" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["invert", "sample:cat", "--layer", "pool"],
+        ["visualize", "--class", "robin"],
+        ["dream", "sample:cat", "--layer", "head"],
+        ["style", "sample:cat", "sample:coffee"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_an_out_holding_a_run_is_refused_before_any_work(capsys, tmp_path, monkeypatch, args):
+    # Each command wrote its files over an earlier run's (its report.json, original.png),
+    # leaving that run's other files beside them: an `invert --out` naming a perturb run
+    # kept its adversarial.png under an inversion's report.
+    from fooltools import models
+
+    (tmp_path / "report.json").write_text('{"title": "an earlier run"}')
+    (tmp_path / "original.png").write_bytes(b"earlier")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a run that is refused")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    code, _, err = run(capsys, *args, "--steps", "1", "--size", "32", "--out", tmp_path)
+    assert_one_line_error(code, err, f"{tmp_path} already holds a run (report.json)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["original.png", "report.json"]
+    assert (tmp_path / "report.json").read_text() == '{"title": "an earlier run"}'
