@@ -262,7 +262,8 @@ def perturb_file(
     io.write_png(out / "perturbation.png", np.clip(0.5 + gain * diff, 0, 1))
     adv_logits = np.asarray(jax.jit(clf.logits)(clf.params, jnp.asarray(written)[None]))[0]
     top1 = int(adv_logits.argmax())
-    success = top1 == target if cfg.target is not None else top1 != source
+    targeted = cfg.target is not None
+    success = top1 == target if targeted else top1 != source
     probs = np.asarray(jax.nn.softmax(jnp.asarray(adv_logits)))
     src_probs = np.asarray(jax.nn.softmax(jnp.asarray(source_logits)))
     # Distortions of the files themselves, in whole 8-bit levels.
@@ -281,18 +282,20 @@ def perturb_file(
         "norm": cfg.norm,
         "eps": cfg.eps,
         "eps_255": None if cfg.eps is None else cfg.eps * 255,
-        "targeted": cfg.target is not None,
+        "targeted": targeted,
         "source": {
             "index": source,
             "label": clf.labels.name(source),
             "confidence": float(src_probs[source]),
         },
-        "target": {"index": target, "label": clf.labels.name(target)},
+        # An untargeted run has no target: it stood for the source class here, and the
+        # page showed the source's confidence as a "target confidence".
+        "target": {"index": target, "label": clf.labels.name(target)} if targeted else None,
         "final": {
             "index": top1,
             "label": clf.labels.name(top1),
             "confidence": float(probs[top1]),
-            "target_confidence": float(probs[target]),
+            "target_confidence": float(probs[target]) if targeted else None,
             "source_confidence": float(probs[source]),
         },
         "distortion_255": {
@@ -319,9 +322,10 @@ def perturb_file(
             },
         ],
     }
+    aimed = ("target", target) if targeted else ("source", source)
     report["metrics"] = {
         "success": report["success"],
-        "target confidence": round(report["final"]["target_confidence"], 4),
+        f"{aimed[0]} confidence": round(float(probs[aimed[1]]), 4),
         "L-inf (0-255)": round(report["distortion_255"]["linf"], 2),
         "L2 (0-255)": round(report["distortion_255"]["l2"], 2),
         "L0 (values)": report["distortion_255"]["l0"],

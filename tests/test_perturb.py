@@ -64,6 +64,12 @@ def test_perturb_file_reuses_the_compiled_attack_with_each_calls_progress(lite0,
             lite0, io.sample_path("cat"), cfg, tmp_path / name, progress=seen[name].append
         )
         assert not report["targeted"] and report["seed"] == seed
+        # No target to report: it stood for the source, whose confidence the page then
+        # showed as the "target confidence".
+        assert report["target"] is None and report["final"]["target_confidence"] is None
+        assert "target confidence" not in report["metrics"]
+        want = round(report["final"]["source_confidence"], 4)
+        assert report["metrics"]["source confidence"] == want
     after = perturb._cached_attack.cache_info()
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1
     for steps in seen.values():  # the bar of each call, up to the last step
