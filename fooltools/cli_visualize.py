@@ -60,6 +60,28 @@ def _check_jitter(jitter: int | None, side: int) -> None:
         )
 
 
+def _check_side(size: int | None) -> None:
+    """Raise FoolError unless ``--size``, a square image's side, is 16 up to what is saved.
+
+    Each result is written as a PNG and read back (:func:`fooltools.visualize.run.save`),
+    and :func:`fooltools.io.read_image` refuses images over twice Pillow's
+    ``MAX_IMAGE_PIXELS`` (a 13377-pixel square by default): a larger side could only fail
+    once the optimisation was done, and far larger ones (3e9, 1e20) ended in a traceback
+    from JAX, or in an abort, instead of this line.
+    """
+    from PIL import Image
+
+    _at_least("--size", size, 16)
+    # Pillow's limit can be switched off (None): then int32 pixel counts bound it.
+    pixels = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else INT32_MAX
+    largest = math.isqrt(pixels)
+    if size is not None and size > largest:
+        raise FoolError(
+            f"--size must be at most {largest} (the largest square image fooltools reads "
+            f"back, {pixels} pixels), got {size}"
+        )
+
+
 def _check_steps(steps: int) -> None:
     """Raise FoolError unless ``--steps`` is at least 1 and fits an int32 loop counter."""
     _at_least("--steps", steps, 1)
@@ -171,7 +193,7 @@ def invert_cmd(
     check_positive(tv_weight=tv_weight, alpha_weight=alpha_weight, lr=lr)
     _at_least("--starts", starts, 1)
     _check_steps(steps)
-    _at_least("--size", size, 16)
+    _check_side(size)
     _at_least("--every", every, 1)
     import jax
 
@@ -262,7 +284,7 @@ def visualize_cmd(
         )
     check_positive(tv_weight=tv_weight, lr=lr)
     _check_steps(steps)
-    _at_least("--size", size, 16)
+    _check_side(size)
     _at_least("--jitter", jitter, 0)
     _at_least("--every", every, 1)
     import jax
@@ -476,7 +498,7 @@ def style_cmd(
 @click.option("--size", type=int, help="Image side to compute shapes at [default: model input].")
 def layers_cmd(model_name: str | None, weights: str | None, size: int | None) -> None:
     """List the model's named layers (for --layer) with their feature-map shapes."""
-    _at_least("--size", size, 16)
+    _check_side(size)
     from fooltools.visualize import layers
 
     clf = _model(model_name, weights)

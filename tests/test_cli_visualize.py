@@ -380,3 +380,20 @@ def test_an_out_holding_a_run_is_refused_before_any_work(capsys, tmp_path, monke
     assert_one_line_error(code, err, f"{tmp_path} already holds a run (report.json)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["original.png", "report.json"]
     assert (tmp_path / "report.json").read_text() == '{"title": "an earlier run"}'
+
+
+@pytest.mark.parametrize("size", [13378, 3_000_000_000, 10**20])
+def test_a_side_past_what_can_be_saved_is_refused(capsys, tmp_path, monkeypatch, size):
+    # A PNG past Pillow's limit could not be read back once the run was done; 3e9 ended
+    # in JAX's traceback (visualize) or an abort (invert), 1e20 in a TypeError.
+    from fooltools import models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    for args in (
+        ["invert", "sample:cat", "--layer", "pool", "--out", tmp_path],
+        ["visualize", "--class", "robin", "--out", tmp_path],
+        ["layers"],
+    ):
+        code, _, err = run(capsys, *args, "--size", size)
+        assert_one_line_error(code, err, "--size must be at most 13377 (", f"got {size}")
+    assert not list(tmp_path.iterdir())
