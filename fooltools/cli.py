@@ -210,8 +210,8 @@ def perturb(
 ) -> None:
     """Perturb IMAGE imperceptibly so the model sees --target (or anything else).
 
-    Writes adversarial.png (same size as IMAGE), perturbation.png, report.json and
-    index.html. Success and distortions are measured on the PNG re-read from disk. If the
+    Writes adversarial.png (same size as IMAGE), original.png, perturbation.png, report.json
+    and index.html. Success and distortions are measured on the PNG re-read from disk. If the
     image already is the target class, the run is written unchanged and counts as a
     success (exit 0). An --out that already holds a run is refused.
     """
