@@ -192,6 +192,8 @@ def invert_cmd(
     """
     check_positive(tv_weight=tv_weight, alpha_weight=alpha_weight, lr=lr)
     _at_least("--starts", starts, 1)
+    if starts > INT32_MAX:  # a batch axis past int32 was a TypeError traceback from JAX
+        raise FoolError(f"--starts must be at most {INT32_MAX}, got {starts}")
     _check_steps(steps)
     _check_side(size)
     _at_least("--every", every, 1)

@@ -397,3 +397,13 @@ def test_a_side_past_what_can_be_saved_is_refused(capsys, tmp_path, monkeypatch,
         code, _, err = run(capsys, *args, "--size", size)
         assert_one_line_error(code, err, "--size must be at most 13377 (", f"got {size}")
     assert not list(tmp_path.iterdir())
+
+
+def test_starts_past_int32_are_refused(capsys, tmp_path, monkeypatch):
+    # A batch of 1e20 random starts was a TypeError traceback from JAX.
+    from fooltools import models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    code, _, err = run(capsys, "invert", "sample:cat", "--layer", "pool", "--starts", 10**20,
+                       "--out", tmp_path)  # fmt: skip
+    assert_one_line_error(code, err, f"--starts must be at most 2147483647, got {10**20}")
