@@ -222,6 +222,7 @@ def perturb(
         check_out_dir,
         default_out_dir,
         perturb_file,
+        release_out_dir,
         total_steps,
     )
     from fooltools.progress import Progress
@@ -245,6 +246,10 @@ def perturb(
     try:
         # No bar drawn (not a terminal): one device call, not a call per refresh.
         report = perturb_file(clf, path, cfg, out, progress=bar if bar.enabled else None)
+    except BaseException:
+        if not out_dir:
+            release_out_dir(out)  # the default directory made for it, left empty
+        raise
     finally:
         bar.close()
     fin, dist = report["final"], report["distortion_255"]

@@ -95,17 +95,27 @@ def _model(model_name: str | None, weights: str | None) -> Any:
     return load_model(model_name or DEFAULT_MODEL, weights=weights)
 
 
-def _out(out_dir: str | None, kind: str) -> Path:
-    """The run directory: ``--out``, refused if it holds a run, or a new default one.
+def _check_out(out_dir: str | None) -> None:
+    """Refuse an ``--out`` that holds a run, before the model is loaded.
 
-    Called before the model is loaded: the commands write their files one after another,
-    so into an earlier run's directory (any command's) they overwrote its report and
-    images and left its other files beside the new ones.
+    The commands write their files one after another, so into an earlier run's directory
+    (any command's) they overwrote its report and images and left its other files beside
+    the new ones.
     """
-    from fooltools.perturb import check_out_dir, default_out_dir
+    from fooltools.perturb import check_out_dir
 
     if out_dir:
         check_out_dir(out_dir)
+
+
+def _out(out_dir: str | None, kind: str) -> Path:
+    """The run directory once there are results: ``--out``, or a new default one.
+
+    A default directory is created here, when the results are ready to be written, so
+    that a command that fails before leaves no empty one behind.
+    """
+    from fooltools.perturb import default_out_dir
+
     return Path(out_dir) if out_dir else default_out_dir(kind=kind)
 
 
@@ -204,7 +214,7 @@ def invert_cmd(
     if not 1 <= beta <= inversion.MAX_EXPONENT:  # also refuses NaN
         raise FoolError(f"--beta must be in [1, {inversion.MAX_EXPONENT:g}], got {beta:g}")
 
-    out = _out(out_dir, "invert")
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).
     names = list(dict.fromkeys(layers.check_layer(clf, n, option="--layer") for n in layer_names))
@@ -222,6 +232,7 @@ def invert_cmd(
         )  # fmt: skip
 
     invs, seconds = _run(steps, f"invert {path.name}", work)
+    out = _out(out_dir, "invert")
     settings["seconds"] = seconds
     run.write_inversion(out, clf, invs, source=path.name, settings=settings)
     for inv in invs:
@@ -295,7 +306,7 @@ def visualize_cmd(
     from fooltools.visualize import classviz, layers, run
 
     targets = [imagenet().lookup(c) for c in classes]  # unknown names fail before loading
-    out = _out(out_dir, "visualize")
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     _check_jitter(jitter, size or max(clf.info.input_size))
     layer = "logits"
@@ -320,6 +331,7 @@ def visualize_cmd(
         )  # fmt: skip
 
     viz, seconds = _run(steps, "visualize", work)
+    out = _out(out_dir, "visualize")
     settings["seconds"] = seconds
     report = run.write_classviz(out, clf, viz, settings=settings)
     for name, panel in zip(report["names"], report["images"], strict=False):
@@ -375,7 +387,7 @@ def dream_cmd(
 
     from fooltools.visualize import common, deepdream, layers, run
 
-    out = _out(out_dir, "dream")
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
@@ -397,6 +409,7 @@ def dream_cmd(
             raise _invalid(err) from None
 
     result, seconds = _run(octaves * steps, f"dream {path.name}", work)
+    out = _out(out_dir, "dream")
     settings["seconds"] = seconds
     report = run.write_dream(out, clf, result, source=path.name, settings=settings)
     click.echo(f"{layer} energy x{report['metrics']['energy gain']:.2f}")
@@ -462,7 +475,7 @@ def style_cmd(
     from fooltools.visualize import layers, run
     from fooltools.visualize import style as style_mod
 
-    out = _out(out_dir, "style")
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     if content_layer is not None:
         layers.check_layer(clf, content_layer, option="--content-layer")
@@ -481,6 +494,7 @@ def style_cmd(
         )  # fmt: skip
 
     result, seconds = _run(steps, f"style {content_path.name}", work)
+    out = _out(out_dir, "style")
     settings = {
         "content_layer": result.content_layer, "style_layers": list(result.style_layers),
         "content_weight": content_weight, "style_weight": style_weight,

@@ -7,6 +7,7 @@ distortions — is measured on the PNG as written and read back from disk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -24,7 +25,7 @@ import numpy as np
 
 from fooltools import __version__, attacks, io
 from fooltools.attacks.pgd import MAX_EPS
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, one_line
 from fooltools.models.base import Classifier
 
 METHODS = ("pgd", "fgsm", "szegedy", "lbfgs", "cw")
@@ -155,14 +156,35 @@ def total_steps(cfg: PerturbConfig) -> int:
 
 
 def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb") -> Path:
-    """``runs/<kind>-<timestamp>``, with a numeric suffix if that already exists."""
+    """Create and return ``runs/<kind>-<timestamp>``, with a numeric suffix if that exists.
+
+    The directory is created here, empty, and a name another process created first is
+    passed over: two commands started in the same second (``fool perturb a.jpg & fool
+    perturb b.jpg``) each found the name free and both wrote their run into it, the
+    second over the first. Remove it with :func:`release_out_dir` if the run fails.
+
+    Raises:
+        FoolError: ``root`` cannot be created or written.
+    """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(root) / f"{kind}-{stamp}"
+    io.make_dir(root)
     n = 1
-    while out.exists():
-        n += 1
-        out = Path(root) / f"{kind}-{stamp}-{n}"
-    return out
+    while True:
+        out = Path(root) / (f"{kind}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            out.mkdir()  # atomic: exactly one process creates a given name
+        except FileExistsError:
+            n += 1
+            continue
+        except OSError as err:
+            raise FoolError(f"cannot create directory {out}: {one_line(err)}") from err
+        return out
+
+
+def release_out_dir(out: str | os.PathLike[str]) -> None:
+    """Remove a directory :func:`default_out_dir` made if it is still empty (the run failed)."""
+    with contextlib.suppress(OSError):
+        Path(out).rmdir()  # only ever removes an empty directory
 
 
 def check_out_dir(out_dir: str | os.PathLike[str]) -> None:

@@ -246,3 +246,28 @@ def test_unreadable_image(capsys, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
     code, _, err = run_cli(capsys, "perturb", str(bad), "--target", "ostrich")
     assert code == 2 and "broken.jpg" in err and len(err.strip().splitlines()) == 1
+
+
+def test_default_out_dirs_are_claimed_so_concurrent_runs_never_share_one(
+    capsys, tmp_path, monkeypatch, lite0
+):
+    # Two commands started in the same second both found runs/perturb-<stamp> free (it
+    # was created only when the first file was written) and wrote their runs into it.
+    import datetime
+    import types
+
+    from fooltools import perturb
+
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    frozen = types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: now))
+    monkeypatch.setattr(perturb, "datetime", frozen)
+    first, second = (perturb.default_out_dir(tmp_path / "runs") for _ in range(2))
+    assert first.name == "perturb-20260102-030405" and second.name == f"{first.name}-2"
+    assert first.is_dir() and second.is_dir()
+    # A run that fails leaves no empty directory behind (nor one the visualisations
+    # would make: theirs is made once the results are ready).
+    monkeypatch.chdir(tmp_path)
+    for args in (["perturb", "nope.png", "--untargeted"], ["dream", "nope.png", "--layer", "head"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and "no such file: nope.png" in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, second.name]
