@@ -222,7 +222,6 @@ def perturb(
         check_out_dir,
         default_out_dir,
         perturb_file,
-        release_out_dir,
         total_steps,
     )
     from fooltools.progress import Progress
@@ -246,10 +245,6 @@ def perturb(
     try:
         # No bar drawn (not a terminal): one device call, not a call per refresh.
         report = perturb_file(clf, path, cfg, out, progress=bar if bar.enabled else None)
-    except BaseException:
-        if not out_dir:
-            release_out_dir(out)  # the default directory made for it, left empty
-        raise
     finally:
         bar.close()
     fin, dist = report["final"], report["distortion_255"]
@@ -471,6 +466,12 @@ def main(argv: list[str] | None = None) -> None:
         first = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")[:200]
         click.echo(f"error: out of memory ({first}); try a smaller input", err=True)
         sys.exit(EXIT_USAGE)
+    finally:
+        # A default run directory is made when chosen (so that concurrent commands never
+        # share one): a command that failed before writing into it leaves it empty.
+        # Only if a command chose one; importing the module would load JAX.
+        if (perturb := sys.modules.get("fooltools.perturb")) is not None:
+            perturb.release_out_dirs()
 
 
 __all__ = ["cli", "main"]

@@ -161,7 +161,8 @@ def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb"
     The directory is created here, empty, and a name another process created first is
     passed over: two commands started in the same second (``fool perturb a.jpg & fool
     perturb b.jpg``) each found the name free and both wrote their run into it, the
-    second over the first. Remove it with :func:`release_out_dir` if the run fails.
+    second over the first. :func:`release_out_dirs` removes it again while it is empty
+    (the ``fool`` command calls it as it exits, so a failed run leaves none behind).
 
     Raises:
         FoolError: ``root`` cannot be created or written.
@@ -178,13 +179,21 @@ def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb"
             continue
         except OSError as err:
             raise FoolError(f"cannot create directory {out}: {one_line(err)}") from err
+        _MADE.append(out)
         return out
 
 
-def release_out_dir(out: str | os.PathLike[str]) -> None:
-    """Remove a directory :func:`default_out_dir` made if it is still empty (the run failed)."""
-    with contextlib.suppress(OSError):
-        Path(out).rmdir()  # only ever removes an empty directory
+_MADE: list[Path] = []  # directories default_out_dir made, for release_out_dirs
+
+
+def release_out_dirs() -> None:
+    """Remove the directories :func:`default_out_dir` made that are still empty.
+
+    A run that failed before writing anything left one; a run's own files keep it.
+    """
+    while _MADE:
+        with contextlib.suppress(OSError):
+            _MADE.pop().rmdir()  # only ever removes an empty directory
 
 
 def check_out_dir(out_dir: str | os.PathLike[str]) -> None:

@@ -264,10 +264,16 @@ def test_default_out_dirs_are_claimed_so_concurrent_runs_never_share_one(
     first, second = (perturb.default_out_dir(tmp_path / "runs") for _ in range(2))
     assert first.name == "perturb-20260102-030405" and second.name == f"{first.name}-2"
     assert first.is_dir() and second.is_dir()
-    # A run that fails leaves no empty directory behind (nor one the visualisations
-    # would make: theirs is made once the results are ready).
+    for made in (first, second):  # their runs' files, which keep them
+        (made / "report.json").write_text("{}")
+    # A command that fails leaves no empty directory behind.
     monkeypatch.chdir(tmp_path)
-    for args in (["perturb", "nope.png", "--untargeted"], ["dream", "nope.png", "--layer", "head"]):
+    for args, message in (
+        (["perturb", "nope.png", "--untargeted"], "no such file: nope.png"),
+        (["dream", "nope.png", "--layer", "head"], "no such file: nope.png"),
+        (["detect", "nope.png"], "no such file: nope.png"),
+        (["evolve", "--class", "robin", "--model", "nope"], "unknown model 'nope'"),
+    ):
         code, _, err = run_cli(capsys, *args)
-        assert code == 2 and "no such file: nope.png" in err
+        assert code == 2 and message in err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, second.name]
