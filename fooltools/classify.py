@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -35,15 +36,17 @@ def _jitted(clf: Classifier):
     return jax.jit(clf.preprocess), jax.jit(clf.apply)
 
 
-def probabilities(clf: Classifier, images: list[np.ndarray]) -> np.ndarray:
+def probabilities(clf: Classifier, images: Iterable[np.ndarray]) -> np.ndarray:
     """Softmax class probabilities for images of any (possibly different) sizes.
 
     Args:
         clf: The classifier.
-        images: Each shape (H_i, W_i, 3), float32 in [0, 1].
+        images: Each shape (H_i, W_i, 3), float32 in [0, 1]; an iterator is consumed one
+            image at a time, each reduced to the model's input before the next is drawn,
+            so a generator of decoded files keeps one full-size image in memory.
 
     Returns:
-        Shape (len(images), num_classes), float32.
+        Shape (number of images, num_classes), float32.
     """
     preprocess, apply = _jitted(clf)
     inputs = [preprocess(jnp.asarray(img))[0] for img in images]

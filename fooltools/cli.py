@@ -129,17 +129,31 @@ def classify(
     as_json: bool,
     crops: int | None,
 ) -> None:
-    """Print the top classes of each IMAGE."""
+    """Print the top classes of each IMAGE.
+
+    Images are read and printed a batch at a time: an unreadable one stops the command
+    (one line, exit 2) after the lines of the batches before it.
+    """
     from fooltools import io
-    from fooltools.classify import probabilities, top_k
+    from fooltools.classify import CHUNK, probabilities, top_k
     from fooltools.models import DEFAULT_MODEL, load_model
     from fooltools.models import crops as crop_views
 
     crops = crop_views.check(crops)
     clf = crop_views.averaged(load_model(model_name or DEFAULT_MODEL, weights=weights), crops)
     paths = [resolve_image(a) for a in images]
-    arrays = [io.read_image(p) for p in paths]
-    for path, probs in zip(paths, probabilities(clf, arrays), strict=True):
+    # A batch of paths at a time, each image decoded only as probabilities() reaches it:
+    # reading every image first held them all at full resolution (float32, 144 MB per
+    # 12-megapixel photo), so `fool classify photos/*.jpg` ran out of memory.
+    batches = (paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK))
+    results = (
+        (path, probs)
+        for batch in batches
+        for path, probs in zip(
+            batch, probabilities(clf, (io.read_image(p) for p in batch)), strict=True
+        )
+    )
+    for path, probs in results:
         pred = top_k(clf, probs, k)
         if as_json:
             top = [
@@ -205,8 +219,8 @@ def perturb(
 ) -> None:
     """Perturb IMAGE imperceptibly so the model sees --target (or anything else).
 
-    Writes adversarial.png (same size as IMAGE), perturbation.png, report.json and
-    index.html. Success and distortions are measured on the PNG re-read from disk. If the
+    Writes adversarial.png (same size as IMAGE), original.png, perturbation.png, report.json
+    and index.html. Success and distortions are measured on the PNG re-read from disk. If the
     image already is the target class, the run is written unchanged and counts as a
     success (exit 0). An --out that already holds a run is refused.
     """
@@ -476,6 +490,12 @@ def main(argv: list[str] | None = None) -> None:
         first = str(e).strip().splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")[:200]
         click.echo(f"error: out of memory ({first}); try a smaller input", err=True)
         sys.exit(EXIT_USAGE)
+    finally:
+        # A default run directory is made when chosen (so that concurrent commands never
+        # share one): a command that failed before writing into it leaves it empty.
+        # Only if a command chose one; importing the module would load JAX.
+        if (perturb := sys.modules.get("fooltools.perturb")) is not None:
+            perturb.release_out_dirs()
 
 
 __all__ = ["cli", "main"]

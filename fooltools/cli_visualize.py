@@ -60,6 +60,28 @@ def _check_jitter(jitter: int | None, side: int) -> None:
         )
 
 
+def _check_side(size: int | None) -> None:
+    """Raise FoolError unless ``--size``, a square image's side, is 16 up to what is saved.
+
+    Each result is written as a PNG and read back (:func:`fooltools.visualize.run.save`),
+    and :func:`fooltools.io.read_image` refuses images over twice Pillow's
+    ``MAX_IMAGE_PIXELS`` (a 13377-pixel square by default): a larger side could only fail
+    once the optimisation was done, and far larger ones (3e9, 1e20) ended in a traceback
+    from JAX, or in an abort, instead of this line.
+    """
+    from PIL import Image
+
+    _at_least("--size", size, 16)
+    # Pillow's limit can be switched off (None): then int32 pixel counts bound it.
+    pixels = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else INT32_MAX
+    largest = math.isqrt(pixels)
+    if size is not None and size > largest:
+        raise FoolError(
+            f"--size must be at most {largest} (the largest square image fooltools reads "
+            f"back, {pixels} pixels), got {size}"
+        )
+
+
 def _check_steps(steps: int) -> None:
     """Raise FoolError unless ``--steps`` is at least 1 and fits an int32 loop counter."""
     _at_least("--steps", steps, 1)
@@ -73,7 +95,25 @@ def _model(model_name: str | None, weights: str | None) -> Any:
     return load_model(model_name or DEFAULT_MODEL, weights=weights)
 
 
+def _check_out(out_dir: str | None) -> None:
+    """Refuse an ``--out`` that holds a run, before the model is loaded.
+
+    The commands write their files one after another, so into an earlier run's directory
+    (any command's) they overwrote its report and images and left its other files beside
+    the new ones.
+    """
+    from fooltools.perturb import check_out_dir
+
+    if out_dir:
+        check_out_dir(out_dir)
+
+
 def _out(out_dir: str | None, kind: str) -> Path:
+    """The run directory once there are results: ``--out``, or a new default one.
+
+    A default directory is created here, when the results are ready to be written, so
+    that a command that fails before leaves no empty one behind.
+    """
     from fooltools.perturb import default_out_dir
 
     return Path(out_dir) if out_dir else default_out_dir(kind=kind)
@@ -157,12 +197,15 @@ def invert_cmd(
 
     Writes original.png, reconstruction-*.png (one per layer and random start),
     progress.png, report.json and index.html. The report gives each reconstruction's
-    feature distance to the photo's as a fraction of a random image's.
+    feature distance to the photo's as a fraction of a random image's. An --out that
+    already holds a run is refused.
     """
     check_positive(tv_weight=tv_weight, alpha_weight=alpha_weight, lr=lr)
     _at_least("--starts", starts, 1)
+    if starts > INT32_MAX:  # a batch axis past int32 was a TypeError traceback from JAX
+        raise FoolError(f"--starts must be at most {INT32_MAX}, got {starts}")
     _check_steps(steps)
-    _at_least("--size", size, 16)
+    _check_side(size)
     _at_least("--every", every, 1)
     import jax
 
@@ -171,11 +214,11 @@ def invert_cmd(
     if not 1 <= beta <= inversion.MAX_EXPONENT:  # also refuses NaN
         raise FoolError(f"--beta must be in [1, {inversion.MAX_EXPONENT:g}], got {beta:g}")
 
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).
     names = list(dict.fromkeys(layers.check_layer(clf, n, option="--layer") for n in layer_names))
     path, photo = _image(image)
-    out = _out(out_dir, "invert")
     settings = {
         "layers": names, "starts": starts, "steps": steps, "size": size, "seed": seed,
         "tv_weight": tv_weight, "alpha_weight": alpha_weight, "beta": beta, "lr": lr,
@@ -189,6 +232,7 @@ def invert_cmd(
         )  # fmt: skip
 
     invs, seconds = _run(steps, f"invert {path.name}", work)
+    out = _out(out_dir, "invert")
     settings["seconds"] = seconds
     run.write_inversion(out, clf, invs, source=path.name, settings=settings)
     for inv in invs:
@@ -234,7 +278,8 @@ def visualize_cmd(
     """Paint, from noise, what the model takes for --class (or what fires --channel).
 
     Writes one PNG per class or channel, progress.png, report.json and index.html; the
-    confidences reported are the model's on the PNG files.
+    confidences reported are the model's on the PNG files. An --out that already holds
+    a run is refused.
     """
     if bool(classes) == bool(channels):
         raise FoolError("give --class NAME (one or more), or --layer NAME with --channel N")
@@ -252,7 +297,7 @@ def visualize_cmd(
         )
     check_positive(tv_weight=tv_weight, lr=lr)
     _check_steps(steps)
-    _at_least("--size", size, 16)
+    _check_side(size)
     _at_least("--jitter", jitter, 0)
     _at_least("--every", every, 1)
     import jax
@@ -261,6 +306,7 @@ def visualize_cmd(
     from fooltools.visualize import classviz, layers, run
 
     targets = [imagenet().lookup(c) for c in classes]  # unknown names fail before loading
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     _check_jitter(jitter, size or max(clf.info.input_size))
     layer = "logits"
@@ -273,7 +319,6 @@ def visualize_cmd(
                     f"--channel {c} is out of range: {layer} has channels 0..{width - 1}"
                 )
         targets = list(channels)
-    out = _out(out_dir, "visualize")
     settings = {
         "targets": targets, "layer": layer, "steps": steps, "size": size, "seed": seed,
         "tv_weight": tv_weight, "jitter": jitter, "lr": lr,
@@ -286,6 +331,7 @@ def visualize_cmd(
         )  # fmt: skip
 
     viz, seconds = _run(steps, "visualize", work)
+    out = _out(out_dir, "visualize")
     settings["seconds"] = seconds
     report = run.write_classviz(out, clf, viz, settings=settings)
     for name, panel in zip(report["names"], report["images"], strict=False):
@@ -326,7 +372,8 @@ def dream_cmd(
 ) -> None:  # fmt: skip
     """Deep Dream: amplify what --layer sees in IMAGE, over several octaves.
 
-    Writes original.png, dream.png, progress.png, report.json and index.html.
+    Writes original.png, dream.png, progress.png, report.json and index.html. An --out
+    that already holds a run is refused.
     """
     check_positive(lr=lr)
     if not octave_scale > 1:
@@ -340,12 +387,12 @@ def dream_cmd(
 
     from fooltools.visualize import common, deepdream, layers, run
 
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
     photo = common.fit(photo, size)
     _check_jitter(jitter, max(photo.shape[:2]))
-    out = _out(out_dir, "dream")
     settings = {
         "layer": layer, "octaves": octaves, "octave_scale": octave_scale, "steps": steps,
         "size": size, "lr": lr, "jitter": jitter, "seed": seed,
@@ -362,6 +409,7 @@ def dream_cmd(
             raise _invalid(err) from None
 
     result, seconds = _run(octaves * steps, f"dream {path.name}", work)
+    out = _out(out_dir, "dream")
     settings["seconds"] = seconds
     report = run.write_dream(out, clf, result, source=path.name, settings=settings)
     click.echo(f"{layer} energy x{report['metrics']['energy gain']:.2f}")
@@ -406,6 +454,7 @@ def style_cmd(
 
     Writes content.png, style.png, result.png, progress.png, report.json and index.html.
     It draws no random numbers (the result starts from CONTENT), so it takes no --seed.
+    An --out that already holds a run is refused.
     """
     if seed is not None:
         raise FoolError(
@@ -426,6 +475,7 @@ def style_cmd(
     from fooltools.visualize import layers, run
     from fooltools.visualize import style as style_mod
 
+    _check_out(out_dir)
     clf = _model(model_name, weights)
     if content_layer is not None:
         layers.check_layer(clf, content_layer, option="--content-layer")
@@ -433,7 +483,6 @@ def style_cmd(
         layers.check_layer(clf, name, spatial=True, option="--style-layers")
     content_path, content_img = _image(content)
     style_path, style_img = _image(style)
-    out = _out(out_dir, "style")
 
     def work(progress):
         # stylize takes a key for the common signature only: any key, the same image.
@@ -445,6 +494,7 @@ def style_cmd(
         )  # fmt: skip
 
     result, seconds = _run(steps, f"style {content_path.name}", work)
+    out = _out(out_dir, "style")
     settings = {
         "content_layer": result.content_layer, "style_layers": list(result.style_layers),
         "content_weight": content_weight, "style_weight": style_weight,
@@ -464,7 +514,7 @@ def style_cmd(
 @click.option("--size", type=int, help="Image side to compute shapes at [default: model input].")
 def layers_cmd(model_name: str | None, weights: str | None, size: int | None) -> None:
     """List the model's named layers (for --layer) with their feature-map shapes."""
-    _at_least("--size", size, 16)
+    _check_side(size)
     from fooltools.visualize import layers
 
     clf = _model(model_name, weights)

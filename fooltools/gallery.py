@@ -88,7 +88,9 @@ def load_report(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _href(target: pathlib.Path, start: pathlib.Path) -> str:
     rel = os.path.relpath(target, start).replace(os.sep, "/")
-    return html.escape(urllib.parse.quote(rel))  # file names may hold spaces, '#', '?', '%'
+    # File names may hold spaces, '#', '?', '%', and bytes that are not UTF-8 (which
+    # Python's file names carry as lone surrogates): quoted as those bytes, %E9 for b"\xe9".
+    return html.escape(urllib.parse.quote(rel, errors="surrogateescape"))
 
 
 def _caption(panel: dict[str, Any]) -> str:
@@ -135,16 +137,22 @@ def _badge(report: dict[str, Any], mark: bool = False) -> str:
     return f'<span class="{"mark" if mark else "badge"} {word}">{text}</span>' if word else ""
 
 
-def _document(title: str, body: str, css: str = "") -> str:
+def _document(title: str, body: str, css: str = "") -> bytes:
+    """The page as UTF-8; a lone surrogate in its text is written as "?".
+
+    Titles and captions name the input image, and a file name that is not UTF-8 reaches
+    them as lone surrogates, which strict UTF-8 cannot encode: ``fool perturb`` on such a
+    file stopped with a traceback after writing the run, without its index.html.
+    """
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_CSS}{css}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
-    )
+    ).encode("utf-8", "replace")
 
 
-def _run_html(run: pathlib.Path, report: dict[str, Any]) -> str:
+def _run_html(run: pathlib.Path, report: dict[str, Any]) -> bytes:
     panels = report["images"]
     figures = []
     for panel in panels:
@@ -174,7 +182,7 @@ def write_run_page(run_dir: str | os.PathLike[str]) -> pathlib.Path:
     run = pathlib.Path(os.path.abspath(run_dir))
     if not run.is_dir():
         raise FoolError(f"no such directory: {run_dir}")
-    return write_bytes_atomic(run / PAGE, _run_html(run, load_report(run)).encode())
+    return write_bytes_atomic(run / PAGE, _run_html(run, load_report(run)))
 
 
 def _scan(paths: Sequence[str | os.PathLike[str]]) -> dict[pathlib.Path, bool]:
@@ -352,7 +360,7 @@ def build_gallery(
             skipped.append(f"skipped: {run}: {err}")
     for run, report in runs:
         if not (run / PAGE).exists():
-            write_bytes_atomic(run / PAGE, _run_html(run, report).encode())
+            write_bytes_atomic(run / PAGE, _run_html(run, report))
     shown = _write_sheet(out / SHEET, runs)
     note = f" The contact sheet is truncated to the first {shown} runs." * (shown < len(runs))
     body = (
@@ -365,4 +373,4 @@ def build_gallery(
         f'<img class="sheet" src="{SHEET}" alt="contact sheet" loading="lazy"></a>'
     )
     css = f".cards{{grid-template-columns:repeat({columns},minmax(0,1fr))}}"
-    return write_bytes_atomic(out / PAGE, _document(title, body, css).encode())
+    return write_bytes_atomic(out / PAGE, _document(title, body, css))

@@ -7,6 +7,7 @@ distortions — is measured on the PNG as written and read back from disk.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -24,7 +25,7 @@ import numpy as np
 
 from fooltools import __version__, attacks, io
 from fooltools.attacks.pgd import MAX_EPS
-from fooltools.errors import FoolError
+from fooltools.errors import FoolError, one_line
 from fooltools.models.base import Classifier
 
 METHODS = ("pgd", "fgsm", "szegedy", "lbfgs", "cw")
@@ -155,14 +156,44 @@ def total_steps(cfg: PerturbConfig) -> int:
 
 
 def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb") -> Path:
-    """``runs/<kind>-<timestamp>``, with a numeric suffix if that already exists."""
+    """Create and return ``runs/<kind>-<timestamp>``, with a numeric suffix if that exists.
+
+    The directory is created here, empty, and a name another process created first is
+    passed over: two commands started in the same second (``fool perturb a.jpg & fool
+    perturb b.jpg``) each found the name free and both wrote their run into it, the
+    second over the first. :func:`release_out_dirs` removes it again while it is empty
+    (the ``fool`` command calls it as it exits, so a failed run leaves none behind).
+
+    Raises:
+        FoolError: ``root`` cannot be created or written.
+    """
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(root) / f"{kind}-{stamp}"
+    io.make_dir(root)
     n = 1
-    while out.exists():
-        n += 1
-        out = Path(root) / f"{kind}-{stamp}-{n}"
-    return out
+    while True:
+        out = Path(root) / (f"{kind}-{stamp}" + (f"-{n}" if n > 1 else ""))
+        try:
+            out.mkdir()  # atomic: exactly one process creates a given name
+        except FileExistsError:
+            n += 1
+            continue
+        except OSError as err:
+            raise FoolError(f"cannot create directory {out}: {one_line(err)}") from err
+        _MADE.append(out)
+        return out
+
+
+_MADE: list[Path] = []  # directories default_out_dir made, for release_out_dirs
+
+
+def release_out_dirs() -> None:
+    """Remove the directories :func:`default_out_dir` made that are still empty.
+
+    A run that failed before writing anything left one; a run's own files keep it.
+    """
+    while _MADE:
+        with contextlib.suppress(OSError):
+            _MADE.pop().rmdir()  # only ever removes an empty directory
 
 
 def check_out_dir(out_dir: str | os.PathLike[str]) -> None:
@@ -262,7 +293,8 @@ def perturb_file(
     io.write_png(out / "perturbation.png", np.clip(0.5 + gain * diff, 0, 1))
     adv_logits = np.asarray(jax.jit(clf.logits)(clf.params, jnp.asarray(written)[None]))[0]
     top1 = int(adv_logits.argmax())
-    success = top1 == target if cfg.target is not None else top1 != source
+    targeted = cfg.target is not None
+    success = top1 == target if targeted else top1 != source
     probs = np.asarray(jax.nn.softmax(jnp.asarray(adv_logits)))
     src_probs = np.asarray(jax.nn.softmax(jnp.asarray(source_logits)))
     # Distortions of the files themselves, in whole 8-bit levels.
@@ -281,18 +313,20 @@ def perturb_file(
         "norm": cfg.norm,
         "eps": cfg.eps,
         "eps_255": None if cfg.eps is None else cfg.eps * 255,
-        "targeted": cfg.target is not None,
+        "targeted": targeted,
         "source": {
             "index": source,
             "label": clf.labels.name(source),
             "confidence": float(src_probs[source]),
         },
-        "target": {"index": target, "label": clf.labels.name(target)},
+        # An untargeted run has no target: it stood for the source class here, and the
+        # page showed the source's confidence as a "target confidence".
+        "target": {"index": target, "label": clf.labels.name(target)} if targeted else None,
         "final": {
             "index": top1,
             "label": clf.labels.name(top1),
             "confidence": float(probs[top1]),
-            "target_confidence": float(probs[target]),
+            "target_confidence": float(probs[target]) if targeted else None,
             "source_confidence": float(probs[source]),
         },
         "distortion_255": {
@@ -319,9 +353,10 @@ def perturb_file(
             },
         ],
     }
+    aimed = ("target", target) if targeted else ("source", source)
     report["metrics"] = {
         "success": report["success"],
-        "target confidence": round(report["final"]["target_confidence"], 4),
+        f"{aimed[0]} confidence": round(float(probs[aimed[1]]), 4),
         "L-inf (0-255)": round(report["distortion_255"]["linf"], 2),
         "L2 (0-255)": round(report["distortion_255"]["l2"], 2),
         "L0 (values)": report["distortion_255"]["l0"],

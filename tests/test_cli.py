@@ -84,6 +84,36 @@ def test_out_of_device_memory_is_one_line(capsys, monkeypatch):
     assert err == f"error: {want}\n"
 
 
+def test_classify_reads_images_as_it_goes(capsys, monkeypatch, tmp_path):
+    # Every image was decoded before the first was classified: at full resolution in
+    # float32 (144 MB a 12-megapixel photo), a folder of photos ran out of memory. And an
+    # unreadable image after a batch now comes after that batch's lines, not instead.
+    import gc
+    import weakref
+
+    from fooltools import classify, io
+
+    monkeypatch.setattr(classify, "CHUNK", 2)
+    read, alive = io.read_image, []
+
+    def tracked(path):
+        gc.collect()
+        assert sum(ref() is not None for ref in alive) <= 1, "earlier images still held"
+        image = read(path)
+        alive.append(weakref.ref(image))
+        return image
+
+    monkeypatch.setattr(io, "read_image", tracked)
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are not pixels\n")
+    code, out, err = run(capsys, "classify", "sample:cat", "sample:coffee", "sample:cat",
+                         "sample:rocket", str(bad), "--top", "1", "--json")  # fmt: skip
+    assert_one_line_error(code, err, "notes.png")
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["top"][0]["label"] for line in lines][:2] == ["Egyptian cat", "espresso"]
+    assert len(lines) == 4 and len(alive) == 4  # the fifth did not decode
+
+
 def test_classify_table_other_model(capsys):
     out, _ = run_ok(capsys, "classify", str(sample_path("coffee")), "--model", "efficientnet_lite1")
     assert "efficientnet_lite1.in1k" in out

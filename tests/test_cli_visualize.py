@@ -351,3 +351,59 @@ def test_every_default_in_the_help_is_the_one_each_command_uses(capsys):
     for command, default in [("dream", "steps/2, within each octave"), ("invert", "steps/8")]:
         code, out, _ = run(capsys, command, "--help")
         assert code == 0 and f"[default: {default}]" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["invert", "sample:cat", "--layer", "pool"],
+        ["visualize", "--class", "robin"],
+        ["dream", "sample:cat", "--layer", "head"],
+        ["style", "sample:cat", "sample:coffee"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_an_out_holding_a_run_is_refused_before_any_work(capsys, tmp_path, monkeypatch, args):
+    # Each command wrote its files over an earlier run's (its report.json, original.png),
+    # leaving that run's other files beside them: an `invert --out` naming a perturb run
+    # kept its adversarial.png under an inversion's report.
+    from fooltools import models
+
+    (tmp_path / "report.json").write_text('{"title": "an earlier run"}')
+    (tmp_path / "original.png").write_bytes(b"earlier")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a run that is refused")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    code, _, err = run(capsys, *args, "--steps", "1", "--size", "32", "--out", tmp_path)
+    assert_one_line_error(code, err, f"{tmp_path} already holds a run (report.json)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["original.png", "report.json"]
+    assert (tmp_path / "report.json").read_text() == '{"title": "an earlier run"}'
+
+
+@pytest.mark.parametrize("size", [13378, 3_000_000_000, 10**20])
+def test_a_side_past_what_can_be_saved_is_refused(capsys, tmp_path, monkeypatch, size):
+    # A PNG past Pillow's limit could not be read back once the run was done; 3e9 ended
+    # in JAX's traceback (visualize) or an abort (invert), 1e20 in a TypeError.
+    from fooltools import models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    for args in (
+        ["invert", "sample:cat", "--layer", "pool", "--out", tmp_path],
+        ["visualize", "--class", "robin", "--out", tmp_path],
+        ["layers"],
+    ):
+        code, _, err = run(capsys, *args, "--size", size)
+        assert_one_line_error(code, err, "--size must be at most 13377 (", f"got {size}")
+    assert not list(tmp_path.iterdir())
+
+
+def test_starts_past_int32_are_refused(capsys, tmp_path, monkeypatch):
+    # A batch of 1e20 random starts was a TypeError traceback from JAX.
+    from fooltools import models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    code, _, err = run(capsys, "invert", "sample:cat", "--layer", "pool", "--starts", 10**20,
+                       "--out", tmp_path)  # fmt: skip
+    assert_one_line_error(code, err, f"--starts must be at most 2147483647, got {10**20}")

@@ -246,3 +246,19 @@ def test_fool_gallery_skips_a_broken_run_found_below_a_dir(capsys, tmp_path):
     code, _, err = run_cli(capsys, "gallery", str(bad), "--out", str(tmp_path / "g2"))
     assert_one_line_error(code, err, "cannot read", "report.json")
     assert not (tmp_path / "g2").exists()
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    # Python hands such names over with lone surrogates, which strict UTF-8 refused: the
+    # run page of `fool perturb caf\xe9.jpg` was a traceback after the run was written.
+    name = os.fsdecode(b"caf\xe9")
+    run = make_run(tmp_path / "runs" / name, title=f"{name}.jpg -> ostrich")
+    page = gallery.write_run_page(run)
+    assert "<title>caf?.jpg -&gt; ostrich</title>" in page.read_text(encoding="utf-8")
+    index = gallery.build_gallery([tmp_path / "runs"], tmp_path / "g")
+    found = links(index)
+    assert "../runs/caf%E9/panel%200.png" in found
+    for link in found:  # quoted as the name's bytes, so the browser asks for that file
+        assert (
+            index.parent / unquote(link.replace("&amp;", "&"), errors="surrogateescape")
+        ).exists()

@@ -64,6 +64,12 @@ def test_perturb_file_reuses_the_compiled_attack_with_each_calls_progress(lite0,
             lite0, io.sample_path("cat"), cfg, tmp_path / name, progress=seen[name].append
         )
         assert not report["targeted"] and report["seed"] == seed
+        # No target to report: it stood for the source, whose confidence the page then
+        # showed as the "target confidence".
+        assert report["target"] is None and report["final"]["target_confidence"] is None
+        assert "target confidence" not in report["metrics"]
+        want = round(report["final"]["source_confidence"], 4)
+        assert report["metrics"]["source confidence"] == want
     after = perturb._cached_attack.cache_info()
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1
     for steps in seen.values():  # the bar of each call, up to the last step
@@ -240,3 +246,34 @@ def test_unreadable_image(capsys, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
     code, _, err = run_cli(capsys, "perturb", str(bad), "--target", "ostrich")
     assert code == 2 and "broken.jpg" in err and len(err.strip().splitlines()) == 1
+
+
+def test_default_out_dirs_are_claimed_so_concurrent_runs_never_share_one(
+    capsys, tmp_path, monkeypatch, lite0
+):
+    # Two commands started in the same second both found runs/perturb-<stamp> free (it
+    # was created only when the first file was written) and wrote their runs into it.
+    import datetime
+    import types
+
+    from fooltools import perturb
+
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    frozen = types.SimpleNamespace(datetime=types.SimpleNamespace(now=lambda: now))
+    monkeypatch.setattr(perturb, "datetime", frozen)
+    first, second = (perturb.default_out_dir(tmp_path / "runs") for _ in range(2))
+    assert first.name == "perturb-20260102-030405" and second.name == f"{first.name}-2"
+    assert first.is_dir() and second.is_dir()
+    for made in (first, second):  # their runs' files, which keep them
+        (made / "report.json").write_text("{}")
+    # A command that fails leaves no empty directory behind.
+    monkeypatch.chdir(tmp_path)
+    for args, message in (
+        (["perturb", "nope.png", "--untargeted"], "no such file: nope.png"),
+        (["dream", "nope.png", "--layer", "head"], "no such file: nope.png"),
+        (["detect", "nope.png"], "no such file: nope.png"),
+        (["evolve", "--class", "robin", "--model", "nope"], "unknown model 'nope'"),
+    ):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and message in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [first.name, second.name]
