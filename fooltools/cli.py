@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,6 +26,24 @@ EXIT_USAGE = 2
 # jax.random.key keeps a seed's low 32 bits (and overflows past 64): seeds 2^32 apart gave
 # the same run while their reports recorded different seeds.
 SEED = click.IntRange(0, SEED_MAX)
+
+
+class _OutDir(click.Path):
+    """A directory to write into; an empty one is refused, not read as unset."""
+
+    name = "directory"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """``value`` as click.Path checks it; a blank string is a UsageError."""
+        if isinstance(value, str) and not value.strip():
+            # An unset shell variable (`--out "$OUT"`): the default directory or the
+            # current one would take files the user meant to put elsewhere.
+            flag = param.opts[0] if param is not None and param.opts else "--out"
+            raise click.UsageError(f"{flag} is empty; give a directory", ctx)
+        return super().convert(value, param, ctx)
+
+
+OUT_DIR = _OutDir(file_okay=False)
 
 
 def resolve_image(arg: str) -> Path:
@@ -63,7 +82,7 @@ def _run_options(
         f = click.option(
             "--out",
             "out_dir",
-            type=click.Path(file_okay=False),
+            type=OUT_DIR,
             help=f"Run directory [default: runs/{kind}-<timestamp>].",
         )(f)
         if not seed:
@@ -375,9 +394,7 @@ def evolve(
 
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True)
-@click.option(
-    "--out", "out_dir", default="gallery", show_default=True, type=click.Path(file_okay=False)
-)
+@click.option("--out", "out_dir", default="gallery", show_default=True, type=OUT_DIR)
 @click.option("--title", default="fooltools gallery", show_default=True)
 def gallery(dirs: tuple[str, ...], out_dir: str, title: str) -> None:
     """Build an HTML gallery and a PNG contact sheet from result directories DIRS.

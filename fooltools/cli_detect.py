@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from fooltools.cli import SEED
+from fooltools.cli import OUT_DIR, SEED
 from fooltools.errors import FoolError
 
 _MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
@@ -121,7 +121,7 @@ def detect() -> None:
 @detect.command()
 @click.argument("image")
 @_detector_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--out", "out_dir", type=OUT_DIR, help="Output directory.")
 def image(
     image: str, detector: str, cfg: str | None, weights: str | None, variant: str | None,
     confidence: float | None, out_dir: str | None,
@@ -169,7 +169,7 @@ def image(
 @_detector_options
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False),
+    "--out", "out_dir", type=OUT_DIR,
     help="Run directory [default: runs/detect-attack-<timestamp>].",
 )  # fmt: skip
 def attack(

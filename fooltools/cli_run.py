@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from fooltools.cli import OUT_DIR
 from fooltools.experiments.executors import EXECUTORS
 
 
@@ -26,7 +27,7 @@ from fooltools.experiments.executors import EXECUTORS
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False),
+    type=OUT_DIR,
     help="Output directory [default: runs/<spec name>].",
 )
 def run(

@@ -265,3 +265,27 @@ def test_console_script_exit_code_and_compilation_cache(tmp_path):
     )
     assert set(os.listdir(xla)) == entries  # every executable came from the cache
     assert first.stdout == second.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["perturb", "sample:cat", "--target", "9"],
+        ["invert", "sample:cat"],
+        ["dream", "sample:cat"],
+        ["evolve", "--class", "robin"],
+        ["detect", "synthetic:0"],
+        ["detect", "attack", "synthetic:0"],
+        ["run", "experiments/perturb-smoke.toml"],
+        ["gallery", "."],
+    ],
+    ids=lambda c: " ".join(c[:2]),
+)
+def test_an_empty_out_is_refused_not_read_as_the_default(capsys, tmp_path, monkeypatch, command):
+    # `--out "$OUT"` with OUT unset: the run went to the default directory (or, for
+    # evolve, the current one) instead of failing.
+    args = [str(Path.cwd() / a) if a.endswith(".toml") else a for a in command]
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *args, "--out", " ")
+    assert_one_line_error(code, err, "--out is empty")
+    assert list(tmp_path.iterdir()) == []
