@@ -315,6 +315,23 @@ def test_map_elites_never_replaces_an_elite_with_a_worse_one():
     np.testing.assert_array_equal(replaced, [True, True, True, True, False])
 
 
+def test_a_map_elites_run_succeeds_only_with_every_cell_at_99(tiny, tmp_path, monkeypatch):
+    # Every cell is filled from the first population on, so "all filled" badged a run
+    # whose cells were at 0.04% a success.
+    classes = [1, 15, 130]
+    cfg = SearchConfig(population=P, generations=1, elites=0, stop_at=None)
+    out = evolve_map_elites(tiny, cppn(), "cppn", classes, cfg, seed=0, out=tmp_path)
+    verdicts = []
+    for at in (0.99, 0.98):  # the re-read confidence of the last cell
+        probs = np.zeros((3, 1000), np.float32)
+        probs[[0, 1, 2], classes] = [0.995, 0.999, at]
+        monkeypatch.setattr(report, "probabilities", lambda clf, images, p=probs: p)
+        rep = report.write_map_elites(tmp_path, tiny, classes, out, {"encoding": "cppn"})
+        verdicts.append((rep["filled"], rep["cells_at_99"], rep["success"]))
+    assert verdicts == [(3, 3, True), (3, 2, False)]
+    assert 'class="badge failed"' in (tmp_path / "index.html").read_text()  # the last page
+
+
 def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
     classes = [1, 15, 130, 282, 967]
     cfg = SearchConfig(population=P, generations=6, elites=0, stop_at=None)

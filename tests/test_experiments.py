@@ -697,6 +697,7 @@ def test_map_elites_smoke_local(tmp_path):
     assert row["method"] == "map-elites-cppn" and row["class"] == "3 classes"
     report = json.loads((Path(row["dir"]) / "report.json").read_text())
     assert report["filled"] == 3 and report["generations_run"] == 2
+    assert row["success"] is False  # 3 cells at low confidence: not fooled at 99%
     assert row["confidence"] == pytest.approx(report["median_confidence"], abs=1e-6)
 
 
