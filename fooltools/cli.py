@@ -487,6 +487,11 @@ def main(argv: list[str] | None = None) -> None:
             cli.main(args=argv, prog_name="fool", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except click.exceptions.NoArgsIsHelpError as e:
+        # `fool` or `fool detect` alone asks what there is: the help, as --help gives it
+        # (squashed into the one error line below, it was unreadable).
+        click.echo(e.ctx.get_help())
+        sys.exit(0)
     except (click.Abort, KeyboardInterrupt) as e:
         click.echo(f"error: {_interruption(e)}", err=True)
         sys.exit(EXIT_USAGE)

@@ -289,3 +289,13 @@ def test_an_empty_out_is_refused_not_read_as_the_default(capsys, tmp_path, monke
     code, _, err = run(capsys, *args, "--out", " ")
     assert_one_line_error(code, err, "--out is empty")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("group", [[], ["detect"]], ids=["fool", "fool detect"])
+def test_a_group_alone_prints_its_help(capsys, group):
+    # Click reports a bare group as a usage error whose message is the whole help text:
+    # squashed into one error line, it was unreadable.
+    code, out, err = run(capsys, *group)
+    _, help_out, _ = run(capsys, *group, "--help")
+    assert code == 0 and err == "" and out == help_out
+    assert "Commands:" in out and len(out.splitlines()) > 5
