@@ -212,6 +212,27 @@ def attack(
     )
 
 
+def _check_eval_memory(n: int, *, attacked: bool) -> None:
+    """Refuse ``--images n`` whose images alone exceed this machine's memory.
+
+    The held-out set is made whole, in float32 (and attacked, a second copy): past the
+    RAM the kernel killed the process without a word.
+
+    Raises:
+        FoolError: Naming the memory needed and the memory there is.
+    """
+    from fooltools.detection.synthetic import DEFAULT_SIZE
+    from fooltools.limits import host_memory
+
+    h, w = DEFAULT_SIZE
+    need, have = n * h * w * 3 * 4 * (2 if attacked else 1), host_memory()
+    if have is not None and need > have:
+        raise FoolError(
+            f"--images {n} needs at least {need / 2**30:.1f} GiB for the images alone, more "
+            f"than the {have / 2**30:.1f} GiB of this machine: use fewer"
+        )
+
+
 @detect.command(name="eval")
 @click.option("--attack", "mode", type=click.Choice(_MODES), help="Also evaluate under attack.")
 @click.option("--target-class", help="Class name or index for --attack mislabel.")
@@ -237,6 +258,7 @@ def eval_cmd(
         raise FoolError("--target-class is for --attack mislabel")
     if eps is not None and mode is None:
         raise FoolError("--eps is the budget of --attack; a clean evaluation takes none")
+    _check_eval_memory(n, attacked=mode is not None)
     data = synthetic.make_dataset(synthetic.TEST_SEED, n)
     kinds = ("yolo", "faster-rcnn") if detectors == "both" else (detectors,)
     for kind in kinds:

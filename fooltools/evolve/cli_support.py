@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import CHECKPOINT, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
 from fooltools.labels import imagenet
-from fooltools.limits import INT32_MAX
+from fooltools.limits import INT32_MAX, host_memory
 from fooltools.models import crops as crop_views
 from fooltools.models.base import Classifier
 from fooltools.perturb import default_out_dir
@@ -297,9 +296,7 @@ def device_memory() -> int | None:
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"])
-    if device.platform == "cpu" and hasattr(os, "sysconf"):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return None
+    return host_memory() if device.platform == "cpu" else None
 
 
 def check_memory(population: int, size: tuple[int, int]) -> None:
