@@ -93,8 +93,9 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an image file as upright RGB.
 
     Reads anything Pillow reads (JPEG, PNG incl. 16-bit, GIF's first frame, BMP, TIFF, WebP,
-    ...). The EXIF orientation is applied, gray is replicated to three channels, 16-bit samples
-    keep their precision (divided by 65535) and an alpha channel is dropped (not composited).
+    ...). The EXIF orientation is applied, gray is replicated to three channels, 16-bit PNG
+    samples and 16-bit gray keep their precision (divided by 65535; a 16-bit colour TIFF
+    reaches us as Pillow's 8-bit RGB) and an alpha channel is dropped (not composited).
     Truncated files are rejected as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps
     Pillow's default, False, and so are images over twice ``PIL.Image.MAX_IMAGE_PIXELS``
     (179 megapixels by default; Pillow's guard against decompression bombs, whose warning
