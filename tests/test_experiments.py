@@ -488,7 +488,27 @@ class _NoOp:
     name = "noop"
 
     def execute(self, jobs, *, base_dir, resources, done):
-        self.jobs = list(jobs)
+        self.jobs, self.base_dir = list(jobs), base_dir
+
+
+def test_a_resume_reads_relative_paths_where_the_batch_started(tmp_path, monkeypatch):
+    # Resumed from another directory, a spec's relative image path named another file
+    # under the same run id.
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    started.mkdir(), elsewhere.mkdir()
+    spec = parse_spec(
+        {"kind": "perturb", "fixed": {"image": "photos/cat.png", "target": "ostrich"}}, name="t"
+    )
+    out, executor = tmp_path / "batch", _NoOp()
+    monkeypatch.chdir(started)
+    run_batch(spec, out, executor=executor, echo=lambda line: None)
+    monkeypatch.chdir(elsewhere)
+    run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+    assert executor.base_dir == str(started)
+    assert json.loads((out / "batch.json").read_text())["base_dir"] == str(started)
+    started.rmdir()  # gone: the runs' files cannot be found, so the resume is refused
+    with pytest.raises(FoolError, match=f"was started in {started}, which is gone"):
+        run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
 
 
 def test_executor_choice_errors(monkeypatch):

@@ -163,7 +163,7 @@ def run_batch(
         )
     # Read before the record is rewritten: a result.json edited by hand stops it here.
     finished = {r.id for r in runs if resume and finished_ok(r.id)}
-    base_dir = str(Path.cwd())
+    base_dir = _base_dir(held, out)
     record = _batch_record(spec, runs, base_dir)
     # A resumed batch may come from an edited spec (a grid extended): the record follows
     # the spec, and runs it shares with the old one are reused by id.
@@ -186,6 +186,26 @@ def run_batch(
 
     executor.execute(jobs, base_dir=base_dir, resources=spec.resources, done=done)
     return out
+
+
+def _base_dir(held: dict[str, Any] | None, out: Path) -> str:
+    """The directory the batch's relative paths are read from: where it was started.
+
+    A resume from another working directory read a spec's relative image or weights
+    paths there: other files under the same run ids.
+
+    Raises:
+        FoolError: The recorded directory is gone.
+    """
+    recorded = held.get("base_dir") if held else None
+    if not isinstance(recorded, str):
+        return str(Path.cwd())
+    if not Path(recorded).is_dir():
+        raise FoolError(
+            f"{out} was started in {recorded}, which is gone: its runs read relative paths "
+            "there; restore it or start a new batch"
+        )
+    return recorded
 
 
 def _held_record(out: Path) -> dict[str, Any] | None:
