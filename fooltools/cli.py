@@ -28,22 +28,42 @@ EXIT_USAGE = 2
 SEED = click.IntRange(0, SEED_MAX)
 
 
-class _OutDir(click.Path):
-    """A directory to write into; an empty one is refused, not read as unset."""
+def _refuse_blank(
+    value: Any, param: click.Parameter | None, ctx: click.Context | None, what: str
+) -> None:
+    """A UsageError for a blank option value: an unset shell variable (`--out "$OUT"`).
 
-    name = "directory"
+    Read as unset, it gave the default (a model, a cfg, a directory) or the current
+    directory instead of what the user meant to name.
+    """
+    if isinstance(value, str) and not value.strip():
+        flag = param.opts[0] if param is not None and param.opts else "the option"
+        raise click.UsageError(f"{flag} is empty; give {what}", ctx)
+
+
+class _Path(click.Path):
+    """click.Path refusing a blank value (see :func:`_refuse_blank`)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """``value`` as click.Path checks it; a blank string is a UsageError."""
-        if isinstance(value, str) and not value.strip():
-            # An unset shell variable (`--out "$OUT"`): the default directory or the
-            # current one would take files the user meant to put elsewhere.
-            flag = param.opts[0] if param is not None and param.opts else "--out"
-            raise click.UsageError(f"{flag} is empty; give a directory", ctx)
+        """``value`` as click.Path checks it, or a UsageError if blank."""
+        _refuse_blank(value, param, ctx, "a directory" if not self.file_okay else "a file")
         return super().convert(value, param, ctx)
 
 
-OUT_DIR = _OutDir(file_okay=False)
+class _Name(click.ParamType):
+    """A name (of a registered model, ...) that may not be blank (see :func:`_refuse_blank`)."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """``value`` itself, or a UsageError if blank."""
+        _refuse_blank(value, param, ctx, "a name")
+        return value
+
+
+OUT_DIR = _Path(file_okay=False)  # a run's directory, to write into
+IN_FILE = _Path(dir_okay=False)  # a file to read (weights, cfg)
+NAME = _Name()
 
 
 def resolve_image(arg: str) -> Path:
@@ -57,11 +77,9 @@ def resolve_image(arg: str) -> Path:
 
 def _model_options(f: Callable) -> Callable:
     """The ``--model`` and ``--weights`` options every model-using command shares."""
-    f = click.option(
-        "--weights", type=click.Path(dir_okay=False), help="Weights file to load instead."
-    )(f)
+    f = click.option("--weights", type=IN_FILE, help="Weights file to load instead.")(f)
     return click.option(
-        "--model", "model_name", default=None, help="Registry name (see `fool models`)."
+        "--model", "model_name", default=None, type=NAME, help="Registry name (see `fool models`)."
     )(f)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from fooltools.cli import OUT_DIR, SEED
+from fooltools.cli import IN_FILE, OUT_DIR, SEED
 from fooltools.errors import FoolError
 
 _MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
@@ -47,12 +47,12 @@ def _detector_options(f: Callable) -> Callable:
             ),
             click.option(
                 "--cfg",
-                type=click.Path(dir_okay=False),
+                type=IN_FILE,
                 help="Darknet .cfg (YOLO) [default: the bundled synthetic-data detector].",
             ),
             click.option(
                 "--weights",
-                type=click.Path(dir_okay=False),
+                type=IN_FILE,
                 help="Darknet .weights or torchvision .pth [default: the bundled one].",
             ),
             click.option(

@@ -299,3 +299,20 @@ def test_a_group_alone_prints_its_help(capsys, group):
     _, help_out, _ = run(capsys, *group, "--help")
     assert code == 0 and err == "" and out == help_out
     assert "Commands:" in out and len(out.splitlines()) > 5
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["classify", "sample:cat", "--model", ""], "--model is empty; give a name"),
+        (["evolve", "--class", "robin", "--model", " "], "--model is empty; give a name"),
+        (["classify", "sample:cat", "--weights", ""], "--weights is empty; give a file"),
+        (["detect", "synthetic:0", "--cfg", ""], "--cfg is empty; give a file"),
+        (["detect", "synthetic:0", "--weights", ""], "--weights is empty; give a file"),
+    ],
+)
+def test_an_empty_model_or_file_is_refused_not_read_as_the_default(capsys, args, fragment):
+    # `--model "$MODEL"` with MODEL unset ran the default model (and `--cfg ""` the
+    # bundled detector) as if nothing had been asked.
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, fragment)
