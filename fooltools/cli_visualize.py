@@ -47,6 +47,24 @@ def _at_least(flag: str, value: int | None, low: int) -> None:
         raise FoolError(f"{flag} must be >= {low}, got {value}")
 
 
+MAX_SNAPSHOTS = 100  # cells of the progress strip, each kept in memory until it is drawn
+
+
+def _check_every(every: int | None, steps: int, runs: int = 1) -> None:
+    """Refuse an --every that takes more than MAX_SNAPSHOTS snapshots over ``runs`` runs.
+
+    ``--every 1`` over 100,000 steps kept 100,000 images for a strip no viewer opens
+    (tens of GB at 224 x 224, and a PNG past Pillow's size limit).
+    """
+    _at_least("--every", every, 1)
+    if every is not None and runs * -(-steps // every) > MAX_SNAPSHOTS:
+        least = -(-steps // max(MAX_SNAPSHOTS // runs, 1))
+        raise FoolError(
+            f"--every {every} takes {runs * -(-steps // every)} snapshots; the progress strip "
+            f"holds at most {MAX_SNAPSHOTS}: use --every {least} or more"
+        )
+
+
 def _check_jitter(jitter: int | None, side: int) -> None:
     """Raise FoolError unless ``--jitter`` is at most ``side``, the image's longer side.
 
@@ -206,7 +224,7 @@ def invert_cmd(
         raise FoolError(f"--starts must be at most {INT32_MAX}, got {starts}")
     _check_steps(steps)
     _check_side(size)
-    _at_least("--every", every, 1)
+    _check_every(every, steps)
     import jax
 
     from fooltools.visualize import inversion, layers, run
@@ -299,7 +317,7 @@ def visualize_cmd(
     _check_steps(steps)
     _check_side(size)
     _at_least("--jitter", jitter, 0)
-    _at_least("--every", every, 1)
+    _check_every(every, steps)
     import jax
 
     from fooltools.labels import imagenet
@@ -382,7 +400,7 @@ def dream_cmd(
     _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--jitter", jitter, 0)
-    _at_least("--every", every, 1)
+    _check_every(every, steps, octaves)
     import jax
 
     from fooltools.visualize import common, deepdream, layers, run
@@ -466,7 +484,7 @@ def style_cmd(
     )
     _check_steps(steps)
     _at_least("--size", size, 16)
-    _at_least("--every", every, 1)
+    _check_every(every, steps)
     chosen = _split(style_layers)
     if style_layers is not None and not chosen:
         raise FoolError("--style-layers needs at least one layer name")

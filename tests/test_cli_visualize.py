@@ -407,3 +407,24 @@ def test_starts_past_int32_are_refused(capsys, tmp_path, monkeypatch):
     code, _, err = run(capsys, "invert", "sample:cat", "--layer", "pool", "--starts", 10**20,
                        "--out", tmp_path)  # fmt: skip
     assert_one_line_error(code, err, f"--starts must be at most 2147483647, got {10**20}")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["invert", "sample:cat", "--layer", "pool", "--steps", "1000", "--every", "1"],
+         "--every 1 takes 1000 snapshots; the progress strip holds at most 100: use --every 10"),
+        (["visualize", "--class", "robin", "--steps", "202", "--every", "2"],
+         "takes 101 snapshots"),
+        (["dream", "sample:cat", "--layer", "pool", "--octaves", "4", "--steps", "100",
+          "--every", "3"], "--every 3 takes 136 snapshots; the progress strip holds at most "
+         "100: use --every 4"),  # 4 octaves of 34
+        (["style", "a.png", "b.png", "--steps", "100000", "--every", "1"], "100000 snapshots"),
+    ],
+)  # fmt: skip
+def test_an_every_past_the_progress_strip_is_refused(capsys, tmp_path, args, message):
+    # Every snapshot stays in memory until the strip is drawn: --every 1 over 100,000
+    # steps was tens of GB, and a PNG too wide for Pillow to read back.
+    code, _, err = run(capsys, *args, "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, message)
+    assert not (tmp_path / "run").exists()
