@@ -1,6 +1,6 @@
 """Batch runner: a 16-run perturb grid through the Ray executor vs the local executor.
 
-Not part of ``make bench`` until Ray is installed (``pip install 'fooltools[ray]'``).
+Run by ``make bench`` (the ``bench`` extra installs Ray: ``pip install 'fooltools[bench]'``).
 The grid: targeted PGD L-inf 8/255 with ``--steps`` steps on sample:cat, 4 targets x 4
 seeds. Both executors get warm workers first (model loaded, attack compiled), so the
 figures are the steady state a long batch sees; the one-off costs are printed apart:
