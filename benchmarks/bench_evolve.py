@@ -179,6 +179,16 @@ def main() -> None:
     lookahead = {"auto": None, "on": True, "off": False}[args.lookahead]
     if args.generations < 2 or args.generations % 2:
         parser.error(f"--generations must be even and >= 2, got {args.generations}")
+    rows = args.only or ("direct-ga", "cppn-ga", "cppn-es", "map-elites")
+    # Refused here, not by the search after the rows before it have run for minutes.
+    if {"direct-ga", "cppn-ga"} & set(rows) and args.population < 3:
+        parser.error(f"--population must be >= 3 for the GA's 2 elites, got {args.population}")
+    if "cppn-es" in rows and (args.population < 2 or args.population % 2):
+        parser.error(f"--population must be even and >= 2 for the ES, got {args.population}")
+    if "map-elites" in rows and args.map_elites_population < 2:
+        parser.error(f"--map-elites-population must be >= 2, got {args.map_elites_population}")
+    if set(rows) - {"map-elites"} and args.naive < 1:
+        parser.error(f"--naive must be >= 1 (the speed-up divides by its rate), got {args.naive}")
     clf = load_model("efficientnet_lite0.in1k")
     h, w = clf.info.input_size
     print(

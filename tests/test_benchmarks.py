@@ -1,0 +1,55 @@
+"""The benchmark scripts refuse arguments their searches would reject, before any work."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def never(*args, **kwargs):
+    raise AssertionError("the script started its work instead of refusing its arguments")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--population", "7", "--only", "cppn-es"],  # the ES needs an even population
+        ["--population", "7"],  # ... refused before the GA rows run, not after them
+        ["--population", "2", "--only", "direct-ga"],  # no child beside the 2 elites
+        ["--only", "map-elites", "--map-elites-population", "1"],
+        ["--naive", "0", "--only", "cppn-ga"],  # the speed-up would divide by 0
+    ],
+    ids=["es-odd", "all-odd", "ga-2", "map-elites-1", "naive-0"],
+)
+@pytest.mark.parametrize("script", ["bench_evolve", "evolve_phases"])
+def test_evolution_benchmarks_refuse_bad_sizes_first(script, argv, monkeypatch, capsys):
+    if script == "evolve_phases" and "--naive" in argv:
+        pytest.skip("evolve_phases has no naive loop")
+    module = load(script)
+    monkeypatch.setattr(module.hugepages, "ensure", lambda: None)
+    monkeypatch.setattr(module, "load_model", never)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 2
+    assert "must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["bench_evolve", "evolve_phases"])
+def test_evolution_benchmarks_accept_small_sizes(script, monkeypatch):
+    module = load(script)
+    monkeypatch.setattr(module.hugepages, "ensure", lambda: None)
+    monkeypatch.setattr(module, "load_model", never)
+    monkeypatch.setattr(sys, "argv", [script, "--population", "8", "--map-elites-population", "8"])
+    with pytest.raises(AssertionError, match="started its work"):
+        module.main()
