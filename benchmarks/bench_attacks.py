@@ -425,6 +425,8 @@ def main() -> None:
     if args.quick:
         args.repeats = 1
         args.cw_ladder = [n for n in args.cw_ladder if n <= 50]
+    if "cw" not in args.skip and not args.cw_ladder:
+        parser.error("--quick keeps only the --cw-ladder step counts <= 50, and none was given")
 
     clf = load_model("efficientnet_lite0.in1k")
 

@@ -53,3 +53,16 @@ def test_evolution_benchmarks_accept_small_sizes(script, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script, "--population", "8", "--map-elites-population", "8"])
     with pytest.raises(AssertionError, match="started its work"):
         module.main()
+
+
+def test_bench_attacks_refuses_a_quick_run_with_no_cw_ladder_left(monkeypatch, capsys):
+    for peer in ("torch", "torchattacks", "efficientnet_lite_pytorch"):
+        pytest.importorskip(peer)
+    module = load("bench_attacks")
+    monkeypatch.setattr(module, "load_model", never)
+    # --quick keeps the ladder's counts <= 50: none here, and the C&W part had no run.
+    monkeypatch.setattr(sys, "argv", ["bench_attacks", "--quick", "--cw-ladder", "100", "200"])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 2
+    assert "--cw-ladder" in capsys.readouterr().err
