@@ -7,8 +7,8 @@ EfficientNet-Lite0 (224x224), it prints:
 
 * the search's evaluations/s (a GA generation = DEAP selection on the host + one jitted
   call that breeds, renders, quantizes, classifies and replaces; an ES generation = one
-  jitted call that samples, evaluates and updates), measured over generations
-  after the first (which compiles): the median generation;
+  jitted call that samples, evaluates and updates), measured over ``--generations``
+  generations after a 2-generation warm-up call (which compiles): the median generation;
 * the classifier's own batched forward throughput on the same batch size, timed once
   after every second generation (the search runs two generations per call), and the
   search overhead ``1 - search / forward`` of each such generation against the forward
@@ -84,9 +84,10 @@ def search_vs_forward(
     classifier executable ran 15% slower (2.77 against 2.41 s for the direct GA).
     The first call (generations 1-2) is a warm-up, not paired: it compiles, and its
     books do one-off work (compiling the best image's fetch) that, with ``lookahead``,
-    generation 2 runs beside on the device, so its seconds flattered the search (7 ms
-    for a 70 ms generation on CPU: a -79% overhead for ``--lookahead on
-    --generations 4``). ``generations`` are timed after it, in ``generations / 2`` pairs.
+    generation 2 runs beside on the device, so its seconds flattered the search (on CPU,
+    population 8, ``--lookahead on --generations 4``: 1,250 evaluations/s against 141
+    img/s for the classifier alone, a -1,084% overhead; RESULTS.md, s18).
+    ``generations`` are timed after it, in ``generations / 2`` pairs.
     ``lookahead`` is the GA's and the ES's (None: their default, on accelerators only).
     Returns the medians over the pairs of the search rate, the forward rate and the
     paired overhead ``1 - search / forward``.
