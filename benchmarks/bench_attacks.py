@@ -422,6 +422,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 repeat, ladder 10 20 50")
     parser.add_argument("--skip", choices=["pgd", "cw"], nargs="*", default=[])
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(
+            f"--repeats must be >= 1 (the figures are medians of the repeats), got {args.repeats}"
+        )
     if args.quick:
         args.repeats = 1
         args.cw_ladder = [n for n in args.cw_ladder if n <= 50]

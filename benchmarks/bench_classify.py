@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(
+            f"--repeats must be >= 1 (the figures are medians of the repeats), got {args.repeats}"
+        )
 
     clf = load_model("efficientnet_lite0.in1k")
     apply = jax.jit(clf.apply)

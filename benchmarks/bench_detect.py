@@ -58,6 +58,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(
+            f"--repeats must be >= 1 (the figures are medians of the repeats), got {args.repeats}"
+        )
     x = synthetic.make_dataset(synthetic.TEST_SEED, args.batch).images
     print(
         f"# detector attack cost, batch {args.batch}, 128x128, {platform.machine()}, "

@@ -191,6 +191,10 @@ def main() -> None:
     rows = ("direct-ga", "cppn-ga", "cppn-es", "map-elites")
     parser.add_argument("--only", action="append", choices=rows, help="repeatable")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(
+            f"--repeats must be >= 1 (the figures are medians of the repeats), got {args.repeats}"
+        )
     if args.generations < 3:
         parser.error("--generations must be >= 3 (the first two are not timed)")
     selected = args.only or rows

@@ -66,3 +66,26 @@ def test_bench_attacks_refuses_a_quick_run_with_no_cw_ladder_left(monkeypatch, c
         module.main()
     assert exc.value.code == 2
     assert "--cw-ladder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "script", ["evolve_phases", "bench_detect", "bench_classify", "bench_attacks"]
+)
+def test_benchmarks_refuse_zero_repeats(script, monkeypatch, capsys):
+    if script in ("bench_classify", "bench_attacks"):
+        for peer in ("torch", "torchattacks", "efficientnet_lite_pytorch"):
+            pytest.importorskip(peer)
+    module = load(script)
+    if hasattr(module, "hugepages"):
+        monkeypatch.setattr(module.hugepages, "ensure", lambda: None)
+    for name in ("load_model", "load_detector"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, never)
+    if script == "bench_detect":
+        monkeypatch.setattr(module.synthetic, "make_dataset", never)
+    # No timed call: a median of nothing (evolve_phases printed nan, the others crashed).
+    monkeypatch.setattr(sys, "argv", [script, "--repeats", "0"])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
