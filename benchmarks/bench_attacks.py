@@ -431,6 +431,10 @@ def main() -> None:
         args.cw_ladder = [n for n in args.cw_ladder if n <= 50]
     if "cw" not in args.skip and not args.cw_ladder:
         parser.error("--quick keeps only the --cw-ladder step counts <= 50, and none was given")
+    if "cw" not in args.skip and any(n < 5 or n % 5 for n in args.cw_ladder):
+        # The binary-search row runs n // 5 Adam steps in each of its 5 rounds: another n
+        # would be printed beside a run of a different length.
+        parser.error(f"--cw-ladder step counts must be multiples of 5, got {args.cw_ladder}")
 
     clf = load_model("efficientnet_lite0.in1k")
 

@@ -89,3 +89,17 @@ def test_benchmarks_refuse_zero_repeats(script, monkeypatch, capsys):
         module.main()
     assert exc.value.code == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ladder", [["12"], ["3", "10"]])
+def test_bench_attacks_refuses_a_cw_ladder_the_5_round_row_cannot_run(ladder, monkeypatch, capsys):
+    for peer in ("torch", "torchattacks", "efficientnet_lite_pytorch"):
+        pytest.importorskip(peer)
+    module = load("bench_attacks")
+    monkeypatch.setattr(module, "load_model", never)
+    # 12 ran 2 x 5 = 10 steps (3: 1 x 5) in the search_steps=5 row, printed as 12 (3).
+    monkeypatch.setattr(sys, "argv", ["bench_attacks", "--cw-ladder", *ladder])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 2
+    assert "multiples of 5" in capsys.readouterr().err
