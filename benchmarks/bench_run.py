@@ -43,6 +43,13 @@ def spec(steps: int, seeds: int, name: str, cpus: float = 1.0, targets=TARGETS):
     )
 
 
+def warm_spec(steps: int, workers: int):
+    """At least one warm-up run per Ray worker (a worker whose first run is timed would
+    count its model load and compile in the figures): ``workers`` may exceed the targets."""
+    per_target = -(-workers // len(TARGETS))
+    return spec(steps, per_target, "warm", targets=TARGETS[:workers])
+
+
 class Timed:
     """Wraps an executor to record, per finished run, the driver time and the run's seconds."""
 
@@ -75,6 +82,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs given to the Ray instance")
     args = parser.parse_args()
+    if args.cpus < 1:
+        parser.error(f"--cpus must be >= 1 (Ray would never schedule a run), got {args.cpus}")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     enable_compilation_cache()
     n = len(TARGETS) * 4
@@ -108,7 +117,7 @@ def main() -> None:
         executor = get_executor("ray")
         t0 = time.perf_counter()
         # One warm-up run per worker: import, load the model, compile (from the XLA cache).
-        warm = spec(args.steps, 1, "warm", targets=TARGETS[: args.cpus])
+        warm = warm_spec(args.steps, args.cpus)
         run_batch(warm, tmp / "rw", executor=executor, echo=lambda line: None)
         print(f"worker start: {time.perf_counter() - t0:6.1f} s ({args.cpus} workers, in parallel)")
 

@@ -103,3 +103,19 @@ def test_bench_attacks_refuses_a_cw_ladder_the_5_round_row_cannot_run(ladder, mo
         module.main()
     assert exc.value.code == 2
     assert "multiples of 5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 4, 5, 16])
+def test_bench_run_warms_every_ray_worker(cpus):
+    module = load("bench_run")
+    # --cpus 16 warmed 4 workers (one run per target): 12 cold ones in the parallel batch.
+    assert cpus <= len(module.warm_spec(3, cpus).runs()) < cpus + len(module.TARGETS)
+
+
+def test_bench_run_refuses_no_cpus(monkeypatch, capsys):
+    module = load("bench_run")
+    monkeypatch.setattr(module, "run_batch", never)
+    monkeypatch.setattr(sys, "argv", ["bench_run", "--cpus", "0"])
+    with pytest.raises(SystemExit) as exc:
+        module.main()
+    assert exc.value.code == 2
