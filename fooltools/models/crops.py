@@ -1,6 +1,6 @@
 """A classifier averaged over crops (``--crops`` of ``fool evolve`` and ``fool classify``).
 
-The reference facts of ``DESIGN.md`` give Nguyen et al.'s fitness as the softmax
+Nguyen et al. (2015, and their code, Evolving-AI-Lab/fooling) score fitness as the softmax
 confidence averaged over crops: Caffe-era ImageNet models were evaluated on crops of a
 256-pixel image (Caffe's "oversample": the four corners and the centre, and their mirror
 images). :func:`averaged` wraps a classifier so that it sees an image that way: it takes
