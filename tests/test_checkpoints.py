@@ -19,7 +19,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from fooltools import checkpoints
+from fooltools import checkpoints, limits
 from fooltools.checkpoints import load_state_dict
 from fooltools.errors import CheckpointError, FoolError
 
@@ -299,6 +299,25 @@ def test_storage_shorter_than_tensor(tmp_path):
     # from whatever memory follows.
     dst = rewrite_zip(DATA / "zipfmt.pth", tmp_path / "x.pth", {"zipfmt/data/7": bytes(16)})
     assert_refused(dst, "storage")
+
+
+def test_memory_bombs_are_refused_before_allocating(tmp_path, fake_torch, monkeypatch):
+    # A deflated storage decompresses ~1000 times its size and a stride-0 tensor makes any
+    # number of elements from one: a small file drove the process into an OOM kill.
+    monkeypatch.setattr(limits, "host_memory", lambda: 2**20)  # a 1 MiB machine
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(DATA / "zipfmt.pth") as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for info in zin.infolist():
+            if info.filename == "zipfmt/data/7":
+                zout.writestr(info.filename, bytes(2**21), zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info, zin.read(info))
+    assert bomb.stat().st_size < 2**20
+    assert_refused(bomb, r"would need 0\.0 GiB of memory, more than this machine's 0\.0 GiB")
+    spread = handmade_legacy(fake_torch, 0, (2**18,), (0,))  # 1 MiB of float32 from 40 bytes
+    assert_refused(write(tmp_path / "spread.pth", spread), "would need")
+    got = load_state_dict(write(tmp_path / "fits.pth", handmade_legacy(fake_torch, 0, (9,), (0,))))
+    np.testing.assert_array_equal(got["t"], np.zeros(9, np.float32))
 
 
 def test_missing_storage(tmp_path):
