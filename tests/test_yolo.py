@@ -168,6 +168,19 @@ def test_weights_of_the_wrong_size_say_expected_and_found(tmp_path, cut, found):
     assert f"found {expected + found}" in msg and "\n" not in msg
 
 
+def test_weights_far_too_large_are_refused_before_reading(tmp_path):
+    # The whole file was read before its size was checked: a (sparse) 1 TiB file raised
+    # MemoryError, and /dev/zero grew until the OOM killer came.
+    path = tmp_path / "huge.weights"
+    with open(path, "wb") as f:
+        f.write((DATA / "tiny_v2.weights").read_bytes()[:16])
+        f.truncate(2**40)
+    with pytest.raises(ModelError, match=r"huge\.weights does not fit tiny_v2\.cfg: .*found"):
+        yolo.load_darknet(DATA / "tiny_v2.cfg", path)
+    with pytest.raises(ModelError, match=r"cannot read Darknet weights /dev/zero: not a regular"):
+        darknet.read_weights("/dev/zero", darknet.parse_cfg(DATA / "tiny_v2.cfg"))
+
+
 @pytest.mark.parametrize("which", ["cfg", "weights"])
 def test_missing_file_is_a_one_line_model_error(tmp_path, which):
     cfg = tmp_path / "nope.cfg" if which == "cfg" else DATA / "tiny_v2.cfg"

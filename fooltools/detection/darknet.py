@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import stat
 import struct
 from collections.abc import Mapping
 
@@ -373,6 +374,25 @@ def raw_shapes(cfg: DarknetCfg) -> dict[str, dict[str, tuple[int, ...]]]:
     return out
 
 
+def _header_size(data: bytes, path: pathlib.Path) -> int:
+    """Bytes of the Darknet header that ``data`` (at least 16 bytes) starts."""
+    major, minor, _revision = struct.unpack_from("<3i", data)
+    if major > 1000 or minor > 1000:
+        raise ModelError(f"{path.name}: transposed Darknet weights (version {major}.{minor}) "
+                         "are unsupported")  # fmt: skip
+    return 20 if major * 10 + minor >= 2 else 16
+
+
+def _check_count(path: pathlib.Path, cfg: DarknetCfg, header: int, expected: int, size: int) -> int:
+    """The number of float values in a file of ``size`` bytes, if ``cfg`` needs that many."""
+    found, rest = divmod(size - header, 4)
+    if found != expected or rest:
+        tail = f" and {rest} stray bytes" if rest else ""
+        raise ModelError(f"{path.name} does not fit {cfg.name}: expected {expected} float values "
+                         f"after the {header}-byte header, found {found}{tail}")  # fmt: skip
+    return found
+
+
 def read_weights(path: str | os.PathLike[str], cfg: DarknetCfg) -> dict[str, dict[str, np.ndarray]]:
     """Read a Darknet ``.weights`` file laid out for ``cfg``.
 
@@ -388,24 +408,25 @@ def read_weights(path: str | os.PathLike[str], cfg: DarknetCfg) -> dict[str, dic
             other than the cfg needs (the message gives both counts).
     """
     path = pathlib.Path(path)
+    shapes = raw_shapes(cfg)
+    expected = sum(int(np.prod(s)) for layer in shapes.values() for s in layer.values())
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            # The size is checked before the body is read: /dev/zero, a FIFO or a huge
+            # unrelated file was read whole into memory first (an OOM kill for /dev/zero).
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModelError(f"cannot read Darknet weights {path}: not a regular file")
+            data = f.read(20)
+            if len(data) >= 16:
+                header, size = _header_size(data, path), os.fstat(f.fileno()).st_size
+                _check_count(path, cfg, header, expected, size)
+                data += f.read(size - len(data))
     except OSError as err:
         raise ModelError(f"cannot read Darknet weights {path}: {err.strerror or err}") from None
     if len(data) < 16:
         raise ModelError(f"{path.name}: {len(data)} bytes is too short for a Darknet header")
-    major, minor, _revision = struct.unpack_from("<3i", data)
-    if major > 1000 or minor > 1000:
-        raise ModelError(f"{path.name}: transposed Darknet weights (version {major}.{minor}) "
-                         "are unsupported")  # fmt: skip
-    header = 20 if major * 10 + minor >= 2 else 16
-    shapes = raw_shapes(cfg)
-    expected = sum(int(np.prod(s)) for layer in shapes.values() for s in layer.values())
-    found, rest = divmod(len(data) - header, 4)
-    if found != expected or rest:
-        tail = f" and {rest} stray bytes" if rest else ""
-        raise ModelError(f"{path.name} does not fit {cfg.name}: expected {expected} float values "
-                         f"after the {header}-byte header, found {found}{tail}")  # fmt: skip
+    header = _header_size(data, path)
+    found = _check_count(path, cfg, header, expected, len(data))  # the file may have changed
     values = np.frombuffer(data, dtype="<f4", offset=header, count=found).astype(np.float32)
     out, pos = {}, 0
     for name, layer in shapes.items():
