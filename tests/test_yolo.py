@@ -181,6 +181,12 @@ def test_weights_far_too_large_are_refused_before_reading(tmp_path):
         darknet.read_weights("/dev/zero", darknet.parse_cfg(DATA / "tiny_v2.cfg"))
 
 
+def test_a_cfg_that_is_not_a_regular_file_is_refused(tmp_path):
+    # `--cfg /dev/zero` was read until the OOM killer came; a FIFO blocked forever.
+    with pytest.raises(ModelError, match=r"cannot read Darknet cfg /dev/zero: not a regular file"):
+        darknet.parse_cfg("/dev/zero")
+
+
 @pytest.mark.parametrize("which", ["cfg", "weights"])
 def test_missing_file_is_a_one_line_model_error(tmp_path, which):
     cfg = tmp_path / "nope.cfg" if which == "cfg" else DATA / "tiny_v2.cfg"

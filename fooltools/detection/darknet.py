@@ -198,7 +198,11 @@ def parse_cfg(path: str | os.PathLike[str]) -> DarknetCfg:
     """
     path = pathlib.Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as f:
+            # /dev/zero or a FIFO was read until memory ran out (or forever).
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModelError(f"cannot read Darknet cfg {path}: not a regular file")
+            text = f.read().decode("utf-8", errors="replace")
     except OSError as err:
         raise ModelError(f"cannot read Darknet cfg {path}: {err.strerror or err}") from None
     return parse_cfg_text(text, name=path.name)
