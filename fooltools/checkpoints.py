@@ -23,12 +23,14 @@ in the same format as real torchvision weights and load through the same code.
 from __future__ import annotations
 
 import collections
+import errno
 import io
 import math
 import os
 import pathlib
 import pickle
 import re
+import stat
 import struct
 import zipfile
 from collections.abc import Callable, Mapping
@@ -187,6 +189,36 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, storage_type.dtype, byte_offset)
 
 
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` to read bytes, refusing anything but a regular file.
+
+    Opened non-blocking first: a FIFO without a writer would block ``open`` forever, and
+    a device such as ``/dev/zero`` would be read until memory ran out.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The file, open in binary read mode (blocking, as usual).
+
+    Raises:
+        OSError: It cannot be opened, is a directory (``EISDIR``), or is not a regular
+            file (``EINVAL``, strerror "not a regular file").
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     # Check against the file size before reading, so a corrupt count cannot make us
     # allocate gigabytes.
@@ -335,7 +367,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     try:
-        f = open(path, "rb")
+        f = open_regular(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except OSError as e:

@@ -250,6 +250,14 @@ def test_directory(tmp_path):
     assert_refused(tmp_path, "cannot read")
 
 
+def test_a_fifo_or_a_device_is_refused_without_blocking(fifo):
+    # open() of a FIFO without a writer blocked forever; a device has no size to check.
+    assert_refused(fifo.path, "cannot read checkpoint .*: not a regular file")
+    assert not fifo.blocked.is_set()
+    with pytest.raises(CheckpointError, match="/dev/zero: not a regular file"):
+        load_state_dict("/dev/zero")
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -181,10 +181,15 @@ def test_weights_far_too_large_are_refused_before_reading(tmp_path):
         darknet.read_weights("/dev/zero", darknet.parse_cfg(DATA / "tiny_v2.cfg"))
 
 
-def test_a_cfg_that_is_not_a_regular_file_is_refused(tmp_path):
+def test_a_cfg_or_weights_that_is_not_a_regular_file_is_refused(fifo):
     # `--cfg /dev/zero` was read until the OOM killer came; a FIFO blocked forever.
     with pytest.raises(ModelError, match=r"cannot read Darknet cfg /dev/zero: not a regular file"):
         darknet.parse_cfg("/dev/zero")
+    with pytest.raises(ModelError, match=r"cannot read Darknet cfg .*fifo: not a regular file"):
+        darknet.parse_cfg(fifo.path)
+    with pytest.raises(ModelError, match=r"cannot read Darknet weights .*fifo: not a regular"):
+        darknet.read_weights(fifo.path, darknet.parse_cfg(DATA / "tiny_v2.cfg"))
+    assert not fifo.blocked.is_set()
 
 
 @pytest.mark.parametrize("which", ["cfg", "weights"])

@@ -19,13 +19,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import stat
 import struct
 from collections.abc import Mapping
 
 import numpy as np
 
-from fooltools import io
+from fooltools import checkpoints, io
 from fooltools.errors import ImageError, ModelError
 
 # Batch norm divides by sqrt(var + eps). Implementations disagree on eps: cuDNN training and
@@ -198,10 +197,8 @@ def parse_cfg(path: str | os.PathLike[str]) -> DarknetCfg:
     """
     path = pathlib.Path(path)
     try:
-        with open(path, "rb") as f:
-            # /dev/zero or a FIFO was read until memory ran out (or forever).
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ModelError(f"cannot read Darknet cfg {path}: not a regular file")
+        # /dev/zero was read until memory ran out, a FIFO blocked forever.
+        with checkpoints.open_regular(path) as f:
             text = f.read().decode("utf-8", errors="replace")
     except OSError as err:
         raise ModelError(f"cannot read Darknet cfg {path}: {err.strerror or err}") from None
@@ -415,11 +412,9 @@ def read_weights(path: str | os.PathLike[str], cfg: DarknetCfg) -> dict[str, dic
     shapes = raw_shapes(cfg)
     expected = sum(int(np.prod(s)) for layer in shapes.values() for s in layer.values())
     try:
-        with open(path, "rb") as f:
-            # The size is checked before the body is read: /dev/zero, a FIFO or a huge
-            # unrelated file was read whole into memory first (an OOM kill for /dev/zero).
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ModelError(f"cannot read Darknet weights {path}: not a regular file")
+        # Only a regular file, its size checked before the body is read: /dev/zero, a
+        # FIFO or a huge unrelated file was read whole into memory first (or forever).
+        with checkpoints.open_regular(path) as f:
             data = f.read(20)
             if len(data) >= 16:
                 header, size = _header_size(data, path), os.fstat(f.fileno()).st_size
