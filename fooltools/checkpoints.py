@@ -287,7 +287,8 @@ def _load_zip(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
             )
         prefix = pickles[0][: -len("data.pkl")]
         if prefix + "byteorder" in names:
-            order = zf.read(prefix + "byteorder").strip()
+            with zf.open(prefix + "byteorder") as member:  # not all of a deflate bomb
+                order = member.read(64).strip()
             if order != b"little":
                 raise CheckpointError(
                     f"{path} was saved with byte order {order.decode('ascii', 'replace')!r}; "

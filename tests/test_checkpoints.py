@@ -13,6 +13,7 @@ import re
 import shutil
 import struct
 import sys
+import tracemalloc
 import types
 import zipfile
 
@@ -322,6 +323,19 @@ def test_memory_bombs_are_refused_before_allocating(tmp_path, fake_torch, monkey
                 zout.writestr(info, zin.read(info))
     assert bomb.stat().st_size < 2**20
     assert_refused(bomb, r"would need 0\.0 GiB of memory, more than this machine's 0\.0 GiB")
+    order = tmp_path / "order.pth"
+    with zipfile.ZipFile(DATA / "zipfmt.pth") as zin, zipfile.ZipFile(order, "w") as zout:
+        for info in zin.infolist():
+            if info.filename == "zipfmt/byteorder":
+                zout.writestr(info.filename, b"little" + bytes(2**26), zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info, zin.read(info))
+    tracemalloc.start()
+    try:  # the 64 MiB "byte order" was read whole
+        assert_refused(order, "byte order")
+        assert tracemalloc.get_traced_memory()[1] < 2**24
+    finally:
+        tracemalloc.stop()
     spread = handmade_legacy(fake_torch, 0, (2**18,), (0,))  # 1 MiB of float32 from 40 bytes
     assert_refused(write(tmp_path / "spread.pth", spread), "would need")
     got = load_state_dict(write(tmp_path / "fits.pth", handmade_legacy(fake_torch, 0, (9,), (0,))))
