@@ -181,6 +181,15 @@ def test_weights_far_too_large_are_refused_before_reading(tmp_path):
         darknet.read_weights("/dev/zero", darknet.parse_cfg(DATA / "tiny_v2.cfg"))
 
 
+@pytest.mark.parametrize("name", ["zipfmt.pth", "legacy.pth"])
+def test_a_pytorch_checkpoint_given_as_darknet_weights_is_named(name):
+    # Its first bytes read as a Darknet header said "transposed Darknet weights (version
+    # 67324752.20) are unsupported".
+    path = DATA.parent / "checkpoints" / name
+    with pytest.raises(ModelError, match=rf"^{name} is a PyTorch checkpoint, not Darknet weights"):
+        darknet.read_weights(path, darknet.parse_cfg(DATA / "tiny_v2.cfg"))
+
+
 def test_a_cfg_or_weights_that_is_not_a_regular_file_is_refused(fifo):
     # `--cfg /dev/zero` was read until the OOM killer came; a FIFO blocked forever.
     with pytest.raises(ModelError, match=r"cannot read Darknet cfg /dev/zero: not a regular file"):

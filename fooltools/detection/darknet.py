@@ -377,6 +377,11 @@ def raw_shapes(cfg: DarknetCfg) -> dict[str, dict[str, tuple[int, ...]]]:
 
 def _header_size(data: bytes, path: pathlib.Path) -> int:
     """Bytes of the Darknet header that ``data`` (at least 16 bytes) starts."""
+    # A torch.save file (zip, or a legacy pickle stream) read as Darknet's header was
+    # reported as "transposed Darknet weights (version 67324752.20)".
+    if data.startswith((b"PK\x03\x04", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")):
+        raise ModelError(f"{path.name} is a PyTorch checkpoint, not Darknet weights "
+                         "(for a Faster R-CNN: --detector faster-rcnn)")  # fmt: skip
     major, minor, _revision = struct.unpack_from("<3i", data)
     if major > 1000 or minor > 1000:
         raise ModelError(f"{path.name}: transposed Darknet weights (version {major}.{minor}) "
