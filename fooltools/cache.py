@@ -109,7 +109,9 @@ def load_params(path: Path, template: Any) -> dict[str, Any] | None:
             if set(data.files) != set(want):
                 return None
             flat = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError):
+    # MemoryError: numpy allocates a member's declared shape before reading it, so a
+    # corrupt header declaring terabytes fails there; the entry is rebuilt like any other.
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, MemoryError):
         return None
     for key, arr in flat.items():
         if arr.dtype != np.float32 or arr.shape != tuple(shapes[key]):

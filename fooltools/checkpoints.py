@@ -23,11 +23,14 @@ in the same format as real torchvision weights and load through the same code.
 from __future__ import annotations
 
 import collections
+import errno
 import io
+import math
 import os
 import pathlib
 import pickle
 import re
+import stat
 import struct
 import zipfile
 from collections.abc import Callable, Mapping
@@ -35,6 +38,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
+from fooltools import limits
 from fooltools.errors import CheckpointError, ImageError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -185,6 +189,38 @@ class _Unpickler(pickle.Unpickler):
         return _Storage(key, storage_type.dtype, byte_offset)
 
 
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open ``path`` to read bytes, refusing anything but a regular file.
+
+    Opened non-blocking first: a FIFO without a writer would block ``open`` forever, and
+    a device such as ``/dev/zero`` would be read until memory ran out.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The file, open in binary read mode (blocking, as usual).
+
+    Raises:
+        OSError: It cannot be opened, is a directory (``EISDIR``), or is not a regular
+            file (``EINVAL``, strerror "not a regular file").
+    """
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX only; Windows has no FIFOs to open
+    fd = os.open(path, os.O_RDONLY | nonblock)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
+        if nonblock:
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     # Check against the file size before reading, so a corrupt count cannot make us
     # allocate gigabytes.
@@ -227,6 +263,21 @@ def _load_legacy(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
     return tree, data
 
 
+def _check_memory(path: str, need: int) -> None:
+    """Refuse a load that would hold ``need`` bytes, more than the machine's memory.
+
+    A deflated zip member decompresses about a thousand times its size, and a tensor of
+    stride 0 materialises any number of elements from one: a small crafted file could
+    otherwise drive the process into a kernel OOM kill instead of one line.
+    """
+    have = limits.host_memory()
+    if have is not None and need > have:
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: it would need {need / 2**30:.1f} GiB of memory, "
+            f"more than this machine's {have / 2**30:.1f} GiB (a corrupt or malicious file)"
+        )
+
+
 def _load_zip(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
     with zipfile.ZipFile(f) as zf:
         names = zf.namelist()
@@ -238,15 +289,19 @@ def _load_zip(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
             )
         prefix = pickles[0][: -len("data.pkl")]
         if prefix + "byteorder" in names:
-            order = zf.read(prefix + "byteorder").strip()
+            with zf.open(prefix + "byteorder") as member:  # not all of a deflate bomb
+                order = member.read(64).strip()
             if order != b"little":
                 raise CheckpointError(
                     f"{path} was saved with byte order {order.decode('ascii', 'replace')!r}; "
                     "only little-endian checkpoints are supported"
                 )
+        _check_memory(path, zf.getinfo(pickles[0]).file_size)
         storages: dict[str, str] = {}
         tree = _Unpickler(io.BytesIO(zf.read(pickles[0])), path, storages).load()
-        data = {key: zf.read(f"{prefix}data/{key}") for key in storages}
+        members = {key: zf.getinfo(f"{prefix}data/{key}") for key in storages}
+        _check_memory(path, sum(info.file_size for info in members.values()))
+        data = {key: zf.read(info) for key, info in members.items()}
     return tree, data
 
 
@@ -277,6 +332,15 @@ def _to_array(t: _Tensor, data: dict[str, bytes]) -> np.ndarray:
     return arr
 
 
+def _array_bytes(t: _Tensor) -> int:
+    """Bytes :func:`_to_array` allocates for ``t`` (0 for a geometry it refuses anyway)."""
+    if not all(type(n) is int and n >= 0 for n in t.size):
+        return 0
+    itemsize = np.dtype(_NUMPY_DTYPES[t.dtype]).itemsize
+    # bfloat16 is copied as uint16, then widened into a float32 array.
+    return math.prod(t.size) * (itemsize + (4 if t.dtype == "bfloat16" else 0))
+
+
 def _is_state_dict(tree: Any) -> bool:
     return isinstance(tree, dict) and all(
         isinstance(k, str) and isinstance(v, _Tensor) for k, v in tree.items()
@@ -300,12 +364,13 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises:
         CheckpointError: The file is missing or unreadable, not a PyTorch checkpoint,
-            truncated or corrupt, big-endian, not a state dict of tensors, or references
+            truncated or corrupt, big-endian, not a state dict of tensors, would need more
+            memory than the machine has (its storages and arrays together), or references
             a global outside the allow-list (the file may be malicious; nothing was run).
     """
     path = os.fspath(path)
     try:
-        f = open(path, "rb")
+        f = open_regular(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except OSError as e:
@@ -323,6 +388,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     f"{path} holds a {type(tree).__name__} that is not a state dict "
                     "(a dict of parameter name -> tensor)"
                 )
+            held = sum(len(raw) for raw in data.values())
+            _check_memory(path, held + sum(_array_bytes(t) for t in tree.values()))
             return {name: _to_array(t, data) for name, t in tree.items()}
         except CheckpointError:
             raise

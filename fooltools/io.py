@@ -240,7 +240,10 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> pathlib.Pat
         ImageError: the file cannot be written (permissions, disk full, ...).
     """
     dest = pathlib.Path(path)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+    # The name is cut (in bytes) so that the temp file's fits NAME_MAX (255) whenever the
+    # destination's does: a 250-character name failed with "File name too long".
+    short = os.fsdecode(os.fsencode(dest.name)[:200])
+    tmp = dest.with_name(f".{short}.{secrets.token_hex(6)}.tmp")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # os.open with mode 0o666 lets the umask decide the final permissions (mkstemp: 0600).

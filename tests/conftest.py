@@ -1,4 +1,7 @@
+import contextlib
 import os
+import threading
+import types
 
 import pytest
 
@@ -13,6 +16,32 @@ def lite0():
     from fooltools.models import load_model
 
     return load_model("efficientnet_lite0.in1k")
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A named pipe, and an event set if a reader's ``open`` blocked on it.
+
+    After 2 s a helper thread starts letting each blocked ``open`` return (at EOF), so a
+    test of code that wrongly opens it to read fails (the event is set) instead of hanging.
+    """
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    done, blocked = threading.Event(), threading.Event()
+
+    def unblock():
+        if done.wait(2):
+            return
+        while not done.wait(0.05):
+            with contextlib.suppress(OSError):  # succeeds only while a reader waits
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                blocked.set()
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    yield types.SimpleNamespace(path=path, blocked=blocked)
+    done.set()
+    thread.join()
 
 
 # `make test` runs the suite on two xdist workers (`-n 2 --dist loadfile`): each module

@@ -13,13 +13,14 @@ import re
 import shutil
 import struct
 import sys
+import tracemalloc
 import types
 import zipfile
 
 import numpy as np
 import pytest
 
-from fooltools import checkpoints
+from fooltools import checkpoints, limits
 from fooltools.checkpoints import load_state_dict
 from fooltools.errors import CheckpointError, FoolError
 
@@ -250,6 +251,14 @@ def test_directory(tmp_path):
     assert_refused(tmp_path, "cannot read")
 
 
+def test_a_fifo_or_a_device_is_refused_without_blocking(fifo):
+    # open() of a FIFO without a writer blocked forever; a device has no size to check.
+    assert_refused(fifo.path, "cannot read checkpoint .*: not a regular file")
+    assert not fifo.blocked.is_set()
+    with pytest.raises(CheckpointError, match="/dev/zero: not a regular file"):
+        load_state_dict("/dev/zero")
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -299,6 +308,38 @@ def test_storage_shorter_than_tensor(tmp_path):
     # from whatever memory follows.
     dst = rewrite_zip(DATA / "zipfmt.pth", tmp_path / "x.pth", {"zipfmt/data/7": bytes(16)})
     assert_refused(dst, "storage")
+
+
+def test_memory_bombs_are_refused_before_allocating(tmp_path, fake_torch, monkeypatch):
+    # A deflated storage decompresses ~1000 times its size and a stride-0 tensor makes any
+    # number of elements from one: a small file drove the process into an OOM kill.
+    monkeypatch.setattr(limits, "host_memory", lambda: 2**20)  # a 1 MiB machine
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(DATA / "zipfmt.pth") as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for info in zin.infolist():
+            if info.filename == "zipfmt/data/7":
+                zout.writestr(info.filename, bytes(2**21), zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info, zin.read(info))
+    assert bomb.stat().st_size < 2**20
+    assert_refused(bomb, r"would need 0\.0 GiB of memory, more than this machine's 0\.0 GiB")
+    order = tmp_path / "order.pth"
+    with zipfile.ZipFile(DATA / "zipfmt.pth") as zin, zipfile.ZipFile(order, "w") as zout:
+        for info in zin.infolist():
+            if info.filename == "zipfmt/byteorder":
+                zout.writestr(info.filename, b"little" + bytes(2**26), zipfile.ZIP_DEFLATED)
+            else:
+                zout.writestr(info, zin.read(info))
+    tracemalloc.start()
+    try:  # the 64 MiB "byte order" was read whole
+        assert_refused(order, "byte order")
+        assert tracemalloc.get_traced_memory()[1] < 2**24
+    finally:
+        tracemalloc.stop()
+    spread = handmade_legacy(fake_torch, 0, (2**18,), (0,))  # 1 MiB of float32 from 40 bytes
+    assert_refused(write(tmp_path / "spread.pth", spread), "would need")
+    got = load_state_dict(write(tmp_path / "fits.pth", handmade_legacy(fake_torch, 0, (9,), (0,))))
+    np.testing.assert_array_equal(got["t"], np.zeros(9, np.float32))
 
 
 def test_missing_storage(tmp_path):

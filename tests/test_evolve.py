@@ -1,6 +1,7 @@
 """Evolution: operators, searches, checkpoints, outputs — on a tiny model (fast)."""
 
 import dataclasses
+import io as io_module
 import json
 import random
 import re
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from io import StringIO
 from pathlib import Path
 
@@ -739,6 +741,40 @@ def test_checkpoint_never_unpickles(tmp_path):
     template = jax.ShapeDtypeStruct((1,), jnp.float32)
     with pytest.raises(FoolError):
         checkpoint.load(path, template, {})
+
+
+def test_checkpoint_with_a_huge_array_or_deep_meta_is_corrupt_not_a_traceback(tmp_path):
+    # numpy allocates a member's declared shape before reading it: a header of 16 TiB
+    # raised MemoryError, and a meta of nested lists RecursionError, through `--resume`.
+    from numpy.lib import format as npformat
+
+    header = io_module.BytesIO()
+    npformat.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                             "shape": (2**42,)})  # fmt: skip
+    huge = tmp_path / "huge.npz"
+    with zipfile.ZipFile(huge, "w") as zf:
+        zf.writestr("meta.npy", header.getvalue() + bytes(16))
+    deep = tmp_path / "deep.npz"
+    np.savez(deep, meta=np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8))
+    for path in (huge, deep):
+        before = path.read_bytes()
+        with pytest.raises(FoolError, match="corrupt checkpoint"):
+            checkpoint.read_meta(path)
+        assert path.read_bytes() == before
+
+
+def test_checkpoint_without_the_state_a_resume_reads_is_refused(tmp_path):
+    # A checkpoint without fitness (or generation) resumed into a KeyError traceback.
+    ck = tmp_path / "checkpoint.npz"
+    checkpoint.save(ck, {}, {"best": np.zeros(3)}, {"kind": "single", "generation": 2})
+    with pytest.raises(FoolError, match=r"corrupt checkpoint .*\(no fitness\); left untouched"):
+        checkpoint.load(ck, {}, {"kind": "single"}, state=("fitness", "best"))
+    checkpoint.save(ck, {}, {"fitness": np.zeros(3)}, {"kind": "single", "generation": "2"})
+    with pytest.raises(FoolError, match=r"\(no generation\)"):
+        checkpoint.load(ck, {}, {"kind": "single"}, state=("fitness",))
+    checkpoint.save(ck, {}, {"fitness": np.zeros(3)}, {"kind": "single", "generation": 2})
+    _, arrays, meta = checkpoint.load(ck, {}, {"kind": "single"}, state=("fitness",))
+    assert meta["generation"] == 2 and arrays["fitness"].shape == (3,)
 
 
 def test_figures_shown_are_cut_so_a_failed_run_never_reads_99(tiny, tmp_path, monkeypatch):

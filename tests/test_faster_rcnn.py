@@ -224,6 +224,23 @@ def test_wrong_shape_and_class_count_are_errors():
         fr.load_faster_rcnn(sd)
 
 
+@pytest.mark.parametrize(
+    ("key", "shape"),
+    [
+        ("roi_heads.box_predictor.cls_score.weight", ()),  # unpacking a shape
+        ("roi_heads.box_predictor.cls_score.weight", (0, 8)),  # no classes: a 0 fan-in
+        ("backbone.body.conv1.weight", (0,)),
+        ("rpn.head.cls_logits.weight", ()),
+    ],
+)
+def test_weights_of_the_wrong_rank_or_empty_are_one_line_errors(key, shape):
+    # Another model's tensor of another rank, or an empty one, ended in a ValueError,
+    # IndexError or ZeroDivisionError traceback from the shape inference or flax's init.
+    sd = {**_state_dict(), key: np.zeros(shape, np.float32)}
+    with pytest.raises(ModelError, match=r"^weights do not fit .*describe no such network"):
+        fr.load_faster_rcnn(sd)
+
+
 def test_pre_0_13_key_names_load_the_same(model):
     # torchvision's published COCO weights predate Conv2dNormActivation in FPN and RPN.
     sd = {}

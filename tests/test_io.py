@@ -372,3 +372,13 @@ def test_samples() -> None:
     assert (fio.SAMPLES_DIR / "README.md").is_file()
     with pytest.raises(ImageError, match="astronaut, cat, coffee, rocket"):
         fio.sample_path("dog")
+
+
+def test_write_bytes_atomic_takes_the_longest_file_name(tmp_path):
+    # Its temp file's name added 19 characters: a 254-byte name failed as too long.
+    for name in ("a" * 250 + ".png", "é" * 125 + ".png"):
+        dest = fio.write_bytes_atomic(tmp_path / name, b"data")
+        assert dest.read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a" * 250 + ".png", "é" * 125 + ".png"]
+    )

@@ -1,11 +1,14 @@
 import errno
+import io as io_module
 import warnings
+import zipfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy.lib import format as npformat
 
 from fooltools import cache, io
 from fooltools.errors import ModelError
@@ -189,6 +192,17 @@ def test_converted_params_are_cached_and_corrupt_cache_rebuilt(tmp_path, monkeyp
         )
         is not None
     )
+
+
+def test_a_cache_entry_declaring_terabytes_is_rebuilt_not_a_memory_error(tmp_path):
+    # numpy allocates the declared shape before reading: MemoryError escaped load_params.
+    header = io_module.BytesIO()
+    npformat.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                             "shape": (2**42,)})  # fmt: skip
+    entry = tmp_path / "entry.npz"
+    with zipfile.ZipFile(entry, "w") as zf:
+        zf.writestr("a.npy", header.getvalue() + bytes(16))
+    assert cache.load_params(entry, {"a": jax.ShapeDtypeStruct((4,), jnp.float32)}) is None
 
 
 def test_an_unusable_cache_dir_only_costs_the_conversion(tmp_path, monkeypatch):

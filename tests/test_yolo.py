@@ -168,6 +168,39 @@ def test_weights_of_the_wrong_size_say_expected_and_found(tmp_path, cut, found):
     assert f"found {expected + found}" in msg and "\n" not in msg
 
 
+def test_weights_far_too_large_are_refused_before_reading(tmp_path):
+    # The whole file was read before its size was checked: a (sparse) 1 TiB file raised
+    # MemoryError, and /dev/zero grew until the OOM killer came.
+    path = tmp_path / "huge.weights"
+    with open(path, "wb") as f:
+        f.write((DATA / "tiny_v2.weights").read_bytes()[:16])
+        f.truncate(2**40)
+    with pytest.raises(ModelError, match=r"huge\.weights does not fit tiny_v2\.cfg: .*found"):
+        yolo.load_darknet(DATA / "tiny_v2.cfg", path)
+    with pytest.raises(ModelError, match=r"cannot read Darknet weights /dev/zero: not a regular"):
+        darknet.read_weights("/dev/zero", darknet.parse_cfg(DATA / "tiny_v2.cfg"))
+
+
+@pytest.mark.parametrize("name", ["zipfmt.pth", "legacy.pth"])
+def test_a_pytorch_checkpoint_given_as_darknet_weights_is_named(name):
+    # Its first bytes read as a Darknet header said "transposed Darknet weights (version
+    # 67324752.20) are unsupported".
+    path = DATA.parent / "checkpoints" / name
+    with pytest.raises(ModelError, match=rf"^{name} is a PyTorch checkpoint, not Darknet weights"):
+        darknet.read_weights(path, darknet.parse_cfg(DATA / "tiny_v2.cfg"))
+
+
+def test_a_cfg_or_weights_that_is_not_a_regular_file_is_refused(fifo):
+    # `--cfg /dev/zero` was read until the OOM killer came; a FIFO blocked forever.
+    with pytest.raises(ModelError, match=r"cannot read Darknet cfg /dev/zero: not a regular file"):
+        darknet.parse_cfg("/dev/zero")
+    with pytest.raises(ModelError, match=r"cannot read Darknet cfg .*fifo: not a regular file"):
+        darknet.parse_cfg(fifo.path)
+    with pytest.raises(ModelError, match=r"cannot read Darknet weights .*fifo: not a regular"):
+        darknet.read_weights(fifo.path, darknet.parse_cfg(DATA / "tiny_v2.cfg"))
+    assert not fifo.blocked.is_set()
+
+
 @pytest.mark.parametrize("which", ["cfg", "weights"])
 def test_missing_file_is_a_one_line_model_error(tmp_path, which):
     cfg = tmp_path / "nope.cfg" if which == "cfg" else DATA / "tiny_v2.cfg"

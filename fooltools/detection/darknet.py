@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fooltools import io
+from fooltools import checkpoints, io
 from fooltools.errors import ImageError, ModelError
 
 # Batch norm divides by sqrt(var + eps). Implementations disagree on eps: cuDNN training and
@@ -197,7 +197,9 @@ def parse_cfg(path: str | os.PathLike[str]) -> DarknetCfg:
     """
     path = pathlib.Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        # /dev/zero was read until memory ran out, a FIFO blocked forever.
+        with checkpoints.open_regular(path) as f:
+            text = f.read().decode("utf-8", errors="replace")
     except OSError as err:
         raise ModelError(f"cannot read Darknet cfg {path}: {err.strerror or err}") from None
     return parse_cfg_text(text, name=path.name)
@@ -373,6 +375,30 @@ def raw_shapes(cfg: DarknetCfg) -> dict[str, dict[str, tuple[int, ...]]]:
     return out
 
 
+def _header_size(data: bytes, path: pathlib.Path) -> int:
+    """Bytes of the Darknet header that ``data`` (at least 16 bytes) starts."""
+    # A torch.save file (zip, or a legacy pickle stream) read as Darknet's header was
+    # reported as "transposed Darknet weights (version 67324752.20)".
+    if data.startswith((b"PK\x03\x04", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")):
+        raise ModelError(f"{path.name} is a PyTorch checkpoint, not Darknet weights "
+                         "(for a Faster R-CNN: --detector faster-rcnn)")  # fmt: skip
+    major, minor, _revision = struct.unpack_from("<3i", data)
+    if major > 1000 or minor > 1000:
+        raise ModelError(f"{path.name}: transposed Darknet weights (version {major}.{minor}) "
+                         "are unsupported")  # fmt: skip
+    return 20 if major * 10 + minor >= 2 else 16
+
+
+def _check_count(path: pathlib.Path, cfg: DarknetCfg, header: int, expected: int, size: int) -> int:
+    """The number of float values in a file of ``size`` bytes, if ``cfg`` needs that many."""
+    found, rest = divmod(size - header, 4)
+    if found != expected or rest:
+        tail = f" and {rest} stray bytes" if rest else ""
+        raise ModelError(f"{path.name} does not fit {cfg.name}: expected {expected} float values "
+                         f"after the {header}-byte header, found {found}{tail}")  # fmt: skip
+    return found
+
+
 def read_weights(path: str | os.PathLike[str], cfg: DarknetCfg) -> dict[str, dict[str, np.ndarray]]:
     """Read a Darknet ``.weights`` file laid out for ``cfg``.
 
@@ -388,24 +414,23 @@ def read_weights(path: str | os.PathLike[str], cfg: DarknetCfg) -> dict[str, dic
             other than the cfg needs (the message gives both counts).
     """
     path = pathlib.Path(path)
+    shapes = raw_shapes(cfg)
+    expected = sum(int(np.prod(s)) for layer in shapes.values() for s in layer.values())
     try:
-        data = path.read_bytes()
+        # Only a regular file, its size checked before the body is read: /dev/zero, a
+        # FIFO or a huge unrelated file was read whole into memory first (or forever).
+        with checkpoints.open_regular(path) as f:
+            data = f.read(20)
+            if len(data) >= 16:
+                header, size = _header_size(data, path), os.fstat(f.fileno()).st_size
+                _check_count(path, cfg, header, expected, size)
+                data += f.read(size - len(data))
     except OSError as err:
         raise ModelError(f"cannot read Darknet weights {path}: {err.strerror or err}") from None
     if len(data) < 16:
         raise ModelError(f"{path.name}: {len(data)} bytes is too short for a Darknet header")
-    major, minor, _revision = struct.unpack_from("<3i", data)
-    if major > 1000 or minor > 1000:
-        raise ModelError(f"{path.name}: transposed Darknet weights (version {major}.{minor}) "
-                         "are unsupported")  # fmt: skip
-    header = 20 if major * 10 + minor >= 2 else 16
-    shapes = raw_shapes(cfg)
-    expected = sum(int(np.prod(s)) for layer in shapes.values() for s in layer.values())
-    found, rest = divmod(len(data) - header, 4)
-    if found != expected or rest:
-        tail = f" and {rest} stray bytes" if rest else ""
-        raise ModelError(f"{path.name} does not fit {cfg.name}: expected {expected} float values "
-                         f"after the {header}-byte header, found {found}{tail}")  # fmt: skip
+    header = _header_size(data, path)
+    found = _check_count(path, cfg, header, expected, len(data))  # the file may have changed
     values = np.frombuffer(data, dtype="<f4", offset=header, count=found).astype(np.float32)
     out, pos = {}, 0
     for name, layer in shapes.items():

@@ -430,6 +430,19 @@ def _variant(variant: str | None, family: _Family) -> Variant:
     return VARIANTS[variant]
 
 
+# What inferring a network from tensors of the wrong rank or of empty dimensions raises
+# (unpacking a shape, dividing by a width of 0 in flax's initialisers, a reshape).
+_MISFIT = (ValueError, TypeError, IndexError, ZeroDivisionError)
+
+
+def _misfit(model: str, err: Exception) -> ModelError:
+    """The one-line error for weights whose shapes describe no ``model``."""
+    detail = " ".join(f"{type(err).__name__}: {err}".split())[:160]
+    return ModelError(
+        f"weights do not fit {model}: their shapes describe no such network ({detail})"
+    )
+
+
 def load_faster_rcnn(
     path_or_state_dict: str | os.PathLike[str] | Mapping[str, np.ndarray],
     *,
@@ -494,6 +507,8 @@ def load_faster_rcnn(
         unexpected = sorted(k for k in sd if not k.startswith(("backbone.", "rpn.", "roi_heads.")))
         extra = f"; unexpected {', '.join(unexpected[:8])}" if unexpected else ""
         raise ModelError(f"weights do not fit {model}: missing {err.args[0]}{extra}") from None
+    except _MISFIT as err:
+        raise _misfit(model, err) from None
     expected = family.expected_keys(spec)
     expected |= {f"{head}.{p}" for head in _HEADS for p in ("weight", "bias")}
     _check_keys(sd, expected, model)
@@ -511,6 +526,8 @@ def load_faster_rcnn(
         **{k: v for k, v in given.items() if v is not None}
     )
     anchor_sizes = tuple(tuple(int(a) for a in level) for level in settings.anchor_sizes)
+    if np.ndim(sd["rpn.head.cls_logits.weight"]) == 0:
+        raise _misfit(model, ValueError("rpn.head.cls_logits.weight is 0-d"))
     num_anchors = sd["rpn.head.cls_logits.weight"].shape[0]
     per_level = {len(level) * len(rpn.ASPECT_RATIOS) for level in anchor_sizes}
     if len(anchor_sizes) != len(family.levels) or per_level != {num_anchors}:
@@ -533,13 +550,17 @@ def load_faster_rcnn(
         anchor_sizes=anchor_sizes,
     )
     c = spec.fpn_channels
-    template = jax.eval_shape(
-        _Net(config).init,
-        jax.random.key(0),
-        jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
-        jax.ShapeDtypeStruct((1, POOLED, POOLED, c), jnp.float32),
-    )["params"]
-    params = merge_params(template, convert_state_dict(sd, config), model=model)
+    try:
+        template = jax.eval_shape(
+            _Net(config).init,
+            jax.random.key(0),
+            jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32),
+            jax.ShapeDtypeStruct((1, POOLED, POOLED, c), jnp.float32),
+        )["params"]
+        converted = convert_state_dict(sd, config)
+    except _MISFIT as err:
+        raise _misfit(model, err) from None
+    params = merge_params(template, converted, model=model)
     return FasterRCNN(
         params=jax.tree_util.tree_map(jnp.asarray, params),
         config=config,

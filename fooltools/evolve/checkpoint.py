@@ -45,7 +45,7 @@ def save(path: Path, genomes: Any, arrays: dict[str, np.ndarray], meta: dict[str
 
 
 def load(
-    path: Path, template: Any, expect: dict[str, Any]
+    path: Path, template: Any, expect: dict[str, Any], state: tuple[str, ...] = ()
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint written by :func:`save` for the same configuration.
 
@@ -54,6 +54,8 @@ def load(
         template: Genome pytree of ``jax.ShapeDtypeStruct`` (stacked) giving the
             expected structure, shapes and dtypes.
         expect: Meta entries that must match exactly (e.g. the search configuration).
+        state: Names of the state arrays the caller reads; when given, the meta must
+            also hold the ``generation`` (a non-negative integer) the run resumes from.
 
     Returns:
         ``(genomes, arrays, meta)``.
@@ -77,6 +79,13 @@ def load(
             raise FoolError(f"corrupt checkpoint {path} (genome array {i}); left untouched")
         leaves.append(arr)
     arrays = {k.removeprefix("state_"): v for k, v in files.items() if k.startswith("state_")}
+    # A checkpoint without them resumed into a KeyError traceback instead of this line.
+    lost = [name for name in state if name not in arrays]
+    generation = meta.get("generation")
+    if state and (type(generation) is not int or generation < 0):
+        lost.append("generation")
+    if lost:
+        raise FoolError(f"corrupt checkpoint {path} (no {', '.join(lost)}); left untouched")
     return jax.tree_util.tree_unflatten(treedef, leaves), arrays, meta
 
 
@@ -116,7 +125,16 @@ def _read(
         meta = json.loads(files.pop("meta").tobytes().decode())
         if not isinstance(meta, dict):
             raise ValueError("meta is not an object")
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+        MemoryError,  # an array header declaring terabytes: numpy allocates before reading
+        RecursionError,  # a meta of deeply nested JSON lists
+    ) as e:
         raise FoolError(f"corrupt checkpoint {path} ({type(e).__name__}); left untouched") from None
     if meta.get("format") != FORMAT:
         raise FoolError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT}")

@@ -198,7 +198,10 @@ def evolve_es(
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     if resume:
         stacked, arrays, saved = checkpoint.load(
-            out / CHECKPOINT, genome_template(encoding, 1), meta
+            out / CHECKPOINT,
+            genome_template(encoding, 1),
+            meta,
+            state=("adam_count", "adam_mu", "adam_nu", "best_image", "best"),
         )
         center = search.take(stacked, 0)
         fresh = opt.init(center.weight)  # (adam moments, empty scale state)

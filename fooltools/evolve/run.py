@@ -332,7 +332,10 @@ def evolve_single(
     h, w = clf.info.input_size
     if resume:
         genomes, arrays, saved = checkpoint.load(
-            out / CHECKPOINT, genome_template(encoding, cfg.population), meta
+            out / CHECKPOINT,
+            genome_template(encoding, cfg.population),
+            meta,
+            state=("fitness", "best_image", "best"),
         )
         state = {k: arrays[k] for k in ("fitness", "best_image", "best")}
         start = saved["generation"]
@@ -436,7 +439,10 @@ def evolve_map_elites(
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     if resume:
         archive, arrays, saved = checkpoint.load(
-            out / CHECKPOINT, genome_template(encoding, len(classes)), meta
+            out / CHECKPOINT,
+            genome_template(encoding, len(classes)),
+            meta,
+            state=("fitness", "evaluations"),
         )
         state = {"fitness": arrays["fitness"], "evaluations": arrays["evaluations"]}
         start = saved["generation"]
