@@ -138,6 +138,28 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
 
 
+def require_float(image: np.ndarray | jax.Array, what: str = "image") -> None:
+    """Refuse an image of integer dtype where floats in [0, 1] are expected.
+
+    An 8-bit array (e.g. ``np.asarray(PIL.Image.open(path))``) taken as floats is 0 to 255:
+    clipped to [0, 1] it is a nearly white image, so a model or a PNG would silently get
+    the wrong picture.
+
+    Args:
+        image: Array of any shape (a tracer too: only its dtype is read).
+        what: What the message calls it.
+
+    Raises:
+        ValueError: ``image`` has an integer dtype.
+    """
+    dtype = image.dtype if hasattr(image, "dtype") else np.asarray(image).dtype
+    if np.issubdtype(dtype, np.integer):
+        raise ValueError(
+            f"{what} has integer dtype {dtype}; expected floats in [0, 1] (divide 8-bit "
+            "pixels by 255, or read files with fooltools.io.read_image)"
+        )
+
+
 def to_uint8(image: np.ndarray | jax.Array) -> np.ndarray:
     """Round an image to 8 bits the way :func:`write_png` stores it.
 
@@ -148,8 +170,9 @@ def to_uint8(image: np.ndarray | jax.Array) -> np.ndarray:
         uint8 array of the same shape, ``round(clip(x, 0, 1) * 255)``.
 
     Raises:
-        ValueError: the image contains NaN or infinity.
+        ValueError: the image contains NaN or infinity, or has an integer dtype.
     """
+    require_float(image)
     # float32 arithmetic, as in quantize(), so that both pick the same 8-bit level.
     x = np.asarray(image, dtype=np.float32)
     if not np.all(np.isfinite(x)):

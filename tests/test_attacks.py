@@ -192,3 +192,17 @@ def test_invalid_configuration_raises(make):
     model, params = linear_model()
     with pytest.raises(ValueError):
         make(model, params)
+
+
+@pytest.mark.parametrize("name", ["pgd-linf", "lbfgs"])
+def test_8bit_images_are_refused_and_a_list_of_targets_accepted(name):
+    # uint8 pixels taken as floats were 0..255, clipped to an all-white image: attacked
+    # without a word. A list of classes was an AttributeError from inside jit.
+    model, params = linear_model()
+    run = ATTACKS[name](model, params)
+    x = images(2)
+    t = targets_for(model, params, x)
+    with pytest.raises(ValueError, match="integer dtype uint8"):
+        run(jax.random.key(0), io.to_uint8(x), t)
+    listed = run(jax.random.key(0), x, [int(c) for c in t])
+    np.testing.assert_array_equal(listed.x, run(jax.random.key(0), x, t).x)

@@ -372,3 +372,11 @@ def test_samples() -> None:
     assert (fio.SAMPLES_DIR / "README.md").is_file()
     with pytest.raises(ImageError, match="astronaut, cat, coffee, rocket"):
         fio.sample_path("dog")
+
+
+def test_8bit_arrays_are_refused_where_floats_in_0_1_are_expected(tmp_path) -> None:
+    # np.asarray(Image.open(...)) is uint8 0..255: clipped to [0, 1] it was written as a
+    # white PNG without a word.
+    with pytest.raises(ValueError, match="integer dtype uint8"):
+        fio.write_png(tmp_path / "a.png", np.full((4, 5, 3), 128, np.uint8))
+    assert not (tmp_path / "a.png").exists()

@@ -227,3 +227,13 @@ def test_a_read_only_compilation_cache_is_read_without_warnings(tmp_path, monkey
         warnings.warn("another warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["another warning"]
     assert settings["jax_compilation_cache_dir"] == str(tmp_path / "xla")  # still read
+
+
+def test_8bit_pixels_are_refused_not_classified_as_white(lite0):
+    # uint8 0..255 was cast to float and classified: a confident answer about the wrong picture.
+    x = (io.read_image(io.sample_path("cat")) * 255).astype(np.uint8)
+    for f in (lite0.preprocess, lambda x: lite0.logits(lite0.params, x)):
+        with pytest.raises(ValueError, match="integer dtype uint8"):
+            f(x)
+    with pytest.raises(ValueError, match="integer dtype uint8"):
+        lite0.feature_maps(lite0.params, x, native=True)

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fooltools import io
 from fooltools.limits import INT32_MAX
@@ -134,6 +135,8 @@ def looped(
     def run(
         key: jax.Array, x: jax.Array, target: jax.Array, *, progress: ProgressFn | None = None
     ) -> AttackResult:
+        # Array-likes (a list of classes) as arrays: jit would take a list for a pytree.
+        x, target = (v if isinstance(v, jax.Array) else np.asarray(v) for v in (x, target))
         ctx, carry = start_j(params, key, x, target)
         if progress is None:
             carry = chunk(params, ctx, carry, 0, steps)
@@ -237,7 +240,11 @@ def prepare(x0: jax.Array, target: jax.Array, quantize: bool) -> tuple[jax.Array
 
     Returns:
         ``(x0, target)`` as float32 / int32 arrays.
+
+    Raises:
+        ValueError: a shape is wrong, or ``x0`` has an integer dtype (8-bit pixels).
     """
+    io.require_float(x0, "x")
     if x0.ndim != 4 or x0.shape[-1] != 3:
         raise ValueError(f"expected images of shape (N, H, W, 3), got {x0.shape}")
     if target.shape != (x0.shape[0],):

@@ -110,7 +110,11 @@ class Classifier:
 
         Returns:
             Shape (N, *input_size, 3) (a batch axis is added if missing), normalised.
+
+        Raises:
+            ValueError: ``x`` has an integer dtype (8-bit pixels are not in [0, 1]).
         """
+        io.require_float(x)
         if x.ndim == 3:
             x = x[None]
         return io.preprocess(
@@ -149,7 +153,11 @@ class Classifier:
         Returns:
             ``features(params, ...)``: name -> array with a leading batch axis N, e.g.
             (N, h, w, C) for spatial maps and (N, C) for pooled ones.
+
+        Raises:
+            ValueError: ``x`` has an integer dtype (8-bit pixels are not in [0, 1]).
         """
+        io.require_float(x)
         if x.ndim == 3:
             x = x[None]
         if native:
