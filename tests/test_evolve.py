@@ -175,6 +175,34 @@ def test_evolution_strategy_improves_confidence(tiny, tmp_path):
     assert out["best_confidence"] == max(h["best"] for h in hist)
 
 
+def test_a_class_outside_the_model_or_a_misspelt_selection_is_refused(tiny, tmp_path):
+    # Class 1000 (or -1) of 1000 was clamped by the device gather: class 999 was evolved
+    # under the name asked for. Any selection but "truncation" ran a tournament.
+    cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    n = len(tiny.labels)
+    for bad in (n, -1):
+        with pytest.raises(FoolError, match="class indices"):
+            evolve_single(tiny, direct(height=S, width=S), "direct", bad, cfg, seed=0, out=tmp_path)
+        with pytest.raises(FoolError, match="class indices"):
+            evolve_es(tiny, cppn(**ES_CPPN), "cppn", bad, cfg, ES_TEST, seed=0, out=tmp_path)
+        with pytest.raises(FoolError, match="class indices"):
+            evolve_map_elites(tiny, cppn(), "cppn", [0, bad], cfg, seed=0, out=tmp_path)
+    with pytest.raises(FoolError, match="no classes"):
+        evolve_map_elites(tiny, cppn(), "cppn", [], cfg, seed=0, out=tmp_path)
+    with pytest.raises(ValueError, match="selection"):
+        SearchConfig(selection="tournement")
+    assert not any(tmp_path.iterdir())
+
+
+def test_out_may_be_a_string(tiny, tmp_path):
+    # out="runs/x" was a TypeError ('str' / 'str') after the search had compiled.
+    cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    out = evolve_single(
+        tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=str(tmp_path)
+    )
+    assert out["generation"] == 1 and (tmp_path / run_module.HISTORY).exists()
+
+
 @pytest.mark.parametrize("children", [8, 9])
 @pytest.mark.parametrize("encoding", ["direct", "cppn"])
 def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding, children):

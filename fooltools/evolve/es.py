@@ -38,6 +38,7 @@ from fooltools.evolve.run import (
     HISTORY,
     Loop,
     Progress,
+    check_classes,
     genome_template,
     lookahead_by_default,
     record_best,
@@ -158,7 +159,7 @@ def evolve_es(
     es: ESConfig,
     *,
     seed: int,
-    out: Path,
+    out: Path | str,
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
@@ -174,9 +175,12 @@ def evolve_es(
         The same summary as :func:`fooltools.evolve.run.evolve_single`.
 
     Raises:
-        FoolError: A population that is odd or < 2, or a bad checkpoint on resume.
+        FoolError: ``target`` not a class of ``clf``, a population that is odd or < 2,
+            or a bad checkpoint on resume.
         Interrupted: Ctrl-C, after saving the state (see :meth:`.run.Loop.run`).
     """
+    check_classes(clf, [target])
+    out = Path(out)
     if cfg.population < 2 or cfg.population % 2:
         raise FoolError(
             f"the evolution strategy needs an even population >= 2, got {cfg.population}"

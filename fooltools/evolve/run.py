@@ -278,6 +278,21 @@ def single_summary(
     }
 
 
+def check_classes(clf: Classifier, classes: list[int]) -> None:
+    """Refuse an empty list of classes or one outside the classifier's.
+
+    Raises:
+        FoolError: ``classes`` is empty, or holds an index not in 0..num_classes-1 (a
+            device gather clamps it: 1000 or -1 evolved class 999 under another name).
+    """
+    if len(classes) == 0:
+        raise FoolError("no classes to evolve")
+    n = len(clf.labels)
+    bad = [c for c in classes if not 0 <= int(c) < n]
+    if bad:
+        raise FoolError(f"class indices must be in 0..{n - 1} for {clf.name}, got {bad[:8]}")
+
+
 def evolve_single(
     clf: Classifier,
     encoding: search.Encoding,
@@ -286,7 +301,7 @@ def evolve_single(
     cfg: SearchConfig,
     *,
     seed: int,
-    out: Path,
+    out: Path | str,
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
@@ -309,8 +324,11 @@ def evolve_single(
         FoolError: A population < 2 or not larger than the elites, or a bad checkpoint on
             resume.
         Interrupted: Ctrl-C, after saving the state (see :meth:`Loop.run`).
+        FoolError: ``target`` is not a class of ``clf``.
         ValueError: ``lookahead=True`` without truncation selection and elites >= 1.
     """
+    check_classes(clf, [target])
+    out = Path(out)
     if cfg.population < 2 or cfg.elites >= cfg.population:
         raise FoolError("population must be >= 2 and larger than the number of elites")
     device_picks = cfg.selection == "truncation" and cfg.elites >= 1
@@ -409,7 +427,7 @@ def evolve_map_elites(
     cfg: SearchConfig,
     *,
     seed: int,
-    out: Path,
+    out: Path | str,
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
@@ -423,7 +441,13 @@ def evolve_map_elites(
     Returns:
         A summary with ``archive`` (stacked elite genomes), ``fitness`` (C,), ``images``
         (C, H, W, 3) of the elites, ``generation``, ``evaluations``, ``seconds``, ``history``.
+
+    Raises:
+        FoolError: ``classes`` empty or not all classes of ``clf``, a population < 2, or
+            a bad checkpoint on resume.
     """
+    check_classes(clf, classes)
+    out = Path(out)
     if cfg.population < 2:
         raise FoolError("population must be >= 2")
     io.make_dir(out)

@@ -100,6 +100,13 @@ class SearchConfig:
     cxpb: float = 0.5
     stop_at: float | None = 0.99
 
+    def __post_init__(self) -> None:
+        # Anything but "truncation" ran a tournament: a typo changed the search silently.
+        if self.selection not in ("truncation", "tournament"):
+            raise ValueError(
+                f"selection must be 'truncation' or 'tournament', got {self.selection!r}"
+            )
+
 
 def take(genomes: Genomes, idx: jax.Array) -> Genomes:
     """Gather individuals ``idx`` (shape (k,)) of a stacked population."""
