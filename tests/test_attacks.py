@@ -206,3 +206,15 @@ def test_8bit_images_are_refused_and_a_list_of_targets_accepted(name):
         run(jax.random.key(0), io.to_uint8(x), t)
     listed = run(jax.random.key(0), x, [int(c) for c in t])
     np.testing.assert_array_equal(listed.x, run(jax.random.key(0), x, t).x)
+
+
+@pytest.mark.parametrize("name", ["pgd-linf", "cw"])
+def test_a_target_outside_the_logits_is_refused(name):
+    # Class K of K (or -1) gathered out of range: the attack ran to the end and reported
+    # a failure (or an untargeted success) against a class the model does not have.
+    model, params = linear_model()
+    run = ATTACKS[name](model, params)
+    x = images(2)
+    for bad in (K, -1):
+        with pytest.raises(ValueError, match=rf"0\.\.{K - 1}, got \[{bad}\]"):
+            run(jax.random.key(0), x, jnp.asarray([0, bad]))

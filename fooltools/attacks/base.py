@@ -112,7 +112,9 @@ def looped(
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult``. ``progress(i)`` is
         called on the host with the 0-based index of the last finished iteration, after
-        that iteration has run; it cannot be used under an outer ``jax.jit``.
+        that iteration has run; it cannot be used under an outer ``jax.jit``. ``x`` and
+        ``target`` may be any array-likes; ``run`` raises ValueError for images of an
+        integer dtype, wrong shapes, or (outside ``jax.jit``) a target not in 0..K-1.
 
     Raises:
         ValueError: ``steps`` out of range.
@@ -138,6 +140,13 @@ def looped(
         # Array-likes (a list of classes) as arrays: jit would take a list for a pytree.
         x, target = (v if isinstance(v, jax.Array) else np.asarray(v) for v in (x, target))
         ctx, carry = start_j(params, key, x, target)
+        if not isinstance(target, jax.core.Tracer):
+            # A class outside the logits is a gather out of range: the attack would run to
+            # the end and never succeed (targeted) or always (untargeted), without a word.
+            k = jax.eval_shape(finish_j, params, ctx, carry).logits.shape[-1]
+            bad = [int(t) for t in np.asarray(target).ravel() if not 0 <= t < k]
+            if bad:
+                raise ValueError(f"target classes must be in 0..{k - 1}, got {bad[:8]}")
         if progress is None:
             carry = chunk(params, ctx, carry, 0, steps)
         else:
