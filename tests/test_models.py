@@ -237,3 +237,16 @@ def test_8bit_pixels_are_refused_not_classified_as_white(lite0):
             f(x)
     with pytest.raises(ValueError, match="integer dtype uint8"):
         lite0.feature_maps(lite0.params, x, native=True)
+
+
+def test_classify_takes_no_images_refuses_a_batch_as_one_and_a_negative_k(lite0):
+    from fooltools import classify
+
+    # No images: (0, K), not numpy's "need at least one array to concatenate".
+    assert classify.probabilities(lite0, []).shape == (0, len(lite0.labels))
+    # A (2, H, W, 3) batch given as one image was cut to its first image without a word.
+    with pytest.raises(ValueError, match=r"shape \(H, W, 3\)"):
+        classify.probabilities(lite0, [np.zeros((2, 8, 8, 3), np.float32)])
+    # k=-1 sliced [:-1]: every class but one.
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        classify.top_k(lite0, np.full(len(lite0.labels), 1e-3, np.float32), -1)
