@@ -255,3 +255,22 @@ def test_gram_matrix_is_position_free(lite0):
     shuffled = f.reshape(1, 20, 6)[:, ::-1].reshape(1, 4, 5, 6)
     np.testing.assert_allclose(style.gram(f), style.gram(shuffled), rtol=1e-5)
     assert style.gram(f).shape == (1, 6, 6)
+
+
+def test_8bit_photos_are_refused_not_clipped_to_white(lite0):
+    # uint8 0..255 cast to float and clipped to [0, 1] was a white photo: inverted,
+    # dreamt on or styled without a word.
+    from fooltools.visualize import deepdream
+
+    cat = io.read_image(io.sample_path("cat"))
+    cat8 = io.to_uint8(cat)
+    key = jax.random.key(0)
+    calls = [
+        lambda: inversion.invert(key, lite0, cat8, layer="pool", steps=1, starts=1, size=16),
+        lambda: deepdream.dream(key, lite0, cat8, layer="head", octaves=1, steps=1),
+        lambda: style.stylize(key, lite0, cat8, cat, steps=1, size=16),
+        lambda: style.stylize(key, lite0, cat, cat8, steps=1, size=16),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="integer dtype uint8"):
+            call()

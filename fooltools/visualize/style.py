@@ -112,6 +112,7 @@ def _optimizer(
 
 def match_size(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize (shorter side) and centre-crop ``image`` to exactly ``shape`` = (H, W)."""
+    io.require_float(image, "the style image")
     h, w = shape
     x = jnp.asarray(image)
     scale = max(h / x.shape[0], w / x.shape[1])
@@ -161,7 +162,7 @@ def stylize(
 
     Raises:
         FoolError: Unknown layer, or a style layer without spatial axes.
-        ValueError: Non-positive weights, no style layers.
+        ValueError: Non-positive weights, no style layers, or an image of integer dtype.
     """
     content_layer = layers.check_layer(
         clf, content_layer or layers.default_content_layer(clf), option="the content layer"
