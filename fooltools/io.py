@@ -165,13 +165,17 @@ def to_uint8(image: np.ndarray | jax.Array) -> np.ndarray:
 
     Args:
         image: float array of any shape, nominally in [0, 1]; values outside are clipped.
+            A uint8 array is already 8-bit and is returned as it is (a copy).
 
     Returns:
         uint8 array of the same shape, ``round(clip(x, 0, 1) * 255)``.
 
     Raises:
-        ValueError: the image contains NaN or infinity, or has an integer dtype.
+        ValueError: the image contains NaN or infinity, or has an integer dtype other
+            than uint8 (0..255 or 0..1 cannot be told apart).
     """
+    if getattr(image, "dtype", None) == np.uint8:
+        return np.array(image)
     require_float(image)
     # float32 arithmetic, as in quantize(), so that both pick the same 8-bit level.
     x = np.asarray(image, dtype=np.float32)
@@ -217,13 +221,15 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray | jax.Array) -> pa
 
     Args:
         path: destination; always PNG-encoded whatever its suffix.
-        image: float array of shape (H, W, 3) or (H, W) in [0, 1], rounded by :func:`to_uint8`.
+        image: float array of shape (H, W, 3) or (H, W) in [0, 1], rounded by :func:`to_uint8`,
+            or a uint8 array of that shape (written as it is).
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: the image has the wrong shape or non-finite values.
+        ValueError: the image has the wrong shape, non-finite values, or an integer dtype
+            other than uint8.
         ImageError: the file cannot be written (permissions, disk full, ...).
     """
     pixels = to_uint8(image)

@@ -374,9 +374,12 @@ def test_samples() -> None:
         fio.sample_path("dog")
 
 
-def test_8bit_arrays_are_refused_where_floats_in_0_1_are_expected(tmp_path) -> None:
-    # np.asarray(Image.open(...)) is uint8 0..255: clipped to [0, 1] it was written as a
-    # white PNG without a word.
-    with pytest.raises(ValueError, match="integer dtype uint8"):
-        fio.write_png(tmp_path / "a.png", np.full((4, 5, 3), 128, np.uint8))
-    assert not (tmp_path / "a.png").exists()
+def test_uint8_images_are_written_as_they_are_other_integers_refused(tmp_path) -> None:
+    # A uint8 image (draw_boxes' output, np.asarray(Image.open(...))) taken as floats
+    # 0..255 and clipped to [0, 1] was written as a white PNG without a word.
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3) * 4
+    back = fio.read_image(fio.write_png(tmp_path / "a.png", pixels))
+    np.testing.assert_array_equal(fio.to_uint8(back), pixels)
+    with pytest.raises(ValueError, match="integer dtype int64"):
+        fio.write_png(tmp_path / "b.png", pixels.astype(np.int64))
+    assert not (tmp_path / "b.png").exists()
