@@ -194,6 +194,18 @@ def test_a_class_outside_the_model_or_a_misspelt_selection_is_refused(tiny, tmp_
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"height": 0}, {"width": 8.0}, {"eta_m": -1.0}, {"eta_c": -2.0}, {"mutation_rate": 1.5},
+     {"crossover_rate": float("nan")}],
+)  # fmt: skip
+def test_direct_refuses_bad_hyper_parameters(kwargs):
+    # eta_m = -1 made every mutation a no-op without a word; height 0 was jax's
+    # "maxval must be in [1, 2^31)" from inside init.
+    with pytest.raises(ValueError, match="must be"):
+        direct(**kwargs)
+
+
 def test_out_may_be_a_string(tiny, tmp_path):
     # out="runs/x" was a TypeError ('str' / 'str') after the search had compiled.
     cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
