@@ -239,6 +239,13 @@ def test_8bit_pixels_are_refused_not_classified_as_white(lite0):
         lite0.feature_maps(lite0.params, x, native=True)
 
 
+def test_an_rgba_image_is_refused_in_one_line(lite0):
+    x = io.read_image(io.sample_path("cat"))
+    rgba = np.concatenate([x, np.ones_like(x[..., :1])], axis=-1)
+    with pytest.raises(ValueError, match=r"expected RGB images .* got 4 channels"):
+        lite0.logits(lite0.params, rgba)
+
+
 def test_classify_takes_no_images_refuses_a_batch_as_one_and_a_negative_k(lite0):
     from fooltools import classify
 
