@@ -257,6 +257,12 @@ def test_gram_matrix_is_position_free(lite0):
     assert style.gram(f).shape == (1, 6, 6)
 
 
+def test_class_targets_may_be_a_numpy_array(lite0):
+    # `not targets` on an array of two was numpy's "truth value ... is ambiguous".
+    with pytest.raises(ValueError, match=r"targets must be indices in \[0, 1000\)"):
+        classviz.visualize(jax.random.key(0), lite0, np.array([1, 1000]), steps=1, size=16)
+
+
 def test_8bit_photos_are_refused_not_clipped_to_white(lite0):
     # uint8 0..255 cast to float and clipped to [0, 1] was a white photo: inverted,
     # dreamt on or styled without a word.
