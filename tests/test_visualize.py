@@ -263,6 +263,17 @@ def test_class_targets_may_be_a_numpy_array(lite0):
         classviz.visualize(jax.random.key(0), lite0, np.array([1, 1000]), steps=1, size=16)
 
 
+def test_style_layers_one_name_is_one_layer_and_none_given_is_refused(lite0):
+    # "block1" was taken letter by letter (unknown layer 'b'); [] silently used the defaults
+    # where the docstring promises a ValueError.
+    cat = io.read_image(io.sample_path("cat"))
+    with pytest.raises(ValueError, match="at least one style layer"):
+        style.stylize(jax.random.key(0), lite0, cat, cat, style_layers=[], steps=1, size=16)
+    # The layers are checked before the weights: a zero weight stops it there, cheaply.
+    with pytest.raises(ValueError, match="content_weight"):
+        style.stylize(jax.random.key(0), lite0, cat, cat, style_layers="block1", content_weight=0)
+
+
 def test_8bit_photos_are_refused_not_clipped_to_white(lite0):
     # uint8 0..255 cast to float and clipped to [0, 1] was a white photo: inverted,
     # dreamt on or styled without a word.
