@@ -206,11 +206,15 @@ def test_direct_refuses_bad_hyper_parameters(kwargs):
         direct(**kwargs)
 
 
-def test_out_may_be_a_string(tiny, tmp_path):
-    # out="runs/x" was a TypeError ('str' / 'str') after the search had compiled.
+def test_out_may_be_a_string_and_numbers_numpy_integers(tiny, tmp_path):
+    # out="runs/x" was a TypeError ('str' / 'str') after the search had compiled, and a
+    # class or seed from numpy (np.argmax) a JSON TypeError writing the run's meta.
+    classes = run_module.check_classes(tiny, np.array([1, 2]))
+    assert classes == [1, 2] and all(type(c) is int for c in classes)
     cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    target, seed = np.int64(15), np.int64(0)
     out = evolve_single(
-        tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=str(tmp_path)
+        tiny, direct(height=S, width=S), "direct", target, cfg, seed=seed, out=str(tmp_path)
     )
     assert out["generation"] == 1 and (tmp_path / run_module.HISTORY).exists()
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -179,7 +180,8 @@ def evolve_es(
             or a bad checkpoint on resume.
         Interrupted: Ctrl-C, after saving the state (see :meth:`.run.Loop.run`).
     """
-    check_classes(clf, [target])
+    (target,) = check_classes(clf, [target])
+    seed = operator.index(seed)
     out = Path(out)
     if cfg.population < 2 or cfg.population % 2:
         raise FoolError(
