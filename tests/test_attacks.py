@@ -186,6 +186,10 @@ def test_snap_rounds_towards_original_and_is_straight_through():
         lambda m, p: attacks.pgd(m, p, eps=0.1, steps=2**31),  # int32 loop counter
         lambda m, p: attacks.cw(m, p, steps=2**30),  # 5 rounds of 2^30
         lambda m, p: attacks.lbfgs(m, p, c=0),
+        lambda m, p: attacks.cw(m, p, lr=-0.01),  # ascended the objective
+        lambda m, p: attacks.cw(m, p, lr=0.0),
+        lambda m, p: attacks.cw(m, p, kappa=float("nan")),
+        lambda m, p: attacks.cw(m, p, kappa=-1.0),
     ],
 )
 def test_invalid_configuration_raises(make):
