@@ -210,6 +210,11 @@ def test_8bit_images_are_refused_and_a_list_of_targets_accepted(name):
         run(jax.random.key(0), io.to_uint8(x), t)
     listed = run(jax.random.key(0), x, [int(c) for c in t])
     np.testing.assert_array_equal(listed.x, run(jax.random.key(0), x, t).x)
+    # The same mistake as floats (np.asarray(img, np.float32)), or normalised images.
+    for scaled in (x * 255, (x - 0.5) / 0.5, x.at[0, 0, 0, 0].set(jnp.nan)):
+        with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+            run(jax.random.key(0), scaled, t)
+    run(jax.random.key(0), x * 1.01, t)  # resampling overshoot is clipped, as before
 
 
 @pytest.mark.parametrize("name", ["pgd-linf", "cw"])
