@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fooltools import io
 from fooltools.models.base import Classifier
 
 CHUNK = 8  # images per forward pass; a fixed size so apply compiles once
@@ -40,6 +41,9 @@ def _one_image(img: np.ndarray) -> jax.Array:
     img = jnp.asarray(img)
     if img.ndim != 3:
         raise ValueError(f"expected one image of shape (H, W, 3), got shape {img.shape}")
+    # Clipped nowhere: 8-bit values as floats were classified as a washed-out picture.
+    io.require_float(img)
+    io.require_pixel_range(img)
     return img
 
 
@@ -57,7 +61,8 @@ def probabilities(clf: Classifier, images: Iterable[np.ndarray]) -> np.ndarray:
 
     Raises:
         ValueError: An image is not of shape (H, W, 3) (a batch would be cut to its first
-            image), or has an integer dtype.
+            image), has an integer dtype, or values outside
+            :data:`fooltools.io.PIXEL_RANGE`.
     """
     preprocess, apply = _jitted(clf)
     inputs = [preprocess(_one_image(img))[0] for img in images]

@@ -160,6 +160,30 @@ def require_float(image: np.ndarray | jax.Array, what: str = "image") -> None:
         )
 
 
+# The values accepted where images in [0, 1] are expected and clipped there: resampling
+# overshoot (a Lanczos resize's ringing is a few percent) passes, any other scale (8-bit
+# values as floats, normalised images) does not.
+PIXEL_RANGE = (-0.5, 1.5)
+
+
+def require_pixel_range(image: np.ndarray | jax.Array, what: str = "image") -> None:
+    """Refuse a concrete image whose values are not in :data:`PIXEL_RANGE` (or are NaN).
+
+    Args:
+        image: Array of any shape (not a tracer: its values are read).
+        what: What the message calls it.
+
+    Raises:
+        ValueError: A value outside :data:`PIXEL_RANGE`, or NaN.
+    """
+    lo, hi = (float(v) for v in jax.device_get((jnp.min(image), jnp.max(image))))
+    if not PIXEL_RANGE[0] <= lo <= hi <= PIXEL_RANGE[1]:  # also NaN
+        raise ValueError(
+            f"{what} has values in [{lo:g}, {hi:g}]; expected images in [0, 1] (8-bit "
+            "pixels: divide by 255)"
+        )
+
+
 def to_uint8(image: np.ndarray | jax.Array) -> np.ndarray:
     """Round an image to 8 bits the way :func:`write_png` stores it.
 

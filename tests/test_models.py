@@ -254,6 +254,9 @@ def test_classify_takes_no_images_refuses_a_batch_as_one_and_a_negative_k(lite0)
     # A (2, H, W, 3) batch given as one image was cut to its first image without a word.
     with pytest.raises(ValueError, match=r"shape \(H, W, 3\)"):
         classify.probabilities(lite0, [np.zeros((2, 8, 8, 3), np.float32)])
+    # 8-bit values as floats (np.asarray(img, np.float32)) were classified as given.
+    with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+        classify.probabilities(lite0, [np.full((8, 8, 3), 200.0, np.float32)])
     # k=-1 sliced [:-1]: every class but one.
     with pytest.raises(ValueError, match="k must be >= 0"):
         classify.top_k(lite0, np.full(len(lite0.labels), 1e-3, np.float32), -1)

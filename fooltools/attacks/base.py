@@ -66,10 +66,6 @@ ProgressFn = Callable[[int], None]
 # (C&W on Lite0, 28 ms a step): under 2% at this length.
 PROGRESS_SECONDS = 0.5
 
-# The values an attack accepts in x, which it clips to [0, 1]: resampling overshoot
-# (a Lanczos resize's ringing is a few percent) passes, any other scale does not.
-PIXEL_RANGE = (-0.5, 1.5)
-
 # Most iterations an attack runs: lax.fori_loop's counters are int32 (one more was an
 # OverflowError once the attack started).
 MAX_STEPS = INT32_MAX
@@ -119,7 +115,7 @@ def looped(
         that iteration has run; it cannot be used under an outer ``jax.jit``. ``x`` and
         ``target`` may be any array-likes; ``run`` raises ValueError for images of an
         integer dtype, wrong shapes, or (outside ``jax.jit``) values outside
-        :data:`PIXEL_RANGE` or a target not in 0..K-1.
+        :data:`fooltools.io.PIXEL_RANGE` or a target not in 0..K-1.
 
     Raises:
         ValueError: ``steps`` out of range.
@@ -148,12 +144,7 @@ def looped(
         if not isinstance(x, jax.core.Tracer):
             # Images on another scale (8-bit values as floats, np.asarray(img, np.float32),
             # or normalised ones) were clipped to [0, 1] and attacked without a word.
-            lo, hi = (float(v) for v in jax.device_get((jnp.min(x), jnp.max(x))))
-            if not PIXEL_RANGE[0] <= lo <= hi <= PIXEL_RANGE[1]:  # also NaN
-                raise ValueError(
-                    f"x has values in [{lo:g}, {hi:g}]; expected images in [0, 1] (8-bit "
-                    "pixels: divide by 255)"
-                )
+            io.require_pixel_range(x, "x")
         if not isinstance(target, jax.core.Tracer):
             # A class outside the logits is a gather out of range: the attack would run to
             # the end and never succeed (targeted) or always (untargeted), without a word.
