@@ -291,3 +291,7 @@ def test_8bit_photos_are_refused_not_clipped_to_white(lite0):
     for call in calls:
         with pytest.raises(ValueError, match="integer dtype uint8"):
             call()
+    cat8 = cat * 255  # the same values as floats
+    for call in calls:
+        with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+            call()

@@ -113,6 +113,7 @@ def _optimizer(
 def match_size(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize (shorter side) and centre-crop ``image`` to exactly ``shape`` = (H, W)."""
     io.require_float(image, "the style image")
+    io.require_pixel_range(image, "the style image")
     h, w = shape
     x = jnp.asarray(image)
     scale = max(h / x.shape[0], w / x.shape[1])
@@ -163,7 +164,8 @@ def stylize(
 
     Raises:
         FoolError: Unknown layer, or a style layer without spatial axes.
-        ValueError: Non-positive weights, no style layers, or an image of integer dtype.
+        ValueError: Non-positive weights, no style layers, or an image of integer dtype or
+            not in [0, 1] (see :func:`fooltools.io.require_pixel_range`).
     """
     content_layer = layers.check_layer(
         clf, content_layer or layers.default_content_layer(clf), option="the content layer"
