@@ -104,6 +104,8 @@ def test_8bit_or_unbatched_images_are_refused(tiny_yolo, images):
         run(jax.random.key(0), (np.asarray(images) * 255).astype(np.uint8))
     with pytest.raises(ValueError, match=r"shape \(B, H, W, 3\)"):
         run(jax.random.key(0), images[0])
+    with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+        run(jax.random.key(0), images * 255)
 
 
 @pytest.mark.parametrize(

@@ -211,7 +211,8 @@ def detection_attack(
 
     Raises:
         ValueError: A bad mode, norm, budget, step count, target class or confidence;
-            ``run`` raises it for images not of shape (B, H, W, 3) or of an integer dtype.
+            ``run`` raises it for images not of shape (B, H, W, 3), of an integer dtype,
+            or outside :data:`fooltools.io.PIXEL_RANGE`.
     """
     check_arguments(detector, mode, eps, step_size, steps, norm, target_class, confidence)
     eps, step_size = budget(norm, eps, step_size)
@@ -279,4 +280,14 @@ def detection_attack(
             jnp.sqrt(jnp.sum(delta * delta, axis=-1)),
         )
 
-    return sharding.data_parallel(run, detector.params, batch_arg=1)
+    parallel = sharding.data_parallel(run, detector.params, batch_arg=1)
+
+    def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
+        # Images on another scale (8-bit values as floats) were clipped to [0, 1] and
+        # attacked without a word; under an outer jit the values cannot be read.
+        io.require_float(x, "x")
+        if not isinstance(x, jax.core.Tracer):
+            io.require_pixel_range(x, "x")
+        return parallel(key, x)
+
+    return checked
