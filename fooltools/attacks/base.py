@@ -140,11 +140,13 @@ def looped(
     ) -> AttackResult:
         # Array-likes (a list of classes) as arrays: jit would take a list for a pytree.
         x, target = (v if isinstance(v, jax.Array) else np.asarray(v) for v in (x, target))
-        ctx, carry = start_j(params, key, x, target)
+        # Before start_j, so that a refused image costs no compilation.
+        io.require_float(x, "x")
         if not isinstance(x, jax.core.Tracer):
             # Images on another scale (8-bit values as floats, np.asarray(img, np.float32),
             # or normalised ones) were clipped to [0, 1] and attacked without a word.
             io.require_pixel_range(x, "x")
+        ctx, carry = start_j(params, key, x, target)
         if not isinstance(target, jax.core.Tracer):
             # A class outside the logits is a gather out of range: the attack would run to
             # the end and never succeed (targeted) or always (untargeted), without a word.
