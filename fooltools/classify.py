@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fooltools import io
 from fooltools.models.base import Classifier
 
 CHUNK = 8  # images per forward pass; a fixed size so apply compiles once
@@ -36,6 +37,16 @@ def _jitted(clf: Classifier):
     return jax.jit(clf.preprocess), jax.jit(clf.apply)
 
 
+def _one_image(img: np.ndarray) -> jax.Array:
+    img = jnp.asarray(img)
+    if img.ndim != 3:
+        raise ValueError(f"expected one image of shape (H, W, 3), got shape {img.shape}")
+    # Clipped nowhere: 8-bit values as floats were classified as a washed-out picture.
+    io.require_float(img)
+    io.require_pixel_range(img)
+    return img
+
+
 def probabilities(clf: Classifier, images: Iterable[np.ndarray]) -> np.ndarray:
     """Softmax class probabilities for images of any (possibly different) sizes.
 
@@ -46,10 +57,17 @@ def probabilities(clf: Classifier, images: Iterable[np.ndarray]) -> np.ndarray:
             so a generator of decoded files keeps one full-size image in memory.
 
     Returns:
-        Shape (number of images, num_classes), float32.
+        Shape (number of images, num_classes), float32; (0, num_classes) for no images.
+
+    Raises:
+        ValueError: An image is not of shape (H, W, 3) (a batch would be cut to its first
+            image), has an integer dtype, or values outside
+            :data:`fooltools.io.PIXEL_RANGE`.
     """
     preprocess, apply = _jitted(clf)
-    inputs = [preprocess(jnp.asarray(img))[0] for img in images]
+    inputs = [preprocess(_one_image(img))[0] for img in images]
+    if not inputs:
+        return np.zeros((0, len(clf.labels)), np.float32)
     out = []
     for start in range(0, len(inputs), CHUNK):
         chunk = inputs[start : start + CHUNK]
@@ -60,7 +78,13 @@ def probabilities(clf: Classifier, images: Iterable[np.ndarray]) -> np.ndarray:
 
 
 def top_k(clf: Classifier, probs: np.ndarray, k: int) -> Prediction:
-    """The k most probable classes of one probability vector of shape (num_classes,)."""
+    """The k most probable classes of one probability vector of shape (num_classes,).
+
+    Raises:
+        ValueError: ``k`` is negative (a slice ``[:-1]`` gave all classes but one).
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
     idx = np.argsort(-probs, kind="stable")[:k]
     return Prediction(
         indices=tuple(int(i) for i in idx),

@@ -138,18 +138,69 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
 
 
+def require_float(image: np.ndarray | jax.Array, what: str = "image") -> None:
+    """Refuse an image of integer dtype where floats in [0, 1] are expected.
+
+    An 8-bit array (e.g. ``np.asarray(PIL.Image.open(path))``) taken as floats is 0 to 255:
+    clipped to [0, 1] it is a nearly white image, so a model or a PNG would silently get
+    the wrong picture.
+
+    Args:
+        image: Array of any shape (a tracer too: only its dtype is read).
+        what: What the message calls it.
+
+    Raises:
+        ValueError: ``image`` has an integer dtype.
+    """
+    dtype = image.dtype if hasattr(image, "dtype") else np.asarray(image).dtype
+    if np.issubdtype(dtype, np.integer):
+        raise ValueError(
+            f"{what} has integer dtype {dtype}; expected floats in [0, 1] (divide 8-bit "
+            "pixels by 255, or read files with fooltools.io.read_image)"
+        )
+
+
+# The values accepted where images in [0, 1] are expected and clipped there: resampling
+# overshoot (a Lanczos resize's ringing is a few percent) passes, any other scale (8-bit
+# values as floats, normalised images) does not.
+PIXEL_RANGE = (-0.5, 1.5)
+
+
+def require_pixel_range(image: np.ndarray | jax.Array, what: str = "image") -> None:
+    """Refuse a concrete image whose values are not in :data:`PIXEL_RANGE` (or are NaN).
+
+    Args:
+        image: Array of any shape (not a tracer: its values are read).
+        what: What the message calls it.
+
+    Raises:
+        ValueError: A value outside :data:`PIXEL_RANGE`, or NaN.
+    """
+    lo, hi = (float(v) for v in jax.device_get((jnp.min(image), jnp.max(image))))
+    if not PIXEL_RANGE[0] <= lo <= hi <= PIXEL_RANGE[1]:  # also NaN
+        raise ValueError(
+            f"{what} has values in [{lo:g}, {hi:g}]; expected images in [0, 1] (8-bit "
+            "pixels: divide by 255)"
+        )
+
+
 def to_uint8(image: np.ndarray | jax.Array) -> np.ndarray:
     """Round an image to 8 bits the way :func:`write_png` stores it.
 
     Args:
         image: float array of any shape, nominally in [0, 1]; values outside are clipped.
+            A uint8 array is already 8-bit and is returned as it is (a copy).
 
     Returns:
         uint8 array of the same shape, ``round(clip(x, 0, 1) * 255)``.
 
     Raises:
-        ValueError: the image contains NaN or infinity.
+        ValueError: the image contains NaN or infinity, or has an integer dtype other
+            than uint8 (0..255 or 0..1 cannot be told apart).
     """
+    if getattr(image, "dtype", None) == np.uint8:
+        return np.array(image)
+    require_float(image)
     # float32 arithmetic, as in quantize(), so that both pick the same 8-bit level.
     x = np.asarray(image, dtype=np.float32)
     if not np.all(np.isfinite(x)):
@@ -194,13 +245,15 @@ def write_png(path: str | os.PathLike[str], image: np.ndarray | jax.Array) -> pa
 
     Args:
         path: destination; always PNG-encoded whatever its suffix.
-        image: float array of shape (H, W, 3) or (H, W) in [0, 1], rounded by :func:`to_uint8`.
+        image: float array of shape (H, W, 3) or (H, W) in [0, 1], rounded by :func:`to_uint8`,
+            or a uint8 array of that shape (written as it is).
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: the image has the wrong shape or non-finite values.
+        ValueError: the image has the wrong shape, non-finite values, or an integer dtype
+            other than uint8.
         ImageError: the file cannot be written (permissions, disk full, ...).
     """
     pixels = to_uint8(image)

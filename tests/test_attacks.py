@@ -186,9 +186,44 @@ def test_snap_rounds_towards_original_and_is_straight_through():
         lambda m, p: attacks.pgd(m, p, eps=0.1, steps=2**31),  # int32 loop counter
         lambda m, p: attacks.cw(m, p, steps=2**30),  # 5 rounds of 2^30
         lambda m, p: attacks.lbfgs(m, p, c=0),
+        lambda m, p: attacks.cw(m, p, lr=-0.01),  # ascended the objective
+        lambda m, p: attacks.cw(m, p, lr=0.0),
+        lambda m, p: attacks.cw(m, p, kappa=float("nan")),
+        lambda m, p: attacks.cw(m, p, kappa=-1.0),
     ],
 )
 def test_invalid_configuration_raises(make):
     model, params = linear_model()
     with pytest.raises(ValueError):
         make(model, params)
+
+
+@pytest.mark.parametrize("name", ["pgd-linf", "lbfgs"])
+def test_8bit_images_are_refused_and_a_list_of_targets_accepted(name):
+    # uint8 pixels taken as floats were 0..255, clipped to an all-white image: attacked
+    # without a word. A list of classes was an AttributeError from inside jit.
+    model, params = linear_model()
+    run = ATTACKS[name](model, params)
+    x = images(2)
+    t = targets_for(model, params, x)
+    with pytest.raises(ValueError, match="integer dtype uint8"):
+        run(jax.random.key(0), io.to_uint8(x), t)
+    listed = run(jax.random.key(0), x, [int(c) for c in t])
+    np.testing.assert_array_equal(listed.x, run(jax.random.key(0), x, t).x)
+    # The same mistake as floats (np.asarray(img, np.float32)), or normalised images.
+    for scaled in (x * 255, (x - 0.5) / 0.5, x.at[0, 0, 0, 0].set(jnp.nan)):
+        with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+            run(jax.random.key(0), scaled, t)
+    run(jax.random.key(0), x * 1.01, t)  # resampling overshoot is clipped, as before
+
+
+@pytest.mark.parametrize("name", ["pgd-linf", "cw"])
+def test_a_target_outside_the_logits_is_refused(name):
+    # Class K of K (or -1) gathered out of range: the attack ran to the end and reported
+    # a failure (or an untargeted success) against a class the model does not have.
+    model, params = linear_model()
+    run = ATTACKS[name](model, params)
+    x = images(2)
+    for bad in (K, -1):
+        with pytest.raises(ValueError, match=rf"0\.\.{K - 1}, got \[{bad}\]"):
+            run(jax.random.key(0), x, jnp.asarray([0, bad]))

@@ -407,3 +407,15 @@ def test_map_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="expected boxes"):
         B.evaluate_map([B.Detections(np.zeros((2, 4)), np.zeros(3), np.zeros(2))], [gt],
                        num_classes=1)  # fmt: skip
+
+
+def test_draw_boxes_takes_float_images_as_write_png_rounds_them():
+    # An attack's float result.x[i] was Pillow's "Cannot handle this data type".
+    from fooltools import io
+    from fooltools.detection.draw import draw_boxes
+
+    dets = [{"class_index": 1, "box": [2.0, 2.0, 10.0, 10.0], "label": "x", "score": 0.9}]
+    x = np.random.default_rng(0).random((32, 40, 3)).astype(np.float32)
+    want = draw_boxes(io.to_uint8(x), dets)
+    np.testing.assert_array_equal(draw_boxes(x, dets), want)
+    np.testing.assert_array_equal(draw_boxes(jnp.asarray(x), dets), want)

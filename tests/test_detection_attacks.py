@@ -96,6 +96,18 @@ def test_second_call_does_not_retrace(tiny_yolo, images):
     assert traced > 0 and len(traces) == traced
 
 
+def test_8bit_or_unbatched_images_are_refused(tiny_yolo, images):
+    # uint8 pixels were clipped to a white image and attacked without a word; one
+    # (H, W, 3) image was an IndexError from inside the detector.
+    run = attacks.detection_attack(tiny_yolo, mode="vanish", steps=1)
+    with pytest.raises(ValueError, match="integer dtype uint8"):
+        run(jax.random.key(0), (np.asarray(images) * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match=r"shape \(B, H, W, 3\)"):
+        run(jax.random.key(0), images[0])
+    with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+        run(jax.random.key(0), images * 255)
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [

@@ -177,6 +177,53 @@ def test_evolution_strategy_improves_confidence(tiny, tmp_path):
     assert out["best_confidence"] == max(h["best"] for h in hist)
 
 
+def test_a_class_outside_the_model_or_a_misspelt_selection_is_refused(tiny, tmp_path):
+    # Class 1000 (or -1) of 1000 was clamped by the device gather: class 999 was evolved
+    # under the name asked for. Any selection but "truncation" ran a tournament.
+    cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    n = len(tiny.labels)
+    for bad in (n, -1):
+        with pytest.raises(FoolError, match="class indices"):
+            evolve_single(tiny, direct(height=S, width=S), "direct", bad, cfg, seed=0, out=tmp_path)
+        with pytest.raises(FoolError, match="class indices"):
+            evolve_es(tiny, cppn(**ES_CPPN), "cppn", bad, cfg, ES_TEST, seed=0, out=tmp_path)
+        with pytest.raises(FoolError, match="class indices"):
+            evolve_map_elites(tiny, cppn(), "cppn", [0, bad], cfg, seed=0, out=tmp_path)
+    with pytest.raises(FoolError, match="no classes"):
+        evolve_map_elites(tiny, cppn(), "cppn", [], cfg, seed=0, out=tmp_path)
+    with pytest.raises(ValueError, match="selection"):
+        SearchConfig(selection="tournement")
+    for bad in ({"elites": -1}, {"tournament": 0}, {"generations": -1}, {"cxpb": 1.5}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
+            SearchConfig(**bad)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"height": 0}, {"width": 8.0}, {"eta_m": -1.0}, {"eta_c": -2.0}, {"mutation_rate": 1.5},
+     {"crossover_rate": float("nan")}],
+)  # fmt: skip
+def test_direct_refuses_bad_hyper_parameters(kwargs):
+    # eta_m = -1 made every mutation a no-op without a word; height 0 was jax's
+    # "maxval must be in [1, 2^31)" from inside init.
+    with pytest.raises(ValueError, match="must be"):
+        direct(**kwargs)
+
+
+def test_out_may_be_a_string_and_numbers_numpy_integers(tiny, tmp_path):
+    # out="runs/x" was a TypeError ('str' / 'str') after the search had compiled, and a
+    # class or seed from numpy (np.argmax) a JSON TypeError writing the run's meta.
+    classes = run_module.check_classes(tiny, np.array([1, 2]))
+    assert classes == [1, 2] and all(type(c) is int for c in classes)
+    cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    target, seed = np.int64(15), np.int64(0)
+    out = evolve_single(
+        tiny, direct(height=S, width=S), "direct", target, cfg, seed=seed, out=str(tmp_path)
+    )
+    assert out["generation"] == 1 and (tmp_path / run_module.HISTORY).exists()
+
+
 @pytest.mark.parametrize("children", [8, 9])
 @pytest.mark.parametrize("encoding", ["direct", "cppn"])
 def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding, children):

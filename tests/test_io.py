@@ -382,3 +382,14 @@ def test_write_bytes_atomic_takes_the_longest_file_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a" * 250 + ".png", "é" * 125 + ".png"]
     )
+
+
+def test_uint8_images_are_written_as_they_are_other_integers_refused(tmp_path) -> None:
+    # A uint8 image (draw_boxes' output, np.asarray(Image.open(...))) taken as floats
+    # 0..255 and clipped to [0, 1] was written as a white PNG without a word.
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3) * 4
+    back = fio.read_image(fio.write_png(tmp_path / "a.png", pixels))
+    np.testing.assert_array_equal(fio.to_uint8(back), pixels)
+    with pytest.raises(ValueError, match="integer dtype int64"):
+        fio.write_png(tmp_path / "b.png", pixels.astype(np.int64))
+    assert not (tmp_path / "b.png").exists()

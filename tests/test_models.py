@@ -241,3 +241,36 @@ def test_a_read_only_compilation_cache_is_read_without_warnings(tmp_path, monkey
         warnings.warn("another warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["another warning"]
     assert settings["jax_compilation_cache_dir"] == str(tmp_path / "xla")  # still read
+
+
+def test_8bit_pixels_are_refused_not_classified_as_white(lite0):
+    # uint8 0..255 was cast to float and classified: a confident answer about the wrong picture.
+    x = (io.read_image(io.sample_path("cat")) * 255).astype(np.uint8)
+    for f in (lite0.preprocess, lambda x: lite0.logits(lite0.params, x)):
+        with pytest.raises(ValueError, match="integer dtype uint8"):
+            f(x)
+    with pytest.raises(ValueError, match="integer dtype uint8"):
+        lite0.feature_maps(lite0.params, x, native=True)
+
+
+def test_an_rgba_image_is_refused_in_one_line(lite0):
+    x = io.read_image(io.sample_path("cat"))
+    rgba = np.concatenate([x, np.ones_like(x[..., :1])], axis=-1)
+    with pytest.raises(ValueError, match=r"expected RGB images .* got 4 channels"):
+        lite0.logits(lite0.params, rgba)
+
+
+def test_classify_takes_no_images_refuses_a_batch_as_one_and_a_negative_k(lite0):
+    from fooltools import classify
+
+    # No images: (0, K), not numpy's "need at least one array to concatenate".
+    assert classify.probabilities(lite0, []).shape == (0, len(lite0.labels))
+    # A (2, H, W, 3) batch given as one image was cut to its first image without a word.
+    with pytest.raises(ValueError, match=r"shape \(H, W, 3\)"):
+        classify.probabilities(lite0, [np.zeros((2, 8, 8, 3), np.float32)])
+    # 8-bit values as floats (np.asarray(img, np.float32)) were classified as given.
+    with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+        classify.probabilities(lite0, [np.full((8, 8, 3), 200.0, np.float32)])
+    # k=-1 sliced [:-1]: every class but one.
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        classify.top_k(lite0, np.full(len(lite0.labels), 1e-3, np.float32), -1)

@@ -255,3 +255,43 @@ def test_gram_matrix_is_position_free(lite0):
     shuffled = f.reshape(1, 20, 6)[:, ::-1].reshape(1, 4, 5, 6)
     np.testing.assert_allclose(style.gram(f), style.gram(shuffled), rtol=1e-5)
     assert style.gram(f).shape == (1, 6, 6)
+
+
+def test_class_targets_may_be_a_numpy_array(lite0):
+    # `not targets` on an array of two was numpy's "truth value ... is ambiguous".
+    with pytest.raises(ValueError, match=r"targets must be indices in \[0, 1000\)"):
+        classviz.visualize(jax.random.key(0), lite0, np.array([1, 1000]), steps=1, size=16)
+
+
+def test_style_layers_one_name_is_one_layer_and_none_given_is_refused(lite0):
+    # "block1" was taken letter by letter (unknown layer 'b'); [] silently used the defaults
+    # where the docstring promises a ValueError.
+    cat = io.read_image(io.sample_path("cat"))
+    with pytest.raises(ValueError, match="at least one style layer"):
+        style.stylize(jax.random.key(0), lite0, cat, cat, style_layers=[], steps=1, size=16)
+    # The layers are checked before the weights: a zero weight stops it there, cheaply.
+    with pytest.raises(ValueError, match="content_weight"):
+        style.stylize(jax.random.key(0), lite0, cat, cat, style_layers="block1", content_weight=0)
+
+
+def test_8bit_photos_are_refused_not_clipped_to_white(lite0):
+    # uint8 0..255 cast to float and clipped to [0, 1] was a white photo: inverted,
+    # dreamt on or styled without a word.
+    from fooltools.visualize import deepdream
+
+    cat = io.read_image(io.sample_path("cat"))
+    cat8 = io.to_uint8(cat)
+    key = jax.random.key(0)
+    calls = [
+        lambda: inversion.invert(key, lite0, cat8, layer="pool", steps=1, starts=1, size=16),
+        lambda: deepdream.dream(key, lite0, cat8, layer="head", octaves=1, steps=1),
+        lambda: style.stylize(key, lite0, cat8, cat, steps=1, size=16),
+        lambda: style.stylize(key, lite0, cat, cat8, steps=1, size=16),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="integer dtype uint8"):
+            call()
+    cat8 = cat * 255  # the same values as floats
+    for call in calls:
+        with pytest.raises(ValueError, match=r"expected images in \[0, 1\]"):
+            call()

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fooltools import io
 from fooltools.limits import INT32_MAX
@@ -111,7 +112,10 @@ def looped(
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult``. ``progress(i)`` is
         called on the host with the 0-based index of the last finished iteration, after
-        that iteration has run; it cannot be used under an outer ``jax.jit``.
+        that iteration has run; it cannot be used under an outer ``jax.jit``. ``x`` and
+        ``target`` may be any array-likes; ``run`` raises ValueError for images of an
+        integer dtype, wrong shapes, or (outside ``jax.jit``) values outside
+        :data:`fooltools.io.PIXEL_RANGE` or a target not in 0..K-1.
 
     Raises:
         ValueError: ``steps`` out of range.
@@ -134,7 +138,22 @@ def looped(
     def run(
         key: jax.Array, x: jax.Array, target: jax.Array, *, progress: ProgressFn | None = None
     ) -> AttackResult:
+        # Array-likes (a list of classes) as arrays: jit would take a list for a pytree.
+        x, target = (v if isinstance(v, jax.Array) else np.asarray(v) for v in (x, target))
+        # Before start_j, so that a refused image costs no compilation.
+        io.require_float(x, "x")
+        if not isinstance(x, jax.core.Tracer):
+            # Images on another scale (8-bit values as floats, np.asarray(img, np.float32),
+            # or normalised ones) were clipped to [0, 1] and attacked without a word.
+            io.require_pixel_range(x, "x")
         ctx, carry = start_j(params, key, x, target)
+        if not isinstance(target, jax.core.Tracer):
+            # A class outside the logits is a gather out of range: the attack would run to
+            # the end and never succeed (targeted) or always (untargeted), without a word.
+            k = jax.eval_shape(finish_j, params, ctx, carry).logits.shape[-1]
+            bad = [int(t) for t in np.asarray(target).ravel() if not 0 <= t < k]
+            if bad:
+                raise ValueError(f"target classes must be in 0..{k - 1}, got {bad[:8]}")
         if progress is None:
             carry = chunk(params, ctx, carry, 0, steps)
         else:
@@ -237,7 +256,11 @@ def prepare(x0: jax.Array, target: jax.Array, quantize: bool) -> tuple[jax.Array
 
     Returns:
         ``(x0, target)`` as float32 / int32 arrays.
+
+    Raises:
+        ValueError: a shape is wrong, or ``x0`` has an integer dtype (8-bit pixels).
     """
+    io.require_float(x0, "x")
     if x0.ndim != 4 or x0.shape[-1] != 3:
         raise ValueError(f"expected images of shape (N, H, W, 3), got {x0.shape}")
     if target.shape != (x0.shape[0],):

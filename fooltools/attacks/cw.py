@@ -10,6 +10,8 @@ rounds and steps is returned. The rounds' steps run as one ``fori_loop`` (see
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -36,10 +38,10 @@ def cw(
         model: ``model(params, x) -> logits`` on (N, H, W, 3) images in [0, 1].
         params: Passed to ``model``.
         c: Initial trade-off constant (per example, then bisected).
-        kappa: Confidence margin on the logits.
+        kappa: Confidence margin on the logits, >= 0.
         steps: Adam steps per search round.
         search_steps: Rounds of the binary search over c.
-        lr: Adam learning rate in tanh space.
+        lr: Adam learning rate in tanh space, > 0.
         targeted: Reach ``target`` (True) or leave the true class ``target`` (False).
         quantize: Evaluate and return images on the 8-bit grid (see :mod:`.base`).
 
@@ -47,11 +49,19 @@ def cw(
         ``run(key, x, target, *, progress=None) -> AttackResult`` (see
         :func:`.base.looped`); ``key`` is unused (C&W is deterministic) but kept for the
         common signature. Examples that never succeed return ``x``.
+
+    Raises:
+        ValueError: steps or search_steps < 1, c or lr not > 0, kappa not >= 0.
     """
     if steps < 1 or search_steps < 1:
         raise ValueError("steps and search_steps must be >= 1")
     if not c > 0:
         raise ValueError(f"c must be > 0, got {c}")
+    # A negative rate ascended the objective and 0 stood still, each reporting a failure.
+    if not 0 < lr < math.inf:
+        raise ValueError(f"lr must be finite and > 0, got {lr}")
+    if not 0 <= kappa < math.inf:
+        raise ValueError(f"kappa must be finite and >= 0, got {kappa}")
     opt = optax.adam(lr)
 
     def objective(p, x0, w, target, const):

@@ -210,7 +210,9 @@ def detection_attack(
         takes; jitted once per shape. ``key`` draws DAG's adversarial labels.
 
     Raises:
-        ValueError: A bad mode, norm, budget, step count, target class or confidence.
+        ValueError: A bad mode, norm, budget, step count, target class or confidence;
+            ``run`` raises it for images not of shape (B, H, W, 3), of an integer dtype,
+            or outside :data:`fooltools.io.PIXEL_RANGE`.
     """
     check_arguments(detector, mode, eps, step_size, steps, norm, target_class, confidence)
     eps, step_size = budget(norm, eps, step_size)
@@ -243,6 +245,11 @@ def detection_attack(
 
     @jax.jit
     def run(params, key, x):
+        # At trace time: uint8 pixels were clipped to a white image and attacked, and one
+        # (H, W, 3) image was an IndexError from deep inside the detector.
+        io.require_float(x, "x")
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected images of shape (B, H, W, 3), got {x.shape}")
         x0 = io.quantize(x)  # a no-op for images read from PNG files
         clean = detector.detect(params, x0)
         is_obj = objects(clean, confidence)
@@ -273,4 +280,14 @@ def detection_attack(
             jnp.sqrt(jnp.sum(delta * delta, axis=-1)),
         )
 
-    return sharding.data_parallel(run, detector.params, batch_arg=1)
+    parallel = sharding.data_parallel(run, detector.params, batch_arg=1)
+
+    def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
+        # Images on another scale (8-bit values as floats) were clipped to [0, 1] and
+        # attacked without a word; under an outer jit the values cannot be read.
+        io.require_float(x, "x")
+        if not isinstance(x, jax.core.Tracer):
+            io.require_pixel_range(x, "x")
+        return parallel(key, x)
+
+    return checked

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fooltools import io
 from fooltools.detection.detectors import Found
 
 # Distinct, saturated colours; class k uses _PALETTE[k % len(_PALETTE)].
@@ -34,7 +35,11 @@ def records(found: Found, index: int, names: tuple[str, ...], confidence: float)
 
 
 def draw_boxes(image: np.ndarray, dets: list[dict[str, Any]], *, min_side: int = 256) -> np.ndarray:
-    """A copy of ``image`` (H, W, 3) uint8 with ``dets`` (from :func:`records`) drawn on it.
+    """A copy of ``image`` (H, W, 3) with ``dets`` (from :func:`records`) drawn on it.
+
+    ``image`` is uint8, or floats in [0, 1] such as an attack's ``result.x[i]`` (rounded
+    as :func:`fooltools.io.write_png` does; Pillow refused them with "Cannot handle this
+    data type"), as a numpy or JAX array.
 
     Small images are first enlarged (nearest neighbour) so that the short side is at least
     ``min_side`` and the labels stay legible.
@@ -42,6 +47,7 @@ def draw_boxes(image: np.ndarray, dets: list[dict[str, Any]], *, min_side: int =
     Returns:
         (H', W', 3) uint8.
     """
+    image = io.to_uint8(image)
     h, w = image.shape[:2]
     scale = max(1, int(np.ceil(min_side / min(h, w))))
     canvas = Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fooltools import rng
 
@@ -187,5 +188,24 @@ class Direct(NamedTuple):
 
 
 def direct(**kwargs: float) -> Direct:
-    """Build a :class:`Direct` encoding; keyword-only hyper-parameters as its fields."""
-    return Direct(**kwargs)
+    """Build a validated :class:`Direct` encoding; keyword-only hyper-parameters as its fields.
+
+    Raises:
+        TypeError: An unknown hyper-parameter name.
+        ValueError: A size that is not a positive integer, a negative crowding degree (at
+            -1 or below the mutation silently changed nothing) or a rate outside [0, 1].
+    """
+    enc = Direct(**kwargs)
+    bad = []
+    if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in (enc.height, enc.width)):
+        bad.append(f"height and width must be integers >= 1, got {enc.height}, {enc.width}")
+    if not (enc.eta_m >= 0 and enc.eta_c >= 0):  # also refuses NaN
+        bad.append(f"eta_m and eta_c must be >= 0, got {enc.eta_m}, {enc.eta_c}")
+    if not (0 <= enc.mutation_rate <= 1 and 0 <= enc.crossover_rate <= 1):
+        bad.append(
+            f"mutation_rate and crossover_rate must be in [0, 1], got {enc.mutation_rate}, "
+            f"{enc.crossover_rate}"
+        )
+    if bad:
+        raise ValueError("; ".join(bad))
+    return enc

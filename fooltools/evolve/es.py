@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -38,6 +39,7 @@ from fooltools.evolve.run import (
     HISTORY,
     Loop,
     Progress,
+    check_classes,
     genome_template,
     lookahead_by_default,
     record_best,
@@ -158,7 +160,7 @@ def evolve_es(
     es: ESConfig,
     *,
     seed: int,
-    out: Path,
+    out: Path | str,
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
@@ -174,9 +176,13 @@ def evolve_es(
         The same summary as :func:`fooltools.evolve.run.evolve_single`.
 
     Raises:
-        FoolError: A population that is odd or < 2, or a bad checkpoint on resume.
+        FoolError: ``target`` not a class of ``clf``, a population that is odd or < 2,
+            or a bad checkpoint on resume.
         Interrupted: Ctrl-C, after saving the state (see :meth:`.run.Loop.run`).
     """
+    (target,) = check_classes(clf, [target])
+    seed = operator.index(seed)
+    out = Path(out)
     if cfg.population < 2 or cfg.population % 2:
         raise FoolError(
             f"the evolution strategy needs an even population >= 2, got {cfg.population}"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -278,6 +279,32 @@ def single_summary(
     }
 
 
+def check_classes(clf: Classifier, classes: Sequence[int]) -> list[int]:
+    """Python ints of ``classes``, refusing an empty list or a class outside the classifier's.
+
+    Args:
+        clf: The classifier.
+        classes: Class indices: ints, numpy or 0-d JAX integers (``np.argmax``'s int64
+            was a JSON TypeError when the run's meta was written).
+
+    Returns:
+        The indices as Python ints.
+
+    Raises:
+        FoolError: ``classes`` is empty, or holds an index not in 0..num_classes-1 (a
+            device gather clamps it: 1000 or -1 evolved class 999 under another name).
+        TypeError: An index that is not an integer.
+    """
+    classes = [operator.index(c) for c in classes]
+    if not classes:
+        raise FoolError("no classes to evolve")
+    n = len(clf.labels)
+    bad = [c for c in classes if not 0 <= c < n]
+    if bad:
+        raise FoolError(f"class indices must be in 0..{n - 1} for {clf.name}, got {bad[:8]}")
+    return classes
+
+
 def evolve_single(
     clf: Classifier,
     encoding: search.Encoding,
@@ -286,7 +313,7 @@ def evolve_single(
     cfg: SearchConfig,
     *,
     seed: int,
-    out: Path,
+    out: Path | str,
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
@@ -309,8 +336,12 @@ def evolve_single(
         FoolError: A population < 2 or not larger than the elites, or a bad checkpoint on
             resume.
         Interrupted: Ctrl-C, after saving the state (see :meth:`Loop.run`).
+        FoolError: ``target`` is not a class of ``clf``.
         ValueError: ``lookahead=True`` without truncation selection and elites >= 1.
     """
+    (target,) = check_classes(clf, [target])
+    seed = operator.index(seed)
+    out = Path(out)
     if cfg.population < 2 or cfg.elites >= cfg.population:
         raise FoolError("population must be >= 2 and larger than the number of elites")
     device_picks = cfg.selection == "truncation" and cfg.elites >= 1
@@ -408,11 +439,11 @@ def evolve_map_elites(
     clf: Classifier,
     encoding: search.Encoding,
     enc_name: str,
-    classes: list[int],
+    classes: Sequence[int],
     cfg: SearchConfig,
     *,
     seed: int,
-    out: Path,
+    out: Path | str,
     resume: bool = False,
     checkpoint_every: int = 10,
     progress: Progress | None = None,
@@ -426,7 +457,14 @@ def evolve_map_elites(
     Returns:
         A summary with ``archive`` (stacked elite genomes), ``fitness`` (C,), ``images``
         (C, H, W, 3) of the elites, ``generation``, ``evaluations``, ``seconds``, ``history``.
+
+    Raises:
+        FoolError: ``classes`` empty or not all classes of ``clf``, a population < 2, or
+            a bad checkpoint on resume.
     """
+    classes = check_classes(clf, classes)
+    seed = operator.index(seed)
+    out = Path(out)
     if cfg.population < 2:
         raise FoolError("population must be >= 2")
     io.make_dir(out)

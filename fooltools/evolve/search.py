@@ -100,6 +100,28 @@ class SearchConfig:
     cxpb: float = 0.5
     stop_at: float | None = 0.99
 
+    def __post_init__(self) -> None:
+        # Anything but "truncation" ran a tournament: a typo changed the search silently.
+        if self.selection not in ("truncation", "tournament"):
+            raise ValueError(
+                f"selection must be 'truncation' or 'tournament', got {self.selection!r}"
+            )
+        # elites = -1 ran, DEAP's selBest(k=-1) slicing all but one as elites; tournament
+        # = 0 was max() of an empty sequence inside DEAP; generations < 0 ran none.
+        bad = [
+            f"{name} must be >= {least}, got {value}"
+            for name, value, least in (
+                ("generations", self.generations, 0),
+                ("elites", self.elites, 0),
+                ("tournament", self.tournament, 1),
+            )
+            if value < least
+        ]
+        if not 0 <= self.cxpb <= 1:
+            bad.append(f"cxpb must be in [0, 1], got {self.cxpb}")
+        if bad:
+            raise ValueError("; ".join(bad))
+
 
 def take(genomes: Genomes, idx: jax.Array) -> Genomes:
     """Gather individuals ``idx`` (shape (k,)) of a stacked population."""

@@ -110,7 +110,18 @@ class Classifier:
 
         Returns:
             Shape (N, *input_size, 3) (a batch axis is added if missing), normalised.
+
+        Raises:
+            ValueError: ``x`` has an integer dtype (8-bit pixels are not in [0, 1]), or
+                neither 3 channels nor 1 (broadcast as gray).
         """
+        io.require_float(x)
+        # RGBA was JAX's "Incompatible shapes for broadcasting" against the 3-channel mean.
+        if x.ndim in (3, 4) and x.shape[-1] not in (1, 3):
+            raise ValueError(
+                f"expected RGB images (..., H, W, 3), got {x.shape[-1]} channels in shape "
+                f"{x.shape} (drop an alpha channel with x[..., :3])"
+            )
         if x.ndim == 3:
             x = x[None]
         return io.preprocess(
@@ -149,7 +160,11 @@ class Classifier:
         Returns:
             ``features(params, ...)``: name -> array with a leading batch axis N, e.g.
             (N, h, w, C) for spatial maps and (N, C) for pooled ones.
+
+        Raises:
+            ValueError: ``x`` has an integer dtype (8-bit pixels are not in [0, 1]).
         """
+        io.require_float(x)
         if x.ndim == 3:
             x = x[None]
         if native:

@@ -129,7 +129,8 @@ def visualize(
     common.positive("tv_weight", tv_weight)
     common.positive("lr", lr)
     width = layers.layer_shapes(clf)[layer][-1]
-    if not targets or not all(0 <= int(t) < width for t in targets):
+    # len(), not truthiness: a numpy array of targets has no truth value.
+    if len(targets) == 0 or not all(0 <= int(t) < width for t in targets):
         raise ValueError(f"targets must be indices in [0, {width}) of {layer}, got {targets}")
     h, w = (size, size) if size else clf.info.input_size
     jitter = w // 56 if jitter is None else priors.check_jitter(jitter, max(h, w))

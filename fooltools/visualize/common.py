@@ -32,6 +32,8 @@ def model_view(clf: Classifier, image: np.ndarray, size: int | None = None) -> n
     Returns:
         Shape (size, size, 3) (or the input size), float32.
     """
+    io.require_float(image)
+    io.require_pixel_range(image)
     h, w = clf.info.input_size
     x = io.center_crop(io.resize_shorter(jnp.asarray(image), clf.info.resize), (h, w))
     if size is not None and size != h:
@@ -49,6 +51,8 @@ def fit(image: np.ndarray, max_side: int | None) -> np.ndarray:
     Returns:
         Shape (H', W', 3), aspect ratio kept (to the pixel).
     """
+    io.require_float(image)
+    io.require_pixel_range(image)
     h, w = image.shape[:2]
     if max_side is not None and max(h, w) > max_side:
         scale = max_side / max(h, w)

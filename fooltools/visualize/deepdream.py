@@ -146,12 +146,16 @@ def dream(
 
     Raises:
         FoolError: Unknown layer.
-        ValueError: Bad octaves, scale, lr or jitter, or an octave smaller than MIN_SIDE.
+        ValueError: Bad octaves, scale, lr or jitter, an octave smaller than MIN_SIDE, or
+            an image of integer dtype or not in [0, 1] (see
+            :func:`fooltools.io.require_pixel_range`).
     """
     layers.check_layer(clf, layer)
     common.positive("lr", lr)
     if octaves < 1 or not octave_scale > 1:
         raise ValueError("octaves must be >= 1 and octave_scale > 1")
+    io.require_float(image)
+    io.require_pixel_range(image)
     original = np.asarray(io.quantize(jnp.asarray(image)))
     if jitter is not None:
         # Bounded by the largest octave's side; smaller octaves wrap the same shift round.

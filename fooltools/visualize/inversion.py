@@ -147,7 +147,7 @@ def invert(
     Raises:
         FoolError: Unknown layer.
         ValueError: Non-positive weights or lr, starts < 1, beta or alpha outside
-            [1, MAX_EXPONENT], no layer.
+            [1, MAX_EXPONENT], no layer, or an image of integer dtype or not in [0, 1].
     """
     names = (layer,) if isinstance(layer, str) else tuple(layer)
     if not names:

@@ -112,6 +112,8 @@ def _optimizer(
 
 def match_size(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Resize (shorter side) and centre-crop ``image`` to exactly ``shape`` = (H, W)."""
+    io.require_float(image, "the style image")
+    io.require_pixel_range(image, "the style image")
     h, w = shape
     x = jnp.asarray(image)
     scale = max(h / x.shape[0], w / x.shape[1])
@@ -127,7 +129,7 @@ def stylize(
     style: np.ndarray,
     *,
     content_layer: str | None = None,
-    style_layers: Sequence[str] | None = None,
+    style_layers: str | Sequence[str] | None = None,
     size: int | None = SIZE,
     steps: int = STEPS,
     content_weight: float = CONTENT_WEIGHT,
@@ -145,7 +147,8 @@ def stylize(
         content: Shape (H, W, 3) in [0, 1].
         style: Shape (H', W', 3) in [0, 1]; resized and cropped to the content's size.
         content_layer: Layer name; default :func:`.layers.default_content_layer`.
-        style_layers: Spatial layer names; default :func:`.layers.default_style_layers`.
+        style_layers: Spatial layer names, or one name; default
+            :func:`.layers.default_style_layers`.
         size: Longest side of the working image (the content is shrunk to it); None
             keeps the content's size.
         steps: Optimiser steps.
@@ -161,12 +164,20 @@ def stylize(
 
     Raises:
         FoolError: Unknown layer, or a style layer without spatial axes.
-        ValueError: Non-positive weights, no style layers.
+        ValueError: Non-positive weights, no style layers, or an image of integer dtype or
+            not in [0, 1] (see :func:`fooltools.io.require_pixel_range`).
     """
     content_layer = layers.check_layer(
         clf, content_layer or layers.default_content_layer(clf), option="the content layer"
     )
-    chosen = tuple(style_layers) if style_layers else layers.default_style_layers(clf)
+    # One name is one layer (tuple("block3") was its letters), and an empty list is the
+    # ValueError documented below, not the defaults.
+    if style_layers is None:
+        chosen = layers.default_style_layers(clf)
+    else:
+        chosen = (style_layers,) if isinstance(style_layers, str) else tuple(style_layers)
+        if not chosen:
+            raise ValueError("give at least one style layer (None: the defaults)")
     chosen = tuple(
         layers.check_layer(clf, k, spatial=True, option="the style layers") for k in chosen
     )
