@@ -57,11 +57,12 @@ def _check_every(every: int | None, steps: int, runs: int = 1) -> None:
     (tens of GB at 224 x 224, and a PNG past Pillow's size limit).
     """
     _at_least("--every", every, 1)
-    if every is not None and runs * -(-steps // every) > MAX_SNAPSHOTS:
+    taken = 0 if every is None else runs * -(-steps // every)
+    if taken > MAX_SNAPSHOTS:
         least = -(-steps // max(MAX_SNAPSHOTS // runs, 1))
         raise FoolError(
-            f"--every {every} takes {runs * -(-steps // every)} snapshots; the progress strip "
-            f"holds at most {MAX_SNAPSHOTS}: use --every {least} or more"
+            f"--every {every} takes {taken} snapshots; the progress strip holds at most "
+            f"{MAX_SNAPSHOTS}: use --every {least} or more"
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -213,8 +212,7 @@ def _saved_model(saved: Mapping[str, Any]) -> tuple[str | None, int | None]:
     name = saved.get("model")
     if not isinstance(name, str):
         return None, None
-    m = re.fullmatch(r"(.+), mean of (\d+) crops", name)
-    return (m[1], int(m[2])) if m else (name, 1)
+    return crop_views.split_name(name)
 
 
 def _saved_classes(saved: Mapping[str, Any], n: int) -> tuple[int, ...] | None:

@@ -14,6 +14,7 @@ report) then scores the averaged confidence with no other change: the wrapper is
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,17 @@ def check(crops: int | None) -> int:
             f"(and their mirror images), got {crops}"
         )
     return crops
+
+
+def averaged_name(name: str, crops: int) -> str:
+    """The name of ``name``'s classifier averaged over ``crops`` crops (1: ``name`` itself)."""
+    return name if crops == 1 else f"{name}, mean of {crops} crops"
+
+
+def split_name(name: str) -> tuple[str, int]:
+    """``(model name, crops)`` of a name :func:`averaged_name` gave (crops 1: a bare name)."""
+    m = re.fullmatch(r"(.+), mean of (\d+) crops", name)
+    return (m[1], int(m[2])) if m else (name, 1)
 
 
 def view_size(input_size: tuple[int, int]) -> tuple[int, int]:
@@ -108,7 +120,7 @@ def averaged(clf: Classifier, crops: int) -> Classifier:
         return clf.features(params, x[:, centre[0] : centre[0] + h, centre[1] : centre[1] + w])
 
     info = dataclasses.replace(
-        clf.info, name=f"{clf.name}, mean of {crops} crops", input_size=size, resize=min(size)
+        clf.info, name=averaged_name(clf.name, crops), input_size=size, resize=min(size)
     )
     return Classifier(
         info=info,
