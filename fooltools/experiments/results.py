@@ -98,9 +98,9 @@ def load_results(out: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def table_columns(out: str | os.PathLike[str]) -> list[str]:
-    """The CSV's columns for the batch in ``out``."""
-    return ["id", "status", *_columns(load_batch(out)["grid"]), *METRICS, *TIMING, "error"]
+def table_columns(batch: dict[str, Any]) -> list[str]:
+    """The CSV's columns for a batch, given its record (:func:`load_batch`)."""
+    return ["id", "status", *_columns(batch["grid"]), *METRICS, *TIMING, "error"]
 
 
 def _cell(value: Any) -> str:
@@ -223,7 +223,8 @@ def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[
 
     rows = load_results(out)
     out = Path(out)
-    csv_path = write_bytes_atomic(out / "results.csv", to_csv(rows, table_columns(out)).encode())
+    batch = load_batch(out)  # once, for the columns, the summary's split and the title
+    csv_path = write_bytes_atomic(out / "results.csv", to_csv(rows, table_columns(batch)).encode())
     page, skipped = None, []
     shown = [
         r["dir"] for r in rows if r["status"] == "ok" and (Path(r["dir"]) / "report.json").is_file()
@@ -236,12 +237,11 @@ def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[
                 load_report(run_dir)
             except FoolError as err:
                 skipped.append(f"{run_dir}: {err}")
-        name = load_batch(out)["name"]
-        title = f"{name}: {len(shown) - len(skipped)} runs"
+        title = f"{batch['name']}: {len(shown) - len(skipped)} runs"
         page = build_gallery(shown, out / "gallery", title=title, skip_broken=True)
     return {
         "rows": rows,
-        "summary": format_summary(rows, split_columns(load_batch(out))),
+        "summary": format_summary(rows, split_columns(batch)),
         "csv": csv_path,
         "gallery": page,
         "skipped": skipped,
