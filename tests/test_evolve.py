@@ -813,15 +813,53 @@ def test_checkpoint_with_a_huge_array_or_deep_meta_is_corrupt_not_a_traceback(tm
 def test_checkpoint_without_the_state_a_resume_reads_is_refused(tmp_path):
     # A checkpoint without fitness (or generation) resumed into a KeyError traceback.
     ck = tmp_path / "checkpoint.npz"
+    fitness = {"fitness": jax.ShapeDtypeStruct((3,), np.float32)}
     checkpoint.save(ck, {}, {"best": np.zeros(3)}, {"kind": "single", "generation": 2})
     with pytest.raises(FoolError, match=r"corrupt checkpoint .*\(no fitness\); left untouched"):
-        checkpoint.load(ck, {}, {"kind": "single"}, state=("fitness", "best"))
+        checkpoint.load(ck, {}, {"kind": "single"}, state=fitness)
     checkpoint.save(ck, {}, {"fitness": np.zeros(3)}, {"kind": "single", "generation": "2"})
     with pytest.raises(FoolError, match=r"\(no generation\)"):
-        checkpoint.load(ck, {}, {"kind": "single"}, state=("fitness",))
+        checkpoint.load(ck, {}, {"kind": "single"}, state=fitness)
     checkpoint.save(ck, {}, {"fitness": np.zeros(3)}, {"kind": "single", "generation": 2})
-    _, arrays, meta = checkpoint.load(ck, {}, {"kind": "single"}, state=("fitness",))
-    assert meta["generation"] == 2 and arrays["fitness"].shape == (3,)
+    _, arrays, meta = checkpoint.load(ck, {}, {"kind": "single"}, state=fitness)
+    # Saved as float64, read as the run's float32: a dtype of the same kind is cast.
+    assert meta["generation"] == 2 and arrays["fitness"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "bad"),
+    [
+        ("single", "fitness", np.zeros(3, np.float32)),  # ran on, quietly, with 3 of 16
+        ("single", "best", np.zeros(2)),  # IndexError
+        ("single", "best_image", np.zeros((5, 5, 3), np.uint8)),  # saved as best.png
+        ("single", "best", np.array(["a", "b", "c"])),  # TypeError
+        ("map-elites", "evaluations", np.zeros(2, np.int64)),
+        ("es", "adam_mu", np.zeros((3, 3), np.float32)),
+        ("es", "adam_count", np.zeros((), np.float32)),
+    ],
+)
+def test_a_checkpoint_whose_state_has_another_shape_is_corrupt(tiny, tmp_path, kind, name, bad):
+    # The state arrays' shapes were not checked: a resume ran into a traceback or, worse,
+    # on with the wrong state. The genome arrays were, and these are checked the same way.
+    cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    longer = SearchConfig(population=P, generations=2, elites=2, stop_at=None)
+    runs = {
+        "single": lambda c, r: evolve_single(tiny, cppn(), "cppn", 15, c, seed=0, out=tmp_path,
+                                             resume=r),
+        "map-elites": lambda c, r: evolve_map_elites(tiny, cppn(), "cppn", [3, 15], c, seed=0,
+                                                     out=tmp_path, resume=r),
+        "es": lambda c, r: evolve_es(tiny, cppn(), "cppn", 15, c, ES_TEST, seed=0, out=tmp_path,
+                                     resume=r),
+    }  # fmt: skip
+    runs[kind](cfg, False)
+    ck = tmp_path / "checkpoint.npz"
+    with np.load(ck) as data:
+        files = {k: data[k] for k in data.files}
+    np.savez(ck, **{**files, f"state_{name}": bad})
+    before = ck.read_bytes()
+    with pytest.raises(FoolError, match=rf"corrupt checkpoint .*\({name} is .*\); left untouched"):
+        runs[kind](longer, True)
+    assert ck.read_bytes() == before
 
 
 def test_figures_shown_are_cut_so_a_failed_run_never_reads_99(tiny, tmp_path, monkeypatch):

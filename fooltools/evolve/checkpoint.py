@@ -13,6 +13,7 @@ import io as _bytes_io
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,10 @@ def save(path: Path, genomes: Any, arrays: dict[str, np.ndarray], meta: dict[str
 
 
 def load(
-    path: Path, template: Any, expect: dict[str, Any], state: tuple[str, ...] = ()
+    path: Path,
+    template: Any,
+    expect: dict[str, Any],
+    state: Mapping[str, jax.ShapeDtypeStruct] | None = None,
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint written by :func:`save` for the same configuration.
 
@@ -54,7 +58,8 @@ def load(
         template: Genome pytree of ``jax.ShapeDtypeStruct`` (stacked) giving the
             expected structure, shapes and dtypes.
         expect: Meta entries that must match exactly (e.g. the search configuration).
-        state: Names of the state arrays the caller reads; when given, the meta must
+        state: The state arrays the caller reads, by name, with the shape and dtype each
+            must have (a dtype of the same kind is cast to it); when given, the meta must
             also hold the ``generation`` (a non-negative integer) the run resumes from.
 
     Returns:
@@ -79,6 +84,7 @@ def load(
             raise FoolError(f"corrupt checkpoint {path} (genome array {i}); left untouched")
         leaves.append(arr)
     arrays = {k.removeprefix("state_"): v for k, v in files.items() if k.startswith("state_")}
+    state = state or {}
     # A checkpoint without them resumed into a KeyError traceback instead of this line.
     lost = [name for name in state if name not in arrays]
     generation = meta.get("generation")
@@ -86,6 +92,16 @@ def load(
         lost.append("generation")
     if lost:
         raise FoolError(f"corrupt checkpoint {path} (no {', '.join(lost)}); left untouched")
+    for name, spec in state.items():
+        # Of another shape, a state array resumed into an IndexError or TypeError
+        # traceback, or (a shorter fitness, a smaller best image) into a quietly wrong run.
+        arr = arrays[name]
+        if arr.shape != tuple(spec.shape) or not np.can_cast(arr.dtype, spec.dtype, "same_kind"):
+            raise FoolError(
+                f"corrupt checkpoint {path} ({name} is {arr.dtype}{list(arr.shape)}, "
+                f"this run needs {np.dtype(spec.dtype)}{list(spec.shape)}); left untouched"
+            )
+        arrays[name] = arr.astype(spec.dtype, copy=False)
     return jax.tree_util.tree_unflatten(treedef, leaves), arrays, meta
 
 

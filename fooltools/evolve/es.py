@@ -39,6 +39,7 @@ from fooltools.evolve.run import (
     HISTORY,
     Loop,
     Progress,
+    best_template,
     check_classes,
     genome_template,
     lookahead_by_default,
@@ -203,11 +204,19 @@ def evolve_es(
     }
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     if resume:
+        template = genome_template(encoding, 1)
+        # Adam's moments are shaped as the centre's weights (the template's, unstacked).
+        weight = jax.ShapeDtypeStruct(template.weight.shape[1:], template.weight.dtype)
         stacked, arrays, saved = checkpoint.load(
             out / CHECKPOINT,
-            genome_template(encoding, 1),
+            template,
             meta,
-            state=("adam_count", "adam_mu", "adam_nu", "best_image", "best"),
+            state={
+                "adam_count": jax.ShapeDtypeStruct((), np.int32),
+                "adam_mu": weight,
+                "adam_nu": weight,
+                **best_template(clf),
+            },
         )
         center = search.take(stacked, 0)
         fresh = opt.init(center.weight)  # (adam moments, empty scale state)

@@ -211,6 +211,27 @@ def genome_template(encoding: search.Encoding, n: int) -> Any:
     return jax.eval_shape(jax.vmap(encoding.init), keys)
 
 
+def best_template(clf: Classifier) -> dict[str, jax.ShapeDtypeStruct]:
+    """The hall of fame a checkpoint holds, as ``jax.ShapeDtypeStruct`` by name.
+
+    ``best_image`` is (H, W, 3) uint8 at ``clf``'s input size; ``best`` is (3,) float64,
+    ``[confidence, generation, evaluations]``.
+    """
+    h, w = clf.info.input_size
+    return {
+        "best_image": jax.ShapeDtypeStruct((h, w, 3), np.uint8),
+        "best": jax.ShapeDtypeStruct((3,), np.float64),
+    }
+
+
+def _floats(n: int) -> jax.ShapeDtypeStruct:
+    """A checkpoint's fitness: (n,) float32 confidences."""
+    return jax.ShapeDtypeStruct((n,), np.float32)
+
+
+_INT = jax.ShapeDtypeStruct((), np.int64)  # a count (a MAP-Elites run's evaluations)
+
+
 def weights_digest(clf: Classifier) -> str | None:
     """What a checkpoint's meta records of the weights: a resume with others is refused.
 
@@ -366,7 +387,7 @@ def evolve_single(
             out / CHECKPOINT,
             genome_template(encoding, cfg.population),
             meta,
-            state=("fitness", "best_image", "best"),
+            state={"fitness": _floats(cfg.population), **best_template(clf)},
         )
         state = {k: arrays[k] for k in ("fitness", "best_image", "best")}
         start = saved["generation"]
@@ -480,7 +501,7 @@ def evolve_map_elites(
             out / CHECKPOINT,
             genome_template(encoding, len(classes)),
             meta,
-            state=("fitness", "evaluations"),
+            state={"fitness": _floats(len(classes)), "evaluations": _INT},
         )
         state = {"fitness": arrays["fitness"], "evaluations": arrays["evaluations"]}
         start = saved["generation"]
