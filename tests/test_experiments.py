@@ -32,7 +32,7 @@ from fooltools.experiments import (
     run_one,
     write_results,
 )
-from fooltools.experiments.executors import Job, check_reachable
+from fooltools.experiments.executors import Job, check_fits, check_reachable
 from fooltools.experiments.results import summarize
 from fooltools.experiments.spec import Run
 from fooltools.experiments.tasks import write_result
@@ -981,6 +981,29 @@ def test_an_address_where_nothing_listens_is_refused(tmp_path, monkeypatch):
         with pytest.raises(FoolError, match=rf"cannot reach Ray at {address}: .*refused"):
             executor.execute([job], base_dir=str(tmp_path), resources={}, done=print)
     check_reachable("127.0.0.1:\u00b2")  # no port (isdigit alone took it): left to Ray
+
+
+def test_a_run_larger_than_every_node_is_refused_not_left_waiting(cluster, tmp_path, monkeypatch):
+    # On a local instance (no autoscaler to add a node) a spec asking for a GPU on a machine
+    # without one waited for ever, behind Ray's warnings.
+    with pytest.raises(
+        FoolError,
+        match=r"^each run asks for 1 CPU and 1 GPU, but here has at mo"
+        r"st 2 CPUs and 0 GPUs on a node: lower the spec's \[",
+    ):
+        check_fits(ray, {"num_cpus": 1.0, "num_gpus": 1.0}, "here")  # fmt: skip
+    with pytest.raises(FoolError, match="asks for 3 CPUs and 0 GPUs"):
+        check_fits(ray, {"num_cpus": 3.0, "num_gpus": 0.0}, "here")
+    check_fits(ray, {"num_cpus": 2.0, "num_gpus": 0.0}, "here")  # fits: no error
+    # The executor asks before submitting anything, when it started the instance itself
+    # (as `fool run --executor ray` does without --address).
+    executor = RayExecutor()
+    monkeypatch.setattr(executor, "_connect", lambda: True)
+    monkeypatch.setattr(executor.ray, "shutdown", lambda: None)  # keep the module's cluster
+    monkeypatch.setattr(executor.ray, "remote", lambda f: pytest.fail("a task was submitted"))
+    job = Job(Run("0" * 12, "perturb", {}, {}), tmp_path / "r")
+    with pytest.raises(FoolError, match="this machine's Ray instance has at most 2 CPUs"):
+        executor.execute([job], base_dir=str(tmp_path), resources={"gpus": 1.0}, done=print)
 
 
 def test_ray_task_options(cluster):

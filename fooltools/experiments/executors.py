@@ -128,7 +128,12 @@ class RayExecutor:
         ray = self.ray
         started = self._connect()
         try:
-            remote = ray.remote(_ray_task).options(**self.options(resources))
+            opts = self.options(resources)
+            if started and self.address is None:
+                # A local instance has this machine's resources and no autoscaler: a run
+                # asking for more than it has waited for ever, behind Ray's warnings.
+                check_fits(ray, opts, "this machine's Ray instance")
+            remote = ray.remote(_ray_task).options(**opts)
             pending = {
                 remote.remote(job.run.kind, job.run.params, str(job.out), base_dir): job
                 for job in jobs
@@ -150,6 +155,35 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+
+def check_fits(ray: Any, opts: dict[str, Any], where: str) -> None:
+    """Refuse task options (``num_cpus``, ``num_gpus``) that no live node of Ray has.
+
+    Args:
+        ray: The initialised ``ray`` module.
+        opts: Options from :meth:`RayExecutor.options`.
+        where: The cluster, as the error line names it.
+
+    Raises:
+        FoolError: No node has that many CPUs and GPUs.
+    """
+    need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"]}
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if any(all(res.get(k, 0.0) >= v for k, v in need.items()) for res in nodes):
+        return
+    most = {k: max((res.get(k, 0.0) for res in nodes), default=0.0) for k in need}
+    raise FoolError(
+        f"each run asks for {_count(need['CPU'], 'CPU')} and {_count(need['GPU'], 'GPU')}, "
+        f"but {where} has at most {_count(most['CPU'], 'CPU')} and "
+        f"{_count(most['GPU'], 'GPU')} on a node: lower the spec's [resources], or give the "
+        "--address of a cluster that has them"
+    )
+
+
+def _count(n: float, what: str) -> str:
+    """``n`` of ``what`` as a person writes it: "1 GPU", "0.5 GPUs", "2 CPUs"."""
+    return f"{n:g} {what}" + ("" if n == 1 else "s")
 
 
 def check_reachable(address: str, timeout: float = 10.0) -> None:
