@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1 (images per forward pass), got {args.batch}")
     if args.repeats < 1:
         parser.error(
             f"--repeats must be >= 1 (the figures are medians of the repeats), got {args.repeats}"
@@ -71,6 +73,10 @@ def main() -> None:
     print(f"{'detector':>12}  {'forward img/s':>13}  {'attack img-it/s':>15}  {'ratio':>5}")
     for kind in ("yolo", "faster-rcnn"):
         t_fwd, t_it = measure(kind, x, args.repeats)
+        if t_it <= 0:
+            # An iteration's cost is a difference of two medians: noise can swamp it.
+            print(f"{kind:>12}  {args.batch / t_fwd:13.1f}  {'noise':>15}  {'-':>5}")
+            continue
         print(
             f"{kind:>12}  {args.batch / t_fwd:13.1f}  {args.batch / t_it:15.1f}  "
             f"{t_it / t_fwd:5.2f}"

@@ -60,8 +60,11 @@ def test_evolution_benchmarks_accept_small_sizes(script, monkeypatch):
 # bench_classify and bench_attacks refuse it too, but import torch, which the test
 # install leaves out: `python benchmarks/bench_attacks.py --repeats 0` in `make bench`'s
 # environment shows it.
-@pytest.mark.parametrize("script", ["evolve_phases", "bench_detect"])
-def test_benchmarks_refuse_zero_repeats(script, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("script", "flag"),
+    [("evolve_phases", "--repeats"), ("bench_detect", "--repeats"), ("bench_detect", "--batch")],
+)
+def test_benchmarks_refuse_zero_repeats_or_images(script, flag, monkeypatch, capsys):
     module = load(script)
     if hasattr(module, "hugepages"):
         monkeypatch.setattr(module.hugepages, "ensure", lambda: None)
@@ -70,12 +73,13 @@ def test_benchmarks_refuse_zero_repeats(script, monkeypatch, capsys):
             monkeypatch.setattr(module, name, never)
     if script == "bench_detect":
         monkeypatch.setattr(module.synthetic, "make_dataset", never)
-    # No timed call: a median of nothing (evolve_phases printed nan, the others crashed).
-    monkeypatch.setattr(sys, "argv", [script, "--repeats", "0"])
+    # No timed call: a median of nothing (evolve_phases printed nan, the others crashed);
+    # or no image: a batch of 0 divided by zero after both detectors had loaded.
+    monkeypatch.setattr(sys, "argv", [script, flag, "0"])
     with pytest.raises(SystemExit) as exc:
         module.main()
     assert exc.value.code == 2
-    assert "--repeats must be >= 1" in capsys.readouterr().err
+    assert f"{flag} must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 4, 5, 16])
