@@ -13,9 +13,12 @@ compile time, never a failed command.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import os
 import tempfile
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,6 +28,7 @@ import jax
 import numpy as np
 
 SEP = "/"
+STALE_TEMP_SECONDS = 3600.0  # a params entry takes seconds to write: older temps are leftovers
 # How JAX's warning that it could not store a compiled program begins.
 _CACHE_WRITE_WARNING = "Error writing persistent compilation cache entry"
 
@@ -77,6 +81,7 @@ def save_params(path: Path, params: dict[str, Any]) -> None:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     except OSError:
         return
@@ -89,6 +94,20 @@ def save_params(path: Path, params: dict[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temps(path: Path, age: float = STALE_TEMP_SECONDS) -> None:
+    """Delete temp files of ``path``'s entry older than ``age`` seconds.
+
+    A process killed while writing an entry (SIGKILL, an OOM kill) leaves its temp file,
+    tens of MB for a model's params, and nothing else removes it. A younger one may be
+    another process's entry in the making: it is left alone.
+    """
+    now = time.time()
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}*.tmp"):
+        with contextlib.suppress(OSError):  # gone already, or not ours to remove
+            if now - tmp.stat().st_mtime > age:
+                tmp.unlink()
 
 
 def load_params(path: Path, template: Any) -> dict[str, Any] | None:

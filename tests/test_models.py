@@ -1,5 +1,7 @@
 import errno
 import io as io_module
+import os
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -221,6 +223,25 @@ def test_an_unusable_cache_dir_only_costs_the_conversion(tmp_path, monkeypatch):
     monkeypatch.setattr(cache.tempfile, "mkstemp", read_only)
     cache.save_params(tmp_path / "params" / "entry.npz", {"a": np.zeros(2, np.float32)})
     assert list((tmp_path / "params").iterdir()) == []
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_save(tmp_path):
+    # A process killed while writing a cache entry left tens of MB behind for good.
+    entry = tmp_path / "params" / "lite0-0123[abc]-v1.npz"  # glob metacharacters in the name
+    entry.parent.mkdir()
+    stale, fresh, other = (entry.parent / f"{n}.tmp" for n in (f"{entry.name}x1", f"{entry.name}x2",
+                                                                  "other.npzx3"))  # fmt: skip
+    for tmp in (stale, fresh, other):
+        tmp.write_bytes(b"half an entry")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    os.utime(other, (hours_ago, hours_ago))
+    cache.save_params(entry, {"a": np.zeros(2, np.float32)})
+    # The entry's own stale temp goes; one being written now, and another entry's, stay.
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert sorted(p.name for p in entry.parent.iterdir()) == sorted(
+        [entry.name, fresh.name, other.name]
+    )
 
 
 def test_a_read_only_compilation_cache_is_read_without_warnings(tmp_path, monkeypatch):
