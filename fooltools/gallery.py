@@ -186,7 +186,11 @@ def write_run_page(run_dir: str | os.PathLike[str]) -> pathlib.Path:
 
 
 def _scan(paths: Sequence[str | os.PathLike[str]]) -> dict[pathlib.Path, bool]:
-    """Map every run directory found in or below ``paths`` to whether it was named itself."""
+    """Map every run directory found in or below ``paths`` to whether it was named itself.
+
+    In the order of ``paths`` (the runs below one path sorted): ``fool results`` names a
+    batch's runs in grid order, and its gallery showed them in the order of their hashed ids.
+    """
     found: dict[pathlib.Path, bool] = {}
     for given in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         root = pathlib.Path(os.path.abspath(given))
@@ -195,19 +199,20 @@ def _scan(paths: Sequence[str | os.PathLike[str]]) -> dict[pathlib.Path, bool]:
         if not root.is_dir():
             problem = "not a directory" if root.exists() else "no such file or directory"
             raise FoolError(f"{problem}: {given}")
-        hits = [pathlib.Path(d) for d, _, files in os.walk(root) if REPORT in files]
+        hits = sorted(pathlib.Path(d) for d, _, files in os.walk(root) if REPORT in files)
         if not hits:
             raise FoolError(f"no {REPORT} found in or below {given}")
-        for hit in hits:
+        for hit in hits:  # a run found twice keeps its first place
             found[hit] = found.get(hit, False) or hit == root
-    return dict(sorted(found.items()))
+    return found
 
 
 def collect_runs(paths: Sequence[str | os.PathLike[str]]) -> list[pathlib.Path]:
     """Find every directory in or below ``paths`` (runs, their parents) holding a ``report.json``.
 
     Returns:
-        Absolute run directories (symlinks not resolved), sorted and deduplicated.
+        Absolute run directories (symlinks not resolved), deduplicated, in the order of
+        ``paths`` (the runs below one path sorted).
 
     Raises:
         FoolError: a path does not exist, is not a directory, or has no report below it.

@@ -2,6 +2,7 @@ import csv
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -448,6 +449,26 @@ def test_results_skip_and_list_a_run_whose_image_is_missing(capsys, tmp_path, to
     assert page.count('class="skipped"') == len(broken)
     assert f"t: {2 - len(broken)} runs" in page
     assert (out / "gallery" / "contact_sheet.png").is_file()
+
+
+def test_the_results_gallery_shows_runs_in_grid_order(capsys, tmp_path, toy_kinds):
+    # The gallery sorted the runs' directories, named by hashed ids: an eps or seed sweep
+    # came out shuffled, its cards in another order than the table's rows.
+    from fooltools.io import write_png
+
+    out = run_batch(parse_spec({"kind": "square", "grid": {"x": [1, 2, 3, 4]}}, name="t"),
+                    tmp_path / "b", echo=lambda line: None)  # fmt: skip
+    rows = load_results(out)
+    assert sorted(r["id"] for r in rows) != [r["id"] for r in rows]  # hash order differs
+    for row in rows:
+        write_png(Path(row["dir"]) / "a.png", np.zeros((4, 4, 3), np.float32))
+        report = {"title": f"square {row['x']}", "images": [{"file": "a.png"}]}
+        (Path(row["dir"]) / "report.json").write_text(json.dumps(report))
+    code, _, err = cli(capsys, "results", str(out))
+    assert code == 0, err
+    page = (out / "gallery" / "index.html").read_text()
+    titles = [int(x) for x in re.findall(r'index.html">square (\d)</a>', page)]
+    assert titles == [1, 2, 3, 4]
 
 
 def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path, toy_kinds, monkeypatch):
