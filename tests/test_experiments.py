@@ -34,7 +34,7 @@ from fooltools.experiments import (
     write_results,
 )
 from fooltools.experiments.executors import Job, check_fits, check_reachable
-from fooltools.experiments.results import summarize
+from fooltools.experiments.results import split_columns, summarize
 from fooltools.experiments.spec import Run
 from fooltools.experiments.tasks import write_result
 
@@ -572,6 +572,24 @@ def test_a_grid_over_a_budget_gives_a_summary_row_per_budget(tmp_path, monkeypat
     ]
     assert lines[2] == "4 runs: 4 ok, 0 failed"
     assert all(TASKS[kind].params["eps"].splits for kind in ("perturb", "detect-attack"))
+
+
+@pytest.mark.parametrize("kind", ["perturb", "evolve", "map-elites", "detect-attack"])
+def test_a_grid_over_weights_gives_a_summary_row_per_weights_file(kind):
+    # A classifier's name is its architecture's, whatever its weights: standard and
+    # adversarially trained weights were one row, "1/2 50%".
+    batch = {"kind": kind, "grid": ["weights", "seed"]}
+    rows = [
+        {"status": "ok", "model": "m", "method": "pgd-linf", "class": "c", "weights": w,
+         "seed": 0, "success": w == "standard.pth", "confidence": None, "linf": None,
+         "l2": None, "seconds": None}
+        for w in ("standard.pth", "robust.pth")
+    ]  # fmt: skip
+    table = summarize(rows, split_columns(batch))
+    assert [(r["weights"], r["success"]) for r in table] == [
+        ("standard.pth", "1/1 100%"),
+        ("robust.pth", "0/1 0%"),
+    ]
 
 
 # --- run_one: results, atomicity, failure isolation -----------------------------------

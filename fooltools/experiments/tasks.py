@@ -361,7 +361,9 @@ def _strategy(value: str) -> str:
 
 _MODEL = {
     "model": Param((str,)),
-    "weights": Param((str,), path=True),
+    # A model's name is its architecture's: a grid over weights files (standard against
+    # adversarially trained) would be one row of the summary.
+    "weights": Param((str,), path=True, splits=True),
     "seed": Param((int,), default=0, normalise=_seed),
 }
 _EVOLVE = {
@@ -418,8 +420,10 @@ TASKS: dict[str, TaskKind] = {
             "steps": Param((int,), splits=True),
             "norm": Param((str,), normalise=_norm),
             "confidence": Param((float, int), normalise=_confidence, splits=True),
-            "cfg": Param((str,), path=True, only="detector yolo"),
-            "weights": Param((str,), path=True),
+            # A detector's name holds its weights file's name only: not its directory,
+            # nor its cfg.
+            "cfg": Param((str,), path=True, only="detector yolo", splits=True),
+            "weights": Param((str,), path=True, splits=True),
             "seed": Param((int,), default=0, normalise=_seed),
         },
         _detect_identity,
