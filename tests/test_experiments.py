@@ -574,6 +574,20 @@ def test_a_grid_over_a_budget_gives_a_summary_row_per_budget(tmp_path, monkeypat
     assert all(TASKS[kind].params["eps"].splits for kind in ("perturb", "detect-attack"))
 
 
+def test_thresholds_alike_to_four_digits_are_rows_of_their_own():
+    # Grouped by the value as shown to 4 digits: 0.99999 and 0.999995 were one row, "1".
+    rows = [
+        {"status": "ok", "model": "m", "method": "cppn-es", "class": "robin", "stop_at": t,
+         "success": s, "confidence": 0.9, "linf": None, "l2": None, "seconds": 1.0}
+        for t, s in ((0.99999, True), (0.999995, False), (0.99999, True))
+    ]  # fmt: skip
+    table = summarize(rows, split_columns({"kind": "evolve", "grid": ["stop_at"]}))
+    assert [(r["stop_at"], r["runs"], r["success"]) for r in table] == [
+        ("0.99999", "2", "2/2 100%"),
+        ("0.999995", "1", "0/1 0%"),
+    ]
+
+
 @pytest.mark.parametrize("kind", ["perturb", "evolve", "map-elites", "detect-attack"])
 def test_a_grid_over_weights_gives_a_summary_row_per_weights_file(kind):
     # A classifier's name is its architecture's, whatever its weights: standard and

@@ -140,7 +140,8 @@ def split_columns(batch: dict[str, Any]) -> list[str]:
 
 
 def _shown(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else _cell(value) or "-"
+    # 6 digits: at 4, thresholds 0.99999 and 0.999995 both read "1".
+    return f"{value:.6g}" if isinstance(value, float) else _cell(value) or "-"
 
 
 def summarize(rows: list[dict[str, Any]], by: Sequence[str] = ()) -> list[dict[str, str]]:
@@ -155,9 +156,11 @@ def summarize(rows: list[dict[str, Any]], by: Sequence[str] = ()) -> list[dict[s
     for row in rows:
         if row["status"] == "ok":
             key = (str(row["model"]), str(row["method"]), str(row["class"]))
-            groups.setdefault(key + tuple(_shown(row.get(c)) for c in by), []).append(row)
+            # By the exact values, not as shown: two budgets never share a row.
+            split = tuple(json.dumps(row.get(c)) for c in by)
+            groups.setdefault(key + split, []).append(row)
     table = []
-    for (model, method, cls, *split), members in groups.items():
+    for (model, method, cls, *_), members in groups.items():
         judged = [r for r in members if r["success"] is not None]
         wins = sum(r["success"] is True for r in judged)
         confs = [r["confidence"] for r in members if r["confidence"] is not None]
@@ -167,7 +170,7 @@ def summarize(rows: list[dict[str, Any]], by: Sequence[str] = ()) -> list[dict[s
                 "model": model,
                 "method": method,
                 "class": cls,
-                **dict(zip(by, split, strict=True)),
+                **{c: _shown(members[0].get(c)) for c in by},
                 "runs": str(len(members)),
                 "success": f"{wins}/{len(judged)} {100 * wins / len(judged):.0f}%"
                 if judged
