@@ -396,6 +396,24 @@ def test_spec_file_errors_through_the_cli(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[fixed]\nimage = "a"\nkind = "perturb"\n', "fixed.kind: kind is a top-level key"),
+        ('kind = "perturb"\n[grid]\nimage = ["a"]\nname = "x"\n', "grid.name: name is a top-"),
+        ('kind = "perturb"\n[fixed]\nimage = "a"\n[resources]\ncpus = 1\nname = "x"\n',
+         "resources.name: name is a top-level key"),
+    ],
+)  # fmt: skip
+def test_a_top_level_key_written_below_a_table_says_so(tmp_path, capsys, text, fragment):
+    # TOML reads it as the table's: "kind: missing" for a spec that sets kind, and "not a
+    # parameter of perturb" for its name.
+    spec = write_spec(tmp_path / "late.toml", text)
+    code, _, err = cli(capsys, "run", str(spec), "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, fragment, "write it above the first [table]")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
     ("batch", "result", "fragment"),
     [
         ({}, None, "batch.json is not a batch record: name is missing"),

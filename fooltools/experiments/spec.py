@@ -254,6 +254,18 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
+def _misplaced(where: str, table: str, key: str) -> None:
+    """Refuse a top-level key written below a ``[table]`` header, where TOML puts it.
+
+    Raises:
+        FoolError: Always, saying where to write ``key``.
+    """
+    raise FoolError(
+        f"{where}: {table}.{key}: {key} is a top-level key, read as [{table}]'s since it "
+        f"is written below that header; write it above the first [table]"
+    )
+
+
 def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) -> Spec:
     """Validate a parsed spec (a dict as from ``tomllib``).
 
@@ -276,6 +288,9 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
     if not isinstance(kind, str):
         # kind = 1 is no missing key: say what it holds.
         what = "missing" if kind is None else f"expected a string, got {kind!r}"
+        for table in ("fixed", "grid", "resources"):
+            if kind is None and "kind" in _table(data, table, where):
+                _misplaced(where, table, "kind")  # "missing" misled
         raise FoolError(f"{where}: kind: {what}; set kind to one of {', '.join(TASKS)}")
     if kind not in TASKS:
         raise FoolError(f"{where}: kind: unknown kind {kind!r}{_suggest(kind, list(TASKS))}")
@@ -295,6 +310,8 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
     fixed, grid = {}, {}
     for section in ("fixed", "grid"):
         for key, raw in _table(data, section, where).items():
+            if key in TOP_KEYS and key not in params:
+                _misplaced(where, section, key)
             if key not in params:
                 raise FoolError(
                     f"{where}: {section}.{key}: not a parameter of {kind}"
@@ -315,6 +332,8 @@ def parse_spec(data: Mapping[str, Any], *, name: str, path: Path | None = None) 
             raise FoolError(f"{where}: missing parameter {key!r} of {kind}: set it in [fixed]")
     resources = {}
     for key, value in _table(data, "resources", where).items():
+        if key in TOP_KEYS:
+            _misplaced(where, "resources", key)
         if key not in RESOURCE_KEYS:
             raise FoolError(
                 f"{where}: resources.{key}: unknown{_suggest(key, list(RESOURCE_KEYS))}"
