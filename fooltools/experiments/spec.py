@@ -50,7 +50,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fooltools.errors import FoolError, one_line
 from fooltools.experiments.tasks import TASKS, Param
@@ -254,7 +254,7 @@ def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _misplaced(where: str, table: str, key: str) -> None:
+def _misplaced(where: str, table: str, key: str) -> NoReturn:
     """Refuse a top-level key written below a ``[table]`` header, where TOML puts it.
 
     Raises:
