@@ -395,6 +395,14 @@ def test_spec_file_errors_through_the_cli(tmp_path, capsys):
     assert code == 2 and "no batch in" in err and err.count("\n") == 1
 
 
+def test_a_spec_with_a_byte_order_mark_reads(tmp_path):
+    # As Windows editors save UTF-8: tomllib refused it, "Invalid statement (at line 1".
+    text = SMOKE["perturb-smoke"].read_text(encoding="utf-8")
+    (tmp_path / "bom.toml").write_text("\ufeff" + text, encoding="utf-8")
+    spec = load_spec(tmp_path / "bom.toml")
+    assert [r.id for r in spec.runs()] == [r.id for r in load_spec(SMOKE["perturb-smoke"]).runs()]
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

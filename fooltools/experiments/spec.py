@@ -368,7 +368,9 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors write one) is no TOML statement,
+        # and tomllib refused it as "Invalid statement (at line 1, column 1)".
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise FoolError(f"no such spec file: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
