@@ -21,7 +21,7 @@ import math
 import os
 import pathlib
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -247,8 +247,15 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, width: float, font: Any) -> str:
     return text + "..."
 
 
-def _write_sheet(path: pathlib.Path, runs: list[tuple[pathlib.Path, dict[str, Any]]]) -> int:
-    """Draw the contact sheet (layout in the module docstring); returns how many runs it shows."""
+def _write_sheet(
+    path: pathlib.Path,
+    runs: list[tuple[pathlib.Path, dict[str, Any]]],
+    labels: Mapping[pathlib.Path, str],
+) -> int:
+    """Draw the contact sheet (layout in the module docstring); returns how many runs it shows.
+
+    A run's header line gives its title, its ``labels`` entry (if any) and its success.
+    """
     blocks, height = [], PAD
     for run, report in runs[:SHEET_RUNS]:
         panels = report["images"][:SHEET_PANELS]
@@ -256,7 +263,8 @@ def _write_sheet(path: pathlib.Path, runs: list[tuple[pathlib.Path, dict[str, An
         block_h = HEADER_H + len(lines) * (THUMB_H + CAPTION_H) + PAD
         if height + block_h > SHEET_MAX_H:
             break
-        head = report["title"] + (f"  [{word}]" if (word := _success(report)) else "")
+        head = "  ".join(filter(None, [report["title"], labels.get(run)]))
+        head += f"  [{word}]" if (word := _success(report)) else ""
         if len(report["images"]) > len(panels):
             head += f"  (first {len(panels)} of {len(report['images'])} panels)"
         cells = [[(_cell(run / p["file"]), _caption(p)) for p in line] for line in lines]
@@ -285,7 +293,7 @@ def _write_sheet(path: pathlib.Path, runs: list[tuple[pathlib.Path, dict[str, An
     return len(blocks)
 
 
-def _card(run: pathlib.Path, report: dict[str, Any], out: pathlib.Path) -> str:
+def _card(run: pathlib.Path, report: dict[str, Any], out: pathlib.Path, label: str = "") -> str:
     page, panels = _href(run / PAGE, out), report["images"]
     thumbs = "".join(
         f'<img src="{_href(run / p["file"], out)}" alt="{cap}" title="{cap}" loading="lazy">'
@@ -298,6 +306,7 @@ def _card(run: pathlib.Path, report: dict[str, Any], out: pathlib.Path) -> str:
         + (f'<p class="kind">+{more} more panels</p>' if more > 0 else "")
         + f'<h2><a href="{page}">{html.escape(report["title"])}</a> '
         f'{_badge(report, mark=True)} <span class="kind">{kind}</span></h2>'
+        + (f'<p class="kind">{html.escape(label)}</p>' if label else "")
         + _metrics_table(report.get("metrics"), _CARD_METRICS)
         + f'<a href="{_href(run / REPORT, out)}">{REPORT}</a></article>'
     )
@@ -327,6 +336,7 @@ def build_gallery(
     title: str = "fooltools gallery",
     columns: int = 4,
     skip_broken: bool = False,
+    labels: Mapping[str | os.PathLike[str], str] | None = None,
 ) -> pathlib.Path:
     """Write ``out_dir/index.html`` linking every run, and ``out_dir/contact_sheet.png``.
 
@@ -340,6 +350,9 @@ def build_gallery(
         columns: cards per row on the page.
         skip_broken: also skip (and list) a broken run named directly in ``run_dirs``, as
             one found below a path is; for callers that name runs they found themselves.
+        labels: a line for a run's card and contact-sheet header, by its directory: what
+            tells apart the runs of a batch (``fool results``: their grid values,
+            ``seed=1``), whose titles are alike.
 
     Returns:
         The path of the gallery page.
@@ -355,6 +368,7 @@ def build_gallery(
     out = pathlib.Path(os.path.abspath(out_dir))
     if (out / REPORT).exists():  # its index.html is the run's page, not ours to overwrite
         raise FoolError(f"output directory is a run directory: {out_dir}")
+    lines = {pathlib.Path(os.path.abspath(d)): text for d, text in (labels or {}).items()}
     runs, skipped = [], []
     for run, named in _scan(run_dirs).items():
         try:
@@ -366,14 +380,14 @@ def build_gallery(
     for run, report in runs:
         if not (run / PAGE).exists():
             write_bytes_atomic(run / PAGE, _run_html(run, report))
-    shown = _write_sheet(out / SHEET, runs)
+    shown = _write_sheet(out / SHEET, runs, lines)
     note = f" The contact sheet is truncated to the first {shown} runs." * (shown < len(runs))
     body = (
         f"<h1>{html.escape(title)}</h1>\n<p>{_tally([r for _, r in runs])}{note} "
         f'<a href="{SHEET}">Contact sheet</a></p>\n'
         + "".join(f'<p class="skipped">{html.escape(line)}</p>\n' for line in skipped)
         + '<div class="cards">\n'
-        + "\n".join(_card(run, report, out) for run, report in runs)
+        + "\n".join(_card(run, report, out, lines.get(run, "")) for run, report in runs)
         + f'\n</div>\n<h2>Contact sheet</h2><a href="{SHEET}">'
         f'<img class="sheet" src="{SHEET}" alt="contact sheet" loading="lazy"></a>'
     )

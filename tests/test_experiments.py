@@ -497,6 +497,23 @@ def test_the_results_gallery_shows_runs_in_grid_order(capsys, tmp_path, toy_kind
     assert titles == [1, 2, 3, 4]
 
 
+def test_the_results_gallery_says_each_runs_grid_values(capsys, tmp_path, toy_kinds):
+    # A seed sweep's runs have one title: its cards were alike, no telling which was which.
+    from fooltools.io import write_png
+
+    out = run_batch(parse_spec({"kind": "square", "grid": {"x": [1, 2]}}, name="t"),
+                    tmp_path / "b", echo=lambda line: None)  # fmt: skip
+    for row in load_results(out):
+        write_png(Path(row["dir"]) / "a.png", np.zeros((4, 4, 3), np.float32))
+        report = {"title": "square <&>", "images": [{"file": "a.png"}]}
+        (Path(row["dir"]) / "report.json").write_text(json.dumps(report))
+    code, _, err = cli(capsys, "results", str(out))
+    assert code == 0, err
+    cards = (out / "gallery" / "index.html").read_text().split('<article class="card">')[1:]
+    assert ['<p class="kind">square x=1</p>' in card for card in cards] == [True, False]
+    assert ['<p class="kind">square x=2</p>' in card for card in cards] == [False, True]
+
+
 def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path, toy_kinds, monkeypatch):
     # A name too long for the file system, as --out or as the spec's default runs/<name>:
     # checking it for a batch raised OSError, a traceback.
