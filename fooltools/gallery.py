@@ -185,6 +185,25 @@ def write_run_page(run_dir: str | os.PathLike[str]) -> pathlib.Path:
     return write_bytes_atomic(run / PAGE, _run_html(run, load_report(run)))
 
 
+def _runs_below(root: pathlib.Path) -> list[pathlib.Path]:
+    """The directories in or below ``root`` holding a report, sorted.
+
+    Symbolic links to directories are followed (a batch kept on scratch storage and linked
+    into runs/ was left out without a word), each directory once: a link back up, or a
+    second link to one directory (runs/latest), adds nothing.
+    """
+    hits, seen = [], set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()  # which of two links to one directory is walked: the first by name
+        if (real := os.path.realpath(d)) in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        if REPORT in files:
+            hits.append(pathlib.Path(d))
+    return sorted(hits)
+
+
 def _scan(paths: Sequence[str | os.PathLike[str]]) -> dict[pathlib.Path, bool]:
     """Map every run directory found in or below ``paths`` to whether it was named itself.
 
@@ -199,7 +218,7 @@ def _scan(paths: Sequence[str | os.PathLike[str]]) -> dict[pathlib.Path, bool]:
         if not root.is_dir():
             problem = "not a directory" if root.exists() else "no such file or directory"
             raise FoolError(f"{problem}: {given}")
-        hits = sorted(pathlib.Path(d) for d, _, files in os.walk(root) if REPORT in files)
+        hits = _runs_below(root)
         if not hits:
             raise FoolError(f"no {REPORT} found in or below {given}")
         for hit in hits:  # a run found twice keeps its first place

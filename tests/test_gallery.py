@@ -144,6 +144,17 @@ def test_collect_runs(tmp_path):
         gallery.collect_runs([tmp_path / "a" / "panel 0.png"])
 
 
+def test_collect_runs_follows_links_to_directories_once(tmp_path):
+    # A batch kept on scratch storage and linked into runs/ was left out without a word.
+    make_run(tmp_path / "scratch" / "batch" / "r1", n=1)
+    make_run(tmp_path / "runs" / "local", n=1)
+    (tmp_path / "runs" / "batch").symlink_to(tmp_path / "scratch" / "batch")
+    (tmp_path / "runs" / "latest").symlink_to(tmp_path / "scratch" / "batch")  # once only
+    (tmp_path / "runs" / "local" / "up").symlink_to(tmp_path / "runs")  # no loop
+    found = gallery.collect_runs([tmp_path / "runs"])
+    assert found == [tmp_path / "runs" / "batch" / "r1", tmp_path / "runs" / "local"]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
