@@ -571,8 +571,24 @@ def test_a_resume_reads_relative_paths_where_the_batch_started(tmp_path, monkeyp
     assert executor.base_dir == str(started)
     assert json.loads((out / "batch.json").read_text())["base_dir"] == str(started)
     started.rmdir()  # gone: the runs' files cannot be found, so the resume is refused
-    with pytest.raises(FoolError, match=f"was started in {started}, which is gone"):
+    with pytest.raises(FoolError, match=f"was started in {started}, which is gone.*cat.png"):
         run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+
+
+@pytest.mark.parametrize("image", ["sample:cat", "/abs/cat.png", "~/cat.png"])
+def test_a_batch_without_relative_paths_resumes_wherever_it_started(tmp_path, monkeypatch, image):
+    # A batch of sample images copied to another machine was refused: "started in
+    # /home/alice/proj, which is gone: its runs read relative paths there".
+    started = tmp_path / "started"
+    started.mkdir()
+    spec = parse_spec({"kind": "perturb", "fixed": {"image": image, "target": "ostrich"}}, name="t")
+    out, executor = tmp_path / "batch", _NoOp()
+    monkeypatch.chdir(started)
+    run_batch(spec, out, executor=executor, echo=lambda line: None)
+    monkeypatch.chdir(tmp_path)
+    started.rmdir()
+    run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+    assert len(executor.jobs) == 1
 
 
 def test_executor_choice_errors(monkeypatch):

@@ -28,7 +28,7 @@ from fooltools import __version__
 from fooltools.errors import FoolError
 from fooltools.experiments.executors import Executor, Job, LocalExecutor
 from fooltools.experiments.spec import Run, Spec, identity_key, resolved_toml
-from fooltools.experiments.tasks import RESULT
+from fooltools.experiments.tasks import RESULT, relative_paths
 from fooltools.io import make_dir, write_bytes_atomic
 
 BATCH, RESOLVED, RUNS = "batch.json", "spec.resolved.toml", "runs"
@@ -163,7 +163,7 @@ def run_batch(
         )
     # Read before the record is rewritten: a result.json edited by hand stops it here.
     finished = {r.id for r in runs if resume and finished_ok(r.id)}
-    base_dir = _base_dir(held, out)
+    base_dir = _base_dir(held, out, [r for r in runs if r.id not in finished])
     record = _batch_record(spec, runs, base_dir)
     # A resumed batch may come from an edited spec (a grid extended): the record follows
     # the spec, and runs it shares with the old one are reused by id.
@@ -188,22 +188,30 @@ def run_batch(
     return out
 
 
-def _base_dir(held: dict[str, Any] | None, out: Path) -> str:
+def _base_dir(held: dict[str, Any] | None, out: Path, todo: list[Run]) -> str:
     """The directory the batch's relative paths are read from: where it was started.
 
     A resume from another working directory read a spec's relative image or weights
     paths there: other files under the same run ids.
 
+    Args:
+        held: The batch record, or None for a new batch.
+        out: The output directory (for messages).
+        todo: The runs about to run.
+
     Raises:
-        FoolError: The recorded directory is gone.
+        FoolError: The recorded directory is gone and a run of ``todo`` reads a relative
+            path (a batch of sample images, or absolute paths, resumes anywhere: one
+            copied to another machine was refused).
     """
     recorded = held.get("base_dir") if held else None
     if not isinstance(recorded, str):
         return str(Path.cwd())
-    if not Path(recorded).is_dir():
+    relative = [p for r in todo for p in relative_paths(r.kind, r.params)]
+    if relative and not Path(recorded).is_dir():
         raise FoolError(
             f"{out} was started in {recorded}, which is gone: its runs read relative paths "
-            "there; restore it or start a new batch"
+            f"there ({relative[0]}); restore it or start a new batch"
         )
     return recorded
 

@@ -450,6 +450,18 @@ def localise(kind: str, params: dict[str, Any], base_dir: str | None) -> dict[st
     return out
 
 
+def relative_paths(kind: str, params: dict[str, Any]) -> list[str]:
+    """The path parameters of a run that :func:`localise` reads against the batch's cwd."""
+    return [
+        value
+        for key, param in TASKS[kind].params.items()
+        if param.path
+        and isinstance(value := params.get(key), str)
+        and not value.startswith(_NAMED)
+        and not os.path.isabs(os.path.expanduser(value))
+    ]
+
+
 def write_result(out: Path, result: dict[str, Any]) -> None:
     """Write ``out/result.json`` atomically (the run's "finished" marker)."""
     from fooltools.io import write_bytes_atomic
