@@ -5,6 +5,7 @@ The logic lives in :mod:`fooltools.experiments`; this module parses, calls and p
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -51,7 +52,8 @@ def run(
     out = run_batch(spec, out_dir, executor=chosen, resume=resume, echo=click.echo)
     written = write_results(out, gallery=False)
     click.echo(written["summary"])
-    click.echo(f"wrote {written['csv']}; `fool results {out}` adds the gallery")
+    # Quoted: a batch named "eps sweep" is runs/eps sweep, two arguments when pasted.
+    click.echo(f"wrote {written['csv']}; `fool results {shlex.quote(str(out))}` adds the gallery")
     if any(row["status"] != "ok" for row in written["rows"]):
         sys.exit(1)  # click's ctx.exit code is dropped by fool's non-standalone main
 

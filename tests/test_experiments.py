@@ -3,6 +3,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -475,6 +476,21 @@ def test_results_skip_and_list_a_run_whose_image_is_missing(capsys, tmp_path, to
     assert page.count('class="skipped"') == len(broken)
     assert f"t: {2 - len(broken)} runs" in page
     assert (out / "gallery" / "contact_sheet.png").is_file()
+
+
+def test_the_results_command_fool_run_suggests_can_be_pasted(
+    capsys, tmp_path, toy_kinds, monkeypatch
+):
+    # A batch named "eps sweep" goes to runs/eps sweep: the hint was two arguments.
+    spec = write_spec(
+        tmp_path / "sq.toml", 'kind = "square"\nname = "eps sweep"\n[grid]\nx = [1]\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    code, text, err = cli(capsys, "run", str(spec))
+    assert code == 0, err
+    (hint,) = re.findall(r"`fool (results .*)` adds the gallery", text)
+    code, text, err = cli(capsys, *shlex.split(hint), "--no-gallery")
+    assert code == 0 and "1 runs: 1 ok" in text, err
 
 
 def test_the_results_gallery_shows_runs_in_grid_order(capsys, tmp_path, toy_kinds):
