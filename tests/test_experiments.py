@@ -526,8 +526,8 @@ def test_the_results_gallery_says_each_runs_grid_values(capsys, tmp_path, toy_ki
     code, _, err = cli(capsys, "results", str(out))
     assert code == 0, err
     cards = (out / "gallery" / "index.html").read_text().split('<article class="card">')[1:]
-    assert ['<p class="kind">square x=1</p>' in card for card in cards] == [True, False]
-    assert ['<p class="kind">square x=2</p>' in card for card in cards] == [False, True]
+    assert ['<p class="kind">x=1</p>' in card for card in cards] == [True, False]
+    assert ['<p class="kind">x=2</p>' in card for card in cards] == [False, True]
 
 
 def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path, toy_kinds, monkeypatch):

@@ -241,8 +241,9 @@ def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[
             except FoolError as err:
                 skipped.append(f"{run_dir}: {err}")
         title = f"{batch['name']}: {len(shown) - len(skipped)} runs"
-        # The runs' titles are alike (a seed sweep's are one): each card says its grid point.
-        labels = {r["dir"]: r["label"] for r in rows}
+        # The runs' titles are alike (a seed sweep's are one): each card says its grid
+        # values, after the kind the card shows already ("seed=1" of "perturb seed=1").
+        labels = {r["dir"]: r["label"].removeprefix(batch["kind"]).strip() for r in rows}
         page = build_gallery(shown, out / "gallery", title=title, skip_broken=True, labels=labels)
     return {
         "rows": rows,
