@@ -591,6 +591,22 @@ def test_a_resume_reads_relative_paths_where_the_batch_started(tmp_path, monkeyp
         run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
 
 
+def test_a_run_recorded_before_its_kind_had_a_parameter_resumes_with_it_unset(tmp_path):
+    # Evolve runs recorded before crops existed failed on resume: "KeyError: 'crops'".
+    spec = load_spec(SMOKE["evolve-smoke"])
+    out, executor = tmp_path / "batch", _NoOp()
+    run_batch(spec, out, executor=executor, echo=lambda line: None)
+    record = json.loads((out / "batch.json").read_text())
+    for entry in record["runs"]:
+        del entry["params"]["crops"]
+    (out / "batch.json").write_text(json.dumps(record))
+    run_batch(spec, out, executor=executor, resume=True, echo=lambda line: None)
+    assert [job.run.id for job in executor.jobs] == [r.id for r in spec.runs()]
+    for job in executor.jobs:
+        assert "crops" in job.run.params and job.run.params["crops"] is None
+        assert run_id("evolve", job.run.params) == job.run.id
+
+
 @pytest.mark.parametrize("image", ["sample:cat", "/abs/cat.png", "~/cat.png"])
 def test_a_batch_without_relative_paths_resumes_wherever_it_started(tmp_path, monkeypatch, image):
     # A batch of sample images copied to another machine was refused: "started in

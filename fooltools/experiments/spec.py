@@ -121,13 +121,19 @@ class Spec:
             keep: The runs a resumed batch recorded, ``(id, params)`` by
                 :func:`identity_key`: a run that is one of them keeps its recorded id and
                 parameters, so that it resumes onto its directory whichever grid point
-                stands for it now. Other runs have their first point's id.
+                stands for it now. Other runs have their first point's id. A parameter
+                its record lacks (written before the kind had it) is unset (None), as
+                :func:`identity_key` reads it, and its id stays the same.
         """
         keep = keep or {}
+        unset = dict.fromkeys(TASKS[self.kind].params)
         runs = []
         for key, points in self._points.items():
             rid, params, varying, used = points[0]
-            rid, params = keep.get(key, (rid, params))
+            if key in keep:
+                # Tasks read every parameter: a resumed run without crops was a KeyError.
+                rid, recorded = keep[key]
+                params = {**unset, **recorded}
             shown = {k: v for k, v in varying.items() if used[k] is not None}
             runs.append(Run(rid, self.kind, params, shown, tuple(p[0] for p in points)))
         return runs
