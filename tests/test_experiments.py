@@ -665,6 +665,21 @@ def test_a_grid_over_a_budget_gives_a_summary_row_per_budget(tmp_path, monkeypat
     assert all(TASKS[kind].params["eps"].splits for kind in ("perturb", "detect-attack"))
 
 
+def test_a_grid_over_map_elites_class_sets_gives_a_row_per_set():
+    # Its class column counts the classes: two sets of two were one row, "2 classes".
+    rows = [
+        {"status": "ok", "model": "m", "method": "map-elites-cppn", "class": "2 classes",
+         "classes": c, "success": s, "confidence": 0.5, "linf": None, "l2": None,
+         "seconds": 1.0}
+        for c, s in ((["robin", "ostrich"], True), (["school bus", "volcano"], False))
+    ]  # fmt: skip
+    table = summarize(rows, split_columns({"kind": "map-elites", "grid": ["classes"]}))
+    assert [(r["classes"], r["success"]) for r in table] == [
+        ('["robin", "ostrich"]', "1/1 100%"),
+        ('["school bus", "volcano"]', "0/1 0%"),
+    ]
+
+
 def test_thresholds_alike_to_four_digits_are_rows_of_their_own():
     # Grouped by the value as shown to 4 digits: 0.99999 and 0.999995 were one row, "1".
     rows = [

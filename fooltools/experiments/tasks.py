@@ -405,7 +405,9 @@ TASKS: dict[str, TaskKind] = {
     ),
     "map-elites": TaskKind(
         run_map_elites,
-        {"classes": Param((str, list), default="all"), **_EVOLVE},
+        # Its class column is a count ("2 classes"): a grid over class sets of one size
+        # needs a row per set.
+        {"classes": Param((str, list), default="all", splits=True), **_EVOLVE},
         _map_elites_identity,
     ),
     "detect-attack": TaskKind(
