@@ -64,8 +64,8 @@ def run(
 def results(out_dir: str, no_gallery: bool) -> None:
     """Summarise the batch in DIR: a table per model/method/class, results.csv, gallery/.
 
-    A grid over a budget, steps, population, generations, threshold or weights splits the
-    rows.
+    A grid over a budget, steps, population, generations, threshold, weights or MAP-Elites
+    class set splits the rows.
 
     The table gives, over the runs that finished without error, the success rate, median
     L-inf/L2 distortion (0-255 units), median and 10th-90th percentile confidence, and
