@@ -493,6 +493,15 @@ def test_the_results_command_fool_run_suggests_can_be_pasted(
     assert code == 0 and "1 runs: 1 ok" in text, err
 
 
+def test_results_of_a_run_directory_name_its_batch(capsys, tmp_path, toy_kinds):
+    # The advice was to run a batch into the run directory: `fool run SPEC --out DIR`.
+    out = run_batch(parse_spec({"kind": "square", "grid": {"x": [1]}}, name="t"),
+                    tmp_path / "b", echo=lambda line: None)  # fmt: skip
+    for inside in (out / "runs", Path(load_results(out)[0]["dir"])):
+        code, _, err = cli(capsys, "results", str(inside))
+        assert_one_line_error(code, err, f"it is inside the batch in {out}: `fool results {out}`")
+
+
 def test_the_results_gallery_shows_runs_in_grid_order(capsys, tmp_path, toy_kinds):
     # The gallery sorted the runs' directories, named by hashed ids: an eps or seed sweep
     # came out shuffled, its cards in another order than the table's rows.

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,14 @@ def load_batch(out: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         batch = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        # A run directory of a batch given for the batch: its advice to run a batch into
+        # the run directory misled.
+        above = next((d for d in Path(out).absolute().parents if (d / BATCH).is_file()), None)
+        if above is not None:
+            raise FoolError(
+                f"no batch in {out} (no {BATCH}); it is inside the batch in {above}: "
+                f"`fool results {shlex.quote(str(above))}`"
+            ) from None
         raise FoolError(f"no batch in {out} (no {BATCH}); run `fool run SPEC --out DIR`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FoolError(f"cannot read {path}: {one_line(err)}") from None
