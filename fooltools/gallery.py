@@ -212,6 +212,8 @@ def _scan(paths: Sequence[str | os.PathLike[str]]) -> dict[pathlib.Path, bool]:
     """
     found: dict[pathlib.Path, bool] = {}
     for given in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        if not os.fspath(given):  # abspath("") is the working directory: `fool gallery "$UNSET"`
+            raise FoolError("an empty path names no directory")
         root = pathlib.Path(os.path.abspath(given))
         if root.name == REPORT and root.is_file():
             root = root.parent

@@ -191,6 +191,18 @@ def test_bad_arguments(tmp_path):
         gallery.write_run_page(tmp_path / "missing")
 
 
+def test_an_empty_path_is_no_directory(capsys, tmp_path, monkeypatch):
+    # `fool gallery "$UNSET"` made a gallery of the working directory's runs.
+    from test_cli import assert_one_line_error
+    from test_cli import run as run_cli
+
+    make_run(tmp_path / "run", n=1)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "gallery", "", "--out", str(tmp_path / "g"))
+    assert_one_line_error(code, err, "an empty path names no directory")
+    assert not (tmp_path / "g").exists()
+
+
 def test_many_panels(tmp_path):
     run = make_run(tmp_path / "me", "map-elites", n=300, size=(8, 8), kind="map-elites")
     text = gallery.write_run_page(run).read_text(encoding="utf-8")
