@@ -227,3 +227,19 @@ def test_a_target_outside_the_logits_is_refused(name):
     for bad in (K, -1):
         with pytest.raises(ValueError, match=rf"0\.\.{K - 1}, got \[{bad}\]"):
             run(jax.random.key(0), x, jnp.asarray([0, bad]))
+
+
+@pytest.mark.parametrize("targeted", [True, False])
+def test_cw_returns_examples_with_the_confidence_kappa(targeted):
+    # The smallest-L2 iterate that merely reached top-1 was kept whatever kappa was (a
+    # margin of 0.01 to 0.96 for kappa 2): kappa bought nothing but a larger perturbation.
+    model, params = linear_model()
+    x0 = images()
+    tgt = targets_for(model, params, x0) if targeted else jnp.argmax(model(params, x0), -1)
+    kappa = 2.0
+    run = attacks.cw(model, params, kappa=kappa, steps=100, search_steps=5, lr=0.05,
+                     targeted=targeted)  # fmt: skip
+    res = run(jax.random.key(0), x0, tgt)
+    assert bool(jnp.all(res.success))
+    lead = -base.margin(model(params, res.x), tgt, targeted, kappa=1e9)
+    assert bool(jnp.all(lead >= kappa)), lead

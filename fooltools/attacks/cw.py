@@ -38,7 +38,10 @@ def cw(
         model: ``model(params, x) -> logits`` on (N, H, W, 3) images in [0, 1].
         params: Passed to ``model``.
         c: Initial trade-off constant (per example, then bisected).
-        kappa: Confidence margin on the logits, >= 0.
+        kappa: Confidence margin on the logits, >= 0: an iterate counts as a success (for
+            the example kept and for the search over c) only once the target's logit leads
+            every other by ``kappa`` (untargeted: another class leads the true one by it),
+            as in Carlini and Wagner's code.
         steps: Adam steps per search round.
         search_steps: Rounds of the binary search over c.
         lr: Adam learning rate in tanh space, > 0.
@@ -93,7 +96,11 @@ def cw(
             j % steps == 0, lambda: (w0, opt.init(w0), jnp.zeros_like(rnd[2])), lambda: rnd
         )
         (_, (xq, logits, l2sq)), g = grad_fn(p, x0, w, target, const)
-        ok = base.criterion(logits, target, targeted)
+        # With the confidence kappa asked for, not merely across the boundary: the smallest
+        # L2 among iterates that only reached top-1 was returned whatever kappa was.
+        ok = base.criterion(logits, target, targeted) & (
+            base.margin(logits, target, targeted, kappa) <= -kappa
+        )
         better = ok & (l2sq < bl2)
         best = (
             jnp.where(better[:, None, None, None], xq, bx),
