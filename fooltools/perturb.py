@@ -84,8 +84,8 @@ class PerturbConfig:
         None, so that its report claims no budget it never had.
 
         Raises:
-            FoolError: An unknown method or norm, eps outside (0, 1] (L-inf) or (0, 1e6]
-                (L2), steps < 1 or more than the attack's loop can count (see
+            FoolError: An unknown method or norm, eps outside [1/255, 1] (L-inf) or
+                [1/255, 1e6] (L2), steps < 1 or more than the attack's loop can count (see
                 :data:`fooltools.attacks.base.MAX_STEPS`), a budget given to a method
                 without one, or steps given to FGSM.
         """
@@ -109,6 +109,13 @@ class PerturbConfig:
             if norm == "l2" and not 0 < eps <= MAX_EPS:
                 # Finite and bounded: an infinite budget wrote NaN images after the attack.
                 raise FoolError(f"eps must be in (0, {MAX_EPS:g}] for l2, got {eps:g}")
+            if eps < 1 / 255:
+                # The attack works on the 8-bit grid of the PNG it writes: no pixel can move
+                # a whole level, and the run wrote the image unchanged as a failure.
+                raise FoolError(
+                    f"eps must be at least 1/255, one 8-bit level (the adversarial image is "
+                    f"an 8-bit PNG), got {eps:g} ({eps * 255:g}/255)"
+                )
         if self.method == "fgsm" and self.steps not in (None, 1):
             raise FoolError("fgsm is a single step; steps are for the iterative methods")
         steps = DEFAULT_STEPS[self.method] if self.steps is None else self.steps

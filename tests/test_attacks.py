@@ -176,6 +176,9 @@ def test_snap_rounds_towards_original_and_is_straight_through():
     "make",
     [
         lambda m, p: attacks.pgd(m, p, eps=0),
+        # Under one 8-bit level: snapped to the grid, the input came back unchanged.
+        lambda m, p: attacks.pgd(m, p, eps=0.5 / 255),
+        lambda m, p: attacks.fgsm(m, p, eps=0.003, norm="l2"),
         lambda m, p: attacks.pgd(m, p, eps=float("inf"), norm="l2"),
         lambda m, p: attacks.pgd(m, p, eps=1e30, norm="l2"),
         lambda m, p: attacks.pgd(m, p, eps=0.1, step_size=float("inf")),

@@ -190,6 +190,9 @@ def test_a_method_without_a_budget_reports_none(capsys, tmp_path):
         (["--target", "ostrich", "--eps", "0"], ["eps must be in (0, 1]"]),
         (["--target", "ostrich", "--eps", "2"], ["eps must be in (0, 1]"]),
         (["--target", "ostrich", "--eps", "8/0"], ["--eps must be a number"]),
+        # Under one 8-bit level no pixel of the PNG could change: a no-op run, FAILED.
+        (["--untargeted", "--method", "fgsm", "--eps", "0.5/255"], ["at least 1/255", "0.5/255"]),
+        (["--untargeted", "--norm", "l2", "--eps", "0.003"], ["eps must be at least 1/255"]),
         (["--untargeted", "--norm", "l2", "--eps", "inf"], ["--eps must be a number", "'inf'"]),
         (["--untargeted", "--norm", "l2", "--eps", "1e300"], ["eps must be in (0, 1e+06]"]),
         (["--target", "ostrich", "--steps", "0"], ["steps must be >= 1"]),

@@ -69,7 +69,7 @@ def pgd(
         model: ``model(params, x) -> logits`` on (N, H, W, 3) images in [0, 1].
         params: Passed to ``model`` (kept as a jit argument, not baked in as constants).
         eps: Radius of the ball, in [0, 1] pixel units (8/255 is the classic L-inf
-            budget), at most :data:`MAX_EPS`.
+            budget), at most :data:`MAX_EPS`; with ``quantize`` at least 1/255.
         norm: ``"linf"`` or ``"l2"``.
         steps: Number of gradient steps (>= 1).
         step_size: Step length, at most :data:`MAX_EPS`; default ``2.5 * eps / steps``
@@ -91,6 +91,10 @@ def pgd(
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if not 0 < eps <= MAX_EPS:  # also refuses NaN
         raise ValueError(f"eps must be in (0, {MAX_EPS:g}], got {eps}")
+    if quantize and eps < 1 / 255:
+        # No change reaches a whole 8-bit level (snap rounds towards the original): the
+        # attack returned its input unchanged, as a failure.
+        raise ValueError(f"eps must be at least 1/255 (one 8-bit level) with quantize, got {eps}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if loss not in ("ce", "margin"):
