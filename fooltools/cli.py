@@ -274,6 +274,14 @@ def perturb(
 
     if (target is None) == (not untargeted):
         raise FoolError("give exactly one of --target CLASS or --untargeted")
+    seed_source = click.get_current_context().get_parameter_source("seed")
+    if method != "pgd" and seed_source != click.core.ParameterSource.DEFAULT:
+        # Only PGD's random start draws from it: runs over seeds were the same run, each
+        # report recording a different seed.
+        raise FoolError(
+            f"--seed draws pgd's random start; {method} draws no random numbers, so every "
+            "seed would give the same run"
+        )
     cfg = PerturbConfig(
         method=method,
         target=None if untargeted else imagenet().lookup(target),

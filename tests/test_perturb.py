@@ -209,6 +209,8 @@ def test_a_method_without_a_budget_reports_none(capsys, tmp_path):
         (["--untargeted", "--method", "lbfgs", "--norm", "l2"], ["eps and norm set the"]),
         (["--untargeted", "--method", "szegedy", "--norm", "linf"], ["szegedy looks for"]),
         (["--untargeted", "--method", "fgsm", "--steps", "10"], ["fgsm is a single step"]),
+        (["--untargeted", "--method", "cw", "--seed", "3"], ["cw draws no random numbers"]),
+        (["--untargeted", "--method", "fgsm", "--seed", "0"], ["--seed draws pgd's random"]),
     ],
 )
 def test_bad_perturb_arguments(capsys, tmp_path, args, fragments):
