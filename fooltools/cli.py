@@ -307,7 +307,8 @@ def perturb(
         click.echo(f"nothing to do: {path} is {report['note']}")
     click.echo(
         f"{status}: {report['source']['label']} -> {fin['label']} ({100 * fin['confidence']:.1f}%)"
-        f"  L-inf {dist['linf']:.0f}/255  L2 {dist['l2']:.1f}  in {report['seconds']:.1f}s"
+        # Both in 0-255 units: a bare "L2 700.2" read as 233 times an --eps 3.0 budget.
+        f"  L-inf {dist['linf']:.0f}/255  L2 {dist['l2']:.1f}/255  in {report['seconds']:.1f}s"
     )
     click.echo(f"wrote {out / 'adversarial.png'}; open {out / 'index.html'}")
 

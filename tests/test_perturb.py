@@ -102,6 +102,8 @@ def test_perturb_writes_a_complete_run(capsys, tmp_path):
     assert report["source"]["label"] == "espresso"
     assert report["target"] == {"index": 9, "label": "ostrich"}
     assert report["distortion_255"]["linf"] <= 8
+    # In the units of --eps: a bare "L2 233.5" read as far past an l2 budget of 3.0.
+    assert f"L2 {report['distortion_255']['l2']:.1f}/255 " in stdout
     assert io.read_image(out / "adversarial.png").shape == (400, 600, 3)  # input's own size
     assert {"fooltools", "jax"} <= set(report["versions"])
     assert "ostrich" in (out / "index.html").read_text()
