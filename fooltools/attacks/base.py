@@ -49,6 +49,12 @@ class AttackResult(NamedTuple):
         linf: L-inf distortion ``max |x - x0|``, shape (N,), in [0, 1] units.
         l2: L2 distortion ``||x - x0||_2``, shape (N,), in [0, 1] units.
         l0: Number of changed pixel values (over H*W*3), shape (N,).
+
+    ``x0`` is the input as the attack used it: when the attack quantizes, the input
+    rounded to the 8-bit grid (:func:`fooltools.io.quantize`). From an input off the grid
+    (a resized photo), ``x`` may be up to half a level (0.5/255) further from the input
+    itself than these norms, and than a budget, say; quantize it first to have them hold
+    for the input.
     """
 
     x: jax.Array
