@@ -212,10 +212,21 @@ def check_out_dir(out_dir: str | os.PathLike[str]) -> None:
     re-running one of its own runs (``fool run --resume``) writes over it on purpose.
 
     Raises:
-        FoolError: ``out_dir`` holds a ``report.json``.
+        FoolError: ``out_dir`` holds a ``report.json``, or cannot be a directory we write
+            into: its nearest existing ancestor (or itself) is a file, or not writable.
     """
-    if (Path(out_dir) / REPORT).exists():
+    path = Path(out_dir)
+    if (path / REPORT).exists():
         raise FoolError(f"{out_dir} already holds a run ({REPORT}); choose another --out")
+    # Found only when the first file was written, after the model had loaded and the whole
+    # attack had run (minutes for cw on a large photo).
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FoolError(f"cannot create directory {out_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FoolError(f"cannot create directory {out_dir}: {existing} is not writable")
 
 
 def _top(clf: Classifier, logits: np.ndarray, k: int = 5) -> list[dict[str, Any]]:

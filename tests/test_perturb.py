@@ -248,6 +248,27 @@ def test_an_out_holding_a_run_is_refused_before_any_work(capsys, tmp_path, monke
     assert report["note"] and json.loads((out / "report.json").read_text()) == report
 
 
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_an_out_that_cannot_be_a_directory_is_refused_before_any_work(
+    capsys, tmp_path, monkeypatch, under
+):
+    # A file in the way was found only when original.png was written, after the attack.
+    from fooltools import models
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for a run that is refused")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    out = blocker / under if under else blocker
+    code, _, err = run_cli(capsys, "perturb", "sample:coffee", "--target", "ostrich",
+                           "--method", "fgsm", "--out", str(out))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(blocker) in err and blocker.read_text() == "not a directory"
+
+
 def test_unreadable_image(capsys, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
