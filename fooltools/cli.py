@@ -236,7 +236,8 @@ def parse_eps(text: str | None, option: str = "--eps") -> float | None:
 )
 @click.option(
     "--eps",
-    help="Budget for pgd/fgsm in [0,1] pixel units, e.g. 8/255 (default) for linf, 3.0 for l2.",
+    help="Budget for pgd/fgsm in [0,1] pixel units, at least 1/255: e.g. 8/255 (default) for "
+    "linf, 3.0 for l2.",
 )
 @click.option("--steps", type=int, help="Iterations (per search round for lbfgs/cw).")
 @_model_options
@@ -259,7 +260,8 @@ def perturb(
     Writes adversarial.png (same size as IMAGE), original.png, perturbation.png, report.json
     and index.html. Success and distortions are measured on the PNG re-read from disk. If the
     image already is the target class, the run is written unchanged and counts as a
-    success (exit 0). An --out that already holds a run is refused.
+    success (exit 0). An --out that already holds a run is refused. --seed draws pgd's
+    random start; the other methods draw no random numbers and take none.
     """
     from fooltools.labels import imagenet
     from fooltools.models import DEFAULT_MODEL, load_model
