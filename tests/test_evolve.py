@@ -767,6 +767,23 @@ def test_resume_with_another_runs_settings_or_fewer_generations_is_refused(tiny,
         evolve_single(tiny, cppn(), "cppn", 15, shorter, seed=0, out=tmp_path, resume=True)
 
 
+def test_a_resume_with_another_selection_is_refused(tiny, tmp_path):
+    # The selection was not in the checkpoint: a tournament run resumed with truncation
+    # (or the reverse) silently ran on as another run.
+    tournament = SearchConfig(population=P, generations=1, elites=2, selection="tournament")
+    evolve_single(tiny, cppn(), "cppn", 15, tournament, seed=0, out=tmp_path / "t")
+    truncation = dataclasses.replace(tournament, generations=2, selection="truncation")
+    with pytest.raises(
+        FoolError, match=r"another run \(selection = 'tournament', this run has None"
+    ):
+        evolve_single(tiny, cppn(), "cppn", 15, truncation, seed=0, out=tmp_path / "t", resume=True)
+    evolve_single(tiny, cppn(), "cppn", 15, dataclasses.replace(truncation, generations=1),
+                  seed=0, out=tmp_path / "c")  # fmt: skip
+    with pytest.raises(FoolError, match=r"another run \(selection = None, this run has 'tour"):
+        evolve_single(tiny, cppn(), "cppn", 15, dataclasses.replace(tournament, generations=2),
+                      seed=0, out=tmp_path / "c", resume=True)  # fmt: skip
+
+
 def test_a_checkpoint_of_other_cells_is_refused_in_a_short_line(tmp_path):
     # --classes all against a 2-cell archive listed 1000 indices in the error line.
     ck = tmp_path / "checkpoint.npz"

@@ -264,6 +264,10 @@ def _meta(
         "elites": cfg.elites,
         "tournament": cfg.tournament,
         "cxpb": cfg.cxpb,
+        # A tournament run resumed with truncation (or the reverse) ran on as another run.
+        # None for truncation, the default: checkpoints written before it was recorded
+        # (the CLI only ever ran truncation) resume as truncation runs, as before.
+        "selection": None if kind != "single" or cfg.selection == "truncation" else cfg.selection,
     }
 
 
