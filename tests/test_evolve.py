@@ -737,6 +737,15 @@ def test_lookahead_stops_where_the_plain_loop_stops(tiny, tmp_path, search_kind)
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+def test_truncation_selection_without_elites_is_refused_before_the_run(tiny, tmp_path):
+    # The elites parent every child: with none, generation 1 was a ZeroDivisionError
+    # traceback after the first population had been saved in --out.
+    cfg = SearchConfig(population=P, generations=1, elites=0)
+    with pytest.raises(FoolError, match=r"truncation selection needs elites >= 1"):
+        evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_ga_lookahead_needs_truncation_selection(tiny, tmp_path):
     # A tournament draws from Python's random on the host: the device cannot pick.
     cfg = SearchConfig(population=P, generations=1, elites=2, selection="tournament")

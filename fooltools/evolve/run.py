@@ -358,8 +358,8 @@ def evolve_single(
         ``history``.
 
     Raises:
-        FoolError: A population < 2 or not larger than the elites, or a bad checkpoint on
-            resume.
+        FoolError: A population < 2 or not larger than the elites, truncation selection
+            without elites, or a bad checkpoint on resume.
         Interrupted: Ctrl-C, after saving the state (see :meth:`Loop.run`).
         FoolError: ``target`` is not a class of ``clf``.
         ValueError: ``lookahead=True`` without truncation selection and elites >= 1.
@@ -369,6 +369,10 @@ def evolve_single(
     out = Path(out)
     if cfg.population < 2 or cfg.elites >= cfg.population:
         raise FoolError("population must be >= 2 and larger than the number of elites")
+    if cfg.selection == "truncation" and cfg.elites < 1:
+        # The elites are the parents of every child: with none, the first generation's
+        # selection was a ZeroDivisionError, after the first population was saved.
+        raise FoolError("truncation selection needs elites >= 1 (the parents of every child)")
     device_picks = cfg.selection == "truncation" and cfg.elites >= 1
     if lookahead is None:
         lookahead = device_picks and lookahead_by_default()
