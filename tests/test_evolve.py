@@ -3,6 +3,7 @@
 import dataclasses
 import io as io_module
 import json
+import os
 import random
 import re
 import signal
@@ -564,6 +565,45 @@ def test_ctrl_c_in_the_first_generation_leaves_a_run_to_resume(tiny, tmp_path, m
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert (tmp_path / "whole" / HISTORY).read_text().count("\n") == 3
     w, p = ([json.loads(x)["best"] for x in (d / HISTORY).read_text().splitlines()]
+            for d in (tmp_path / "whole", part))  # fmt: skip
+    assert w == p
+
+
+@pytest.mark.parametrize("kind", ["ga", "es"])
+def test_ctrl_c_while_a_generation_is_collected_saves_one_generations_state(
+    tiny, tmp_path, monkeypatch, kind
+):
+    # Ctrl-C landing between collect's updates of the state (here: the hall of fame,
+    # after the population) saved generation 3's population as generation 2's: the
+    # resumed run quietly differed from an uninterrupted one.
+    cfg = SearchConfig(population=P, generations=5, elites=2, stop_at=None)
+
+    def run(out, resume=False):
+        kw = {"seed": 3, "out": out, "resume": resume}
+        if kind == "es":
+            return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
+        return evolve_single(tiny, cppn(), "cppn", 15, cfg, **kw)
+
+    record_best = run_module.record_best
+
+    def ctrl_c_at_3(state, fitness, images, gen):
+        if gen == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        record_best(state, fitness, images, gen)
+
+    run(tmp_path / "whole")
+    part = tmp_path / "part"
+    for module in (run_module, es):
+        monkeypatch.setattr(module, "record_best", ctrl_c_at_3)
+    with pytest.raises(Interrupted, match="interrupted after generation 3; state saved"):
+        run(part)
+    monkeypatch.undo()
+    assert checkpoint.read_meta(part / "checkpoint.npz")["generation"] == 3
+    run(part, resume=True)
+    a, b = np.load(tmp_path / "whole/checkpoint.npz"), np.load(part / "checkpoint.npz")
+    for k in a.files:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    w, p = ([json.loads(x)["mean"] for x in (d / HISTORY).read_text().splitlines()]
             for d in (tmp_path / "whole", part))  # fmt: skip
     assert w == p
 

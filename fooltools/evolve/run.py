@@ -8,11 +8,14 @@ bit-identical to an uninterrupted run with the same seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import operator
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -131,9 +134,10 @@ class Loop:
                     if pending is not None:
                         self._book(log, *pending, save)
                         pending = None
-                    fitness, evals = collect()
-                    now = time.perf_counter()
-                    done, pending, t_last = gen, (gen, fitness, evals, now - t_last), now
+                    with _interrupts_held():  # the state and ``done`` advance together
+                        fitness, evals = collect()
+                        now = time.perf_counter()
+                        done, pending, t_last = gen, (gen, fitness, evals, now - t_last), now
                     if stop_at is not None and float(np.max(fitness)) >= stop_at:
                         break
                     collect = ahead if lookahead else dispatch(gen + 1)
@@ -193,6 +197,36 @@ class Loop:
             self.progress(gen, line)
         if gen % self.checkpoint_every == 0:
             save(gen)
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (and the SIGTERM that ``fool`` turns into one) until the block ends.
+
+    ``collect()`` advances a search's state in several steps, and :meth:`Loop.run` its
+    count of generations after it: a Ctrl-C between two of them saved one generation's
+    population under the previous one's number, and the resumed run quietly differed
+    from an uninterrupted one. Holding costs no responsiveness: a signal that arrives
+    while JAX waits for the device is handled only once the wait is over anyway.
+    Signals without a Python handler (default or ignored) are left as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals and may set handlers
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            previous[signum] = handler
+            signal.signal(signum, lambda s, _: held.append(s))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if held:  # the block is done: handle the first as it would have been
+        previous[held[0]](held[0], None)
 
 
 def lookahead_by_default() -> bool:
