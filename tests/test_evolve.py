@@ -608,6 +608,28 @@ def test_ctrl_c_while_a_generation_is_collected_saves_one_generations_state(
     assert w == p
 
 
+def test_ctrl_c_during_the_last_checkpoint_says_how_to_go_on(tiny, tmp_path, monkeypatch):
+    # The end-of-run save (a generation count not a multiple of --checkpoint-every; a
+    # 1000-cell direct archive takes seconds to write) was outside the handler: a bare
+    # KeyboardInterrupt, no word of what was saved or of --resume.
+    cfg = SearchConfig(population=P, generations=3, elites=2, stop_at=None)
+    save = checkpoint.save
+
+    def ctrl_c_once(path, genomes, arrays, meta):
+        if meta["generation"] == 3 and not saves:
+            saves.append(3)
+            raise KeyboardInterrupt
+        save(path, genomes, arrays, meta)
+
+    saves = []
+    monkeypatch.setattr(checkpoint, "save", ctrl_c_once)
+    with pytest.raises(KeyboardInterrupt) as err:
+        evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path)
+    assert isinstance(err.value, Interrupted)
+    assert "interrupted after generation 3; state saved" in str(err.value)
+    assert checkpoint.read_meta(tmp_path / "checkpoint.npz")["generation"] == 3
+
+
 def test_a_run_resumed_after_reaching_its_stop_runs_no_more(tiny, tmp_path):
     # Killed after its last checkpoint but before its outputs, or the same command run
     # again: the run has ended, and must not become a longer one on each resume.

@@ -143,6 +143,8 @@ class Loop:
                     collect = ahead if lookahead else dispatch(gen + 1)
                 if pending is not None:
                     self._book(log, *pending, save)
+            if done % self.checkpoint_every:  # in here: a Ctrl-C during it saves again
+                save(done)
         except KeyboardInterrupt:
             if done > start:
                 if pending is not None:  # collected: its line goes with its checkpoint
@@ -165,8 +167,6 @@ class Loop:
                 f"cannot write {self.out / HISTORY}: {one_line(err)}; the last "
                 f"checkpoint is intact: continue with --resume once it can be written"
             ) from err
-        if done % self.checkpoint_every:
-            save(done)
         return done
 
     def _record(
