@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import sharding_probe
 from deap import tools
+from PIL import Image
 from sharding_probe import S
 from test_cli import run as fool
 
@@ -965,6 +966,15 @@ def test_figures_shown_are_cut_so_a_failed_run_never_reads_99(tiny, tmp_path, mo
     rep = report.write_single(tmp_path, tiny, 15, out, {"encoding": "direct"})
     assert not rep["success"] and rep["title"] == "robin (direct) 98.9%"
     assert rep["images"][0]["caption"] == "robin 98.99%" and rep["metrics"]["confidence"] == 0.9899
+
+
+def test_the_plot_of_a_one_generation_run_shows_its_confidences(tmp_path):
+    # A line needs two points: a run of one generation drew an empty plot beside its report.
+    line = {"generation": 1, "best": 0.9, "median": 0.5, "mean": 0.3}
+    plot = np.asarray(Image.open(report.plot_history([line], tmp_path / "c.png", "t")))
+    inside = plot[30:-40, 55:]  # within the axes (x = 1 is the right edge), not the legend
+    for colour in ((200, 30, 30), (30, 30, 200), (30, 150, 30)):
+        assert (inside == colour).all(-1).any(), colour
 
 
 def test_single_outputs_report_the_saved_file(tiny, tmp_path):

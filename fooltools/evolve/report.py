@@ -56,6 +56,9 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
         ]
         if len(pts) > 1:
             draw.line(pts, fill=colour, width=2)
+        elif pts:  # one generation (a stop reached at once, --generations 1): a dot, not nothing
+            (x, y), r = pts[0], 3
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
         draw.text((x1 - 140 + 48 * n, 8), name, fill=colour, font=font)
     buf = _bytes_io.BytesIO()
     img.save(buf, format="PNG")
