@@ -214,15 +214,26 @@ def _interrupts_held() -> Iterator[None]:
         yield  # only the main thread receives signals and may set handlers
         return
     held: list[int] = []
-    previous = {}
+    holding = [True]
+    previous: dict[int, Callable[[int, Any], Any]] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        # Once the block is over, a signal caught before this handler was replaced (a
+        # Ctrl-C raised between the two restores below) goes on as it would have.
+        if holding[0]:
+            held.append(signum)
+        else:
+            previous[signum](signum, frame)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
         handler = signal.getsignal(signum)
         if callable(handler):
             previous[signum] = handler
-            signal.signal(signum, lambda s, _: held.append(s))
+            signal.signal(signum, hold)
     try:
         yield
     finally:
+        holding[0] = False
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if held:  # the block is done: handle the first as it would have been
