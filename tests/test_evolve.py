@@ -383,6 +383,15 @@ def test_a_map_elites_run_succeeds_only_with_every_cell_at_99(tiny, tmp_path, mo
     assert 'class="badge failed"' in (tmp_path / "index.html").read_text()  # the last page
 
 
+def test_map_elites_refuses_a_class_given_twice(tiny, tmp_path):
+    # Two cells of one class: the report read "3/3 cells" beside two images, and its
+    # median counted that class twice. (The CLI drops repeats before this.)
+    cfg = SearchConfig(population=P, generations=1, elites=0, stop_at=None)
+    with pytest.raises(FoolError, match=r"one archive cell: \[15\] given more than once"):
+        evolve_map_elites(tiny, cppn(), "cppn", [15, 9, 15], cfg, seed=0, out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
 def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
     classes = [1, 15, 130, 282, 967]
     cfg = SearchConfig(population=P, generations=6, elites=0, stop_at=None)

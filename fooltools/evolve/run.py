@@ -8,6 +8,7 @@ bit-identical to an uninterrupted run with the same seed.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -533,14 +534,19 @@ def evolve_map_elites(
         (C, H, W, 3) of the elites, ``generation``, ``evaluations``, ``seconds``, ``history``.
 
     Raises:
-        FoolError: ``classes`` empty or not all classes of ``clf``, a population < 2, or
-            a bad checkpoint on resume.
+        FoolError: ``classes`` empty, not all classes of ``clf`` or one given twice, a
+            population < 2, or a bad checkpoint on resume.
     """
     classes = check_classes(clf, classes)
     seed = operator.index(seed)
     out = Path(out)
     if cfg.population < 2:
         raise FoolError("population must be >= 2")
+    twice = sorted(c for c, n in collections.Counter(classes).items() if n > 1)
+    if twice:
+        # Two cells of one class hold the same elite: the report counted it twice
+        # ("3/3 cells" with two images, a median weighted towards it).
+        raise FoolError(f"each class is one archive cell: {twice[:8]} given more than once")
     io.make_dir(out)
     key = jax.random.key(seed)
     seeds = search.PythonSeeds(key)
