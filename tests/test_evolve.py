@@ -991,6 +991,11 @@ def test_single_outputs_report_the_saved_file(tiny, tmp_path):
     out = evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=tmp_path)
     rep = report.write_single(tmp_path, tiny, 15, out, {"encoding": "direct"})
     assert abs(rep["best_confidence"] - rep["best_confidence_in_search"]) <= 0.01
+    # The rate is over the timed generations: the first population's scoring is not in
+    # the seconds (the rate counted its evaluations all the same).
+    assert rep["evaluations"] == P + 3 * (P - 2)
+    rate = 3 * (P - 2) / sum(h["seconds"] for h in out["history"])
+    assert rep["evaluations_per_second"] == pytest.approx(rate, rel=0.01)
     for name in ("best.png", "confidence.png", "report.json", "index.html", "history.jsonl"):
         assert (tmp_path / name).is_file(), name
 

@@ -103,6 +103,16 @@ def percent(confidence: float, digits: int) -> str:
     return f"{cut(value, digits):.{digits}f}%"
 
 
+def _rate(summary: dict[str, Any]) -> float:
+    """Evaluations a second over the generations timed (their ``history.jsonl`` lines).
+
+    ``summary["evaluations"]`` also counts the first population, whose scoring is not in
+    the seconds: a 3-generation run of 8 read 3.6 evaluations/s for 2.5.
+    """
+    timed = sum(line["evaluations"] for line in summary["history"])
+    return round(timed / max(summary["seconds"], 1e-9), 2)
+
+
 def _write_report(out: Path, report: dict[str, Any]) -> None:
     io.write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
     gallery.write_run_page(out)
@@ -128,7 +138,7 @@ def write_single(
         "generations_run": summary["generation"],
         "evaluations": evals,
         "seconds": round(secs, 2),
-        "evaluations_per_second": round(evals / max(secs, 1e-9), 2),
+        "evaluations_per_second": _rate(summary),
         "size": list(summary["size"]),
         **common,
         "versions": versions(),
@@ -185,7 +195,7 @@ def write_map_elites(
         "generations_run": summary["generation"],
         "evaluations": evals,
         "seconds": round(secs, 2),
-        "evaluations_per_second": round(evals / max(secs, 1e-9), 2),
+        "evaluations_per_second": _rate(summary),
         **common,
         "versions": versions(),
         "images": [{"file": PLOT, "caption": "confidence by generation"}, *panels],
