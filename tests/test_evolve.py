@@ -1018,6 +1018,7 @@ def test_single_outputs_report_the_saved_file(tiny, tmp_path):
         (["--class", "robin", "--classes", "robin,ostrich"], "--classes is for --map-elites"),
         (["--map-elites", "--stop-at", "0.5"], "--stop-at is for --class"),
         (["--map-elites", "--classes", ""], "--classes is empty"),  # an unset "$CLASSES"
+        (["--map-elites", "--classes", "robin,ALL"], "--classes all stands alone"),
         (["--class", "robin", "--out", ""], "--out is empty"),  # not the current directory
         (["--class", "robin", "--population", "3000000000"], "population must be at most"),
         (["--class", "robin", "--generations", "3000000000"], "generations must be at most"),

@@ -116,6 +116,9 @@ def parse_job(
         # must not start a 1000-class run.
         names = [c.strip() for c in ("all" if classes is None else classes).split(",")]
         names = [n for n in names if n]
+        if len(names) > 1 and "all" in (n.lower() for n in names):
+            # Looked up as a class name, it was "unknown class 'all'; did you mean ...".
+            raise FoolError("--classes all stands alone (every class); or list classes only")
         cls = (
             tuple(range(len(labels)))
             if [n.lower() for n in names] == ["all"]
