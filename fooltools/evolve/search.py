@@ -119,6 +119,9 @@ class SearchConfig:
         ]
         if not 0 <= self.cxpb <= 1:
             bad.append(f"cxpb must be in [0, 1], got {self.cxpb}")
+        if self.stop_at is not None and not 0 <= self.stop_at <= 1:
+            # A confidence never reaches NaN or 1.5: the run went on to its last generation.
+            bad.append(f"stop_at must be in [0, 1] or None, got {self.stop_at}")
         if bad:
             raise ValueError("; ".join(bad))
 
