@@ -148,6 +148,12 @@ def test_an_image_without_objects_is_no_success(mode):
     assert success(mode, [], [_obj(2)], 1) is None
 
 
+def test_mislabel_of_objects_already_of_the_target_is_no_success():
+    # Nothing to relabel: "success" True was counted by fool results as the attack's work.
+    assert success("mislabel", [_obj(1), _obj(1, (20, 20, 30, 30))], [_obj(1)], 1) is None
+    assert success("mislabel", [_obj(1), _obj(0, (20, 20, 30, 30))], [_obj(1)], 1) is False
+
+
 def test_success_verdicts():
     one, moved = [_obj(0)], [_obj(0, (50, 50, 60, 60))]
     assert success("vanish", one, [], None) is True

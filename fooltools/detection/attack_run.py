@@ -78,7 +78,8 @@ def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -
     vanish: no object left; fabricate: at least three times as many objects (and at least
     one); mislabel: every object not already of the target class now is; untargeted and
     DAG: no object keeps its label. None, no verdict, when the image has no object for
-    any but fabricate to attack: those goals hold before the attack, which did nothing.
+    any but fabricate to attack, or (mislabel) only objects of the target class already:
+    those goals hold before the attack, which did nothing.
     """
     if not clean and mode != "fabricate":
         return None
@@ -88,8 +89,17 @@ def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -
         return len(adv) >= max(3 * len(clean), 1)
     if mode == "mislabel":
         todo = [c for c in clean if c["class_index"] != target]
-        return _kept(todo, adv, lambda c: target) == len(todo)
+        # All already the target: a success would count one the attack did not earn.
+        return _kept(todo, adv, lambda c: target) == len(todo) if todo else None
     return _kept(clean, adv, lambda c: c["class_index"]) == 0
+
+
+def _nothing_note(clean: list[dict], confidence: float, names: tuple[str, ...],
+                  target: int | None) -> str:  # fmt: skip
+    """Why :func:`success` gave no verdict: what the image holds ("nothing to attack: ...")."""
+    if not clean:
+        return f"no objects at score >= {confidence}"
+    return f"only objects of the target class {names[target]} at score >= {confidence}"
 
 
 def attack_file(
@@ -144,7 +154,7 @@ def attack_file(
         "title": f"{det.name}: {mode}{target_text} on {Path(path).name}",
         "kind": "detect-attack",
         "success": ok,
-        "note": None if ok is not None else f"no objects at score >= {confidence}",
+        "note": None if ok is not None else _nothing_note(clean, confidence, names, target),
         "source": {"path": os.fspath(path), "size": list(x.shape[:2])},
         "detector": {"name": det.name, "kind": det.kind, "sources": list(det.sources)},
         # The budget it had, defaults included, so the report claims no other.
