@@ -233,6 +233,15 @@ def _check_eval_memory(n: int, *, attacked: bool) -> None:
         )
 
 
+def _relabelled(rate: float | None) -> str:
+    """The mislabel rate's part of ``eval``'s objects line ("" without one)."""
+    if rate is None:
+        return ""
+    if math.isnan(rate):  # every clean object was of the target class already ("nan%")
+        return "; relabelled as target: - (no object of another class)"
+    return f"; relabelled as target: {100 * rate:.1f}%"
+
+
 @detect.command(name="eval")
 @click.option("--attack", "mode", type=click.Choice(_MODES), help="Also evaluate under attack.")
 @click.option("--target-class", help="Class name or index for --attack mislabel.")
@@ -284,11 +293,6 @@ def eval_cmd(
         if mode:
             click.echo(
                 f"  objects (score >= {det.confidence}): {result.clean_objects} -> "
-                f"{result.attacked_objects}"
-                + (
-                    f"; relabelled as target: {100 * result.mislabel_rate:.1f}%"
-                    if result.mislabel_rate is not None
-                    else ""
-                )
+                f"{result.attacked_objects}" + _relabelled(result.mislabel_rate)
             )
         click.echo(f"  {result.seconds:.1f}s")

@@ -5,11 +5,14 @@ are detections at the detector's operating point. The figures on 200 images are 
 by ``fool detect eval --images 200 --attack MODE`` and recorded in benchmarks/RESULTS.md.
 """
 
+import json
+
+import numpy as np
 import pytest
 
 from fooltools.detection import synthetic
-from fooltools.detection.detectors import OPERATING_POINTS, load_detector
-from fooltools.detection.evaluate import evaluate, operating_point
+from fooltools.detection.detectors import OPERATING_POINTS, Found, load_detector
+from fooltools.detection.evaluate import Evaluation, evaluate, mislabel_rate, operating_point
 
 N_IMAGES = 16
 
@@ -56,3 +59,14 @@ def test_untargeted_and_dag_lower_map(data, mode):
     # 200-image figures for both detectors are in benchmarks/RESULTS.md.
     result = evaluate(load_detector("yolo"), data, attack=mode, batch=16)
     assert result.attacked_map50 < 0.8 * result.clean_map50, result
+
+
+def test_json_of_a_mislabel_without_objects_to_relabel_is_json():
+    # Every clean object already of the target class: the rate is NaN, which json.dumps
+    # wrote as NaN and `fool detect eval --json`'s readers refused.
+    one = Found(
+        np.float32([[[0, 0, 10, 10]]]), np.float32([[0.9]]), np.int32([[1]]), np.bool_([[True]])
+    )
+    rate = mislabel_rate(one, one, 1, 0.5)
+    result = Evaluation("d", "mislabel", 1, 1.0, 1.0, 1.0, 1.0, {}, {}, 1, 1, rate, 0.0)
+    assert json.loads(json.dumps(result.as_json(), allow_nan=False))["mislabel_rate"] is None

@@ -10,6 +10,7 @@ threshold (0.05), which also credits faint leftovers of an attack.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, NamedTuple
 
@@ -40,7 +41,7 @@ class Evaluation(NamedTuple):
         attacked_objects: The same on the attacked images (None without an attack).
         mislabel_rate: For ``mislabel``: the fraction of clean objects not already of the
             target class whose best-overlapping attacked object (IoU >= 0.5) has the target
-            label; None otherwise.
+            label (NaN when there is none such; null in :meth:`as_json`); None otherwise.
         seconds: Wall time.
     """
 
@@ -59,8 +60,16 @@ class Evaluation(NamedTuple):
     seconds: float
 
     def as_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (``detector``, ``attack``, ``clean_map50``, ``attacked_map50``...)."""
-        return self._asdict()
+        """A JSON-ready dict (``detector``, ``attack``, ``clean_map50``, ``attacked_map50``...).
+
+        A NaN (a mislabel rate with no object to relabel) is None: json.dumps wrote it as
+        ``NaN``, which is not JSON, and ``--json``'s readers (jq, JSON.parse) refused it.
+        """
+        out = self._asdict()
+        rate = out["mislabel_rate"]
+        if rate is not None and math.isnan(rate):
+            out["mislabel_rate"] = None
+        return out
 
 
 def _concat(parts: list[Found]) -> Found:
