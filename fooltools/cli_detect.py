@@ -267,6 +267,9 @@ def eval_cmd(
         raise FoolError("--target-class is for --attack mislabel")
     if eps is not None and mode is None:
         raise FoolError("--eps is the budget of --attack; a clean evaluation takes none")
+    steps_given = click.get_current_context().get_parameter_source("steps")
+    if mode is None and steps_given is not click.core.ParameterSource.DEFAULT:
+        raise FoolError("--steps is for --attack; a clean evaluation takes none")
     _check_eval_memory(n, attacked=mode is not None)
     data = synthetic.make_dataset(synthetic.TEST_SEED, n)
     kinds = ("yolo", "faster-rcnn") if detectors == "both" else (detectors,)
