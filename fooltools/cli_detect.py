@@ -265,6 +265,9 @@ def eval_cmd(
 
     if target_class is not None and mode != "mislabel":
         raise FoolError("--target-class is for --attack mislabel")
+    # As fool detect attack: the first class, taken silently, was named in no output.
+    if mode == "mislabel" and target_class is None:
+        raise FoolError("--attack mislabel needs --target-class")
     if eps is not None and mode is None:
         raise FoolError("--eps is the budget of --attack; a clean evaluation takes none")
     steps_given = click.get_current_context().get_parameter_source("steps")
@@ -277,7 +280,7 @@ def eval_cmd(
         det = _load(kind, None, None)
         kw: dict[str, Any] = {"steps": steps} if mode else {}
         if mode == "mislabel":
-            kw["target_class"] = _target_index(det, target_class or det.class_names[0])
+            kw["target_class"] = _target_index(det, target_class)
         if mode and eps:
             kw["eps"] = parse_eps(eps)
         if mode:

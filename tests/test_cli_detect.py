@@ -114,6 +114,7 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
         (["eval", "--eps", "4/255"], ["--eps is the budget of --attack"]),
         # Silently ignored: a clean evaluation reported as if it had attacked for 50 steps.
         (["eval", "--steps", "50"], ["--steps is for --attack"]),
+        (["eval", "--attack", "mislabel"], ["--attack mislabel needs --target-class"]),
         # The held-out set is made whole: 366 GiB was a kernel OOM kill, not an error.
         (["eval", "--images", "2000000"], ["--images 2000000 needs at least 366.2 GiB"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
