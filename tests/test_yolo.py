@@ -218,6 +218,8 @@ def test_missing_file_is_a_one_line_model_error(tmp_path, which):
         ("[shortcut]\nfrom=-1\nalpha=0.5\n", r"line {2}: \[shortcut\] unsupported option alpha"),
         ("[route]\nlayers=-2,99\n", r"line {1}: \[route\] layers refers to layer 99"),
         ("[convolutional]\nactivation=selu\n", r"line {1}: .*unsupported activation=selu"),
+        # A traceback (ZeroDivisionError), not this line.
+        ("[maxpool]\nstride=0\nsize=2\n", r"line {0}: \[maxpool\] size=2 stride=0 does not"),
     ],
 )
 def test_unsupported_cfg_contents_name_the_section_and_line(tmp_path, patch, message):

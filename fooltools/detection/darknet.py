@@ -263,8 +263,9 @@ def _maxpool(o: _Options, index: int, shape, layers) -> Layer:
     stride = o.int("stride", 1)
     size = o.int("size", stride)  # Darknet's defaults, in this order
     padding = o.int("padding", size - 1)  # Darknet: size - 1 in total, the odd one after
-    h, w = ((n + padding - size) // stride + 1 for n in shape[:2])
-    if size < 1 or stride < 1 or h < 1 or w < 1:
+    fits = size >= 1 and stride >= 1  # checked first: stride=0 was a ZeroDivisionError
+    h, w = ((n + padding - size) // stride + 1 if fits else 0 for n in shape[:2])
+    if h < 1 or w < 1:
         raise o.error(f"size={size} stride={stride} does not fit a {shape[0]}x{shape[1]} input")
     return Layer("maxpool", o.line, (h, w, shape[2]), size=size, stride=stride, padding=padding)
 
