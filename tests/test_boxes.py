@@ -397,6 +397,19 @@ def test_map_difficult_and_padding() -> None:
     assert no_flags.num_gt == {0: 2} and no_flags.per_class[0] == pytest.approx(1.0)
 
 
+def test_map_takes_whole_number_float_labels() -> None:
+    # Float labels (a float array's, or empty lists') were a TypeError from list indexing.
+    gt = B.GroundTruth(np.float32([[0, 0, 10, 10]]), np.float32([1]))
+    det = B.Detections(np.float32([[0, 0, 10, 10]]), np.float32([0.9]), np.float64([1]))
+    res = B.evaluate_map([det], [gt], num_classes=2)
+    assert res.per_class == {1: pytest.approx(1.0)} and res.num_gt == {0: 0, 1: 1}
+    # An image without detections as empty lists: np.asarray([]) is float64.
+    none = B.evaluate_map([{"boxes": [], "scores": [], "labels": []}], [gt], num_classes=2)
+    assert none.per_class == {1: 0.0}
+    with pytest.raises(ValueError, match="labels must be whole numbers, got 0.5"):
+        B.evaluate_map([det._replace(labels=np.float32([0.5]))], [gt], num_classes=2)
+
+
 def test_map_rejects_bad_input() -> None:
     gt = gt_image([[0, 0, 10, 10]], [0])
     det = det_image([[0, 0, 10, 10]], [0.5], [0])

@@ -361,6 +361,19 @@ def _as_arrays(item: Any, names: tuple[str, ...], what: str, i: int) -> list[np.
     # An empty image may come as shape (0,) rather than (0, 4).
     boxes = out[0].reshape(-1, 4) if out[0].size == 0 else out[0]
     rest = [a.astype(np.int64) if a.dtype.kind in "iub" else a for a in out[1:]]
+    if "labels" in names:
+        # Whole-number float labels (0.0, 1.0, as from a float array) were a TypeError from
+        # indexing the per-class lists with them.
+        k = names.index("labels") - 1
+        labels = rest[k]
+        whole = labels.dtype.kind == "f" and np.all(np.round(labels) == labels)
+        if whole:
+            rest[k] = labels.astype(np.int64)
+        elif labels.dtype.kind != "i":
+            bad = (
+                labels[np.round(labels) != labels][0] if labels.dtype.kind == "f" else labels.dtype
+            )
+            raise ValueError(f"{what} {i}: labels must be whole numbers, got {bad}")
     if boxes.ndim != 2 or boxes.shape[1] != 4 or any(a.shape != boxes.shape[:1] for a in rest):
         shapes = ", ".join(str(a.shape) for a in out)
         raise ValueError(f"{what} {i}: expected boxes [K, 4] and [K] fields, got {shapes}")
