@@ -230,6 +230,14 @@ def test_unsupported_cfg_contents_name_the_section_and_line(tmp_path, patch, mes
         yolo.load_darknet(tmp_path / "bad.cfg")
 
 
+def test_a_network_that_is_not_rgb_is_refused_on_loading(tmp_path):
+    # A grey Darknet net (channels=1) loaded, then failed on the RGB image in a traceback.
+    text = (DATA / "tiny_v2.cfg").read_text().replace("channels=3", "channels=1")
+    (tmp_path / "grey.cfg").write_text(text)
+    with pytest.raises(ModelError, match=r"grey\.cfg: \[net\] channels=1 is unsupported"):
+        yolo.load_darknet(tmp_path / "grey.cfg")
+
+
 def test_head_channels_must_fit_anchors_and_classes():
     text = (DATA / "tiny_v2.cfg").read_text().replace("filters=27", "filters=26")
     with pytest.raises(ModelError, match=r"expects 27 input channels .* gives 26"):

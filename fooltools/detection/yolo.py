@@ -399,6 +399,12 @@ def load_darknet(
             weights that do not fit the cfg (with expected and found value counts).
     """
     cfg = parse_cfg(cfg_path)
+    if cfg.channels != 3:
+        # apply takes RGB images: a grey (channels=1) network was a JAX shape traceback.
+        raise ModelError(
+            f"{cfg.name}: [net] channels={cfg.channels} is unsupported: the detectors take RGB "
+            "images (channels=3)"
+        )
     if weights_path is None:
         params = init_params(jax.random.key(0), cfg)
     else:
