@@ -129,6 +129,13 @@ def test_bad_arguments(tiny_yolo, kwargs, message):
         attacks.detection_attack(tiny_yolo, **kwargs)
 
 
+def test_dag_on_a_one_class_detector_is_refused(tiny_yolo):
+    # Its random other label is the object's own: the attack ran and changed nothing.
+    one = tiny_yolo._replace(class_names=("c0",))
+    with pytest.raises(ValueError, match="dag gives each object another label"):
+        attacks.detection_attack(one, mode="dag")
+
+
 def test_budget_defaults_follow_the_norm():
     assert attacks.budget("linf", None, None) == (8 / 255, 2 / 255)  # TOG's
     assert attacks.budget("l2", None, None) == (3.0, 0.75)  # fool perturb's L2 radius

@@ -172,6 +172,9 @@ def check_arguments(
     k = len(detector.class_names)
     if mode == "mislabel" and (target_class is None or not 0 <= target_class < k):
         raise ValueError(f"mislabel needs a target class in [0, {k}), got {target_class}")
+    if mode == "dag" and k < 2:
+        # Every "other" label is the object's own: the loss is 0 and nothing changed.
+        raise ValueError(f"dag gives each object another label, and {detector.name} has 1 class")
 
 
 def detection_attack(
