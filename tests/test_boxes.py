@@ -384,6 +384,15 @@ def test_map_matching_respects_threshold_image_and_class() -> None:
     assert strict.per_class[0] == 0.0
 
 
+def test_map_at_iou_threshold_zero_needs_an_overlap() -> None:
+    # A detection far from the object was a hit at iou_threshold=0: mAP 1.
+    gts = [gt_image([[0, 0, 10, 10]], [0]), gt_image([[0, 0, 10, 10]], [0])]
+    dets = [det_image([[50, 50, 60, 60]], [0.9], [0]), det_image([[9, 9, 20, 20]], [0.8], [0])]
+    res = B.evaluate_map(dets, gts, num_classes=1, iou_threshold=0.0)
+    # FP, then TP (any overlap): precision 0, 1/2 at recall 0, 1/2 -> AP 1/2 * 1/2
+    assert res.per_class[0] == pytest.approx(0.25)
+
+
 def test_map_difficult_and_padding() -> None:
     gts = [
         gt_image([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]], [0, 0, -1], [False, True, False])

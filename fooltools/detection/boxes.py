@@ -392,7 +392,7 @@ def evaluate_map(
     For each class, all its detections over all images are sorted by decreasing score
     (stable: ties keep image order, then detection order). Each detection is matched to the
     unmatched ground truth of its class in its image with the highest IoU, provided that
-    IoU is ``>= iou_threshold``: a true positive. Otherwise it is a false positive (so a
+    IoU is ``>= iou_threshold`` (and > 0): a true positive. Otherwise it is a false positive (so a
     duplicate detection of an already found object is one), unless it overlaps a
     "difficult" object by the threshold, in which case it is ignored. AP is
     :func:`average_precision`; the mean is over classes with at least one non-difficult
@@ -489,12 +489,15 @@ def _match_image(
     if len(gboxes) == 0 or len(dboxes) == 0:
         return tp, ignored
     iou = np_box_iou(dboxes, gboxes)
+    # A box that does not overlap is no hit, even at iou_threshold=0 (it found every
+    # object anywhere in the image, and mAP@0 was 1 for any detections).
+    close = (iou >= iou_threshold) & (iou > 0)
     taken = gdiff.copy()  # difficult objects are never matched, only absorb detections
     for j in range(len(dboxes)):
-        free = np.where(taken, -1.0, iou[j])
+        free = np.where(taken | ~close[j], -1.0, iou[j])
         best = int(np.argmax(free))
-        if free[best] >= iou_threshold:
+        if free[best] >= 0:
             tp[j], taken[best] = True, True
-        elif np.any(gdiff & (iou[j] >= iou_threshold)):
+        elif np.any(gdiff & close[j]):
             ignored[j] = True
     return tp, ignored
