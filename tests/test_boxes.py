@@ -422,6 +422,9 @@ def test_map_takes_whole_number_float_labels() -> None:
 def test_map_rejects_bad_input() -> None:
     gt = gt_image([[0, 0, 10, 10]], [0])
     det = det_image([[0, 0, 10, 10]], [0.5], [0])
+    for bad in (float("nan"), 1.5):  # every detection a false positive: mAP 0, silently
+        with pytest.raises(ValueError, match="iou_threshold must be in"):
+            B.evaluate_map([det], [gt], num_classes=1, iou_threshold=bad)
     with pytest.raises(ValueError, match="2 detection entries but 1"):
         B.evaluate_map([det, det], [gt], num_classes=1)
     with pytest.raises(ValueError, match="label 3 >= 2"):

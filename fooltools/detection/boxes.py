@@ -410,9 +410,11 @@ def evaluate_map(
         A :class:`MapResult`.
 
     Raises:
-        ValueError: the lists differ in length, an entry has inconsistent shapes, or a label
-            is ``>= num_classes``.
+        ValueError: the lists differ in length, an entry has inconsistent shapes, a label
+            is ``>= num_classes``, or ``iou_threshold`` is not in [0, 1].
     """
+    if not 0 <= iou_threshold <= 1:  # NaN too: no detection would ever be a hit
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
     if len(detections) != len(ground_truths):
         raise ValueError(
             f"{len(detections)} detection entries but {len(ground_truths)} ground-truth entries"
