@@ -392,9 +392,9 @@ def evaluate_map(
     For each class, all its detections over all images are sorted by decreasing score
     (stable: ties keep image order, then detection order). Each detection is matched to the
     unmatched ground truth of its class in its image with the highest IoU, provided that
-    IoU is ``>= iou_threshold`` (and > 0): a true positive. Otherwise it is a false positive (so a
-    duplicate detection of an already found object is one), unless it overlaps a
-    "difficult" object by the threshold, in which case it is ignored. AP is
+    IoU is ``>= iou_threshold`` (and > 0): a true positive. Otherwise it is a false
+    positive (so a duplicate detection of an already found object is one), unless it
+    overlaps a "difficult" object by the threshold, in which case it is ignored. AP is
     :func:`average_precision`; the mean is over classes with at least one non-difficult
     ground truth, and a class with ground truth but no detections scores 0.
 
