@@ -387,12 +387,14 @@ def evaluate_map(
     num_classes: int,
     iou_threshold: float = 0.5,
 ) -> MapResult:
-    """Mean average precision over a set of images (PASCAL VOC style, mAP@0.5 by default).
+    """Mean average precision over a set of images (VOC's all-point AP, mAP@0.5 by default).
 
     For each class, all its detections over all images are sorted by decreasing score
     (stable: ties keep image order, then detection order). Each detection is matched to the
     unmatched ground truth of its class in its image with the highest IoU, provided that
-    IoU is ``>= iou_threshold`` (and > 0): a true positive. Otherwise it is a false
+    IoU is ``>= iou_threshold`` (and > 0): a true positive. This is COCO's matching; the
+    VOC devkit's takes the object of highest IoU even if already matched, and then counts
+    a false positive, which differs only where objects of one class overlap. Otherwise it is a false
     positive (so a duplicate detection of an already found object is one), unless it
     overlaps a "difficult" object by the threshold, in which case it is ignored. AP is
     :func:`average_precision`; the mean is over classes with at least one non-difficult
