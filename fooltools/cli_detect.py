@@ -208,7 +208,9 @@ def attack(
         click.echo(f"nothing to attack: {path} has {report['note']}")
     click.echo(
         f"{mode}: {m['clean_objects']} objects -> {m['adversarial_objects']}"
-        f"  L-inf {m['linf_255']:.0f}/255  L2 {m['l2']:.2f}  in {m['seconds']:.1f}s  -> {out}"
+        # L2 in 0-255 units, as L-inf and as fool perturb prints both.
+        f"  L-inf {m['linf_255']:.0f}/255  L2 {255 * m['l2']:.1f}/255  in {m['seconds']:.1f}s"
+        f"  -> {out}"
     )
 
 

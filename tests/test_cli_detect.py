@@ -58,14 +58,17 @@ def test_attack_run_directory(capsys, tmp_path, shapes_png):
 
 def test_l2_attack_has_an_l2_budget(capsys, tmp_path, shapes_png):
     # The L-inf defaults (8/255, step 2/255) read as an L2 radius changed nothing.
-    run_ok(
+    out = run_ok(
         capsys, "detect", "attack", shapes_png, "--mode", "vanish", "--norm", "l2", *NET,
         "--confidence", "0.3", "--steps", "1", "--out", str(tmp_path),
-    )  # fmt: skip
+    ).out  # fmt: skip
     report = json.loads((tmp_path / "report.json").read_text())
     attack = report["attack"]
     assert (attack["norm"], attack["eps"], attack["step_size"]) == ("l2", 3.0, 0.75)
     assert 0.5 <= report["metrics"]["l2"] <= 3.0
+    # In 0-255 units, as its L-inf and as fool perturb's: a bare "L2 2.91" beside
+    # "L-inf 37/255" read as a tiny change.
+    assert f"L2 {255 * report['metrics']['l2']:.1f}/255" in out
 
 
 def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_path, shapes_png):
@@ -98,6 +101,10 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
         (["attack", "{img}", "--mode", "vanish", "--eps", "1e400", *NET], ["--eps must be a"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "3", *NET],
          ["an L-inf eps is at most 1", "got 3"]),
+        # Under one 8-bit level no change survives the rounding: an unchanged image, FAILED.
+        (["attack", "{img}", "--mode", "vanish", "--eps", "0.5/255", *NET],
+         ["eps must be at least 1/255", "got 0.00196"]),
+        (["eval", "--attack", "vanish", "--eps", "0.001"], ["eps must be at least 1/255"]),
         (["attack", "{img}", "--mode", "vanish", "--step-size", "abc", *NET],
          ["--step-size must be a number", "'abc'"]),
         (["attack", "{img}", "--mode", "vanish", "--norm", "l2", "--step-size", "nan", *NET],

@@ -163,6 +163,10 @@ def check_arguments(
     eps, step_size = budget(norm, eps, step_size)
     if not (0 < eps < math.inf and 0 < step_size < math.inf):  # NaN fails both
         raise ValueError(f"eps and step size must be finite and > 0, got {eps} and {step_size}")
+    if eps < 1 / 255:
+        # Each change is rounded towards the original onto the 8-bit grid: under one level
+        # none survives, and the attack wrote its image unchanged as a failure.
+        raise ValueError(f"eps must be at least 1/255 (one 8-bit level), got {eps:g}")
     if norm == "linf" and eps > 1:
         raise ValueError(f"an L-inf eps is at most 1 (pixel values are in [0, 1]), got {eps:g}")
     if not 1 <= steps <= MAX_STEPS:
