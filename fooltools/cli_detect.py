@@ -66,7 +66,8 @@ def _detector_options(f: Callable) -> Callable:
                 "--confidence",
                 type=click.FloatRange(0, 1),
                 callback=_not_nan,
-                help="Score at which a detection counts as an object (drawn, counted) "
+                help="Score at which a detection counts as an object (drawn, counted); "
+                "both detectors return none under 0.05, so a lower one counts as 0.05 "
                 "[default: the detector's operating point: 0.7 bundled YOLO, 0.8 bundled "
                 "Faster R-CNN, 0.5 other weights].",
             ),
@@ -137,11 +138,13 @@ def image(
     from fooltools.io import make_dir, read_image, to_uint8, write_png
     from fooltools.perturb import default_out_dir
 
+    # Loaded first: synthetic:N is written into the run directory, which a wrong weights
+    # file then left behind holding it.
+    det = _load(detector, cfg, weights, variant)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect")
     path = resolve_image(image, out)
     x = read_image(path)
     make_dir(out)
-    det = _load(detector, cfg, weights, variant)
     found = det.detect(det.params, x[None])
     confidence = det.confidence if confidence is None else confidence
     dets = records(found, 0, det.class_names, confidence)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import random
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -89,7 +90,8 @@ class SearchConfig:
         elites: Best individuals copied unchanged into the next generation.
         cxpb: Probability that a pair of parents is recombined (encodings with a
             ``crossover`` only; the paper's 0.5 for the direct encoding).
-        stop_at: Stop the single-target search once the best confidence reaches this.
+        stop_at: Stop the single-target search once the best confidence reaches this
+            (None, or above 1: run every generation; NaN is refused).
     """
 
     population: int = 100
@@ -119,9 +121,9 @@ class SearchConfig:
         ]
         if not 0 <= self.cxpb <= 1:
             bad.append(f"cxpb must be in [0, 1], got {self.cxpb}")
-        if self.stop_at is not None and not 0 <= self.stop_at <= 1:
-            # A confidence never reaches NaN or 1.5: the run went on to its last generation.
-            bad.append(f"stop_at must be in [0, 1] or None, got {self.stop_at}")
+        if self.stop_at is not None and math.isnan(self.stop_at):
+            # Never reached, as None (no stop) or a stop above 1 is, but by accident.
+            bad.append("stop_at must be a number (above 1: no stop) or None, got nan")
         if bad:
             raise ValueError("; ".join(bad))
 
