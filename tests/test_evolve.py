@@ -546,6 +546,14 @@ def test_a_full_disk_under_the_history_is_one_error(tmp_path):
     assert saved == []
 
 
+def _cppn_search(kind, tiny, cfg, out, resume=False):
+    """The CPPN GA (``kind`` "ga") or ES ("es") search for class 15 on ``tiny``, seed 3."""
+    kw = {"seed": 3, "out": out, "resume": resume}
+    if kind == "es":
+        return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
+    return evolve_single(tiny, cppn(), "cppn", 15, cfg, **kw)
+
+
 @pytest.mark.parametrize("kind", ["ga", "es"])
 def test_ctrl_c_in_the_first_generation_leaves_a_run_to_resume(tiny, tmp_path, monkeypatch, kind):
     # Each search saves its first population before generation 1: Ctrl-C there says so
@@ -554,10 +562,7 @@ def test_ctrl_c_in_the_first_generation_leaves_a_run_to_resume(tiny, tmp_path, m
     cfg = SearchConfig(population=P, generations=3, elites=2, stop_at=None)
 
     def run(out, resume=False):
-        kw = {"seed": 3, "out": out, "resume": resume}
-        if kind == "es":
-            return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
-        return evolve_single(tiny, cppn(), "cppn", 15, cfg, **kw)
+        return _cppn_search(kind, tiny, cfg, out, resume)
 
     def interrupted(*args):
         raise KeyboardInterrupt
@@ -590,10 +595,7 @@ def test_ctrl_c_while_a_generation_is_collected_saves_one_generations_state(
     cfg = SearchConfig(population=P, generations=5, elites=2, stop_at=None)
 
     def run(out, resume=False):
-        kw = {"seed": 3, "out": out, "resume": resume}
-        if kind == "es":
-            return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
-        return evolve_single(tiny, cppn(), "cppn", 15, cfg, **kw)
+        return _cppn_search(kind, tiny, cfg, out, resume)
 
     record_best = run_module.record_best
 
