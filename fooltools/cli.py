@@ -14,13 +14,17 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fooltools import __version__
-from fooltools.errors import FoolError, one_line
+from fooltools.errors import FoolError, ImageError, one_line
 from fooltools.limits import SEED_MAX
+
+if TYPE_CHECKING:  # imported lazily at run time: JAX would slow `fool --help`
+    from fooltools.classify import Prediction
+    from fooltools.models.base import Classifier
 
 EXIT_USAGE = 2
 # jax.random.key keeps a seed's low 32 bits (and overflows past 64): seeds 2^32 apart gave
@@ -168,8 +172,8 @@ def classify(
 ) -> None:
     """Print the top classes of each IMAGE.
 
-    Images are read and printed a batch at a time: an unreadable one stops the command
-    (one line, exit 2) after the lines of the batches before it.
+    Images are read and printed a batch at a time. An unreadable one gets an error line
+    on stderr in its place and the others are still classified; the exit status is then 2.
     """
     from fooltools import io
     from fooltools.classify import CHUNK, probabilities, top_k
@@ -182,26 +186,43 @@ def classify(
     # A batch of paths at a time, each image decoded only as probabilities() reaches it:
     # reading every image first held them all at full resolution (float32, 144 MB per
     # 12-megapixel photo), so `fool classify photos/*.jpg` ran out of memory.
-    batches = (paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK))
-    results = (
-        (path, probs)
-        for batch in batches
-        for path, probs in zip(
-            batch, probabilities(clf, (io.read_image(p) for p in batch)), strict=True
-        )
-    )
-    for path, probs in results:
-        pred = top_k(clf, probs, k)
-        if as_json:
-            top = [
-                {"index": i, "label": lab, "prob": round(p, 6)}
-                for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True)
-            ]
-            click.echo(json.dumps({"image": str(path), **clf.record, "top": top}))
-        else:
-            click.echo(f"{path}  ({clf.name})")
-            for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True):
-                click.echo(f"  {i:4d}  {lab:30s} {100 * p:6.2f}%")
+    failed = False
+    for start in range(0, len(paths), CHUNK):
+        batch = paths[start : start + CHUNK]
+        try:
+            results = list(zip(batch, probabilities(clf, map(io.read_image, batch)), strict=True))
+        except ImageError:
+            # One bad file lost the results of every image of its batch and of those after
+            # it. Rare, so the batch is simply redone an image at a time to find which.
+            results = []
+            for path in batch:
+                try:
+                    results.append((path, probabilities(clf, [io.read_image(path)])[0]))
+                except ImageError as err:
+                    results.append((path, err))
+        for path, probs in results:
+            if isinstance(probs, ImageError):
+                click.echo(f"error: {one_line(probs)}", err=True)
+                failed = True
+                continue
+            _print_prediction(clf, path, top_k(clf, probs, k), as_json)
+    if failed:
+        # Not click's Exit: with standalone_mode=False click returns its code, lost in main().
+        sys.exit(EXIT_USAGE)
+
+
+def _print_prediction(clf: Classifier, path: Path, pred: Prediction, as_json: bool) -> None:
+    """Print ``fool classify``'s lines for one image: a JSON object, or a small table."""
+    if as_json:
+        top = [
+            {"index": i, "label": lab, "prob": round(p, 6)}
+            for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True)
+        ]
+        click.echo(json.dumps({"image": str(path), **clf.record, "top": top}))
+    else:
+        click.echo(f"{path}  ({clf.name})")
+        for i, lab, p in zip(pred.indices, pred.labels, pred.probs, strict=True):
+            click.echo(f"  {i:4d}  {lab:30s} {100 * p:6.2f}%")
 
 
 def parse_eps(text: str | None, option: str = "--eps") -> float | None:

@@ -114,6 +114,23 @@ def test_classify_reads_images_as_it_goes(capsys, monkeypatch, tmp_path):
     assert len(lines) == 4 and len(alive) == 4  # the fifth did not decode
 
 
+def test_classify_bad_files_lose_no_other_results(capsys, tmp_path):
+    # One unreadable (or too elongated) file in a batch lost the lines of every image of
+    # that batch and of all after it: now each bad file is one error line, in its place.
+    bad = tmp_path / "notes.png"
+    bad.write_text("these are not pixels\n")
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((1, 600, 3), np.uint8)).save(strip)
+    code, out, err = run(capsys, "classify", "sample:cat", str(bad), "sample:coffee",
+                         str(strip), "--top", "1", "--json")  # fmt: skip
+    assert code == 2
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["top"][0]["label"] for line in lines] == ["Egyptian cat", "espresso"]
+    errors = err.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors), err
+    assert "notes.png" in errors[0] and "600x1 pixels is too elongated" in errors[1]
+
+
 def test_classify_table_other_model(capsys):
     out, _ = run_ok(capsys, "classify", str(sample_path("coffee")), "--model", "efficientnet_lite1")
     assert "efficientnet_lite1.in1k" in out
