@@ -81,7 +81,8 @@ class LabelSet:
         Args:
             query: A class index (an int or a string of digits), a WordNet id, or a
                 display name or synonym, matched ignoring case, ``_``, ``-`` and extra
-                whitespace.
+                whitespace; or names of one class joined by commas, as in ImageNet's
+                ``synset_words.txt`` ("tench, Tinca tinca").
 
         Raises:
             UnknownClassError: If the index is out of range, the name is unknown (the
@@ -102,7 +103,7 @@ class LabelSet:
         key = _normalise(text)
         if not key:
             raise UnknownClassError(f"empty class name; {self._usage()}")
-        found = self._index.get(key, ())
+        found = self._index.get(key, ()) or self._listed(key)
         if len(found) == 1:
             return found[0]
         if not found:
@@ -141,6 +142,19 @@ class LabelSet:
         if isinstance(query, str):
             ranked += self._rank(_normalise(query))
         return [(i, self.names[i]) for i in list(dict.fromkeys(ranked))[: max(n, 0)]]
+
+    def _listed(self, key: str) -> tuple[int, ...]:
+        """Returns the one class of which ``key`` lists names, comma-separated, if any.
+
+        ImageNet's ``synset_words.txt`` (Caffe's, and the class lists copied from it) gives
+        each class as its names joined by commas, "tench, Tinca tinca": pasted whole, such a
+        line was an unknown class. Every listed name must be one of the class's.
+        """
+        parts = [part.strip() for part in key.split(",")]
+        if len(parts) < 2 or not all(part in self._index for part in parts):
+            return ()
+        common = set.intersection(*(set(self._index[part]) for part in parts))
+        return tuple(common) if len(common) == 1 else ()
 
     def _rank(self, key: str) -> list[int]:
         """Returns the indices of classes with names like ``key``, best first, without repeats.

@@ -93,6 +93,11 @@ def test_imagenet_has_1000_classes_with_unique_names_and_wnids():
         ("partridge", 86),  # Display name of 86, synonym of 82.
         ("Cardigan", 264),  # The corgi; "cardigan" is the sweater.
         ("cardigan", 474),
+        # Lines of ImageNet's synset_words.txt: a class's names, joined by commas.
+        ("tench, Tinca tinca", 0),
+        ("great white shark, white shark, man-eater, man-eating shark, Carcharodon carcharias", 2),
+        ("maillot, tank suit", 639),  # "maillot" alone is ambiguous
+        ("Tights for gymnastics, a one-piece leotard, or a sport jersey", 638),
     ],
 )
 def test_lookup(query, index):
@@ -128,6 +133,12 @@ def test_ambiguous_synonym_lists_candidates():
     assert message.startswith('"MAILLOT" is ambiguous: 638 (')
     assert "639 (one-piece bathing suit)" in message
     assert "264 (Cardigan), 474 (cardigan)" in _lookup_error("CARDIGAN")
+
+
+def test_names_of_different_classes_listed_together_are_unknown():
+    assert _lookup_error("tench, robin").startswith('unknown class "tench, robin"; did you mean')
+    assert _lookup_error("crane, tench").startswith('unknown class "crane, tench"')
+    assert _lookup_error("crane, crane").startswith('unknown class "crane, crane"')  # 134 or 517
 
 
 def test_unknown_class_suggests_close_names():
