@@ -63,6 +63,8 @@ def probabilities(clf: Classifier, images: Iterable[np.ndarray]) -> np.ndarray:
         ValueError: An image is not of shape (H, W, 3) (a batch would be cut to its first
             image), has an integer dtype, or values outside
             :data:`fooltools.io.PIXEL_RANGE`.
+        ImageError: An image is too elongated for the model's resize (see
+            :func:`fooltools.io.resize_shorter`); raised by the iterator's reads too.
     """
     preprocess, apply = _jitted(clf)
     inputs = [preprocess(_one_image(img))[0] for img in images]
