@@ -23,6 +23,8 @@ from fooltools.errors import FoolError, ImageError, one_line
 from fooltools.limits import SEED_MAX
 
 if TYPE_CHECKING:  # imported lazily at run time: JAX would slow `fool --help`
+    import numpy as np
+
     from fooltools.classify import Prediction
     from fooltools.models.base import Classifier
 
@@ -182,30 +184,33 @@ def classify(
 
     crops = crop_views.check(crops)
     clf = crop_views.averaged(load_model(model_name or DEFAULT_MODEL, weights=weights), crops)
-    paths = [resolve_image(a) for a in images]
+
+    def read(arg: str) -> np.ndarray:
+        return io.read_image(resolve_image(arg))  # a mistyped sample: a bad image like others
+
     # A batch of paths at a time, each image decoded only as probabilities() reaches it:
     # reading every image first held them all at full resolution (float32, 144 MB per
     # 12-megapixel photo), so `fool classify photos/*.jpg` ran out of memory.
     failed = False
-    for start in range(0, len(paths), CHUNK):
-        batch = paths[start : start + CHUNK]
+    for start in range(0, len(images), CHUNK):
+        batch = images[start : start + CHUNK]
         try:
-            results = list(zip(batch, probabilities(clf, map(io.read_image, batch)), strict=True))
+            results = list(zip(batch, probabilities(clf, map(read, batch)), strict=True))
         except ImageError:
             # One bad file lost the results of every image of its batch and of those after
             # it. Rare, so the batch is simply redone an image at a time to find which.
             results = []
-            for path in batch:
+            for arg in batch:
                 try:
-                    results.append((path, probabilities(clf, [io.read_image(path)])[0]))
+                    results.append((arg, probabilities(clf, [read(arg)])[0]))
                 except ImageError as err:
-                    results.append((path, err))
-        for path, probs in results:
+                    results.append((arg, err))
+        for arg, probs in results:
             if isinstance(probs, ImageError):
                 click.echo(f"error: {one_line(probs)}", err=True)
                 failed = True
                 continue
-            _print_prediction(clf, path, top_k(clf, probs, k), as_json)
+            _print_prediction(clf, resolve_image(arg), top_k(clf, probs, k), as_json)
     if failed:
         # Not click's Exit: with standalone_mode=False click returns its code, lost in main().
         sys.exit(EXIT_USAGE)

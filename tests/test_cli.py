@@ -122,13 +122,15 @@ def test_classify_bad_files_lose_no_other_results(capsys, tmp_path):
     strip = tmp_path / "strip.png"
     Image.fromarray(np.zeros((1, 600, 3), np.uint8)).save(strip)
     code, out, err = run(capsys, "classify", "sample:cat", str(bad), "sample:coffee",
-                         str(strip), "--top", "1", "--json")  # fmt: skip
+                         str(strip), "sample:dog", "--top", "1", "--json")  # fmt: skip
     assert code == 2
     lines = [json.loads(line) for line in out.strip().splitlines()]
     assert [line["top"][0]["label"] for line in lines] == ["Egyptian cat", "espresso"]
+    assert lines[0]["image"] == str(sample_path("cat"))
     errors = err.strip().splitlines()
-    assert len(errors) == 2 and all(e.startswith("error: ") for e in errors), err
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors), err
     assert "notes.png" in errors[0] and "600x1 pixels is too elongated" in errors[1]
+    assert "unknown sample 'dog'" in errors[2]
 
 
 def test_classify_table_other_model(capsys):
