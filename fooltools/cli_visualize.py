@@ -47,6 +47,7 @@ def _at_least(flag: str, value: int | None, low: int) -> None:
         raise FoolError(f"{flag} must be >= {low}, got {value}")
 
 
+STRIP = "progress.png"  # as fooltools.visualize.run.STRIP, without importing JAX
 MAX_SNAPSHOTS = 100  # cells of the progress strip, each kept in memory until it is drawn
 
 
@@ -114,17 +115,38 @@ def _model(model_name: str | None, weights: str | None) -> Any:
     return load_model(model_name or DEFAULT_MODEL, weights=weights)
 
 
-def _check_out(out_dir: str | None) -> None:
-    """Refuse an ``--out`` that holds a run, before the model is loaded.
+def _check_out(
+    out_dir: str | None, images: tuple[str, ...] = (), writes: Callable[[str], bool] = bool
+) -> None:
+    """Refuse an ``--out`` that holds a run, or an input the run would write over.
 
     The commands write their files one after another, so into an earlier run's directory
     (any command's) they overwrote its report and images and left its other files beside
-    the new ones.
+    the new ones. An input photo in ``--out`` named as an output (``fool style
+    content.png style.png --out .``) was replaced by its shrunk copy. Both are checked
+    before the model is loaded.
+
+    Args:
+        out_dir: The ``--out`` given, or None for a new default directory.
+        images: The command's image arguments (paths or ``sample:NAME``).
+        writes: Whether the run writes a file of this name into ``out_dir``.
     """
+    import os
+
     from fooltools.perturb import check_out_dir
 
-    if out_dir:
-        check_out_dir(out_dir)
+    if not out_dir:
+        return
+    check_out_dir(out_dir)
+    for arg in images:
+        path = resolve_image(arg)
+        target = Path(out_dir) / path.name
+        if writes(path.name) and path.is_file() and target.is_file():
+            if os.path.samefile(path, target):
+                raise FoolError(
+                    f"{arg} is in --out {out_dir} and the run writes its own {path.name} "
+                    "there (it would replace your photo): choose another --out"
+                )
 
 
 def _out(out_dir: str | None, kind: str) -> Path:
@@ -233,7 +255,11 @@ def invert_cmd(
     if not 1 <= beta <= inversion.MAX_EXPONENT:  # also refuses NaN
         raise FoolError(f"--beta must be in [1, {inversion.MAX_EXPONENT:g}], got {beta:g}")
 
-    _check_out(out_dir)
+    _check_out(
+        out_dir,
+        (image,),
+        lambda name: name in ("original.png", STRIP) or name.startswith("reconstruction-"),
+    )
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).
     names = list(dict.fromkeys(layers.check_layer(clf, n, option="--layer") for n in layer_names))
@@ -406,7 +432,7 @@ def dream_cmd(
 
     from fooltools.visualize import common, deepdream, layers, run
 
-    _check_out(out_dir)
+    _check_out(out_dir, (image,), lambda name: name in ("original.png", "dream.png", STRIP))
     clf = _model(model_name, weights)
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
@@ -494,7 +520,8 @@ def style_cmd(
     from fooltools.visualize import layers, run
     from fooltools.visualize import style as style_mod
 
-    _check_out(out_dir)
+    outputs = ("content.png", "style.png", "result.png", STRIP)
+    _check_out(out_dir, (content, style), lambda name: name in outputs)
     clf = _model(model_name, weights)
     if content_layer is not None:
         layers.check_layer(clf, content_layer, option="--content-layer")

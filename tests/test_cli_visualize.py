@@ -382,6 +382,35 @@ def test_an_out_holding_a_run_is_refused_before_any_work(capsys, tmp_path, monke
     assert (tmp_path / "report.json").read_text() == '{"title": "an earlier run"}'
 
 
+@pytest.mark.parametrize(
+    ("args", "photo"),
+    [
+        (["invert", "original.png", "--layer", "pool"], "original.png"),
+        (["dream", "dream.png", "--layer", "head"], "dream.png"),
+        (["style", "content.png", "sample:coffee"], "content.png"),
+        (["style", "sample:cat", "style.png"], "style.png"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v[0],
+)
+def test_an_input_photo_the_run_would_write_over_is_refused(
+    capsys, tmp_path, monkeypatch, args, photo
+):
+    # `fool style content.png style.png --out .` replaced both photos by their shrunk
+    # copies (the run writes content.png and style.png), silently and for good.
+    import shutil
+
+    from fooltools import io, models
+
+    shutil.copy(io.sample_path("cat"), tmp_path / photo)
+    before = (tmp_path / photo).read_bytes()
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *args, "--steps", "1", "--size", "32", "--out", ".")
+    assert_one_line_error(code, err, f"{photo} is in --out . and the run writes its own {photo}")
+    assert [p.name for p in tmp_path.iterdir()] == [photo]
+    assert (tmp_path / photo).read_bytes() == before
+
+
 @pytest.mark.parametrize("size", [13378, 3_000_000_000, 10**20])
 def test_a_side_past_what_can_be_saved_is_refused(capsys, tmp_path, monkeypatch, size):
     # A PNG past Pillow's limit could not be read back once the run was done; 3e9 ended
