@@ -332,7 +332,7 @@ def visualize_cmd(
         raise FoolError("--layer goes with --channel; a class visualisation uses the logits")
     if channels and not layer_names:
         raise FoolError("--channel needs --layer NAME (`fool layers` lists them)")
-    if channels and layer_names == "logits":
+    if channels and layer_names.strip() == "logits":  # check_layer ignores the spaces
         # The library takes layer "logits" for the class objective (log-softmax), so a
         # logit "channel" would silently be a class visualisation: say so instead.
         use = " ".join(f"--class {c}" for c in channels)

@@ -272,10 +272,15 @@ def test_visualize_needs_a_class_or_a_channel(capsys):
     assert_one_line_error(code, err, "--channel 1280 is out of range", "0..1279")
 
 
-def test_a_logit_channel_is_refused_for_class(capsys, tmp_path):
+@pytest.mark.parametrize("logits", ["logits", " logits", "logits "])
+def test_a_logit_channel_is_refused_for_class(capsys, tmp_path, monkeypatch, logits):
     # It ran a class visualisation (log-softmax, "what ... thinks robin looks like")
-    # under the name of a channel objective.
-    args = ["visualize", "--layer", "logits", "--channel", "15", "--channel", "9"]
+    # under the name of a channel objective; " logits", which names the same layer (its
+    # spaces are ignored), still did.
+    from fooltools import models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    args = ["visualize", "--layer", logits, "--channel", "15", "--channel", "9"]
     code, _, err = run(capsys, *args, "--size", "32", "--steps", "1", "--out", tmp_path)
     assert_one_line_error(code, err, "--layer logits with --channel", "use --class 15 --class 9")
     assert not (tmp_path / "report.json").exists()
