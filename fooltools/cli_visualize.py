@@ -421,8 +421,8 @@ def dream_cmd(
     that already holds a run is refused.
     """
     check_positive(lr=lr)
-    if not octave_scale > 1:
-        raise FoolError(f"--octave-scale must be > 1, got {octave_scale:g}")
+    if not (math.isfinite(octave_scale) and octave_scale > 1):  # inf is not JSON
+        raise FoolError(f"--octave-scale must be a finite number > 1, got {octave_scale:g}")
     _at_least("--octaves", octaves, 1)
     _check_steps(steps)
     _at_least("--size", size, 16)

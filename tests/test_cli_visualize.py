@@ -256,7 +256,12 @@ def test_unknown_class_suggests_close_names(capsys):
         ),  # fmt: skip
         (
             ["dream", "sample:cat", "--layer", "head", "--octave-scale", "1"],
-            "--octave-scale must be > 1",
+            "--octave-scale must be a finite number > 1, got 1",
+        ),
+        # With one octave it ran, and report.json held "Infinity", which is not JSON.
+        (
+            ["dream", "sample:cat", "--layer", "head", "--octaves", "1", "--octave-scale", "inf"],
+            "--octave-scale must be a finite number > 1, got inf",
         ),
     ],
 )
