@@ -274,6 +274,17 @@ def test_style_layers_one_name_is_one_layer_and_none_given_is_refused(lite0):
         style.stylize(jax.random.key(0), lite0, cat, cat, style_layers="block1", content_weight=0)
 
 
+def test_a_repeated_style_layer_counts_once(lite0):
+    # The style loss is the mean over the layers: "stem,stem" (or " stem" beside "stem",
+    # the same layer) weighed stem twice, and the report listed it twice.
+    cat = io.read_image(io.sample_path("cat"))
+    result = style.stylize(
+        jax.random.key(0), lite0, cat, cat, style_layers=["stem", " stem", "stem"], steps=1,
+        size=16,
+    )  # fmt: skip
+    assert result.style_layers == ("stem",)
+
+
 def test_8bit_photos_are_refused_not_clipped_to_white(lite0):
     # uint8 0..255 cast to float and clipped to [0, 1] was a white photo: inverted,
     # dreamt on or styled without a word.

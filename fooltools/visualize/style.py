@@ -147,7 +147,7 @@ def stylize(
         content: Shape (H, W, 3) in [0, 1].
         style: Shape (H', W', 3) in [0, 1]; resized and cropped to the content's size.
         content_layer: Layer name; default :func:`.layers.default_content_layer`.
-        style_layers: Spatial layer names, or one name; default
+        style_layers: Spatial layer names (a repeated one counts once), or one name; default
             :func:`.layers.default_style_layers`.
         size: Longest side of the working image (the content is shrunk to it); None
             keeps the content's size.
@@ -178,8 +178,12 @@ def stylize(
         chosen = (style_layers,) if isinstance(style_layers, str) else tuple(style_layers)
         if not chosen:
             raise ValueError("give at least one style layer (None: the defaults)")
+    # Each layer once: the style loss is a mean over the layers, and a repeated one
+    # ("stem,stem,block1") silently counted twice in it.
     chosen = tuple(
-        layers.check_layer(clf, k, spatial=True, option="the style layers") for k in chosen
+        dict.fromkeys(
+            layers.check_layer(clf, k, spatial=True, option="the style layers") for k in chosen
+        )
     )
     for name, value in (
         ("content_weight", content_weight),
