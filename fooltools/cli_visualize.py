@@ -188,6 +188,21 @@ def _layer_option(help_text: str, **kwargs: Any) -> Callable:
     return click.option("--layer", "layer_names", help=help_text, **kwargs)
 
 
+def _one_layer(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str | None:
+    """The ``--layer`` of a command that takes one; a repeated ``--layer`` is refused.
+
+    Click kept the last one without a word: ``fool dream --layer block3 --layer block8``
+    dreamed on block8 alone, though ``fool invert`` takes several and its ``--layer`` is
+    repeated just so.
+    """
+    del param
+    if len(value) > 1:
+        raise FoolError(
+            f"fool {ctx.command.name} takes one --layer, got {len(value)}: {', '.join(value)}"
+        )
+    return value[0] if value else None
+
+
 def _every(default: str) -> Callable:
     return click.option(
         "--every", type=int, help=f"Progress-strip period in steps [default: {default}]."
@@ -296,7 +311,9 @@ def invert_cmd(
     help="Class to show: name, synonym, WordNet id or index; repeat for several.",
 )
 @_layer_option(
-    "With --channel: the layer whose channel to drive (`fool layers`; not logits: --class)."
+    "With --channel: the layer whose channel to drive (`fool layers`; not logits: --class).",
+    multiple=True,
+    callback=_one_layer,
 )
 @click.option("--channel", "channels", type=int, multiple=True, help="Channel index of --layer.")
 @click.option("--steps", type=int, default=_VIZ["steps"], show_default=True)
@@ -386,7 +403,12 @@ def visualize_cmd(
 
 @click.command(name="dream")
 @click.argument("image")
-@_layer_option("Layer whose activations to amplify (`fool layers`).", required=True)
+@_layer_option(
+    "Layer whose activations to amplify (`fool layers`).",
+    required=True,
+    multiple=True,
+    callback=_one_layer,
+)
 @click.option("--octaves", type=int, default=_DREAM["octaves"], show_default=True)
 @click.option("--octave-scale", type=float, default=_DREAM["scale"], show_default=True)
 @click.option(

@@ -291,6 +291,25 @@ def test_a_logit_channel_is_refused_for_class(capsys, tmp_path, monkeypatch, log
     assert not (tmp_path / "report.json").exists()
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dream", "sample:cat", "--layer", "block3", "--layer", "block8"],
+        ["visualize", "--layer", "block3", "--layer", "block8", "--channel", "1"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_a_second_layer_is_refused_where_one_is_taken(capsys, tmp_path, monkeypatch, args):
+    # Click kept the last --layer without a word: dream ran on block8 alone, though
+    # `fool invert` takes several --layer and a user repeats it just so.
+    from fooltools import models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    code, _, err = run(capsys, *args, "--out", tmp_path / "run")
+    assert_one_line_error(code, err, f"fool {args[0]} takes one --layer, got 2: block3, block8")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("past", [1, 3_000_000_000])
 def test_jitter_beyond_the_image_side_is_refused(capsys, tmp_path, past):
     # The shift wraps around, so one past the side does nothing more; 3e9 overflowed int32.
