@@ -189,16 +189,19 @@ def _layer_option(help_text: str, **kwargs: Any) -> Callable:
 
 
 def _one_layer(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> str | None:
-    """The ``--layer`` of a command that takes one; a repeated ``--layer`` is refused.
+    """The value of a layer option given at most once; a repeated one is refused.
 
     Click kept the last one without a word: ``fool dream --layer block3 --layer block8``
     dreamed on block8 alone, though ``fool invert`` takes several and its ``--layer`` is
-    repeated just so.
+    repeated just so; ``fool style --style-layers stem --style-layers block1`` matched
+    block1's style only.
     """
-    del param
+    flag = param.opts[0]
     if len(value) > 1:
+        several = " (comma-separated for several)" if flag == "--style-layers" else ""
         raise FoolError(
-            f"fool {ctx.command.name} takes one --layer, got {len(value)}: {', '.join(value)}"
+            f"fool {ctx.command.name} takes one {flag}{several}, got {len(value)}: "
+            f"{', '.join(value)}"
         )
     return value[0] if value else None
 
@@ -493,8 +496,18 @@ def _split(text: str | None) -> list[str] | None:
 @click.option("--content-weight", type=float, default=_STYLE["content"], show_default=True)
 @click.option("--style-weight", type=float, default=_STYLE["style"], show_default=True)
 @click.option("--tv-weight", type=float, default=_STYLE["tv"], show_default=True)
-@click.option("--content-layer", help="[default: second map at stride 16]")
-@click.option("--style-layers", help="Comma-separated [default: first map of each stride].")
+@click.option(
+    "--content-layer",
+    multiple=True,
+    callback=_one_layer,
+    help="[default: second map at stride 16]",
+)
+@click.option(
+    "--style-layers",
+    multiple=True,
+    callback=_one_layer,
+    help="Comma-separated [default: first map of each stride].",
+)
 @click.option("--steps", type=int, default=_STYLE["steps"], show_default=True)
 @click.option(
     "--size",

@@ -292,21 +292,25 @@ def test_a_logit_channel_is_refused_for_class(capsys, tmp_path, monkeypatch, log
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "flag"),
     [
-        ["dream", "sample:cat", "--layer", "block3", "--layer", "block8"],
-        ["visualize", "--layer", "block3", "--layer", "block8", "--channel", "1"],
+        (["dream", "sample:cat"], "--layer"),
+        (["visualize", "--channel", "1"], "--layer"),
+        (["style", "sample:cat", "sample:coffee"], "--content-layer"),
+        (["style", "sample:cat", "sample:coffee"], "--style-layers"),
     ],
-    ids=lambda args: args[0],
+    ids=lambda v: v if isinstance(v, str) else v[0],
 )
-def test_a_second_layer_is_refused_where_one_is_taken(capsys, tmp_path, monkeypatch, args):
-    # Click kept the last --layer without a word: dream ran on block8 alone, though
-    # `fool invert` takes several --layer and a user repeats it just so.
+def test_a_second_layer_is_refused_where_one_is_taken(capsys, tmp_path, monkeypatch, args, flag):
+    # Click kept the last one without a word: dream ran on block8 alone, though `fool
+    # invert` takes several --layer and a user repeats it just so; style matched the last
+    # --style-layers only.
     from fooltools import models
 
     monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
-    code, _, err = run(capsys, *args, "--out", tmp_path / "run")
-    assert_one_line_error(code, err, f"fool {args[0]} takes one --layer, got 2: block3, block8")
+    twice = [flag, "block3", flag, "block8"]
+    code, _, err = run(capsys, *args, *twice, "--out", tmp_path / "run")
+    assert_one_line_error(code, err, f"fool {args[0]} takes one {flag}", "got 2: block3, block8")
     assert not (tmp_path / "run").exists()
 
 
