@@ -59,6 +59,14 @@ def _check_every(every: int | None, steps: int, runs: int = 1) -> None:
     """
     _at_least("--every", every, 1)
     taken = 0 if every is None else runs * -(-steps // every)
+    if taken > MAX_SNAPSHOTS and runs > MAX_SNAPSHOTS:
+        # Each run (octave) ends in a snapshot, so no period helps: "use --every N" named
+        # one that was refused in turn.
+        raise FoolError(
+            f"--every {every} takes {taken} snapshots; the progress strip holds at most "
+            f"{MAX_SNAPSHOTS}, and each of the {runs} octaves ends in one: use "
+            f"--octaves {MAX_SNAPSHOTS} or fewer"
+        )
     if taken > MAX_SNAPSHOTS:
         least = -(-steps // max(MAX_SNAPSHOTS // runs, 1))
         raise FoolError(

@@ -481,6 +481,11 @@ def test_starts_past_int32_are_refused(capsys, tmp_path, monkeypatch):
         (["dream", "sample:cat", "--layer", "pool", "--octaves", "4", "--steps", "100",
           "--every", "3"], "--every 3 takes 136 snapshots; the progress strip holds at most "
          "100: use --every 4"),  # 4 octaves of 34
+        # It said "use --every 20", which was refused in turn: each octave ends in one.
+        (["dream", "sample:cat", "--layer", "pool", "--octaves", "150", "--octave-scale",
+          "1.01", "--steps", "20", "--every", "20"], "--every 20 takes 150 snapshots; the "
+         "progress strip holds at most 100, and each of the 150 octaves ends in one: use "
+         "--octaves 100 or fewer"),
         (["style", "a.png", "b.png", "--steps", "100000", "--every", "1"], "100000 snapshots"),
     ],
 )  # fmt: skip
