@@ -285,6 +285,19 @@ def test_a_repeated_style_layer_counts_once(lite0):
     assert result.style_layers == ("stem",)
 
 
+def test_a_class_given_twice_keeps_both_confidences_in_the_metrics(lite0, tmp_path):
+    # `--class robin --class 15`: the metrics had one "robin confidence", the second
+    # image's, though the first image's was another number.
+    x = np.full((2, 16, 16, 3), 128 / 255, np.float32)  # on the 8-bit grid, as saved
+    probs = np.full((2, 1000), 0.5 / 999, np.float32)
+    probs[:, 15] = [0.25, 0.75]
+    trace = engine.Trace(x, x[None], (0,), np.zeros((1, 2), np.float32))
+    viz = classviz.Visualization("logits", np.array([15, 15]), trace, probs, np.zeros(2))
+    metrics = run.write_classviz(tmp_path, lite0, viz, settings={})["metrics"]
+    assert metrics["robin #1 confidence"] == 0.25 and metrics["robin #2 confidence"] == 0.75
+    assert "robin confidence" not in metrics
+
+
 def test_8bit_photos_are_refused_not_clipped_to_white(lite0):
     # uint8 0..255 cast to float and clipped to [0, 1] was a white photo: inverted,
     # dreamt on or styled without a word.

@@ -239,17 +239,20 @@ def write_classviz(
         "images": panels,
     }
     metrics: dict[str, Any] = {}
+    # A class (or channel) given twice has two images: a repeated name gets its image's
+    # number, or the second image's value replaced the first's under one key.
+    keys = [f"{n} #{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
     if is_class:
         report["success"] = bool(np.all(top1 == viz.targets))
         metrics["lowest confidence"] = round(min(confidences), 4)
         metrics.update(
-            {f"{n} confidence": round(c, 4) for n, c in zip(names, confidences, strict=True)}
+            {f"{k} confidence": round(c, 4) for k, c in zip(keys, confidences, strict=True)}
         )
     else:
         metrics.update(
             {
-                f"{n} activation": round(float(a), 4)
-                for n, a in zip(names, viz.activation, strict=True)
+                f"{k} activation": round(float(a), 4)
+                for k, a in zip(keys, viz.activation, strict=True)
             }
         )
     metrics["steps"] = viz.trace.frame_steps[-1]
