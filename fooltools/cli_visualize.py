@@ -188,10 +188,6 @@ def _run(total: int, label: str, work: Callable[[Callable[[int], None]], Any]) -
     return result, round(time.perf_counter() - t0, 3)
 
 
-def _invalid(err: ValueError) -> FoolError:
-    return FoolError(one_line(err))
-
-
 def _layer_option(help_text: str, **kwargs: Any) -> Callable:
     return click.option("--layer", "layer_names", help=help_text, **kwargs)
 
@@ -469,6 +465,7 @@ def dream_cmd(
     clf = _model(model_name, weights)
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
+    h, w = photo.shape[:2]
     photo = common.fit(photo, size)
     _check_jitter(jitter, max(photo.shape[:2]))
     settings = {
@@ -484,7 +481,14 @@ def dream_cmd(
                 progress=progress,
             )  # fmt: skip
         except ValueError as err:
-            raise _invalid(err) from None
+            message = one_line(err)
+            if max(h, w) > size:
+                # The photo was large enough: --size shrank it ("use a larger image" sent
+                # the user looking for another photo).
+                message = message.replace(
+                    "a larger image", f"a larger --size (it shrank the {w}x{h} photo)"
+                )
+            raise FoolError(message) from None
 
     result, seconds = _run(octaves * steps, f"dream {path.name}", work)
     out = _out(out_dir, "dream")

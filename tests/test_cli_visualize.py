@@ -351,6 +351,16 @@ def test_an_image_too_small_for_one_octave_asks_for_a_larger_one(capsys, tmp_pat
     assert "fewer octaves" not in err  # 1 is the fewest there are
 
 
+@pytest.mark.parametrize("octaves", ["1", "3"])
+def test_a_photo_shrunk_too_small_by_size_asks_for_a_larger_size(capsys, tmp_path, octaves):
+    # "use a larger image" for the 451x300 cat at --size 20 sent the user looking for
+    # another photo; it is --size that made it small.
+    args = ["dream", "sample:cat", "--layer", "head", "--size", "20", "--octaves", octaves]
+    code, _, err = run(capsys, *args, "--out", tmp_path / "run")
+    assert_one_line_error(code, err, "20x13", "use a larger --size (it shrank the ")
+    assert "larger image" not in err
+
+
 def test_cli_defaults_are_the_librarys():
     from fooltools import cli_visualize as cv
     from fooltools.visualize import classviz, deepdream, inversion, style
