@@ -127,7 +127,7 @@ class Loop:
             return step(gen) if gen <= self.generations else None
 
         try:
-            with open(self.out / HISTORY, "a") as log:
+            with _InterruptGate() as gate, open(self.out / HISTORY, "a") as log:
                 t_last = time.perf_counter()
                 collect = dispatch(start + 1)
                 for gen in range(start + 1, self.generations + 1):
@@ -135,7 +135,7 @@ class Loop:
                     if pending is not None:
                         self._book(log, *pending, save)
                         pending = None
-                    with _interrupts_held():  # the state and ``done`` advance together
+                    with gate.closed():  # the state and ``done`` advance together
                         fitness, evals = collect()
                         now = time.perf_counter()
                         done, pending, t_last = gen, (gen, fitness, evals, now - t_last), now
@@ -200,45 +200,57 @@ class Loop:
             save(gen)
 
 
-@contextlib.contextmanager
-def _interrupts_held() -> Iterator[None]:
-    """Hold Ctrl-C (and the SIGTERM that ``fool`` turns into one) until the block ends.
+class _InterruptGate:
+    """Holds Ctrl-C (and the SIGTERM that ``fool`` turns into one) while :meth:`closed`.
 
     ``collect()`` advances a search's state in several steps, and :meth:`Loop.run` its
     count of generations after it: a Ctrl-C between two of them saved one generation's
     population under the previous one's number, and the resumed run quietly differed
     from an uninterrupted one. Holding costs no responsiveness: a signal that arrives
     while JAX waits for the device is handled only once the wait is over anyway.
-    Signals without a Python handler (default or ignored) are left as they are.
+
+    Entered once per run, it puts its handler in front of the Python ones (default or
+    ignored signals are left as they are; only the main thread may set handlers): each
+    generation then only flips a flag, with no handler swapped on the hot path. Outside
+    :meth:`closed`, and after the gate is left, a signal goes on as it would have.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread receives signals and may set handlers
-        return
-    held: list[int] = []
-    holding = [True]
-    previous: dict[int, Callable[[int, Any], Any]] = {}
 
-    def hold(signum: int, frame: Any) -> None:
-        # Once the block is over, a signal caught before this handler was replaced (a
-        # Ctrl-C raised between the two restores below) goes on as it would have.
-        if holding[0]:
-            held.append(signum)
-        else:
-            previous[signum](signum, frame)
+    def __init__(self) -> None:
+        self.holding = False
+        self.caught: list[int] = []
+        self.previous: dict[int, Callable[[int, Any], Any]] = {}
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(signum)
-        if callable(handler):
-            previous[signum] = handler
-            signal.signal(signum, hold)
-    try:
-        yield
-    finally:
-        holding[0] = False
-        for signum, handler in previous.items():
+    def __enter__(self) -> _InterruptGate:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    self.previous[signum] = handler
+                    signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-    if held:  # the block is done: handle the first as it would have been
-        previous[held[0]](held[0], None)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.caught.append(signum)
+        else:
+            self.previous[signum](signum, frame)
+
+    @contextlib.contextmanager
+    def closed(self) -> Iterator[None]:
+        """Hold signals until the block ends, then handle the first as it would have been."""
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.caught:
+            signum = self.caught[0]
+            self.caught.clear()
+            self.previous[signum](signum, None)
 
 
 def lookahead_by_default() -> bool:
