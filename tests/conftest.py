@@ -19,6 +19,31 @@ def lite0():
 
 
 @pytest.fixture
+def huge_npz(tmp_path):
+    """Write an ``.npz`` whose one member declares 16 TiB of float32 (and holds 16 bytes).
+
+    numpy allocates a member's declared shape before reading it: a loader must refuse
+    such a file rather than raise MemoryError. Call it with the member's name.
+    """
+    import io
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    def make(member: str):
+        header = io.BytesIO()
+        npformat.write_array_header_1_0(
+            header, {"descr": "<f4", "fortran_order": False, "shape": (2**42,)}
+        )
+        path = tmp_path / "huge.npz"
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(f"{member}.npy", header.getvalue() + bytes(16))
+        return path
+
+    return make
+
+
+@pytest.fixture
 def fifo(tmp_path):
     """A named pipe, and an event set if a reader's ``open`` blocked on it.
 

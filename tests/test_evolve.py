@@ -1,7 +1,6 @@
 """Evolution: operators, searches, checkpoints, outputs — on a tiny model (fast)."""
 
 import dataclasses
-import io as io_module
 import json
 import os
 import random
@@ -10,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 from io import StringIO
 from pathlib import Path
 
@@ -891,17 +889,10 @@ def test_checkpoint_never_unpickles(tmp_path):
         checkpoint.load(path, template, {})
 
 
-def test_checkpoint_with_a_huge_array_or_deep_meta_is_corrupt_not_a_traceback(tmp_path):
+def test_checkpoint_with_a_huge_array_or_deep_meta_is_corrupt_not_a_traceback(tmp_path, huge_npz):
     # numpy allocates a member's declared shape before reading it: a header of 16 TiB
     # raised MemoryError, and a meta of nested lists RecursionError, through `--resume`.
-    from numpy.lib import format as npformat
-
-    header = io_module.BytesIO()
-    npformat.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
-                                             "shape": (2**42,)})  # fmt: skip
-    huge = tmp_path / "huge.npz"
-    with zipfile.ZipFile(huge, "w") as zf:
-        zf.writestr("meta.npy", header.getvalue() + bytes(16))
+    huge = huge_npz("meta")
     deep = tmp_path / "deep.npz"
     np.savez(deep, meta=np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8))
     for path in (huge, deep):
