@@ -31,7 +31,7 @@ import platform
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -145,6 +145,22 @@ def naive_rate(clf, enc, name: str, individuals: int) -> float:
     return individuals / (time.perf_counter() - t0)
 
 
+def check_sizes(
+    parser: argparse.ArgumentParser, rows: Sequence[str], population: int, map_elites: int
+) -> None:
+    """Exit through ``parser`` with the population the selected ``rows`` would refuse.
+
+    Refused here, not by the search after the rows before it have run for minutes
+    (``evolve_phases.py`` checks its rows with this too).
+    """
+    if {"direct-ga", "cppn-ga"} & set(rows) and population < 3:
+        parser.error(f"--population must be >= 3 for the GA's 2 elites, got {population}")
+    if "cppn-es" in rows and (population < 2 or population % 2):
+        parser.error(f"--population must be even and >= 2 for the ES, got {population}")
+    if "map-elites" in rows and map_elites < 2:
+        parser.error(f"--map-elites-population must be >= 2, got {map_elites}")
+
+
 def main() -> None:
     """Measure and print the table."""
     hugepages.ensure()  # before any work: the process may restart with huge pages
@@ -181,13 +197,7 @@ def main() -> None:
     if args.generations < 2 or args.generations % 2:
         parser.error(f"--generations must be even and >= 2, got {args.generations}")
     rows = args.only or ("direct-ga", "cppn-ga", "cppn-es", "map-elites")
-    # Refused here, not by the search after the rows before it have run for minutes.
-    if {"direct-ga", "cppn-ga"} & set(rows) and args.population < 3:
-        parser.error(f"--population must be >= 3 for the GA's 2 elites, got {args.population}")
-    if "cppn-es" in rows and (args.population < 2 or args.population % 2):
-        parser.error(f"--population must be even and >= 2 for the ES, got {args.population}")
-    if "map-elites" in rows and args.map_elites_population < 2:
-        parser.error(f"--map-elites-population must be >= 2, got {args.map_elites_population}")
+    check_sizes(parser, rows, args.population, args.map_elites_population)
     if set(rows) - {"map-elites"} and args.naive < 1:
         parser.error(f"--naive must be >= 1 (the speed-up divides by its rate), got {args.naive}")
     clf = load_model("efficientnet_lite0.in1k")

@@ -39,6 +39,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_evolve import check_sizes  # the script's own directory is on sys.path
 
 from fooltools import hugepages
 from fooltools.evolve import cppn_pallas, es, search
@@ -198,13 +199,7 @@ def main() -> None:
     if args.generations < 3:
         parser.error("--generations must be >= 3 (the first two are not timed)")
     selected = args.only or rows
-    # Refused here, not by the search after the rows before it have run for minutes.
-    if {"direct-ga", "cppn-ga"} & set(selected) and args.population < 3:
-        parser.error(f"--population must be >= 3 for the GA's 2 elites, got {args.population}")
-    if "cppn-es" in selected and (args.population < 2 or args.population % 2):
-        parser.error(f"--population must be even and >= 2 for the ES, got {args.population}")
-    if "map-elites" in selected and args.map_elites_population < 2:
-        parser.error(f"--map-elites-population must be >= 2, got {args.map_elites_population}")
+    check_sizes(parser, selected, args.population, args.map_elites_population)
     clf = load_model("efficientnet_lite0.in1k")
     h, w = clf.info.input_size
     print(

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+# As when a script runs: its own directory on sys.path (evolve_phases imports bench_evolve).
+sys.path.insert(0, str(BENCHMARKS))
 
 
 def load(name: str):
