@@ -440,28 +440,31 @@ def one_line(err: BaseException) -> str:
     return text if isinstance(err, FoolError) and text else f"{type(err).__name__}: {text}"
 
 
+def _file_params(kind: str, params: dict[str, Any]) -> dict[str, str]:
+    """A run's path parameters that name files (not ``sample:``/``synthetic:`` images)."""
+    return {
+        key: value
+        for key, param in TASKS[kind].params.items()
+        if param.path and isinstance(value := params.get(key), str)
+        if not value.startswith(_NAMED)
+    }
+
+
 def localise(kind: str, params: dict[str, Any], base_dir: str | None) -> dict[str, Any]:
     """Make relative path parameters absolute against ``base_dir`` (the batch's cwd)."""
     if base_dir is None:
         return dict(params)
-    out = dict(params)
-    for key, param in TASKS[kind].params.items():
-        value = out.get(key)
-        if param.path and isinstance(value, str) and not value.startswith(_NAMED):
-            out[key] = os.path.join(base_dir, os.path.expanduser(value))
-    return out
+    files = _file_params(kind, params)
+    return {
+        **params,
+        **{k: os.path.join(base_dir, os.path.expanduser(v)) for k, v in files.items()},
+    }
 
 
 def relative_paths(kind: str, params: dict[str, Any]) -> list[str]:
     """The path parameters of a run that :func:`localise` reads against the batch's cwd."""
-    return [
-        value
-        for key, param in TASKS[kind].params.items()
-        if param.path
-        and isinstance(value := params.get(key), str)
-        and not value.startswith(_NAMED)
-        and not os.path.isabs(os.path.expanduser(value))
-    ]
+    files = _file_params(kind, params).values()
+    return [v for v in files if not os.path.isabs(os.path.expanduser(v))]
 
 
 def write_result(out: Path, result: dict[str, Any]) -> None:
