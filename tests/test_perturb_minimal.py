@@ -1,9 +1,10 @@
 """Acceptance of the minimal-perturbation attacks (L-BFGS, C&W) against PGD on Lite0.
 
-All 12 (photo, target) pairs in one batch at the model's resolution (each photo resized
-and centre-cropped to 224x224 first), which keeps compile time down; L-BFGS, by far the
-slowest, one target per photo. Success is judged on
-the PNG as written and read back.
+PGD on all 12 (photo, target) pairs in one batch at the model's resolution (each photo
+resized and centre-cropped to 224x224 first), which keeps compile time down; the minimal
+attacks on one target per photo (every target once), in a light configuration: their L2
+is 4-7x below PGD's there (L-BFGS ~300, C&W ~500, PGD ~1750 in 0-255 units), so the
+comparison keeps a wide margin. Success is judged on the PNG as written and read back.
 """
 
 import jax
@@ -14,7 +15,7 @@ from test_perturb import SAMPLES, TARGETS, judge
 
 from fooltools import attacks, io
 
-LBFGS_PAIRS = [0, 4, 8, 9]  # (photo, target): (0, 0), (1, 1), (2, 2), (3, 0)
+MINIMAL_PAIRS = [0, 4, 8, 9]  # (photo, target): (0, 0), (1, 1), (2, 2), (3, 0)
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +29,16 @@ def outcomes(lite0, tmp_path_factory):
     originals = [x for x in small for _ in TARGETS]
     methods = {
         "pgd": attacks.pgd(lite0.logits, lite0.params, eps=8 / 255, steps=40),
-        "lbfgs": attacks.lbfgs(lite0.logits, lite0.params, steps=20, search_steps=2),
-        "cw": attacks.cw(lite0.logits, lite0.params, steps=20, search_steps=2),
+        # Suite time: 20 x 2 steps took 52 s of running here (L-BFGS 33 s on 4 pairs, C&W
+        # 19 s on all 12). L-BFGS succeeds on every pair in its first round of c (a second
+        # round only tries a larger c); C&W keeps two rounds, so its search over c still
+        # runs on the real model.
+        "lbfgs": attacks.lbfgs(lite0.logits, lite0.params, steps=10, search_steps=1),
+        "cw": attacks.cw(lite0.logits, lite0.params, steps=10, search_steps=2),
     }
     out = {}
     for name, run in methods.items():
-        # L-BFGS (the slowest by far) gets one target per photo: pairs LBFGS_PAIRS.
-        idx = jnp.asarray(LBFGS_PAIRS) if name == "lbfgs" else jnp.arange(len(originals))
+        idx = jnp.arange(len(originals)) if name == "pgd" else jnp.asarray(MINIMAL_PAIRS)
         res = run(jax.random.key(0), batch[idx], targets[idx])
         out[name] = judge(lite0, tmp, name, res, [originals[i] for i in idx], targets[idx])
     return out
@@ -50,6 +54,7 @@ def test_pgd_succeeds_on_every_pair_at_the_model_resolution(outcomes):
 def test_minimal_attacks_succeed_with_smaller_l2_than_pgd(outcomes, method):
     assert all(ok for ok, _, _ in outcomes[method])
     median = np.median([l2 for _, l2, _ in outcomes[method]])
-    pgd = outcomes["pgd"] if method == "cw" else [outcomes["pgd"][i] for i in LBFGS_PAIRS]
+    pgd = [outcomes["pgd"][i] for i in MINIMAL_PAIRS]
+    assert len(outcomes[method]) == len(pgd)
     pgd_median = np.median([l2 for _, l2, _ in pgd])  # the same pairs
     assert median < pgd_median, (method, median, pgd_median)
