@@ -207,7 +207,7 @@ def test_8bit_images_are_refused_and_a_list_of_targets_accepted(name):
     # without a word. A list of classes was an AttributeError from inside jit.
     model, params = linear_model()
     run = ATTACKS[name](model, params)
-    x = images(2)
+    x = images()  # the batch of the other tests: their compiled attack (any batch would do)
     t = targets_for(model, params, x)
     with pytest.raises(ValueError, match="integer dtype uint8"):
         run(jax.random.key(0), io.to_uint8(x), t)
@@ -226,10 +226,10 @@ def test_a_target_outside_the_logits_is_refused(name):
     # a failure (or an untargeted success) against a class the model does not have.
     model, params = linear_model()
     run = ATTACKS[name](model, params)
-    x = images(2)
+    x = images()  # the batch of the other tests: their compiled start (any batch would do)
     for bad in (K, -1):
         with pytest.raises(ValueError, match=rf"0\.\.{K - 1}, got \[{bad}\]"):
-            run(jax.random.key(0), x, jnp.asarray([0, bad]))
+            run(jax.random.key(0), x, jnp.asarray([0, 1, bad]))
 
 
 @pytest.mark.parametrize("targeted", [True, False])
