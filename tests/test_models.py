@@ -64,11 +64,13 @@ def test_apply_is_shape_polymorphic_and_jits_once(lite0):
 
 
 def test_features_expose_named_maps(lite0):
-    # Jitted: run eagerly, each of the network's ops compiled on its own (~35 s).
-    x = jnp.zeros((1, 224, 224, 3))
+    # Jitted: run eagerly, each of the network's ops compiled on its own (~35 s). A batch
+    # of the four sample photos' shape: test_logits_match_pytorch_reference compiled this
+    # apply (another batch compiled it again, ~1.5 s).
+    x = jnp.zeros((len(io.sample_names()), 224, 224, 3))
     feats = jax.jit(lite0.features)(lite0.params, x)
-    assert feats["stem"].shape == (1, 112, 112, 32)
-    assert feats["head"].shape == (1, 7, 7, 1280)
+    assert feats["stem"].shape == (len(x), 112, 112, 32)
+    assert feats["head"].shape == (len(x), 7, 7, 1280)
     np.testing.assert_allclose(feats["logits"], jax.jit(lite0.apply)(lite0.params, x), atol=1e-5)
 
 
