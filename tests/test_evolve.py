@@ -39,6 +39,14 @@ from fooltools.models.base import WeightsFile
 # breeder and evaluator (~1-2 s apiece on CPU), which is most of this file's time.
 P = 16
 ES_TEST = ESConfig(sigma=0.05, learning_rate=0.05)
+# One set of MAP-Elites cells throughout, for the same reason: each cell count compiled
+# the archive's search again (~7 s apiece).
+CELLS = [1, 15, 130]
+
+# The direct operators jitted, as the breeder runs them: called op by op, each of their
+# primitives compiled a program of its own per shape (~70 programs, 5 s in one test).
+poly_jit = jax.jit(polynomial_mutation, static_argnames=("eta", "rate"))
+sbx_jit = jax.jit(sbx_crossover, static_argnames=("eta", "rate"))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +60,7 @@ def tiny():
 
 def test_polynomial_mutation_matches_deap_distribution():
     x = 0.3
-    ours = np.asarray(polynomial_mutation(jax.random.key(0), jnp.full(20000, x), eta=15, rate=1.0))
+    ours = np.asarray(poly_jit(jax.random.key(0), jnp.full(20000, x), eta=15, rate=1.0))
     random.seed(0)
     theirs = np.array(
         [
@@ -71,7 +79,7 @@ def test_polynomial_mutation_equals_deap_given_the_same_draws(monkeypatch):
     # uniforms (at rate 1 every gene is mutated with the third key of the split).
     key, n = jax.random.key(6), 4000
     x = jax.random.uniform(jax.random.key(7), (n,))
-    ours = np.asarray(polynomial_mutation(key, x, eta=15, rate=1.0))
+    ours = np.asarray(poly_jit(key, x, eta=15, rate=1.0))
     u = np.asarray(jax.random.uniform(jax.random.split(key, 3)[2], (n,)), np.float64)
     draws = [v for ui in u.tolist() for v in (0.0, ui)]  # per gene: the coin, then u
     monkeypatch.setattr(random, "random", iter(draws).__next__)
@@ -86,7 +94,7 @@ def test_sparse_polynomial_mutation_rate_and_step_distribution():
     # probability 0.1 (binomial sd of the fraction: 7.7e-4), anywhere in the genome, and
     # the mutated genes move as DEAP's dense operator moves them.
     x = jnp.full((224, 224, 3), 0.3)
-    runs = [polynomial_mutation(jax.random.key(k), x, eta=15, rate=0.1) for k in range(4)]
+    runs = [poly_jit(jax.random.key(k), x, eta=15, rate=0.1) for k in range(4)]
     changed = np.stack([np.asarray(r) != 0.3 for r in runs])
     assert np.all(np.abs(changed.mean(axis=(1, 2, 3)) - 0.1) < 4 * 7.7e-4)
     for part in np.array_split(changed.reshape(4, -1), 8, axis=1):
@@ -94,7 +102,7 @@ def test_sparse_polynomial_mutation_rate_and_step_distribution():
     overlap = (changed[0] & changed[1]).mean()
     assert abs(overlap - 0.01) < 0.001  # independent draws across calls
     moved = np.concatenate([np.asarray(r)[c] for r, c in zip(runs, changed, strict=True)])
-    dense = np.asarray(polynomial_mutation(jax.random.key(9), jnp.full(60000, 0.3), eta=15, rate=1))
+    dense = np.asarray(poly_jit(jax.random.key(9), jnp.full(60000, 0.3), eta=15, rate=1))
     for q in (0.05, 0.25, 0.5, 0.75, 0.95):
         assert abs(np.quantile(moved, q) - np.quantile(dense[dense != 0.3], q)) < 5e-3
 
@@ -102,7 +110,7 @@ def test_sparse_polynomial_mutation_rate_and_step_distribution():
 def test_sbx_matches_deap_distribution():
     a, b = 0.2, 0.6
     # DEAP recombines each gene pair with probability 0.5, our default rate.
-    c1, c2 = sbx_crossover(jax.random.key(1), jnp.full(20000, a), jnp.full(20000, b), eta=10)
+    c1, c2 = sbx_jit(jax.random.key(1), jnp.full(20000, a), jnp.full(20000, b), eta=10)
     ours = np.concatenate([np.asarray(c1), np.asarray(c2)])
     random.seed(1)
     theirs = []
@@ -122,7 +130,7 @@ def test_sbx_equals_deap_given_the_same_draws(monkeypatch):
     key, n = jax.random.key(3), 4000
     a = jax.random.uniform(jax.random.key(4), (n,))
     b = jax.random.uniform(jax.random.key(5), (n,))
-    c1, c2 = sbx_crossover(key, a, b, eta=10)
+    c1, c2 = sbx_jit(key, a, b, eta=10)
     bits = np.asarray(jax.random.bits(key, (n,), jnp.uint32))
     draws = []
     for w in bits.tolist():
@@ -142,10 +150,11 @@ def test_sbx_equals_deap_given_the_same_draws(monkeypatch):
 
 def test_direct_encoding_valid_and_rate_zero_is_identity():
     enc = direct(height=8, width=6)
-    g = jax.vmap(enc.init)(jax.random.split(jax.random.key(0), 4))
-    img = enc.render(g, 16, 12)
+    # Jitted, as the searches run them (op by op: 77 programs compiled).
+    g = jax.jit(jax.vmap(enc.init))(jax.random.split(jax.random.key(0), 4))
+    img = jax.jit(enc.render, static_argnums=(1, 2))(g, 16, 12)
     assert img.shape == (4, 16, 12, 3) and float(img.min()) >= 0 and float(img.max()) <= 1
-    m = jax.vmap(enc.mutate)(jax.random.split(jax.random.key(1), 4), g)
+    m = jax.jit(jax.vmap(enc.mutate))(jax.random.split(jax.random.key(1), 4), g)
     assert m.shape == g.shape and float(m.min()) >= 0 and float(m.max()) <= 1
     changed = float((m != g).mean())
     assert 0.05 < changed < 0.15  # per-gene rate 0.1
@@ -225,8 +234,10 @@ def test_out_may_be_a_string_and_numbers_numpy_integers(tiny, tmp_path):
     assert out["generation"] == 1 and (tmp_path / run_module.HISTORY).exists()
 
 
-@pytest.mark.parametrize("children", [8, 9])
-@pytest.mark.parametrize("encoding", ["direct", "cppn"])
+# The CPPN has no crossover: its breeder only mutates each child, the same program for
+# an even and an odd count, so 9 children cover 8 (a case cost ~15 s, compiling the
+# breeder three ways). The direct encoding's even count returns before the odd child.
+@pytest.mark.parametrize(("encoding", "children"), [("direct", 8), ("direct", 9), ("cppn", 9)])
 def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding, children):
     # The jitted breeder against the operators applied one family at a time, in both of
     # its forms (one pair at a time, as on CPU for large genomes, and vmapped). An odd
@@ -234,23 +245,27 @@ def test_breeder_pairs_recombines_and_mutates_the_selected_parents(encoding, chi
     # as DEAP's varAnd does; only the last child is mutated alone.
     enc = direct(height=8, width=6) if encoding == "direct" else cppn()
     key = jax.random.key(4)
-    pop = jax.vmap(enc.init)(jax.random.split(jax.random.key(1), 6))
+    pop = jax.jit(jax.vmap(enc.init))(jax.random.split(jax.random.key(1), 6))
     parents = jnp.array([5, 0, 2, 2, 3, 1, 4, 0, 3][:children])
     k_cx, k_mut, k_pair = jax.random.split(key, 3)
     mate = np.asarray(jax.random.uniform(k_pair, (4,)) < 0.5)
     assert mate.any() and not mate.all()  # both kinds of pair are checked
     k_cx, k_mut = jax.random.split(k_cx, 4), jax.random.split(k_mut, children)
-    mutate = jax.jit(enc.mutate)  # the same operator, compiled once rather than op by op
+    mutate = jax.jit(enc.mutate)  # the same operators, compiled once rather than op by op
+    crossover = jax.jit(enc.crossover) if encoding == "direct" else None
     expected = []
     for i in range(4):
         x, y = (search.take(pop, parents[2 * i + j]) for j in (0, 1))
         if mate[i] and encoding == "direct":
-            x, y = enc.crossover(k_cx[i], x, y)
+            x, y = crossover(k_cx[i], x, y)
         expected += [mutate(k_mut[2 * i], x), mutate(k_mut[2 * i + 1], y)]
     if children % 2:
         expected.append(mutate(k_mut[8], search.take(pop, parents[8])))
     expected = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *expected)
-    for sequential in (True, False, None):
+    # The default (sequential=None) is one of these two forms: vmapped for genomes this
+    # small (and on accelerators), the same program as False. The searches build it in
+    # every run; compiling it here once more cost a third of this test.
+    for sequential in (True, False):
         kids = search.make_breeder(enc, 0.5, sequential)(key, pop, parents)
         leaves = jax.tree_util.tree_leaves(kids), jax.tree_util.tree_leaves(expected)
         for got, want in zip(*leaves, strict=True):
@@ -368,7 +383,7 @@ def test_map_elites_never_replaces_an_elite_with_a_worse_one():
 def test_a_map_elites_run_succeeds_only_with_every_cell_at_99(tiny, tmp_path, monkeypatch):
     # Every cell is filled from the first population on, so "all filled" badged a run
     # whose cells were at 0.04% a success.
-    classes = [1, 15, 130]
+    classes = CELLS
     cfg = SearchConfig(population=P, generations=1, elites=0, stop_at=None)
     out = evolve_map_elites(tiny, cppn(), "cppn", classes, cfg, seed=0, out=tmp_path)
     verdicts = []
@@ -392,18 +407,18 @@ def test_map_elites_refuses_a_class_given_twice(tiny, tmp_path):
 
 
 def test_map_elites_fills_cells_and_fitness_never_drops(tiny, tmp_path):
-    classes = [1, 15, 130, 282, 967]
+    classes = CELLS
     cfg = SearchConfig(population=P, generations=6, elites=0, stop_at=None)
     out = evolve_map_elites(
         tiny, cppn(), "cppn", classes, cfg, seed=3, out=tmp_path, checkpoint_every=1
     )
     assert (out["fitness"] >= 0).all()
-    assert out["images"].shape == (5, S, S, 3)
+    assert out["images"].shape == (3, S, S, 3)
     best = [h["best"] for h in out["history"]]
     assert best == sorted(best)
     rep = report.write_map_elites(tmp_path, tiny, classes, out, {"encoding": "cppn"})
-    assert rep["filled"] == 5 and (tmp_path / "index.html").is_file()
-    assert len(list((tmp_path / "cells").glob("*.png"))) == 5
+    assert rep["filled"] == 3 and (tmp_path / "index.html").is_file()
+    assert len(list((tmp_path / "cells").glob("*.png"))) == 3
     # Each cell's PNG, re-read (all in one batched call), has its elite's confidence: the
     # search scored the 8-bit image it saves (captions cut to 0.1 percentage point).
     captions = {p["file"]: p["caption"] for p in rep["images"][1:]}
@@ -428,10 +443,10 @@ def test_resume_is_bit_identical(tiny, tmp_path, kind, stop):
         kw = {"seed": 1, "out": out, "resume": resume, "checkpoint_every": 2, "progress": progress}
         ahead = kind.endswith("lookahead") and out.name == "part"
         if kind.startswith("es"):
-            return evolve_es(tiny, enc, "cppn", 15, c, ESConfig(), lookahead=ahead, **kw)
+            return evolve_es(tiny, enc, "cppn", 15, c, ES_TEST, lookahead=ahead, **kw)
         if single:
             return evolve_single(tiny, enc, "cppn", 15, c, lookahead=ahead, **kw)
-        return evolve_map_elites(tiny, enc, "cppn", [1, 15, 130], c, **kw)
+        return evolve_map_elites(tiny, enc, "cppn", CELLS, c, **kw)
 
     def ctrl_c_at_3(gen, best):
         # Generation 3's books are kept while generation 4 runs: the checkpoint must
@@ -524,7 +539,7 @@ def test_progress_gets_each_generations_history_line(tiny, tmp_path):
     cfg = SearchConfig(population=P, generations=3, elites=0, stop_at=None)
     seen = []
     out = evolve_map_elites(
-        tiny, cppn(), "cppn", [1, 15], cfg, seed=0, out=tmp_path,
+        tiny, cppn(), "cppn", CELLS, cfg, seed=0, out=tmp_path,
         progress=lambda gen, line: seen.append((gen, line)),
     )  # fmt: skip
     assert seen == [(h["generation"], h) for h in out["history"]] and len(seen) == 3
@@ -663,10 +678,14 @@ def test_a_run_resumed_after_reaching_its_stop_runs_no_more(tiny, tmp_path):
 
 
 def evolve_options(out, **options):
-    """``fool evolve --class robin --encoding direct`` for 3 generations of 4 (or ``options``)."""
+    """``fool evolve --class robin --encoding direct`` for 3 generations of P (or ``options``).
+
+    P, as the searches above: the CLI's GA on ``tiny`` (2 elites) is then their program,
+    from the compile cache (a population of 4 compiled its own, ~5 s).
+    """
     kw = {
         "target": "robin", "map_elites": False, "classes": None, "encoding": "direct",
-        "strategy": None, "generations": 3, "population": 4, "stop_at": 0.0, "seed": 0,
+        "strategy": None, "generations": 3, "population": P, "stop_at": 0.0, "seed": 0,
         "out_dir": str(out), "resume": False, "checkpoint_every": 1,
     }  # fmt: skip
     return {**kw, **options}
@@ -679,10 +698,10 @@ def test_a_resume_continues_the_run_as_it_was_started(tiny, tmp_path):
     cli_support.run_job(tiny, cli_support.parse_job(**evolve_options(tmp_path)))
     left_out = {"generations": None, "population": None, "stop_at": None, "resume": True}
     job = cli_support.parse_job(**evolve_options(tmp_path, **left_out))
-    assert (job.search.generations, job.search.population, job.search.stop_at) == (3, 4, None)
+    assert (job.search.generations, job.search.population, job.search.stop_at) == (3, P, None)
     longer = evolve_options(tmp_path, **{**left_out, "generations": 5, "stop_at": 0.5})
     rep = cli_support.run_job(tiny, cli_support.parse_job(**longer))
-    assert (rep["generations"], rep["stop_at"], rep["population"]) == (5, 0.5, 4)
+    assert (rep["generations"], rep["stop_at"], rep["population"]) == (5, 0.5, P)
     job = cli_support.parse_job(**evolve_options(tmp_path, **left_out))
     assert (job.search.generations, job.search.stop_at) == (5, 0.5)
 
@@ -938,10 +957,10 @@ def test_a_checkpoint_whose_state_has_another_shape_is_corrupt(tiny, tmp_path, k
     runs = {
         "single": lambda c, r: evolve_single(tiny, cppn(), "cppn", 15, c, seed=0, out=tmp_path,
                                              resume=r),
-        "map-elites": lambda c, r: evolve_map_elites(tiny, cppn(), "cppn", [3, 15], c, seed=0,
+        "map-elites": lambda c, r: evolve_map_elites(tiny, cppn(), "cppn", CELLS, c, seed=0,
                                                      out=tmp_path, resume=r),
-        "es": lambda c, r: evolve_es(tiny, cppn(), "cppn", 15, c, ES_TEST, seed=0, out=tmp_path,
-                                     resume=r),
+        "es": lambda c, r: evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, c, ES_TEST, seed=0,
+                                     out=tmp_path, resume=r),
     }  # fmt: skip
     runs[kind](cfg, False)
     ck = tmp_path / "checkpoint.npz"
