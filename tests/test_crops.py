@@ -22,6 +22,10 @@ from fooltools.evolve.search import SearchConfig
 from fooltools.models import crops as views
 
 ROBIN = 15
+# One search configuration for every run here (the CLI's GA keeps 2 elites, as this
+# does): the direct encoding on 10 crops, 16 a generation. Each other population or crop
+# count compiled its own evaluator and breeder (~5 s apiece).
+P = 16
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_averaged_softmax_is_the_mean_of_the_crops_softmax(tiny, crops):
 def test_a_search_scored_over_crops_improves_and_saves_at_the_size_it_scored(tiny, tmp_path):
     # The direct encoding's genome is the image the crops are cut from (14 x 14 here).
     scorer = views.averaged(tiny, 10)
-    cfg = SearchConfig(population=16, generations=6, elites=2, stop_at=None)
+    cfg = SearchConfig(population=P, generations=6, elites=2, stop_at=None)
     out = evolve_single(
         scorer, direct(height=14, width=14), "direct", ROBIN, cfg, seed=0, out=tmp_path
     )
@@ -83,10 +87,10 @@ def test_a_search_scored_over_crops_improves_and_saves_at_the_size_it_scored(tin
 
 
 def job(tmp_path, crops, **options):
-    """``fool evolve --class robin --encoding direct`` for 2 generations of 4 (or ``options``)."""
+    """``fool evolve --class robin --encoding direct`` for 2 generations of P (or ``options``)."""
     kw = {
         "target": "robin", "map_elites": False, "classes": None, "encoding": "direct",
-        "strategy": None, "generations": 2, "population": 4, "stop_at": None, "seed": 0,
+        "strategy": None, "generations": 2, "population": P, "stop_at": None, "seed": 0,
         "out_dir": str(tmp_path), "resume": False, "checkpoint_every": 1, "crops": crops,
     }  # fmt: skip
     return cli_support.parse_job(**{**kw, **options})
@@ -116,9 +120,9 @@ def test_a_batch_grid_over_crops_gives_each_count_its_own_row(tiny, tmp_path, mo
     from fooltools.experiments import tasks
 
     monkeypatch.setattr(tasks, "_classifier", lambda params: tiny)
-    fixed = {"class": "robin", "encoding": "direct", "population": 4, "generations": 1}
-    results, _ = run_grid(tmp_path, "evolve", fixed, {"crops": [1, 5]})
-    assert [r["metrics"]["method"] for r in results] == ["direct", "direct-5crops"]
+    fixed = {"class": "robin", "encoding": "direct", "population": P, "generations": 1}
+    results, _ = run_grid(tmp_path, "evolve", fixed, {"crops": [1, 10]})
+    assert [r["metrics"]["method"] for r in results] == ["direct", "direct-10crops"]
 
 
 def test_classify_over_crops_is_the_mean_of_lite0_on_each_crop(capsys, lite0):
