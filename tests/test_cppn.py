@@ -36,6 +36,9 @@ def unbatch(genomes: CPPNGenome) -> list[CPPNGenome]:
 
 
 MAX_STEPS = 200
+# One render size for the tests of rendered images (the graph render compiles per size
+# and encoding, ~2 s apiece): 12 x 20, not square, so a swapped height and width shows.
+H, W = 12, 20
 
 
 @functools.cache
@@ -159,14 +162,12 @@ def test_layered_init_chains_layers_with_fan_in_weights():
 def test_render_shape_range_and_reference(name):
     enc = ENCODINGS[name]
     g, _ = evolve(enc, population(enc), 30)
-    for h, w in ((16, 16), (12, 20)):
-        img = enc.render(g, h, w)
-        assert img.shape == (P, h, w, 3) and img.dtype == jnp.float32
-        assert np.isfinite(img).all() and (img >= 0).all() and (img <= 1).all()
+    # One size (a square 16 x 16 as well compiled the render again for each encoding).
+    img = enc.render(g, H, W)
+    assert img.shape == (P, H, W, 3) and img.dtype == jnp.float32
+    assert np.isfinite(img).all() and (img >= 0).all() and (img <= 1).all()
     for one, got in zip(unbatch(g), np.asarray(img), strict=True):
-        np.testing.assert_allclose(
-            got, reference_render(one, 12, 20, enc.channels), atol=ATOL[name]
-        )
+        np.testing.assert_allclose(got, reference_render(one, H, W, enc.channels), atol=ATOL[name])
 
 
 def test_render_in_pixel_passes_matches_reference():
@@ -184,21 +185,21 @@ def test_level_render_of_any_topology_matches_reference(name):
     # Evolved genomes have ragged topologies: skip edges, nodes left without inputs.
     enc = ENCODINGS[name]
     g, _ = evolve(enc, population(enc), 30)
-    graph = np.asarray(enc.render(g, 12, 20))
+    graph = np.asarray(enc.render(g, H, W))
     for one, want in zip(unbatch(g), graph, strict=True):
         levels = cppn_render.plan(one, enc.channels)
         planned = cppn_render.Planned(levels)
-        got = np.asarray(planned.render(jax.tree_util.tree_map(lambda a: a[None], one), 12, 20))
+        got = np.asarray(planned.render(jax.tree_util.tree_map(lambda a: a[None], one), H, W))
         np.testing.assert_allclose(got[0], want, atol=ATOL[name] / 10)  # sum order only
         np.testing.assert_allclose(
-            got[0], reference_render(one, 12, 20, enc.channels), atol=ATOL[name]
+            got[0], reference_render(one, H, W, enc.channels), atol=ATOL[name]
         )
 
 
 def test_level_render_of_the_es_population_matches_the_graph_render():
     # The evolution strategy's case: one plan, many weight vectors on its edges.
     enc = cppn(**ES_CPPN)
-    center = enc.init(jax.random.key(3))
+    center = jax.jit(enc.init)(jax.random.key(3))  # jitted as the ES does (not op by op)
     sample, _, _ = make_strategy(8, ESConfig(sigma=0.5))
     pop = sample(jax.random.key(4), center)
     levels = cppn_render.plan(center, enc.channels)
@@ -221,14 +222,14 @@ def test_batched_renders_match_one_genome_at_a_time(name):
     # last batch (6 = 4 + 2), gives the CPU path's images up to the sums' order.
     enc = ENCODINGS[name]
     g, _ = evolve(enc, population(enc), 30)
-    one_by_one = cppn_render.render_graph(g, 12, 20, enc.channels, batch=1)
-    batched = cppn_render.render_graph(g, 12, 20, enc.channels, batch=4)
+    one_by_one = cppn_render.render_graph(g, H, W, enc.channels, batch=1)
+    batched = cppn_render.render_graph(g, H, W, enc.channels, batch=4)
     np.testing.assert_allclose(batched, one_by_one, atol=ATOL[name] / 10)
     levels = cppn_render.plan(unbatch(g)[0], enc.channels)
     same = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a[:1], a.shape), g)
     np.testing.assert_allclose(
-        cppn_render.render_levels(same.weight, levels, 12, 20, batch=4),
-        cppn_render.render_levels(same.weight, levels, 12, 20, batch=1),
+        cppn_render.render_levels(same.weight, levels, H, W, batch=4),
+        cppn_render.render_levels(same.weight, levels, H, W, batch=1),
         atol=ATOL[name] / 10,
     )
 
@@ -240,8 +241,8 @@ def test_gpu_kernel_matches_the_xla_render(name):
     # that is not a multiple of its pixel block) as the XLA node loop does.
     enc = ENCODINGS[name]
     g, _ = evolve(enc, population(enc), 30)
-    want = cppn_render.render_graph(g, 12, 20, enc.channels, batch=1)
-    got = cppn_pallas.render_graph(g, 12, 20, enc.channels, interpret=True)
+    want = cppn_render.render_graph(g, H, W, enc.channels, batch=1)
+    got = cppn_pallas.render_graph(g, H, W, enc.channels, interpret=True)
     np.testing.assert_allclose(got, want, atol=ATOL[name] / 10)
 
 
@@ -256,8 +257,8 @@ def test_gpu_levels_kernel_matches_the_xla_render(name):
         levels = cppn_render.plan(genome, enc.channels)
         same = jax.tree_util.tree_map(lambda a, x: jnp.broadcast_to(x, a.shape), g, genome)
         same = same._replace(weight=g.weight * genome.conn)  # its edges, others' weights
-        want = cppn_render.render_levels(same.weight, levels, 12, 20)
-        got = cppn_pallas.render_levels(same.weight, levels, 12, 20, interpret=True)
+        want = cppn_render.render_levels(same.weight, levels, H, W)
+        got = cppn_pallas.render_levels(same.weight, levels, H, W, interpret=True)
         np.testing.assert_allclose(got, want, atol=ATOL[name] / 10)
 
 
@@ -301,16 +302,17 @@ def test_genome_batch(monkeypatch):
 
 @pytest.mark.parametrize("name", ["default", "sferes2"])
 def test_render_is_resolution_independent(name):
-    # Pixel centres of an N grid are every third centre (offset 1) of a 3N grid.
+    # Pixel centres of an N grid are every third centre (offset 1) of a 3N grid (the
+    # small grid the shared H x W; the large one, 2160 pixels, is two render passes).
     enc = ENCODINGS[name]
     g, _ = evolve(enc, population(enc), 30)
-    small, big = enc.render(g, 8, 10), enc.render(g, 24, 30)
+    small, big = enc.render(g, H, W), enc.render(g, 3 * H, 3 * W)
     np.testing.assert_allclose(big[:, 1::3, 1::3], small, atol=ATOL[name])
 
 
 def test_grayscale_is_replicated():
     enc = ENCODINGS["small_gray"]
-    img = np.asarray(enc.render(population(enc), 8, 8))
+    img = np.asarray(enc.render(population(enc), H, W))
     assert (img[..., 0] == img[..., 1]).all() and (img[..., 0] == img[..., 2]).all()
 
 
@@ -390,7 +392,7 @@ def test_vmap_matches_single():
         np.testing.assert_array_equal(a, b[2])
     # One genome renders the same alone as inside a population.
     one = jax.tree_util.tree_map(lambda x: x[2:3], g)
-    np.testing.assert_array_equal(enc.render(one, 16, 16)[0], enc.render(g, 16, 16)[2])
+    np.testing.assert_array_equal(enc.render(one, H, W)[0], enc.render(g, H, W)[2])
 
 
 def test_deterministic_and_diverse():
@@ -399,9 +401,9 @@ def test_deterministic_and_diverse():
     g2, _ = evolve(enc, population(enc, seed=3), 10, seed=4)
     for a, b in zip(g1, g2, strict=True):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(enc.render(g1, 16, 16), enc.render(g2, 16, 16))
-    img = np.asarray(enc.render(population(enc, seed=3), 16, 16))
-    other = np.asarray(enc.render(population(enc, seed=9), 16, 16))
+    np.testing.assert_array_equal(enc.render(g1, H, W), enc.render(g2, H, W))
+    img = np.asarray(enc.render(population(enc, seed=3), H, W))
+    other = np.asarray(enc.render(population(enc, seed=9), H, W))
     assert np.abs(img - other).max() > 0.05
     diffs = [np.abs(img[i] - img[j]).mean() for i in range(P) for j in range(i)]
     assert min(diffs) > 0.01  # no two individuals of an initial population look alike
@@ -414,7 +416,7 @@ def test_random_lineages_stay_valid(seed, name):
     final, _ = evolve(enc, population(enc, seed=seed), 60, seed=seed + 1)
     for one in unbatch(final):
         assert is_valid(one, channels=enc.channels, weight_limit=enc.weight_limit) and acyclic(one)
-    img = enc.render(final, 16, 16)
+    img = enc.render(final, H, W)
     assert np.isfinite(img).all() and (img >= 0).all() and (img <= 1).all()
 
 
