@@ -14,8 +14,9 @@ from fooltools.detection import synthetic
 from fooltools.detection.detectors import OPERATING_POINTS, Found, load_detector
 from fooltools.detection.evaluate import Evaluation, evaluate, mislabel_rate, operating_point
 
-# Suite time: 8 images (17-18 objects) leave every threshold with a margin (vanish: 0
-# objects left; mislabel: 100%; fabricate: 5-7x; DAG mAP 0.67 < 0.8); 16 ran each attack twice as long.
+# Suite time: 8 images (17-18 objects) leave every threshold a margin (vanish: 0 objects
+# left; mislabel: 100%; fabricate: 5-7x; DAG mAP 0.67 < 0.8); 16 ran each attack twice
+# as long.
 N_IMAGES = 8
 
 
