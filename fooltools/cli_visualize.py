@@ -47,7 +47,6 @@ def _at_least(flag: str, value: int | None, low: int) -> None:
         raise FoolError(f"{flag} must be >= {low}, got {value}")
 
 
-STRIP = "progress.png"  # as fooltools.visualize.run.STRIP, without importing JAX
 MAX_SNAPSHOTS = 100  # cells of the progress strip, each kept in memory until it is drawn
 
 
@@ -280,7 +279,7 @@ def invert_cmd(
     _check_out(
         out_dir,
         (image,),
-        lambda name: name in ("original.png", STRIP) or name.startswith("reconstruction-"),
+        lambda name: name in ("original.png", run.STRIP) or name.startswith("reconstruction-"),
     )
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).
@@ -461,7 +460,7 @@ def dream_cmd(
 
     from fooltools.visualize import common, deepdream, layers, run
 
-    _check_out(out_dir, (image,), lambda name: name in ("original.png", "dream.png", STRIP))
+    _check_out(out_dir, (image,), lambda name: name in ("original.png", "dream.png", run.STRIP))
     clf = _model(model_name, weights)
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
@@ -567,7 +566,7 @@ def style_cmd(
     from fooltools.visualize import layers, run
     from fooltools.visualize import style as style_mod
 
-    outputs = ("content.png", "style.png", "result.png", STRIP)
+    outputs = ("content.png", "style.png", "result.png", run.STRIP)
     _check_out(out_dir, (content, style), lambda name: name in outputs)
     clf = _model(model_name, weights)
     if content_layer is not None:
