@@ -162,7 +162,6 @@ def test_layered_init_chains_layers_with_fan_in_weights():
 def test_render_shape_range_and_reference(name):
     enc = ENCODINGS[name]
     g, _ = evolve(enc, population(enc), 30)
-    # One size (a square 16 x 16 as well compiled the render again for each encoding).
     img = enc.render(g, H, W)
     assert img.shape == (P, H, W, 3) and img.dtype == jnp.float32
     assert np.isfinite(img).all() and (img >= 0).all() and (img <= 1).all()
@@ -303,7 +302,7 @@ def test_genome_batch(monkeypatch):
 @pytest.mark.parametrize("name", ["default", "sferes2"])
 def test_render_is_resolution_independent(name):
     # Pixel centres of an N grid are every third centre (offset 1) of a 3N grid (the
-    # small grid the shared H x W; the large one, 2160 pixels, is two render passes).
+    # small grid is the shared H x W; the large one, 2160 pixels, two render passes).
     enc = ENCODINGS[name]
     g, _ = evolve(enc, population(enc), 30)
     small, big = enc.render(g, H, W), enc.render(g, 3 * H, 3 * W)
