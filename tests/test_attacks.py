@@ -65,22 +65,56 @@ def test_outputs_valid_and_reported_metrics_true(name, targeted):
     np.testing.assert_array_equal(res.l0, (np.abs(d) > 0.5 / 255).sum(1))
 
 
-@settings(max_examples=8, deadline=None)  # each example compiles its own attack (~2 s)
+# One model for every example: PGD's compiled loop is kept per model and settings, and
+# the budget is its argument, so the examples run 4 programs (norm x quantize), not one
+# each.
+BUDGET_MODEL, BUDGET_PARAMS = linear_model()
+
+
+@settings(max_examples=12, deadline=None)
 @given(
     eps_steps=st.integers(1, 40),
     norm=st.sampled_from(["linf", "l2"]),
+    steps=st.integers(1, 6),
     seed=st.integers(0, 2**31 - 1),
     quantize=st.booleans(),
 )
-def test_pgd_distortion_within_budget(eps_steps, norm, seed, quantize):
-    model, params = linear_model()
+def test_pgd_distortion_within_budget(eps_steps, norm, steps, seed, quantize):
+    model, params = BUDGET_MODEL, BUDGET_PARAMS
     x0 = images(seed=seed % 97)
     eps = eps_steps / 255 if norm == "linf" else eps_steps / 40
-    run = attacks.pgd(model, params, eps=eps, norm=norm, steps=4, quantize=quantize)
+    run = attacks.pgd(model, params, eps=eps, norm=norm, steps=steps, quantize=quantize)
     res = run(jax.random.key(seed), x0, targets_for(model, params, x0))
     budget = res.linf if norm == "linf" else res.l2
     assert np.all(np.asarray(budget) <= eps + 1e-5)
     assert float(res.x.min()) >= 0.0 and float(res.x.max()) <= 1.0
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_another_budget_runs_the_compiled_attack_and_honours_its_numbers(schedule):
+    # A grid over eps, step size or steps (fool run) compiled one attack per point.
+    log = []
+    model, params = linear_model(log)
+    x0 = images()
+    tgt = targets_for(model, params, x0)
+
+    def attack(**budget):
+        run = attacks.pgd(model, params, schedule=schedule, random_start=False, **budget)
+        return run(jax.random.key(0), x0, tgt)
+
+    small = attack(eps=2 / 255, steps=3)
+    traced = len(log)
+    large = attack(eps=40 / 255, steps=4, step_size=20 / 255)
+    one = attack(eps=40 / 255, steps=1, step_size=20 / 255)
+    assert traced > 0 and len(log) == traced
+    # Each took its own numbers: the budget bounds the small one, and the large one's first
+    # step moves every changed pixel 20 levels (a sign step of 20/255, snapped).
+    assert np.all(np.asarray(small.linf) <= 2 / 255 + 1e-6)
+    assert np.asarray(large.linf).max() > 2 / 255 + 1e-6
+    x1 = np.asarray(one.x)
+    levels = np.rint(np.abs(x1 - np.asarray(x0)) * 255)
+    assert np.all((levels == 20) | (x1 == 0) | (x1 == 1))  # or stopped by the box
+    assert np.mean(levels == 20) > 0.5
 
 
 @pytest.mark.parametrize("name", ["pgd-linf", "pgd-l2"])

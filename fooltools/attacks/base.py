@@ -87,6 +87,46 @@ class Run(Protocol):
         ...
 
 
+class Loop(NamedTuple):
+    """An attack's three pure pieces, each jitted (see :func:`loop`).
+
+    Every :func:`run_loop` built on the same ``Loop`` shares its compiled programs.
+    """
+
+    start: Callable[..., tuple[Any, Any]]
+    chunk: Callable[..., Any]
+    finish: Callable[..., AttackResult]
+
+
+def loop(
+    start: Callable[[Params, jax.Array, jax.Array, jax.Array], tuple[Any, Any]],
+    step: Callable[[Params, Any, jax.Array, Any], Any],
+    finish: Callable[[Params, Any, Any], AttackResult],
+) -> Loop:
+    """Jit an attack's three pure pieces, each compiled once per input shape.
+
+    ``start(p, key, x, target) -> (ctx, carry)`` prepares the loop (``ctx``: what stays
+    constant, e.g. the originals and targets; ``carry``: the iterate and the best so far),
+    ``step(p, ctx, i, carry) -> carry`` is iteration ``i`` (a traced int32 scalar), and
+    ``finish(p, ctx, carry) -> AttackResult`` reads the answer off the last carry. ``p`` is
+    a jit argument, not baked in: the model's params, and any numeric settings put beside
+    them (:func:`fooltools.attacks.pgd` passes its budget there, so one compiled attack
+    serves every eps). ``start`` validates shapes (raising ValueError) at trace time.
+    """
+
+    @jax.jit
+    def start_j(p, key, x, target):
+        # Strong types throughout: the loop returns its carry strongly typed, and a weakly
+        # typed start (e.g. a Python float made an array) would compile the loop twice.
+        return jax.tree.map(lambda a: jnp.asarray(a, a.dtype), start(p, key, x, target))
+
+    @jax.jit
+    def chunk(p, ctx, carry, lo, hi):
+        return jax.lax.fori_loop(lo, hi, lambda i, c: step(p, ctx, i, c), carry)
+
+    return Loop(start_j, chunk, jax.jit(finish))
+
+
 def looped(
     start: Callable[[Params, jax.Array, jax.Array, jax.Array], tuple[Any, Any]],
     step: Callable[[Params, Any, jax.Array, Any], Any],
@@ -94,26 +134,28 @@ def looped(
     steps: int,
     params: Params,
 ) -> Run:
-    """Assemble an attack from its three pure pieces, each jitted once per input shape.
+    """Assemble an attack from its three pure pieces: ``run_loop(loop(...), steps, params)``.
 
-    ``start(p, key, x, target) -> (ctx, carry)`` prepares the loop (``ctx``: what stays
-    constant, e.g. the originals and targets; ``carry``: the iterate and the best so far),
-    ``step(p, ctx, i, carry) -> carry`` is iteration ``i`` of ``steps``, and
-    ``finish(p, ctx, carry) -> AttackResult`` reads the answer off the last carry.
+    See :func:`loop` for the pieces and :func:`run_loop` for the returned ``run``.
+    """
+    return run_loop(loop(start, step, finish), steps, params)
+
+
+def run_loop(pieces: Loop, steps: int, params: Params) -> Run:
+    """The attack ``run`` that runs ``steps`` iterations of ``pieces`` with ``p = params``.
 
     The iterations run as ``lax.fori_loop`` over traced bounds: all of them in one device
     call, or, when the caller passes ``progress``, in calls of the same compiled loop of
     about :data:`PROGRESS_SECONDS` each, with the host reporting between them. So a
     progress bar costs no compilation of its own and, unlike a host callback inside the
     loop (which JAX's persistent cache does not store), lets the next process load the
-    compiled attack from disk. Both ways give the same bytes.
+    compiled attack from disk. Both ways give the same bytes; so does any number of steps
+    with the same program.
 
     Args:
-        start: See above; validates shapes (raising ValueError) at trace time.
-        step: See above; ``i`` is a traced int32 scalar.
-        finish: See above.
+        pieces: From :func:`loop`.
         steps: Total iterations, 1 to :data:`MAX_STEPS`.
-        params: Passed as ``p`` to every piece (a jit argument, not baked in).
+        params: Passed as ``p`` to every piece.
 
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult``. ``progress(i)`` is
@@ -128,18 +170,7 @@ def looped(
     """
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be in 1..{MAX_STEPS} (int32 loop counters), got {steps}")
-
-    @jax.jit
-    def start_j(p, key, x, target):
-        # Strong types throughout: the loop returns its carry strongly typed, and a weakly
-        # typed start (e.g. a Python float made an array) would compile the loop twice.
-        return jax.tree.map(lambda a: jnp.asarray(a, a.dtype), start(p, key, x, target))
-
-    finish_j = jax.jit(finish)
-
-    @jax.jit
-    def chunk(p, ctx, carry, lo, hi):
-        return jax.lax.fori_loop(lo, hi, lambda i, c: step(p, ctx, i, c), carry)
+    start_j, chunk, finish_j = pieces
 
     def run(
         key: jax.Array, x: jax.Array, target: jax.Array, *, progress: ProgressFn | None = None

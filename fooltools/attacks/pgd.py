@@ -1,14 +1,20 @@
 """Projected gradient descent (Madry et al. 2018) in L-inf and L2, targeted or not.
 
 ``run = pgd(model, params, eps=8/255); res = run(key, x, target)``. The loop is a
-``lax.fori_loop`` compiled once per input shape (see :func:`.base.looped`).
+``lax.fori_loop`` compiled once per model, input shape and choice of norm, schedule, loss
+and so on (see :func:`.base.loop`): the budget (eps, step length, steps) is an argument
+of the compiled program, so a grid over eps compiles one attack.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
-import optax
+import numpy as np
+from jax.typing import ArrayLike
 
 from fooltools.attacks import base
 
@@ -71,7 +77,7 @@ def pgd(
         eps: Radius of the ball, in [0, 1] pixel units (8/255 is the classic L-inf
             budget), at most :data:`MAX_EPS`; with ``quantize`` at least 1/255.
         norm: ``"linf"`` or ``"l2"``.
-        steps: Number of gradient steps (>= 1).
+        steps: Number of gradient steps, 1 to :data:`.base.MAX_STEPS`.
         step_size: Step length, at most :data:`MAX_EPS`; default ``2.5 * eps / steps``
             (Madry et al.).
         schedule: ``"constant"`` or ``"cosine"`` decay of the step length to 0.
@@ -83,7 +89,7 @@ def pgd(
 
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult`` (see
-        :func:`.base.looped`) for x (N, H, W, 3) and target (N,). Each
+        :func:`.base.run_loop`) for x (N, H, W, 3) and target (N,). Each
         example returns its last successful iterate if it ever succeeded, else the
         final iterate.
     """
@@ -95,19 +101,49 @@ def pgd(
         # No change reaches a whole 8-bit level (snap rounds towards the original): the
         # attack returned its input unchanged, as a failure.
         raise ValueError(f"eps must be at least 1/255 (one 8-bit level) with quantize, got {eps}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 1 <= steps <= base.MAX_STEPS:  # the budget holds it as an int32
+        raise ValueError(f"steps must be in 1..{base.MAX_STEPS}, got {steps}")
     if loss not in ("ce", "margin"):
         raise ValueError(f"loss must be 'ce' or 'margin', got {loss!r}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
     if step_size is not None and not 0 < step_size <= MAX_EPS:
         raise ValueError(f"step_size must be in (0, {MAX_EPS:g}], got {step_size}")
     alpha = 2.5 * eps / steps if step_size is None else step_size
+    settings = (model, norm, schedule, random_start, targeted, quantize, loss)
+    try:
+        pieces = _cached_loop(*settings)
+    except TypeError:  # an unhashable model (a callable object with __eq__): built afresh
+        pieces = _loop(*settings)
+    budget = Budget(np.float32(eps), np.float32(alpha), np.int32(steps))
+    return base.run_loop(pieces, steps, (params, budget))
+
+
+class Budget(NamedTuple):
+    """PGD's numbers, passed to its compiled loop as arguments (float32/int32 scalars)."""
+
+    eps: ArrayLike
+    alpha: ArrayLike  # the (initial) step length
+    steps: ArrayLike  # what the cosine schedule decays over
+
+
+def _step_length(b: Budget, i: jax.Array, schedule: str) -> jax.Array:
     if schedule == "constant":
-        lr = optax.constant_schedule(alpha)
-    elif schedule == "cosine":
-        lr = optax.cosine_decay_schedule(alpha, steps)
-    else:
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        return b.alpha
+    # optax.cosine_decay_schedule(alpha, steps)'s formula; optax's needs a Python int.
+    return b.alpha * (0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(i, b.steps) / b.steps)))
+
+
+def _loop(
+    model: base.Model,
+    norm: str,
+    schedule: str,
+    random_start: bool,
+    targeted: bool,
+    quantize: bool,
+    loss: str,
+) -> base.Loop:
+    """PGD's jitted pieces for one model and choice of settings; ``p = (params, Budget)``."""
     loss_fn = base.cross_entropy if loss == "ce" else base.margin
 
     def evaluate(p, x0, x, target):
@@ -117,31 +153,34 @@ def pgd(
 
     grad_fn = jax.value_and_grad(evaluate, argnums=2, has_aux=True)
 
-    def start(p, key, x, target):
+    def start(pb, key, x, target):
+        p, b = pb
         x0, target = base.prepare(x, target, quantize)
         if random_start:
             # Only where the model can see: pixels that preprocessing crops away have zero
             # gradient, and noise there would be pure, never-undone distortion.
             seen = jax.grad(lambda x: jnp.sum(model(p, x)))(x0) != 0
-            noise = jnp.where(seen, _random_start(key, x0.shape, eps, norm), 0.0)
+            noise = jnp.where(seen, _random_start(key, x0.shape, b.eps, norm), 0.0)
             x = jnp.clip(x0 + noise, 0.0, 1.0)
         else:
             x = x0
         best = (x0, jnp.zeros(x0.shape[0], bool), model(p, x0))
         return (x0, target), (x, best)
 
-    def step(p, ctx, i, carry):
+    def step(pb, ctx, i, carry):
+        p, b = pb
         x0, target = ctx
         x, (bx, bok, blog) = carry
         (_, (xq, logits)), g = grad_fn(p, x0, x, target)
         ok = base.criterion(logits, target, targeted)
         sel = ok[:, None, None, None]
         best = (jnp.where(sel, xq, bx), bok | ok, jnp.where(ok[:, None], logits, blog))
-        x = x - lr(i) * step_direction(g, norm)
-        x = jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
+        x = x - _step_length(b, i, schedule) * step_direction(g, norm)
+        x = jnp.clip(x0 + project(x - x0, b.eps, norm), 0.0, 1.0)
         return x, best
 
-    def finish(p, ctx, carry):
+    def finish(pb, ctx, carry):
+        p, _ = pb
         x0, target = ctx
         x, (bx, bok, blog) = carry
         xq = base.snap(x0, x) if quantize else x
@@ -154,4 +193,10 @@ def pgd(
         lf = jnp.where(use_best[:, :, 0, 0], blog, logits)
         return base.result(x0, xf, lf, target, targeted)
 
-    return base.looped(start, step, finish, steps, params)
+    return base.loop(start, step, finish)
+
+
+# Per model and settings, so that pgd() called again (another eps, another image) runs the
+# programs already compiled in this process. Models are keyed by identity (Classifier has
+# eq=False); the cache holds the last few alive, as jit's own caches would.
+_cached_loop = functools.lru_cache(maxsize=16)(_loop)
