@@ -96,6 +96,33 @@ def test_second_call_does_not_retrace(tiny_yolo, images):
     assert traced > 0 and len(traces) == traced
 
 
+def test_another_budget_target_or_confidence_compiles_nothing(tiny_yolo, images):
+    # They are arguments of the compiled attack: a fool run grid over them compiled one
+    # attack per point. The first build is test_budget_and_grid's mislabel case (compiled
+    # already); the second changes every number, and every program it asks JAX's
+    # persistent cache for must be there.
+    events = []
+
+    def listen(event, **_):
+        events.append(event)
+
+    kw = {"mode": "mislabel", "steps": 2}
+    attacks.detection_attack(
+        tiny_yolo, eps=8 / 255, step_size=2 / 255, target_class=1, confidence=0, **kw
+    )(jax.random.key(1), images)
+    jax.monitoring.register_event_listener(listen)
+    try:
+        run = attacks.detection_attack(
+            tiny_yolo, eps=3 / 255, step_size=3 / 255, target_class=0, confidence=0.5, **kw
+        )
+        r = run(jax.random.key(1), images)
+    finally:
+        jax.monitoring.unregister_event_listener(listen)
+    asked = events.count("/jax/compilation_cache/compile_requests_use_cache")
+    assert asked and events.count("/jax/compilation_cache/cache_hits") == asked
+    assert np.abs(np.asarray(r.linf)).max() == pytest.approx(3 / 255, abs=1e-6)
+
+
 def test_8bit_or_unbatched_images_are_refused(tiny_yolo, images):
     # uint8 pixels were clipped to a white image and attacked without a word; one
     # (H, W, 3) image was an IndexError from inside the detector.

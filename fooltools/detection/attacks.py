@@ -38,6 +38,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fooltools import io, sharding
 from fooltools.attacks import base
@@ -214,7 +215,9 @@ def detection_attack(
 
     Returns:
         ``run(key, x)`` for images x (B, H, W, 3) in [0, 1] at any size the detector
-        takes; jitted once per shape. ``key`` draws DAG's adversarial labels.
+        takes; jitted once per shape, with eps, step size, target class, confidence
+        and match IoU as arguments of the program (another value compiles nothing
+        new, with JAX's persistent cache). ``key`` draws DAG's adversarial labels.
 
     Raises:
         ValueError: A bad mode, norm, budget, step count, target class or confidence;
@@ -227,8 +230,17 @@ def detection_attack(
         raise ValueError(f"fabrication must be 'count' or 'tog', got {fabrication!r}")
     k, multi = len(detector.class_names), detector.multilabel
     confidence = detector.confidence if confidence is None else confidence
+    # Arguments of the compiled attack, not constants in it: a grid over the budget, the
+    # target class or the confidence (fool run) compiles each mode's attack once.
+    numbers = (
+        np.float32(eps),
+        np.float32(step_size),
+        np.float32(confidence),
+        np.float32(match_iou),
+        np.int32(0 if target_class is None else target_class),
+    )
 
-    def loss(params, x0, x, clean, is_obj, adv_labels):
+    def loss(params, x0, x, clean, is_obj, adv_labels, match_iou, target_class):
         d = detector.dense(params, base.snap(x0, x))
         if mode == "vanish":
             return _vanishing_loss(d)
@@ -251,12 +263,13 @@ def detection_attack(
     grad = jax.grad(loss, argnums=2)
 
     @jax.jit
-    def run(params, key, x):
+    def run(params, numbers, key, x):
         # At trace time: uint8 pixels were clipped to a white image and attacked, and one
         # (H, W, 3) image was an IndexError from deep inside the detector.
         io.require_float(x, "x")
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected images of shape (B, H, W, 3), got {x.shape}")
+        eps, step_size, confidence, match_iou, target_class = numbers
         x0 = io.quantize(x)  # a no-op for images read from PNG files
         clean = detector.detect(params, x0)
         is_obj = objects(clean, confidence)
@@ -264,7 +277,7 @@ def detection_attack(
         adv_labels = (jnp.maximum(clean.labels, 0) + shift) % k
 
         def body(_, x):
-            g = grad(params, x0, x, clean, is_obj, adv_labels)
+            g = grad(params, x0, x, clean, is_obj, adv_labels, match_iou, target_class)
             if mode == "dag" and norm == "linf":
                 scale = jnp.max(jnp.abs(g), axis=(1, 2, 3), keepdims=True)
                 direction = g / jnp.maximum(scale, 1e-12)
@@ -287,7 +300,7 @@ def detection_attack(
             jnp.sqrt(jnp.sum(delta * delta, axis=-1)),
         )
 
-    parallel = sharding.data_parallel(run, detector.params, batch_arg=1)
+    parallel = sharding.data_parallel(run, detector.params, batch_arg=2)
 
     def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
         # Images on another scale (8-bit values as floats) were clipped to [0, 1] and
@@ -295,6 +308,6 @@ def detection_attack(
         io.require_float(x, "x")
         if not isinstance(x, jax.core.Tracer):
             io.require_pixel_range(x, "x")
-        return parallel(key, x)
+        return parallel(numbers, key, x)
 
     return checked
