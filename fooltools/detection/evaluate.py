@@ -90,7 +90,12 @@ def _map(
 
 
 def _batches(images: np.ndarray, batch: int):
-    """``(x, n)`` per batch: x padded with its last image to ``batch`` (one compiled shape)."""
+    """``(x, n)`` per batch: x padded with its last image to ``batch`` (one compiled shape).
+
+    Fewer images than ``batch`` are one batch of their own size: 8 images in batches of 16
+    ran the detector (and an attack) on 16.
+    """
+    batch = max(1, min(batch, images.shape[0]))
     for i in range(0, images.shape[0], batch):
         x = images[i : i + batch]
         n = x.shape[0]
@@ -181,7 +186,8 @@ def evaluate(
         detector: The detector.
         data: Images (n, H, W, 3) with ground truth, e.g. a held-out synthetic set.
         attack: One of :data:`fooltools.detection.attacks.MODES`, or None.
-        batch: Images per jitted call (the last partial batch is padded, then dropped).
+        batch: Images per jitted call, at most n (the last partial batch is padded, then
+            dropped).
         seed: Key for the attack's randomness (DAG's labels).
         confidence: Score at which a detection counts as an object; None: the detector's
             operating point.
