@@ -6,6 +6,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from fooltools import cache
+
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -22,7 +24,12 @@ def test_notebook_is_stripped(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    # The kernel shares the suite's compilation cache (as `fool` and the tests do, through
+    # fooltools.cache): the tours run attacks other tests compile too.
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache.cache_dir() / "xla"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     nb = nbformat.read(path, as_version=4)
     # A cell that raises (the tours assert what they claim) fails this test.
     NotebookClient(
