@@ -598,6 +598,19 @@ def test_ctrl_c_in_the_first_generation_leaves_a_run_to_resume(tiny, tmp_path, m
     assert w == p
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own SIGINT handler for the test, however the suite was started.
+
+    A shell script's ``make test &`` starts it with SIGINT ignored, which the evolution's
+    interrupt gate rightly leaves ignored: the test's Ctrl-C was then lost.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_ctrl_c")
 @pytest.mark.parametrize("kind", ["ga", "es"])
 def test_ctrl_c_while_a_generation_is_collected_saves_one_generations_state(
     tiny, tmp_path, monkeypatch, kind
