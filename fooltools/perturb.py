@@ -274,7 +274,7 @@ def perturb_file(
         out_dir: The run directory (created).
         progress: Optional ``progress(step)``, called on the host with the 0-based index
             of the last finished iteration as the attack goes (see
-            :func:`fooltools.attacks.base.looped`); None: one device call, no reports.
+            :func:`fooltools.attacks.base.run_loop`); None: one device call, no reports.
 
     Returns:
         The report dict (also in ``report.json``).

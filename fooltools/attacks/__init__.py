@@ -1,6 +1,7 @@
 """Gradient attacks: factories of ``run(key, x, target, *, progress=None) -> AttackResult``.
 
-Each ``run`` is built by :func:`.base.looped` from jitted pieces compiled once per shape.
+Each ``run`` is a :func:`.base.run_loop` over jitted pieces compiled once per shape (PGD's
+are kept per model and settings, with its budget as their argument).
 """
 
 from fooltools.attacks.base import AttackResult

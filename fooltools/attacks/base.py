@@ -78,7 +78,7 @@ MAX_STEPS = INT32_MAX
 
 
 class Run(Protocol):
-    """What every attack factory returns (see :func:`looped`)."""
+    """What every attack factory returns (see :func:`run_loop`)."""
 
     def __call__(
         self, key: jax.Array, x: jax.Array, target: jax.Array, *, progress: ProgressFn | None = None

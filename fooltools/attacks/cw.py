@@ -5,7 +5,7 @@ box) with Adam, where ``f`` is the margin loss (``base.margin``); between rounds
 example's ``c`` is bisected: halved towards the last failure after a success, multiplied
 by 10 while no success has been seen. The smallest successful perturbation over all
 rounds and steps is returned. The rounds' steps run as one ``fori_loop`` (see
-:func:`.base.looped`): iteration j is step ``j % steps`` of round ``j // steps``.
+:func:`.base.run_loop`): iteration j is step ``j % steps`` of round ``j // steps``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def cw(
 
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult`` (see
-        :func:`.base.looped`); ``key`` is unused (C&W is deterministic) but kept for the
+        :func:`.base.run_loop`); ``key`` is unused (C&W is deterministic) but kept for the
         common signature. Examples that never succeed return ``x``.
 
     Raises:

@@ -46,7 +46,7 @@ def szegedy(
 
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult`` (see
-        :func:`.base.looped`): the smallest-L2 successful iterate of each example, else
+        :func:`.base.run_loop`): the smallest-L2 successful iterate of each example, else
         its final iterate.
     """
     if steps < 1 or not lam >= 0:
@@ -124,7 +124,7 @@ def lbfgs(
 
     Returns:
         ``run(key, x, target, *, progress=None) -> AttackResult`` (see
-        :func:`.base.looped`) holding the smallest successful perturbation found for
+        :func:`.base.run_loop`) holding the smallest successful perturbation found for
         each example (else the unperturbed input).
     """
     if steps < 1 or search_steps < 1 or not c > 0:
