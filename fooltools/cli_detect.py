@@ -17,6 +17,7 @@ from fooltools.cli import IN_FILE, OUT_DIR, SEED
 from fooltools.errors import FoolError
 
 _MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
+DETECTIONS = "detections.json"  # what `fool detect IMAGE` writes, with boxes.png
 
 
 class _ImageByDefault(click.Group):
@@ -129,15 +130,24 @@ def image(
 ) -> None:  # fmt: skip
     """Detect objects in IMAGE: prints them, writes boxes.png and detections.json.
 
-    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set.
+    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set. An --out that
+    already holds detections or a run is refused.
     """
     import numpy as np
 
     from fooltools.detection.attack_run import resolve_image
     from fooltools.detection.draw import draw_boxes, records
     from fooltools.io import make_dir, read_image, to_uint8, write_png
-    from fooltools.perturb import default_out_dir
+    from fooltools.perturb import check_out_dir, default_out_dir
 
+    if out_dir:
+        # An earlier detection's boxes.png and detections.json were overwritten without a
+        # word; a run of another kind is refused as fool perturb refuses it.
+        check_out_dir(out_dir)
+        if (Path(out_dir) / DETECTIONS).exists():
+            raise FoolError(
+                f"{out_dir} already holds detections ({DETECTIONS}); choose another --out"
+            )
     # Loaded first: synthetic:N is written into the run directory, which a wrong weights
     # file then left behind holding it.
     det = _load(detector, cfg, weights, variant)
@@ -150,7 +160,7 @@ def image(
     dets = records(found, 0, det.class_names, confidence)
     write_png(out / "boxes.png", draw_boxes(to_uint8(x), dets).astype(np.float32) / 255)
     record = {"image": str(path), "detector": det.name, "objects": dets}
-    _write_json(out / "detections.json", record)
+    _write_json(out / DETECTIONS, record)
     for d in dets:
         box = ", ".join(f"{v:.0f}" for v in d["box"])
         click.echo(f"{d['label']:>12} {100 * d['score']:5.1f}%  [{box}]")

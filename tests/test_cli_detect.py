@@ -142,6 +142,21 @@ def test_bad_input(capsys, shapes_png, args, fragments):
     assert_one_line_error(code, err, *fragments)
 
 
+def test_detect_refuses_an_out_holding_detections_or_a_run(capsys, tmp_path, shapes_png):
+    # A second detection into the same --out overwrote the first's boxes and JSON.
+    first = {"detections.json": '{"objects": "an earlier detection"}', "boxes.png": "png"}
+    for name, text in first.items():
+        (tmp_path / name).write_text(text)
+    code, _, err = run(capsys, "detect", shapes_png, *NET, "--out", str(tmp_path))
+    assert_one_line_error(code, err, "already holds detections", "choose another --out")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == first
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "report.json").write_text("{}")
+    code, _, err = run(capsys, "detect", shapes_png, *NET, "--out", str(run_dir))
+    assert_one_line_error(code, err, "already holds a run")
+
+
 def test_attack_refuses_an_out_holding_a_run(capsys, tmp_path, shapes_png):
     # It wrote over the earlier run's images and report, as fool perturb no longer does.
     (tmp_path / "report.json").write_text('{"title": "an earlier run"}')
