@@ -26,6 +26,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from fooltools import words
 from fooltools.errors import FoolError, ImageError, one_line
 from fooltools.io import read_image, to_uint8, write_bytes_atomic
 
@@ -343,11 +344,12 @@ def _tally(reports: list[dict[str, Any]]) -> str:
     """
     wins = sum(r.get("success") is True for r in reports)
     judged = sum(isinstance(r.get("success"), bool) for r in reports)
+    runs = words.count(len(reports), "run")
     if judged == len(reports):
-        return f"{len(reports)} runs, {wins} successful."
+        return f"{runs}, {wins} successful."
     if not judged:
-        return f"{len(reports)} runs, none with a success verdict."
-    return f"{len(reports)} runs, {wins} of the {judged} with a success verdict successful."
+        return f"{runs}, none with a success verdict."
+    return f"{runs}, {wins} of the {judged} with a success verdict successful."
 
 
 def build_gallery(

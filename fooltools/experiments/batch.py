@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fooltools import __version__
+from fooltools import __version__, words
 from fooltools.errors import FoolError
 from fooltools.experiments.executors import Executor, Job, LocalExecutor
 from fooltools.experiments.spec import Run, Spec, identity_key, resolved_toml
@@ -158,8 +158,9 @@ def run_batch(
     if dropped:
         # The record follows the spec: these runs would vanish from it and from the results.
         raise FoolError(
-            f"{out} holds {len(dropped)} run(s) that {spec.name} does not have (such as "
-            f"{dropped[0]}): resume it with a spec whose grid keeps them, or use another --out"
+            f"{out} holds {words.count(len(dropped), 'run')} that {spec.name} does not have "
+            f"(such as {dropped[0]}): resume it with a spec whose grid keeps them, or use "
+            "another --out"
         )
     # Read before the record is rewritten: a result.json edited by hand stops it here.
     finished = {r.id for r in runs if resume and finished_ok(r.id)}
@@ -171,7 +172,7 @@ def run_batch(
     write_bytes_atomic(out / RESOLVED, resolved_toml(spec, len(record["runs"])).encode())
     jobs = [Job(r, out / RUNS / r.id) for r in runs if r.id not in finished]
     echo(
-        f"{spec.name}: {len(runs)} runs"
+        f"{spec.name}: {words.count(len(runs), 'run')}"
         + (f", {len(finished)} finished before" if finished else "")
         + f"; running {len(jobs)} on {executor.name} -> {out}"
     )

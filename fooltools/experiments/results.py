@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fooltools import words
 from fooltools.errors import FoolError, one_line
 from fooltools.experiments.batch import BATCH, read_result
 from fooltools.experiments.spec import Run
@@ -210,7 +211,7 @@ def format_summary(rows: list[dict[str, Any]], by: Sequence[str] = ()) -> str:
             for row in cells
         ]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "failed", "unfinished")}
-    total = f"{len(rows)} runs: {counts['ok']} ok, {counts['failed']} failed"
+    total = f"{words.count(len(rows), 'run')}: {counts['ok']} ok, {counts['failed']} failed"
     if counts["unfinished"]:
         total += f", {counts['unfinished']} unfinished (continue with --resume)"
     lines.append(total)
@@ -249,7 +250,7 @@ def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[
                 load_report(run_dir)
             except FoolError as err:
                 skipped.append(f"{run_dir}: {err}")
-        title = f"{batch['name']}: {len(shown) - len(skipped)} runs"
+        title = f"{batch['name']}: {words.count(len(shown) - len(skipped), 'run')}"
         # The runs' titles are alike (a seed sweep's are one): each card says its grid
         # values, after the kind the card shows already ("seed=1" of "perturb seed=1").
         labels = {r["dir"]: r["label"].removeprefix(batch["kind"]).strip() for r in rows}

@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fooltools import words
 from fooltools.errors import FoolError, one_line
 from fooltools.experiments.tasks import TASKS, Param
 
@@ -407,7 +408,7 @@ def resolved_toml(spec: Spec, n_runs: int) -> str:
     fixed = {**defaults, **spec.fixed}
     unset = [k for k, v in fixed.items() if v is None]
     lines = [
-        f"# Resolved from {spec.path or 'a spec'}: {n_runs} runs.",
+        f"# Resolved from {spec.path or 'a spec'}: {words.count(n_runs, 'run')}.",
         f"kind = {_toml_value(spec.kind)}",
         f"name = {_toml_value(spec.name)}",
         "",
