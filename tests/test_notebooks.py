@@ -6,8 +6,6 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from fooltools import cache
-
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 
 
@@ -24,13 +22,12 @@ def test_notebook_is_stripped(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, tmp_path, monkeypatch):
-    # The kernel shares the suite's compilation cache (as `fool` and the tests do, through
-    # fooltools.cache): the tours run attacks other tests compile too.
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache.cache_dir() / "xla"))
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+def test_notebook_runs(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
+    # The kernel shares the suite's compilation cache (its FOOLTOOLS_CACHE_DIR, set up as
+    # `fool` and the tests set it): the tours run attacks other tests compile too.
+    setup = "from fooltools.cache import enable_compilation_cache\nenable_compilation_cache()"
+    nb.cells.insert(0, nbformat.v4.new_code_cell(setup))
     # A cell that raises (the tours assert what they claim) fails this test.
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
