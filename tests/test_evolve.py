@@ -898,6 +898,55 @@ def test_a_resume_with_another_selection_is_refused(tiny, tmp_path):
                       seed=0, out=tmp_path / "c", resume=True)  # fmt: skip
 
 
+def _rewrite_meta(path, edit):
+    """Rewrite a checkpoint's meta blob with ``edit(meta)`` (arrays kept as they are)."""
+    with np.load(path) as data:
+        files = dict(data)
+    meta = json.loads(files.pop("meta").tobytes())
+    edit(meta)
+    np.savez(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **files)
+
+
+@pytest.mark.parametrize(
+    ("kind", "other", "named"),
+    [
+        ("ga", {"weight_sigma": 0.3}, r"encoding_settings.weight_sigma = 0.5, this run has 0.3"),
+        # Another genome size was "corrupt checkpoint (genome array 0)": now the setting.
+        ("ga", {"max_nodes": 40}, r"encoding_settings.max_nodes = 32, this run has 40"),
+        ("es", {"input_gain": 10.0}, r"encoding_settings.input_gain = 20.0, this run has 10.0"),
+        ("map-elites", {"eta_m": 20.0}, r"encoding_settings.eta_m = 15.0, this run has 20.0"),
+    ],
+)
+def test_a_resume_with_other_encoding_settings_is_refused(tiny, tmp_path, kind, other, named):
+    # The encoding's hyper-parameters were not in the checkpoint: a run resumed with
+    # other mutation rates went on as another run, without a word.
+    cfg = SearchConfig(population=P, generations=1, elites=0 if kind == "map-elites" else 2)
+    base = {"es": dict(ES_CPPN), "map-elites": {"height": S, "width": S}}.get(kind, {})
+
+    def run(settings, resume, generations=1):
+        c = dataclasses.replace(cfg, generations=generations)
+        kw = {"seed": 0, "out": tmp_path, "resume": resume}
+        if kind == "es":
+            return evolve_es(tiny, cppn(**settings), "cppn", 15, c, ES_TEST, **kw)
+        if kind == "map-elites":
+            return evolve_map_elites(tiny, direct(**settings), "direct", CELLS, c, **kw)
+        return evolve_single(tiny, cppn(**settings), "cppn", 15, c, **kw)
+
+    run(base, resume=False)
+    ck = tmp_path / "checkpoint.npz"
+    before = ck.read_bytes()
+    with pytest.raises(FoolError, match=rf"another run \({named}\); resume it with its own"):
+        run({**base, **other}, resume=True, generations=2)
+    assert ck.read_bytes() == before
+    # A checkpoint written before the settings were recorded resumes as it did.
+    _rewrite_meta(ck, lambda meta: meta.pop("encoding_settings"))
+    assert run(base, resume=True, generations=2)["generation"] == 2
+    # And one whose record is not an object is corrupt, not a traceback.
+    _rewrite_meta(ck, lambda meta: meta.update(encoding_settings=[1]))
+    with pytest.raises(FoolError, match=r"corrupt checkpoint .*\(encoding_settings is not an"):
+        run(base, resume=True, generations=3)
+
+
 def test_a_checkpoint_of_other_cells_is_refused_in_a_short_line(tmp_path):
     # --classes all against a 2-cell archive listed 1000 indices in the error line.
     ck = tmp_path / "checkpoint.npz"

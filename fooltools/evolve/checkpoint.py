@@ -50,6 +50,7 @@ def load(
     template: Any,
     expect: dict[str, Any],
     state: Mapping[str, jax.ShapeDtypeStruct] | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
     """Read a checkpoint written by :func:`save` for the same configuration.
 
@@ -61,6 +62,10 @@ def load(
         state: The state arrays the caller reads, by name, with the shape and dtype each
             must have (a dtype of the same kind is cast to it); when given, the meta must
             also hold the ``generation`` (a non-negative integer) the run resumes from.
+        settings: Meta entries that are objects of named settings (an encoding's
+            hyper-parameters), compared setting by setting, the first that differs named;
+            only where the checkpoint records them (one written before they were is
+            taken as it is). Checked before the arrays, whose shapes may follow from them.
 
     Returns:
         ``(genomes, arrays, meta)``.
@@ -71,11 +76,16 @@ def load(
     files, meta = _read(path)
     for key, value in expect.items():
         if meta.get(key) != value:
-            raise FoolError(
-                f"checkpoint {path} belongs to another run ({key} = {_shown(meta.get(key))}, "
-                f"this run has {_shown(value)}); resume it with its own settings, or use "
-                "another --out"
-            )
+            raise _another_run(path, key, meta.get(key), value)
+    for key, value in (settings or {}).items():
+        recorded = meta.get(key)
+        if recorded is None:
+            continue
+        if not isinstance(recorded, dict):
+            raise FoolError(f"corrupt checkpoint {path} ({key} is not an object); left untouched")
+        for name in sorted(set(recorded) | set(value)):
+            if recorded.get(name) != value.get(name):
+                raise _another_run(path, f"{key}.{name}", recorded.get(name), value.get(name))
     specs, treedef = jax.tree_util.tree_flatten(template)
     leaves = []
     for i, spec in enumerate(specs):
@@ -103,6 +113,14 @@ def load(
             )
         arrays[name] = arr.astype(spec.dtype, copy=False)
     return jax.tree_util.tree_unflatten(treedef, leaves), arrays, meta
+
+
+def _another_run(path: Path, key: str, saved: Any, mine: Any) -> FoolError:
+    """The refusal of a checkpoint whose ``key`` is ``saved`` where this run has ``mine``."""
+    return FoolError(
+        f"checkpoint {path} belongs to another run ({key} = {_shown(saved)}, this run has "
+        f"{_shown(mine)}); resume it with its own settings, or use another --out"
+    )
 
 
 def _shown(value: Any, most: int = 8) -> str:

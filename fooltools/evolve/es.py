@@ -41,6 +41,7 @@ from fooltools.evolve.run import (
     Progress,
     best_template,
     check_classes,
+    encoding_settings,
     genome_template,
     lookahead_by_default,
     record_best,
@@ -202,6 +203,7 @@ def evolve_es(
         "sigma": es.sigma,
         "learning_rate": es.learning_rate,
     }
+    settings = encoding_settings(encoding)
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     if resume:
         template = genome_template(encoding, 1)
@@ -217,6 +219,7 @@ def evolve_es(
                 "adam_nu": weight,
                 **best_template(clf),
             },
+            settings=settings,
         )
         center = search.take(stacked, 0)
         fresh = opt.init(center.weight)  # (adam moments, empty scale state)
@@ -269,7 +272,7 @@ def evolve_es(
             "adam_nu": np.asarray(adam.nu),
         }
         stacked = jax.tree_util.tree_map(lambda a: a[None], pop["center"])
-        info = {**meta, **run_length(cfg), "generation": gen}
+        info = {**meta, **settings, **run_length(cfg), "generation": gen}
         checkpoint.save(out / CHECKPOINT, stacked, arrays, info)
 
     if not resume:

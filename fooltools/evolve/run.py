@@ -299,6 +299,25 @@ def weights_digest(clf: Classifier) -> str | None:
     return None if clf.weights is None else clf.weights.digest
 
 
+def encoding_settings(encoding: search.Encoding) -> dict[str, dict[str, Any]]:
+    """What a checkpoint's meta records of the encoding's hyper-parameters.
+
+    ``{"encoding_settings": {name: value}}`` for an encoding that is a NamedTuple of them
+    (:class:`~fooltools.evolve.cppn.CPPN`, :class:`~fooltools.evolve.direct.Direct`), in
+    their JSON form; empty for another. Passed as ``settings`` to
+    :func:`~fooltools.evolve.checkpoint.load`: a run resumed with other mutation rates or
+    another genome size would have gone on as another run (a genome size was refused as
+    a "corrupt" genome array), and checkpoints written before the record resume as before.
+    """
+    fields = getattr(encoding, "_asdict", None)
+    if fields is None:
+        return {}
+    # A tuple (CPPN.activations) reads back as a list, a NumPy integer (Direct's size)
+    # as an int: compared in the form they take on disk.
+    values = json.loads(json.dumps(fields(), default=lambda v: v.item()))
+    return {"encoding_settings": values}
+
+
 def run_length(cfg: SearchConfig) -> dict[str, Any]:
     """The meta entries a resume takes as its defaults, not checked against it.
 
@@ -446,6 +465,7 @@ def evolve_single(
     generation = search.make_generation(clf, encoding, cfg.cxpb)
     cols = jnp.asarray([target])
     meta = _meta("single", clf, enc_name, cfg, seed, [target])
+    settings = encoding_settings(encoding)
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     h, w = clf.info.input_size
     if resume:
@@ -454,6 +474,7 @@ def evolve_single(
             genome_template(encoding, cfg.population),
             meta,
             state={"fitness": _floats(cfg.population), **best_template(clf)},
+            settings=settings,
         )
         state = {k: arrays[k] for k in ("fitness", "best_image", "best")}
         start = saved["generation"]
@@ -513,7 +534,7 @@ def evolve_single(
         return elites
 
     def save(gen: int) -> None:
-        info = {**meta, **run_length(cfg), "generation": gen}
+        info = {**meta, **settings, **run_length(cfg), "generation": gen}
         checkpoint.save(out / CHECKPOINT, pop["genomes"], state, info)
 
     if not resume:
@@ -566,6 +587,7 @@ def evolve_map_elites(
     evaluate = search.make_evaluator(clf, encoding)
     generation = search.make_map_elites_generation(clf, encoding, cfg.cxpb)
     meta = _meta("map-elites", clf, enc_name, cfg, seed, classes)
+    settings = encoding_settings(encoding)
     loop = Loop(out, cfg.generations, checkpoint_every, progress)
     if resume:
         archive, arrays, saved = checkpoint.load(
@@ -573,6 +595,7 @@ def evolve_map_elites(
             genome_template(encoding, len(classes)),
             meta,
             state={"fitness": _floats(len(classes)), "evaluations": _INT},
+            settings=settings,
         )
         state = {"fitness": arrays["fitness"], "evaluations": arrays["evaluations"]}
         start = saved["generation"]
@@ -601,7 +624,7 @@ def evolve_map_elites(
         return collect
 
     def save(gen: int) -> None:
-        info = {**meta, **run_length(cfg), "generation": gen}
+        info = {**meta, **settings, **run_length(cfg), "generation": gen}
         checkpoint.save(out / CHECKPOINT, pop["archive"], state, info)
 
     if not resume:
