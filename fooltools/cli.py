@@ -172,7 +172,7 @@ def classify(
     as_json: bool,
     crops: int | None,
 ) -> None:
-    """Print the top classes of each IMAGE.
+    """Print the top classes of each IMAGE (a directory: each image file in it).
 
     Images are read and printed a batch at a time. An unreadable one gets an error line
     on stderr in its place and the others are still classified; the exit status is then 2.
@@ -188,10 +188,10 @@ def classify(
     def read(arg: str) -> np.ndarray:
         return io.read_image(resolve_image(arg))  # a mistyped sample: a bad image like others
 
+    images, failed = _expand_directories(images)
     # A batch of paths at a time, each image decoded only as probabilities() reaches it:
     # reading every image first held them all at full resolution (float32, 144 MB per
     # 12-megapixel photo), so `fool classify photos/*.jpg` ran out of memory.
-    failed = False
     for start in range(0, len(images), CHUNK):
         batch = images[start : start + CHUNK]
         try:
@@ -214,6 +214,34 @@ def classify(
     if failed:
         # Not click's Exit: with standalone_mode=False click returns its code, lost in main().
         sys.exit(EXIT_USAGE)
+
+
+def _expand_directories(args: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
+    """``fool classify``'s IMAGES with each directory replaced by the images in it.
+
+    A directory was an error line ("is a directory"), when a run's ``cells/`` or a folder
+    of photos is a natural thing to classify. One holding no image gets an error line on
+    stderr; the second value says whether any did (the exit status is then 2).
+    """
+    from fooltools import io
+
+    out: list[str] = []
+    failed = False
+    for arg in args:
+        if arg.startswith("sample:") or not Path(arg).is_dir():
+            out.append(arg)
+            continue
+        try:
+            found = io.images_in(arg)
+        except ImageError as err:
+            click.echo(f"error: {one_line(err)}", err=True)
+            failed = True
+            continue
+        if not found:
+            click.echo(f"error: no image files in {arg}", err=True)
+            failed = True
+        out.extend(str(p) for p in found)
+    return tuple(out), failed
 
 
 def _print_prediction(clf: Classifier, path: Path, pred: Prediction, as_json: bool) -> None:

@@ -446,6 +446,31 @@ def make_preprocess(
     return apply
 
 
+def images_in(directory: str | os.PathLike[str]) -> list[pathlib.Path]:
+    """The image files directly in ``directory``, sorted by name.
+
+    Image files are those with a suffix of a format Pillow reads (any case); hidden files
+    and subdirectories are left out.
+
+    Raises:
+        ImageError: ``directory`` cannot be listed (one line naming it).
+    """
+    Image.init()  # registers every plugin's suffixes, not only the five preloaded ones
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    try:
+        entries = list(pathlib.Path(directory).iterdir())
+    except OSError as err:
+        raise ImageError(f"cannot list {os.fspath(directory)}: {one_line(err)}") from None
+    return sorted(
+        (
+            p
+            for p in entries
+            if p.suffix.lower() in readable and not p.name.startswith(".") and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+
+
 def sample_names() -> list[str]:
     """Names (file stems) of the bundled sample photos, sorted."""
     return sorted(p.stem for p in SAMPLES_DIR.iterdir() if p.suffix.lower() in _SAMPLE_SUFFIXES)

@@ -135,6 +135,30 @@ def test_classify_bad_files_lose_no_other_results(capsys, tmp_path):
     assert "unknown sample 'dog'" in errors[2]
 
 
+def test_classify_a_directory_classifies_the_images_in_it(capsys, tmp_path):
+    # A directory was an error line ("is a directory"); a run's cells/ or a folder of
+    # photos is the natural thing to pass. Its image files in name order, any suffix case.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sample_path("cat"), folder / "b-cat.PNG")
+    shutil.copy(sample_path("coffee"), folder / "a-coffee.png")
+    shutil.copy(sample_path("cat"), folder / ".hidden.png")
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "sub.png").mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = run(capsys, "classify", str(folder), str(empty), "sample:coffee",
+                         "--top", "1", "--json")  # fmt: skip
+    assert_one_line_error(code, err, f"no image files in {empty}")
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [Path(line["image"]).name for line in lines] == [
+        "a-coffee.png",
+        "b-cat.PNG",
+        "coffee.png",
+    ]
+    assert [line["top"][0]["label"] for line in lines] == ["espresso", "Egyptian cat", "espresso"]
+
+
 def test_classify_table_other_model(capsys):
     out, _ = run_ok(capsys, "classify", str(sample_path("coffee")), "--model", "efficientnet_lite1")
     assert "efficientnet_lite1.in1k" in out
