@@ -96,31 +96,43 @@ def test_second_call_does_not_retrace(tiny_yolo, images):
     assert traced > 0 and len(traces) == traced
 
 
-def test_another_budget_target_or_confidence_compiles_nothing(tiny_yolo, images):
-    # They are arguments of the compiled attack: a fool run grid over them compiled one
-    # attack per point. The first build is test_budget_and_grid's mislabel case (compiled
-    # already); the second changes every number, and every program it asks JAX's
-    # persistent cache for must be there.
-    events = []
+def test_another_mode_budget_target_or_confidence_compiles_nothing(tiny_yolo, images):
+    # They are arguments of the compiled attack, each mode's loss a branch of it: a fool
+    # run grid over them, or fool detect eval over the modes, compiled one attack per
+    # point. Three steps, which no other test here runs (so that no program of another
+    # mode is in the persistent cache already): after the first build, the other modes
+    # with every number changed compile nothing, in this process or from the cache.
+    compiled = []
 
-    def listen(event, **_):
-        events.append(event)
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(duration)
 
-    kw = {"mode": "mislabel", "steps": 2}
+    kw = {"steps": 3, "eps": 3 / 255, "step_size": 3 / 255, "confidence": 0.01}
     attacks.detection_attack(
-        tiny_yolo, eps=8 / 255, step_size=2 / 255, target_class=1, confidence=0, **kw
-    )(jax.random.key(1), images)
-    jax.monitoring.register_event_listener(listen)
+        tiny_yolo, mode="mislabel", steps=3, eps=8 / 255, step_size=2 / 255, target_class=1,
+        confidence=0,
+    )(jax.random.key(1), images)  # fmt: skip
+    jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        run = attacks.detection_attack(
-            tiny_yolo, eps=3 / 255, step_size=3 / 255, target_class=0, confidence=0.5, **kw
+        results = [
+            attacks.detection_attack(tiny_yolo, mode=mode, **kw)(jax.random.key(1), images)
+            for mode in ("vanish", "fabricate", "dag")
+        ]
+        results.append(
+            attacks.detection_attack(tiny_yolo, mode="mislabel", target_class=0, **kw)(
+                jax.random.key(1), images
+            )
         )
-        r = run(jax.random.key(1), images)
     finally:
-        jax.monitoring.unregister_event_listener(listen)
-    asked = events.count("/jax/compilation_cache/compile_requests_use_cache")
-    assert asked and events.count("/jax/compilation_cache/cache_hits") == asked
-    assert np.abs(np.asarray(r.linf)).max() == pytest.approx(3 / 255, abs=1e-6)
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == []
+    for r in results:
+        assert np.abs(np.asarray(r.linf)).max() == pytest.approx(3 / 255, abs=1e-6)
+    # Each mode's own loss ran: vanishing lowers the scores, fabricating raises them.
+    vanish, fabricate = results[:2]
+    assert _total_score(vanish.adv) < _total_score(vanish.clean)
+    assert _total_score(fabricate.adv) > _total_score(fabricate.clean)
 
 
 def test_8bit_or_unbatched_images_are_refused(tiny_yolo, images):

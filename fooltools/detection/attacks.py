@@ -32,9 +32,10 @@ original, :func:`fooltools.attacks.base.snap`), so what is reported is what the 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -215,9 +216,10 @@ def detection_attack(
 
     Returns:
         ``run(key, x)`` for images x (B, H, W, 3) in [0, 1] at any size the detector
-        takes; jitted once per shape, with eps, step size, target class, confidence
-        and match IoU as arguments of the program (another value compiles nothing
-        new, with JAX's persistent cache). ``key`` draws DAG's adversarial labels.
+        takes; jitted once per detector, norm, steps and shape, with the mode, eps,
+        step size, target class, confidence and match IoU as arguments of the program
+        (another mode or value compiles nothing new). ``key`` draws DAG's adversarial
+        labels.
 
     Raises:
         ValueError: A bad mode, norm, budget, step count, target class or confidence;
@@ -228,39 +230,94 @@ def detection_attack(
     eps, step_size = budget(norm, eps, step_size)
     if fabrication not in ("count", "tog"):
         raise ValueError(f"fabrication must be 'count' or 'tog', got {fabrication!r}")
-    k, multi = len(detector.class_names), detector.multilabel
     confidence = detector.confidence if confidence is None else confidence
-    # Arguments of the compiled attack, not constants in it: a grid over the budget, the
-    # target class or the confidence (fool run) compiles each mode's attack once.
+    # Arguments of the compiled attack, not constants in it: one program per detector,
+    # norm and shape serves every mode (each mode's loss is a branch of it), budget,
+    # target class and confidence, so a grid over them (fool run, fool detect eval's
+    # modes) compiles it once.
     numbers = (
+        np.int32(MODES.index(mode)),
         np.float32(eps),
         np.float32(step_size),
         np.float32(confidence),
         np.float32(match_iou),
         np.int32(0 if target_class is None else target_class),
     )
+    shape = (detector.dense, detector.detect, len(detector.class_names), detector.multilabel)
+    try:
+        run = _cached_program(*shape, steps, norm, fabrication)
+    except TypeError:  # unhashable functions (callable objects with __eq__): built afresh
+        run = _program(*shape, steps, norm, fabrication)
+    parallel = sharding.data_parallel(run, detector.params, batch_arg=2)
 
-    def loss(params, x0, x, clean, is_obj, adv_labels, match_iou, target_class):
-        d = detector.dense(params, base.snap(x0, x))
-        if mode == "vanish":
-            return _vanishing_loss(d)
-        if mode == "fabricate" and fabrication == "tog":
-            return -_vanishing_loss(d)
-        if mode == "fabricate":
-            return -_expected_objects(d)
-        pos, which = _match(d, clean, is_obj, match_iou)
-        labels = jnp.take_along_axis(clean.labels, which, axis=1)
-        if mode == "mislabel":
+    def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
+        # Images on another scale (8-bit values as floats) were clipped to [0, 1] and
+        # attacked without a word; under an outer jit the values cannot be read.
+        io.require_float(x, "x")
+        if not isinstance(x, jax.core.Tracer):
+            io.require_pixel_range(x, "x")
+        return parallel(numbers, key, x)
+
+    return checked
+
+
+def _program(
+    dense: Callable[[Any, jax.Array], Dense],
+    detect: Callable[[Any, jax.Array], Found],
+    k: int,
+    multi: bool,
+    steps: int,
+    norm: str,
+    fabrication: str,
+) -> Callable[..., DetectionAttackResult]:
+    """The jitted attack ``run(params, numbers, key, x)`` of every mode, for one detector.
+
+    ``numbers``: (mode index in :data:`MODES`, eps, step size, confidence, match IoU,
+    target class), int32/float32 scalars. ``dense``, ``detect``, ``k`` (classes) and
+    ``multi`` (multilabel) are the detector's.
+    """
+
+    def mode_loss(params, x0, x, clean, is_obj, adv_labels, numbers):
+        mode, match_iou, target_class = numbers[0], numbers[4], numbers[5]
+        d = dense(params, base.snap(x0, x))
+
+        def matched(labelled):
+            # The candidates on clean objects, with those objects' labels.
+            def loss():
+                pos, which = _match(d, clean, is_obj, match_iou)
+                return labelled(pos, which, jnp.take_along_axis(clean.labels, which, axis=1))
+
+            return loss
+
+        def mislabel(pos, which, labels):
             return _detection_loss(d, pos, jnp.full_like(labels, target_class), multi)
-        if mode == "untargeted":
-            return -_detection_loss(d, pos, labels, multi)
-        adv = jnp.take_along_axis(adv_labels, which, axis=1)
-        true_logit = jnp.take_along_axis(d.cls, labels[..., None], axis=-1)[..., 0]
-        adv_logit = jnp.take_along_axis(d.cls, adv[..., None], axis=-1)[..., 0]
-        active = pos & (d.cls.argmax(-1) == labels)  # DAG: only still-correct candidates
-        return jnp.sum(jnp.where(active, true_logit - adv_logit, 0.0))
 
-    grad = jax.grad(loss, argnums=2)
+        def untargeted(pos, which, labels):
+            return -_detection_loss(d, pos, labels, multi)
+
+        def dag(pos, which, labels):
+            adv = jnp.take_along_axis(adv_labels, which, axis=1)
+            true_logit = jnp.take_along_axis(d.cls, labels[..., None], axis=-1)[..., 0]
+            adv_logit = jnp.take_along_axis(d.cls, adv[..., None], axis=-1)[..., 0]
+            active = pos & (d.cls.argmax(-1) == labels)  # DAG: only still-correct candidates
+            return jnp.sum(jnp.where(active, true_logit - adv_logit, 0.0))
+
+        branches = {
+            "vanish": lambda: _vanishing_loss(d),
+            "fabricate": (
+                (lambda: -_vanishing_loss(d))
+                if fabrication == "tog"
+                else (lambda: -_expected_objects(d))
+            ),
+            "mislabel": matched(mislabel),
+            "untargeted": matched(untargeted),
+            "dag": matched(dag),
+        }
+        # Only the mode's branch runs; the network's forward and backward pass, outside
+        # the branches, is compiled once for all of them.
+        return jax.lax.switch(mode, [branches[m] for m in MODES])
+
+    grad = jax.grad(mode_loss, argnums=2)
 
     @jax.jit
     def run(params, numbers, key, x):
@@ -269,20 +326,21 @@ def detection_attack(
         io.require_float(x, "x")
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected images of shape (B, H, W, 3), got {x.shape}")
-        eps, step_size, confidence, match_iou, target_class = numbers
+        mode, eps, step_size, confidence = numbers[:4]
         x0 = io.quantize(x)  # a no-op for images read from PNG files
-        clean = detector.detect(params, x0)
+        clean = detect(params, x0)
         is_obj = objects(clean, confidence)
         shift = jax.random.randint(key, clean.labels.shape, 1, max(k, 2))
         adv_labels = (jnp.maximum(clean.labels, 0) + shift) % k
+        is_dag_linf = (mode == MODES.index("dag")) & (norm == "linf")
 
         def body(_, x):
-            g = grad(params, x0, x, clean, is_obj, adv_labels, match_iou, target_class)
-            if mode == "dag" and norm == "linf":
+            g = grad(params, x0, x, clean, is_obj, adv_labels, numbers)
+            direction = step_direction(g, norm)
+            if norm == "linf":
+                # DAG's L-inf step: the gradient scaled by its largest entry, not its sign.
                 scale = jnp.max(jnp.abs(g), axis=(1, 2, 3), keepdims=True)
-                direction = g / jnp.maximum(scale, 1e-12)
-            else:
-                direction = step_direction(g, norm)
+                direction = jnp.where(is_dag_linf, g / jnp.maximum(scale, 1e-12), direction)
             x = x - step_size * direction
             return jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
 
@@ -295,19 +353,15 @@ def detection_attack(
         return DetectionAttackResult(
             xa,
             clean,
-            detector.detect(params, xa),
+            detect(params, xa),
             jnp.abs(delta).max(-1),
             jnp.sqrt(jnp.sum(delta * delta, axis=-1)),
         )
 
-    parallel = sharding.data_parallel(run, detector.params, batch_arg=2)
+    return run
 
-    def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
-        # Images on another scale (8-bit values as floats) were clipped to [0, 1] and
-        # attacked without a word; under an outer jit the values cannot be read.
-        io.require_float(x, "x")
-        if not isinstance(x, jax.core.Tracer):
-            io.require_pixel_range(x, "x")
-        return parallel(numbers, key, x)
 
-    return checked
+# Per detector and static settings, so that another mode, budget or target in this process
+# runs the program already compiled (JAX's persistent cache would spare the compile, not
+# the trace of the unrolled loop).
+_cached_program = functools.lru_cache(maxsize=16)(_program)
