@@ -96,12 +96,12 @@ def test_second_call_does_not_retrace(tiny_yolo, images):
     assert traced > 0 and len(traces) == traced
 
 
-def test_another_mode_budget_target_or_confidence_compiles_nothing(tiny_yolo, images):
+def test_another_mode_norm_budget_target_or_confidence_compiles_nothing(tiny_yolo, images):
     # They are arguments of the compiled attack, each mode's loss a branch of it: a fool
     # run grid over them, or fool detect eval over the modes, compiled one attack per
     # point. Three steps, which no other test here runs (so that no program of another
     # mode is in the persistent cache already): after the first build, the other modes
-    # with every number changed compile nothing, in this process or from the cache.
+    # and norm with every number changed compile nothing, in this process or from the cache.
     compiled = []
 
     def listen(event, duration, **_):
@@ -124,9 +124,14 @@ def test_another_mode_budget_target_or_confidence_compiles_nothing(tiny_yolo, im
                 jax.random.key(1), images
             )
         )
+        l2 = attacks.detection_attack(tiny_yolo, mode="vanish", norm="l2", steps=3, eps=0.5)(
+            jax.random.key(1), images
+        )
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert compiled == []
+    # An L2 step and ball (the 8-bit grid takes the changes' rounding off the radius).
+    assert 0.3 < np.asarray(l2.l2).max() <= 0.5 + 1e-5
     for r in results:
         assert np.abs(np.asarray(r.linf)).max() == pytest.approx(3 / 255, abs=1e-6)
     # Each mode's own loss ran: vanishing lowers the scores, fabricating raises them.

@@ -216,9 +216,9 @@ def detection_attack(
 
     Returns:
         ``run(key, x)`` for images x (B, H, W, 3) in [0, 1] at any size the detector
-        takes; jitted once per detector, norm, steps and shape, with the mode, eps,
+        takes; jitted once per detector, steps and shape, with the mode, norm, eps,
         step size, target class, confidence and match IoU as arguments of the program
-        (another mode or value compiles nothing new). ``key`` draws DAG's adversarial
+        (another mode, norm or value compiles nothing new). ``key`` draws DAG's adversarial
         labels.
 
     Raises:
@@ -232,11 +232,12 @@ def detection_attack(
         raise ValueError(f"fabrication must be 'count' or 'tog', got {fabrication!r}")
     confidence = detector.confidence if confidence is None else confidence
     # Arguments of the compiled attack, not constants in it: one program per detector,
-    # norm and shape serves every mode (each mode's loss is a branch of it), budget,
-    # target class and confidence, so a grid over them (fool run, fool detect eval's
-    # modes) compiles it once.
+    # steps and shape serves every mode (each mode's loss is a branch of it), norm,
+    # budget, target class and confidence, so a grid over them (fool run, fool detect
+    # eval's modes) compiles it once.
     numbers = (
         np.int32(MODES.index(mode)),
+        np.bool_(norm == "l2"),
         np.float32(eps),
         np.float32(step_size),
         np.float32(confidence),
@@ -245,9 +246,9 @@ def detection_attack(
     )
     shape = (detector.dense, detector.detect, len(detector.class_names), detector.multilabel)
     try:
-        run = _cached_program(*shape, steps, norm, fabrication)
+        run = _cached_program(*shape, steps, fabrication)
     except TypeError:  # unhashable functions (callable objects with __eq__): built afresh
-        run = _program(*shape, steps, norm, fabrication)
+        run = _program(*shape, steps, fabrication)
     parallel = sharding.data_parallel(run, detector.params, batch_arg=2)
 
     def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
@@ -267,18 +268,17 @@ def _program(
     k: int,
     multi: bool,
     steps: int,
-    norm: str,
     fabrication: str,
 ) -> Callable[..., DetectionAttackResult]:
     """The jitted attack ``run(params, numbers, key, x)`` of every mode, for one detector.
 
-    ``numbers``: (mode index in :data:`MODES`, eps, step size, confidence, match IoU,
-    target class), int32/float32 scalars. ``dense``, ``detect``, ``k`` (classes) and
-    ``multi`` (multilabel) are the detector's.
+    ``numbers``: (mode index in :data:`MODES`, whether the norm is L2, eps, step size,
+    confidence, match IoU, target class), int32/bool/float32 scalars. ``dense``,
+    ``detect``, ``k`` (classes) and ``multi`` (multilabel) are the detector's.
     """
 
     def mode_loss(params, x0, x, clean, is_obj, adv_labels, numbers):
-        mode, match_iou, target_class = numbers[0], numbers[4], numbers[5]
+        mode, match_iou, target_class = numbers[0], numbers[5], numbers[6]
         d = dense(params, base.snap(x0, x))
 
         def matched(labelled):
@@ -326,23 +326,25 @@ def _program(
         io.require_float(x, "x")
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected images of shape (B, H, W, 3), got {x.shape}")
-        mode, eps, step_size, confidence = numbers[:4]
+        mode, l2, eps, step_size, confidence = numbers[:5]
         x0 = io.quantize(x)  # a no-op for images read from PNG files
         clean = detect(params, x0)
         is_obj = objects(clean, confidence)
         shift = jax.random.randint(key, clean.labels.shape, 1, max(k, 2))
         adv_labels = (jnp.maximum(clean.labels, 0) + shift) % k
-        is_dag_linf = (mode == MODES.index("dag")) & (norm == "linf")
+        dag = mode == MODES.index("dag")
 
         def body(_, x):
             g = grad(params, x0, x, clean, is_obj, adv_labels, numbers)
-            direction = step_direction(g, norm)
-            if norm == "linf":
-                # DAG's L-inf step: the gradient scaled by its largest entry, not its sign.
-                scale = jnp.max(jnp.abs(g), axis=(1, 2, 3), keepdims=True)
-                direction = jnp.where(is_dag_linf, g / jnp.maximum(scale, 1e-12), direction)
-            x = x - step_size * direction
-            return jnp.clip(x0 + project(x - x0, eps, norm), 0.0, 1.0)
+            # Both norms' steps and projections are elementwise work next to the network's
+            # pass: selected, not compiled apart. DAG's L-inf step is the gradient scaled
+            # by its largest entry, not its sign.
+            scale = jnp.max(jnp.abs(g), axis=(1, 2, 3), keepdims=True)
+            linf_step = jnp.where(dag, g / jnp.maximum(scale, 1e-12), step_direction(g, "linf"))
+            x = x - step_size * jnp.where(l2, step_direction(g, "l2"), linf_step)
+            d = x - x0
+            d = jnp.where(l2, project(d, eps, "l2"), project(d, eps, "linf"))
+            return jnp.clip(x0 + d, 0.0, 1.0)
 
         # Unrolled: XLA:CPU runs this body ~3x slower inside a rolled while loop (measured on
         # the bundled YOLO: 146 vs 52 ms per iteration); TOG's 10 steps compile quickly.
