@@ -9,12 +9,16 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fooltools.cli import IN_FILE, OUT_DIR, SEED
 from fooltools.errors import FoolError
+
+if TYPE_CHECKING:
+    from fooltools.detection.detectors import Detector
+    from fooltools.detection.evaluate import Evaluation
 
 _MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
 DETECTIONS = "detections.json"  # what `fool detect IMAGE` writes, with boxes.png
@@ -257,8 +261,32 @@ def _relabelled(rate: float | None) -> str:
     return f"; relabelled as target: {100 * rate:.1f}%"
 
 
+def _attack_modes(text: str | None) -> tuple[str, ...]:
+    """``eval``'s ``--attack``: modes separated by commas, or ``all`` (empty: none).
+
+    Raises:
+        FoolError: An unknown mode, or none listed.
+    """
+    if text is None:
+        return ()
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    if names == ["all"]:
+        return _MODES
+    bad = [m for m in names if m not in _MODES]
+    if bad or not names:
+        raise FoolError(
+            f"unknown --attack {bad[0] if bad else text!r}; choose from {', '.join(_MODES)} "
+            "(several separated by commas), or all"
+        )
+    return tuple(dict.fromkeys(names))
+
+
 @detect.command(name="eval")
-@click.option("--attack", "mode", type=click.Choice(_MODES), help="Also evaluate under attack.")
+@click.option(
+    "--attack",
+    help="Also evaluate under attack: vanish, fabricate, mislabel, untargeted or dag, several "
+    "separated by commas, or all (each mode in turn, one compiled attack for all).",
+)
 @click.option("--target-class", help="Class name or index for --attack mislabel.")
 @click.option("--images", "n", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=10, show_default=True)
@@ -267,9 +295,11 @@ def _relabelled(rate: float | None) -> str:
     "--detector", "detectors", type=click.Choice(["yolo", "faster-rcnn", "both"]), default="both",
     show_default=True,
 )  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per detector on stdout.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per detector and attack on stdout."
+)
 def eval_cmd(
-    mode: str | None, target_class: str | None, n: int, steps: int, eps: str | None,
+    attack: str | None, target_class: str | None, n: int, steps: int, eps: str | None,
     detectors: str, as_json: bool,
 ) -> None:  # fmt: skip
     """mAP@0.5 of the bundled detectors on the held-out synthetic set, clean vs attacked."""
@@ -278,42 +308,56 @@ def eval_cmd(
     from fooltools.detection.attack_run import check
     from fooltools.detection.evaluate import evaluate
 
-    if target_class is not None and mode != "mislabel":
+    modes = _attack_modes(attack)
+    if target_class is not None and "mislabel" not in modes:
         raise FoolError("--target-class is for --attack mislabel")
     # As fool detect attack: the first class, taken silently, was named in no output.
-    if mode == "mislabel" and target_class is None:
-        raise FoolError("--attack mislabel needs --target-class")
-    if eps is not None and mode is None:
+    if "mislabel" in modes and target_class is None:
+        among = "" if modes == ("mislabel",) else f" (in --attack {attack})"
+        raise FoolError(f"--attack mislabel needs --target-class{among}")
+    if eps is not None and not modes:
         raise FoolError("--eps is the budget of --attack; a clean evaluation takes none")
     steps_given = click.get_current_context().get_parameter_source("steps")
-    if mode is None and steps_given is not click.core.ParameterSource.DEFAULT:
+    if not modes and steps_given is not click.core.ParameterSource.DEFAULT:
         raise FoolError("--steps is for --attack; a clean evaluation takes none")
-    _check_eval_memory(n, attacked=mode is not None)
+    _check_eval_memory(n, attacked=bool(modes))
     data = synthetic.make_dataset(synthetic.TEST_SEED, n)
     kinds = ("yolo", "faster-rcnn") if detectors == "both" else (detectors,)
+    # Every detector and mode checked before the first runs: a bad target or budget is
+    # one line, not a line after minutes of attacks.
+    runs = []
     for kind in kinds:
         det = _load(kind, None, None)
-        kw: dict[str, Any] = {"steps": steps} if mode else {}
-        if mode == "mislabel":
-            kw["target_class"] = _target_index(det, target_class)
-        if mode and eps:
-            kw["eps"] = parse_eps(eps)
-        if mode:
-            check(det, mode, **kw)
-        result = evaluate(det, data, attack=mode, **kw)
-        if as_json:
-            click.echo(json.dumps(result.as_json()))
-            continue
-        click.echo(f"{result.detector}: {n} held-out images, attack {mode or '-'}")
-        click.echo(f"  {'class':<10} {'clean AP':>9} {'attacked':>9}")
-        for name, ap in result.clean_ap.items():
-            adv = result.attacked_ap.get(name)
-            click.echo(f"  {name:<10} {ap:9.3f} {'' if adv is None else f'{adv:9.3f}':>9}")
-        adv_map = "" if result.attacked_map50 is None else f"{result.attacked_map50:9.3f}"
-        click.echo(f"  {'mAP@0.5':<10} {result.clean_map50:9.3f} {adv_map:>9}")
-        if mode:
-            click.echo(
-                f"  objects (score >= {det.confidence}): {result.clean_objects} -> "
-                f"{result.attacked_objects}" + _relabelled(result.mislabel_rate)
-            )
-        click.echo(f"  {result.seconds:.1f}s")
+        for mode in modes or (None,):
+            kw: dict[str, Any] = {"steps": steps} if mode else {}
+            if mode == "mislabel":
+                kw["target_class"] = _target_index(det, target_class)
+            if mode and eps:
+                kw["eps"] = parse_eps(eps)
+            if mode:
+                check(det, mode, **kw)
+            runs.append((det, mode, kw))
+    for det, mode, kw in runs:
+        _print_evaluation(evaluate(det, data, attack=mode, **kw), det, mode, n, as_json)
+
+
+def _print_evaluation(
+    result: Evaluation, det: Detector, mode: str | None, n: int, as_json: bool
+) -> None:
+    """``eval``'s output for one detector and attack: a JSON line, or a small table."""
+    if as_json:
+        click.echo(json.dumps(result.as_json()))
+        return
+    click.echo(f"{result.detector}: {n} held-out images, attack {mode or '-'}")
+    click.echo(f"  {'class':<10} {'clean AP':>9} {'attacked':>9}")
+    for name, ap in result.clean_ap.items():
+        adv = result.attacked_ap.get(name)
+        click.echo(f"  {name:<10} {ap:9.3f} {'' if adv is None else f'{adv:9.3f}':>9}")
+    adv_map = "" if result.attacked_map50 is None else f"{result.attacked_map50:9.3f}"
+    click.echo(f"  {'mAP@0.5':<10} {result.clean_map50:9.3f} {adv_map:>9}")
+    if mode:
+        click.echo(
+            f"  objects (score >= {det.confidence}): {result.clean_objects} -> "
+            f"{result.attacked_objects}" + _relabelled(result.mislabel_rate)
+        )
+    click.echo(f"  {result.seconds:.1f}s")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, run, run_ok
 
-from fooltools.detection import synthetic
+from fooltools.detection import attacks, synthetic
 from fooltools.detection.detectors import BUNDLED
 from fooltools.io import read_image, write_png
 
@@ -84,6 +84,22 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
     assert f"nothing to attack: {shapes_png} has no objects at score >= 1.0" in out
 
 
+def test_eval_runs_each_mode_of_a_list_in_turn(capsys):
+    # One JSON line per detector and attack, in the order asked (all: the five modes).
+    small = ["detect", "eval", "--detector", "yolo", "--images", "2", "--steps", "2"]
+    code, out, err = run(capsys, *small, "--attack", "fabricate,vanish,Vanish", "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["attack"] for line in lines] == ["fabricate", "vanish"]
+    fabricated, vanished = (line["attacked_objects"] for line in lines)
+    assert lines[0]["clean_objects"] == lines[1]["clean_objects"] and vanished < fabricated
+    code, out, err = run(capsys, *small, "--attack", "all", "--target-class", "star")
+    assert code == 0, err
+    heads = [line for line in out.splitlines() if "held-out images" in line]
+    assert [h.rsplit(" ", 1)[-1] for h in heads] == list(attacks.MODES)
+    assert "relabelled as target" in out
+
+
 @pytest.mark.parametrize(
     "args,fragments",
     [
@@ -122,6 +138,11 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
         # Silently ignored: a clean evaluation reported as if it had attacked for 50 steps.
         (["eval", "--steps", "50"], ["--steps is for --attack"]),
         (["eval", "--attack", "mislabel"], ["--attack mislabel needs --target-class"]),
+        (["eval", "--attack", "all"], ["--attack mislabel needs --target-class (in --attack all)"]),
+        (["eval", "--attack", "vanish,smudge"], ["unknown --attack 'smudge'", "or all"]),
+        (["eval", "--attack", ","], ["unknown --attack ','"]),
+        # Every mode is checked before the first runs.
+        (["eval", "--attack", "vanish,dag", "--steps", "1001"], ["steps must be in 1..1000"]),
         # The held-out set is made whole: 366 GiB was a kernel OOM kill, not an error.
         (["eval", "--images", "2000000"], ["--images 2000000 needs at least 366.2 GiB"]),
         (["{img}", "--variant", "fasterrcnn_mobilenet_v3_large_fpn"], ["--variant is for"]),
