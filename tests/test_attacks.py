@@ -117,6 +117,35 @@ def test_another_budget_runs_the_compiled_attack_and_honours_its_numbers(schedul
     assert np.mean(levels == 20) > 0.5
 
 
+def test_minimal_attacks_take_their_numbers_as_arguments_and_honour_them():
+    # As PGD's budget: C&W's c, kappa, rate and steps per round, and L-BFGS's c and steps
+    # per round, were constants of the compiled loop (a grid over them, or another
+    # --steps, compiled the attack again); each build must still run on its own numbers.
+    log = []
+    model, params = linear_model(log)
+    x0 = images()
+    tgt = targets_for(model, params, x0)
+
+    def cw(**kw):
+        return attacks.cw(model, params, search_steps=1, **kw)(jax.random.key(0), x0, tgt)
+
+    def lbfgs(**kw):
+        return attacks.lbfgs(model, params, search_steps=1, **kw)(jax.random.key(0), x0, tgt)
+
+    first = [cw(steps=20, lr=0.05), lbfgs(steps=5)]
+    traced = len(log)
+    confident = cw(steps=30, lr=0.05, c=10.0, kappa=5.0)
+    still = cw(steps=10, lr=1e-7)  # moves no pixel a whole level
+    penalised = lbfgs(steps=4, c=1e6)  # the distance term outweighs the class
+    assert traced > 0 and len(log) == traced
+    assert all(np.asarray(r.success).all() for r in first)
+    ok = np.asarray(confident.success)
+    logits, t = np.asarray(confident.logits)[ok], np.asarray(tgt)[ok]
+    others = np.where(np.eye(K, dtype=bool)[t], -np.inf, logits).max(axis=1)
+    assert ok.any() and (logits[np.arange(len(t)), t] - others >= 5 - 1e-4).all()
+    assert not np.asarray(still.success).any() and not np.asarray(penalised.success).any()
+
+
 @pytest.mark.parametrize("name", ["pgd-linf", "pgd-l2"])
 def test_same_seed_same_bytes_other_seed_differs(name):
     model, params = linear_model()

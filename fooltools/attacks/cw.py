@@ -5,16 +5,22 @@ box) with Adam, where ``f`` is the margin loss (``base.margin``); between rounds
 example's ``c`` is bisected: halved towards the last failure after a success, multiplied
 by 10 while no success has been seen. The smallest successful perturbation over all
 rounds and steps is returned. The rounds' steps run as one ``fori_loop`` (see
-:func:`.base.run_loop`): iteration j is step ``j % steps`` of round ``j // steps``.
+:func:`.base.run_loop`): iteration j is step ``j % steps`` of round ``j // steps``. The
+numbers (c, kappa, the rate, steps per round) are arguments of the compiled loop: another
+value compiles nothing new.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from fooltools import io
 from fooltools.attacks import base
@@ -65,9 +71,30 @@ def cw(
         raise ValueError(f"lr must be finite and > 0, got {lr}")
     if not 0 <= kappa < math.inf:
         raise ValueError(f"kappa must be finite and >= 0, got {kappa}")
-    opt = optax.adam(lr)
+    numbers = Numbers(np.float32(c), np.float32(kappa), np.float32(lr), np.int32(steps))
+    settings = (model, targeted, quantize)
+    try:
+        pieces = _cached_loop(*settings)
+    except TypeError:  # an unhashable model (a callable object with __eq__): built afresh
+        pieces = _loop(*settings)
+    return base.run_loop(pieces, search_steps * steps, (params, numbers))
 
-    def objective(p, x0, w, target, const):
+
+class Numbers(NamedTuple):
+    """C&W's numbers, passed to its compiled loop as arguments (float32/int32 scalars)."""
+
+    c: ArrayLike  # the initial trade-off constant
+    kappa: ArrayLike
+    lr: ArrayLike
+    steps: ArrayLike  # Adam steps per round of the search over c
+
+
+def _loop(model: base.Model, targeted: bool, quantize: bool) -> base.Loop:
+    """C&W's jitted pieces for one model and choice of settings; ``p = (params, Numbers)``."""
+    # optax.adam(lr) is scale_by_adam() then a step of -lr: with the rate an argument.
+    opt = optax.scale_by_adam()
+
+    def objective(p, x0, w, target, const, kappa):
         x = base.from_tanh_space(w)
         xq = io.quantize(x) if quantize else x
         logits = model(p, xq)
@@ -77,29 +104,31 @@ def cw(
 
     grad_fn = jax.value_and_grad(objective, argnums=2, has_aux=True)
 
-    def start(p, key, x, target):
+    def start(pn, key, x, target):
         del key
+        p, num = pn
         x0, target = base.prepare(x, target, quantize)
         n = x0.shape[0]
         w0 = base.to_tanh_space(x0)
-        search = (jnp.full(n, c), jnp.zeros(n), jnp.full(n, jnp.inf))  # c, lo, hi
+        search = (jnp.full(n, num.c), jnp.zeros(n), jnp.full(n, jnp.inf))  # c, lo, hi
         rnd = (w0, opt.init(w0), jnp.zeros(n, bool))  # this round's iterate, Adam, success
         best = (x0, jnp.full(n, jnp.inf), model(p, x0))
         return (x0, target, w0), (search, rnd, best)
 
-    def step(p, ctx, j, carry):
+    def step(pn, ctx, j, carry):
+        p, num = pn
         x0, target, w0 = ctx
         (const, lo, hi), rnd, (bx, bl2, blog) = carry
         # Each round starts again from the original, with Adam's moments reset (built in
         # the branch, so only on a round's first step).
         w, state, hit = jax.lax.cond(
-            j % steps == 0, lambda: (w0, opt.init(w0), jnp.zeros_like(rnd[2])), lambda: rnd
+            j % num.steps == 0, lambda: (w0, opt.init(w0), jnp.zeros_like(rnd[2])), lambda: rnd
         )
-        (_, (xq, logits, l2sq)), g = grad_fn(p, x0, w, target, const)
+        (_, (xq, logits, l2sq)), g = grad_fn(p, x0, w, target, const, num.kappa)
         # With the confidence kappa asked for, not merely across the boundary: the smallest
         # L2 among iterates that only reached top-1 was returned whatever kappa was.
         ok = base.criterion(logits, target, targeted) & (
-            base.margin(logits, target, targeted, kappa) <= -kappa
+            base.margin(logits, target, targeted, num.kappa) <= -num.kappa
         )
         better = ok & (l2sq < bl2)
         best = (
@@ -110,18 +139,23 @@ def cw(
         updates, state = opt.update(g, state, w)
         hit = hit | ok
         # The round's last step: bisect c on whether the round ever succeeded.
-        last = j % steps == steps - 1
+        last = j % num.steps == num.steps - 1
         new_hi = jnp.where(hit, jnp.minimum(hi, const), hi)
         new_lo = jnp.where(hit, lo, jnp.maximum(lo, const))
         new_const = jnp.where(jnp.isfinite(new_hi), (new_lo + new_hi) / 2.0, const * 10.0)
         search = tuple(
             jnp.where(last, a, b) for a, b in ((new_const, const), (new_lo, lo), (new_hi, hi))
         )
-        return search, (optax.apply_updates(w, updates), state, hit), best
+        return search, (optax.apply_updates(w, -num.lr * updates), state, hit), best
 
-    def finish(p, ctx, carry):
+    def finish(pn, ctx, carry):
         x0, target, _ = ctx
         bx, _, blog = carry[2]
         return base.result(x0, bx, blog, target, targeted)
 
-    return base.looped(start, step, finish, search_steps * steps, params)
+    return base.loop(start, step, finish)
+
+
+# Per model and settings, so that cw() called again (another c, kappa, rate or number of
+# steps) runs the programs already compiled in this process (see pgd's).
+_cached_loop = functools.lru_cache(maxsize=16)(_loop)

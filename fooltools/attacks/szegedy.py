@@ -15,8 +15,11 @@ Two solvers of the seed formulation:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fooltools import io
@@ -129,6 +132,17 @@ def lbfgs(
     """
     if steps < 1 or search_steps < 1 or not c > 0:
         raise ValueError("steps and search_steps must be >= 1 and c > 0")
+    numbers = (np.float32(c), np.int32(steps))  # the initial c, L-BFGS steps per round
+    settings = (model, targeted, quantize)
+    try:
+        pieces = _cached_lbfgs_loop(*settings)
+    except TypeError:  # an unhashable model (a callable object with __eq__): built afresh
+        pieces = _lbfgs_loop(*settings)
+    return base.run_loop(pieces, search_steps * steps, (params, numbers))
+
+
+def _lbfgs_loop(model: base.Model, targeted: bool, quantize: bool) -> base.Loop:
+    """L-BFGS's jitted pieces for one model and settings; ``p = (params, (c, steps))``."""
     opt = optax.lbfgs(memory_size=10)
 
     def loss_at(p, x0, target, w, const):
@@ -139,13 +153,14 @@ def lbfgs(
 
     # One example's pieces, vmapped below so that every example gets its own curvature
     # estimate and its own c. Iteration j is step j % steps of round j // steps.
-    def start_one(p, x0, target):
+    def start_one(c, x0, target):
         # x0: (H, W, 3) on the grid; target: () int.
         w0 = base.to_tanh_space(x0)
         search = (jnp.asarray(c), jnp.asarray(0.0), jnp.asarray(jnp.inf))
         return (x0, target, w0), (search, (w0, opt.init(w0)), (x0, jnp.asarray(jnp.inf)))
 
-    def step_one(p, ctx, j, carry):
+    def step_one(pn, ctx, j, carry):
+        p, (_, steps) = pn
         x0, target, w0 = ctx
         search, (w, state), best = carry
         # Each round minimises afresh from the original, with a fresh curvature estimate.
@@ -181,15 +196,21 @@ def lbfgs(
         const = jnp.where(jnp.isfinite(hi), jnp.sqrt(jnp.maximum(lo, 1e-6 * hi) * hi), const * 10.0)
         return (const, lo, hi), best
 
-    def start(p, key, x, target):
+    def start(pn, key, x, target):
         del key
+        _, (c, _) = pn
         x0, target = base.prepare(x, target, quantize)
-        return jax.vmap(start_one, in_axes=(None, 0, 0))(p, x0, target)
+        return jax.vmap(start_one, in_axes=(None, 0, 0))(c, x0, target)
 
-    def finish(p, ctx, carry):
+    def finish(pn, ctx, carry):
         x0, target, _ = ctx
         xf = carry[2][0]
-        return base.result(x0, xf, model(p, xf), target, targeted)
+        return base.result(x0, xf, model(pn[0], xf), target, targeted)
 
     step = jax.vmap(step_one, in_axes=(None, 0, None, 0))
-    return base.looped(start, step, finish, search_steps * steps, params)
+    return base.loop(start, step, finish)
+
+
+# Per model and settings, so that lbfgs() called again (another c or number of steps) runs
+# the programs already compiled in this process (see pgd's).
+_cached_lbfgs_loop = functools.lru_cache(maxsize=16)(_lbfgs_loop)
