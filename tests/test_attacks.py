@@ -117,6 +117,26 @@ def test_another_budget_runs_the_compiled_attack_and_honours_its_numbers(schedul
     assert np.mean(levels == 20) > 0.5
 
 
+@pytest.mark.parametrize("name", ["pgd-linf", "cw", "lbfgs"])
+def test_a_model_that_cannot_be_hashed_is_attacked_all_the_same(name):
+    # The jitted pieces are kept per model (base.kept): a callable object defining __eq__
+    # (and so no __hash__) cannot be a key, and is built afresh instead of a TypeError.
+    model, params = linear_model()
+
+    class Model:
+        def __eq__(self, other):
+            return isinstance(other, Model)
+
+        def __call__(self, p, x):
+            return model(p, x)
+
+    x0 = images()
+    tgt = targets_for(model, params, x0)
+    ours = ATTACKS[name](Model(), params)(jax.random.key(0), x0, tgt)
+    plain = ATTACKS[name](model, params)(jax.random.key(0), x0, tgt)
+    np.testing.assert_array_equal(ours.x, plain.x)
+
+
 def test_minimal_attacks_take_their_numbers_as_arguments_and_honour_them():
     # As PGD's budget: C&W's c, kappa, rate and steps per round, and L-BFGS's c and steps
     # per round, were constants of the compiled loop (a grid over them, or another

@@ -19,9 +19,10 @@ Conventions for every attack in this package:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ from fooltools.limits import INT32_MAX
 
 Params = Any
 Model = Callable[[Params, jax.Array], jax.Array]
+T = TypeVar("T")
 
 # Slack when converting a float difference to whole grid steps: 8/255 in float32 times
 # 255 is 7.9999995, which must count as 8 steps, not 7.
@@ -125,6 +127,26 @@ def loop(
         return jax.lax.fori_loop(lo, hi, lambda i, c: step(p, ctx, i, c), carry)
 
     return Loop(start_j, chunk, jax.jit(finish))
+
+
+def kept(build: Callable[..., T]) -> Callable[..., T]:
+    """``build`` kept per its arguments: an attack's jitted pieces per model and settings.
+
+    So that building the attack again (another budget, another image) runs the programs
+    this process compiled already. The last 16 are held (models are keyed by identity, as
+    jit's own caches would); an unhashable argument (a callable object with ``__eq__``)
+    builds afresh.
+    """
+    cached = functools.lru_cache(maxsize=16)(build)
+
+    @functools.wraps(build)
+    def get(*args: Any) -> T:
+        try:
+            return cached(*args)
+        except TypeError:  # unhashable: not kept
+            return build(*args)
+
+    return get
 
 
 def looped(

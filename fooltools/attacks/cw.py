@@ -12,7 +12,6 @@ value compiles nothing new.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -72,11 +71,7 @@ def cw(
     if not 0 <= kappa < math.inf:
         raise ValueError(f"kappa must be finite and >= 0, got {kappa}")
     numbers = Numbers(np.float32(c), np.float32(kappa), np.float32(lr), np.int32(steps))
-    settings = (model, targeted, quantize)
-    try:
-        pieces = _cached_loop(*settings)
-    except TypeError:  # an unhashable model (a callable object with __eq__): built afresh
-        pieces = _loop(*settings)
+    pieces = _kept_loop(model, targeted, quantize)
     return base.run_loop(pieces, search_steps * steps, (params, numbers))
 
 
@@ -156,6 +151,6 @@ def _loop(model: base.Model, targeted: bool, quantize: bool) -> base.Loop:
     return base.loop(start, step, finish)
 
 
-# Per model and settings, so that cw() called again (another c, kappa, rate or number of
-# steps) runs the programs already compiled in this process (see pgd's).
-_cached_loop = functools.lru_cache(maxsize=16)(_loop)
+# cw() called again (another c, kappa, rate or number of steps) runs the programs already
+# compiled.
+_kept_loop = base.kept(_loop)

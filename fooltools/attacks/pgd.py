@@ -8,7 +8,6 @@ of the compiled program, so a grid over eps compiles one attack.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -110,11 +109,7 @@ def pgd(
     if step_size is not None and not 0 < step_size <= MAX_EPS:
         raise ValueError(f"step_size must be in (0, {MAX_EPS:g}], got {step_size}")
     alpha = 2.5 * eps / steps if step_size is None else step_size
-    settings = (model, norm, schedule, random_start, targeted, quantize, loss)
-    try:
-        pieces = _cached_loop(*settings)
-    except TypeError:  # an unhashable model (a callable object with __eq__): built afresh
-        pieces = _loop(*settings)
+    pieces = _kept_loop(model, norm, schedule, random_start, targeted, quantize, loss)
     budget = Budget(np.float32(eps), np.float32(alpha), np.int32(steps))
     return base.run_loop(pieces, steps, (params, budget))
 
@@ -196,7 +191,5 @@ def _loop(
     return base.loop(start, step, finish)
 
 
-# Per model and settings, so that pgd() called again (another eps, another image) runs the
-# programs already compiled in this process. Models are keyed by identity (Classifier has
-# eq=False); the cache holds the last few alive, as jit's own caches would.
-_cached_loop = functools.lru_cache(maxsize=16)(_loop)
+# pgd() called again (another eps, another image) runs the programs already compiled.
+_kept_loop = base.kept(_loop)

@@ -15,8 +15,6 @@ Two solvers of the seed formulation:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,11 +131,7 @@ def lbfgs(
     if steps < 1 or search_steps < 1 or not c > 0:
         raise ValueError("steps and search_steps must be >= 1 and c > 0")
     numbers = (np.float32(c), np.int32(steps))  # the initial c, L-BFGS steps per round
-    settings = (model, targeted, quantize)
-    try:
-        pieces = _cached_lbfgs_loop(*settings)
-    except TypeError:  # an unhashable model (a callable object with __eq__): built afresh
-        pieces = _lbfgs_loop(*settings)
+    pieces = _kept_lbfgs_loop(model, targeted, quantize)
     return base.run_loop(pieces, search_steps * steps, (params, numbers))
 
 
@@ -211,6 +205,5 @@ def _lbfgs_loop(model: base.Model, targeted: bool, quantize: bool) -> base.Loop:
     return base.loop(start, step, finish)
 
 
-# Per model and settings, so that lbfgs() called again (another c or number of steps) runs
-# the programs already compiled in this process (see pgd's).
-_cached_lbfgs_loop = functools.lru_cache(maxsize=16)(_lbfgs_loop)
+# lbfgs() called again (another c or number of steps) runs the programs already compiled.
+_kept_lbfgs_loop = base.kept(_lbfgs_loop)

@@ -32,7 +32,6 @@ original, :func:`fooltools.attacks.base.snap`), so what is reported is what the 
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -245,10 +244,7 @@ def detection_attack(
         np.int32(0 if target_class is None else target_class),
     )
     shape = (detector.dense, detector.detect, len(detector.class_names), detector.multilabel)
-    try:
-        run = _cached_program(*shape, steps, fabrication)
-    except TypeError:  # unhashable functions (callable objects with __eq__): built afresh
-        run = _program(*shape, steps, fabrication)
+    run = _kept_program(*shape, steps, fabrication)
     parallel = sharding.data_parallel(run, detector.params, batch_arg=2)
 
     def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
@@ -363,7 +359,6 @@ def _program(
     return run
 
 
-# Per detector and static settings, so that another mode, budget or target in this process
-# runs the program already compiled (JAX's persistent cache would spare the compile, not
-# the trace of the unrolled loop).
-_cached_program = functools.lru_cache(maxsize=16)(_program)
+# Another mode, budget or target in this process runs the program already compiled (JAX's
+# persistent cache would spare the compile, not the trace of the unrolled loop).
+_kept_program = base.kept(_program)
