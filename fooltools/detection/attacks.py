@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from fooltools import io, sharding
 from fooltools.attacks import base
@@ -234,7 +235,7 @@ def detection_attack(
     # steps and shape serves every mode (each mode's loss is a branch of it), norm,
     # budget, target class and confidence, so a grid over them (fool run, fool detect
     # eval's modes) compiles it once.
-    numbers = (
+    numbers = Numbers(
         np.int32(MODES.index(mode)),
         np.bool_(norm == "l2"),
         np.float32(eps),
@@ -258,6 +259,18 @@ def detection_attack(
     return checked
 
 
+class Numbers(NamedTuple):
+    """An attack's arguments of its compiled program (int32/bool/float32 scalars)."""
+
+    mode: ArrayLike  # index in MODES
+    l2: ArrayLike  # the norm is L2 (else L-inf)
+    eps: ArrayLike
+    step_size: ArrayLike
+    confidence: ArrayLike
+    match_iou: ArrayLike
+    target_class: ArrayLike
+
+
 def _program(
     dense: Callable[[Any, jax.Array], Dense],
     detect: Callable[[Any, jax.Array], Found],
@@ -268,30 +281,28 @@ def _program(
 ) -> Callable[..., DetectionAttackResult]:
     """The jitted attack ``run(params, numbers, key, x)`` of every mode, for one detector.
 
-    ``numbers``: (mode index in :data:`MODES`, whether the norm is L2, eps, step size,
-    confidence, match IoU, target class), int32/bool/float32 scalars. ``dense``,
-    ``detect``, ``k`` (classes) and ``multi`` (multilabel) are the detector's.
+    ``numbers`` are :class:`Numbers`; ``dense``, ``detect``, ``k`` (classes) and ``multi``
+    (multilabel) are the detector's.
     """
 
-    def mode_loss(params, x0, x, clean, is_obj, adv_labels, numbers):
-        mode, match_iou, target_class = numbers[0], numbers[5], numbers[6]
+    def mode_loss(params, x0, x, clean, is_obj, adv_labels, num):
         d = dense(params, base.snap(x0, x))
 
-        def matched(labelled):
-            # The candidates on clean objects, with those objects' labels.
-            def loss():
-                pos, which = _match(d, clean, is_obj, match_iou)
-                return labelled(pos, which, jnp.take_along_axis(clean.labels, which, axis=1))
+        def on_objects():
+            # The candidates on clean objects, which object each is on, and its label.
+            pos, which = _match(d, clean, is_obj, num.match_iou)
+            return pos, which, jnp.take_along_axis(clean.labels, which, axis=1)
 
-            return loss
+        def mislabel():
+            pos, _, labels = on_objects()
+            return _detection_loss(d, pos, jnp.full_like(labels, num.target_class), multi)
 
-        def mislabel(pos, which, labels):
-            return _detection_loss(d, pos, jnp.full_like(labels, target_class), multi)
-
-        def untargeted(pos, which, labels):
+        def untargeted():
+            pos, _, labels = on_objects()
             return -_detection_loss(d, pos, labels, multi)
 
-        def dag(pos, which, labels):
+        def dag():
+            pos, which, labels = on_objects()
             adv = jnp.take_along_axis(adv_labels, which, axis=1)
             true_logit = jnp.take_along_axis(d.cls, labels[..., None], axis=-1)[..., 0]
             adv_logit = jnp.take_along_axis(d.cls, adv[..., None], axis=-1)[..., 0]
@@ -305,13 +316,13 @@ def _program(
                 if fabrication == "tog"
                 else (lambda: -_expected_objects(d))
             ),
-            "mislabel": matched(mislabel),
-            "untargeted": matched(untargeted),
-            "dag": matched(dag),
+            "mislabel": mislabel,
+            "untargeted": untargeted,
+            "dag": dag,
         }
         # Only the mode's branch runs; the network's forward and backward pass, outside
         # the branches, is compiled once for all of them.
-        return jax.lax.switch(mode, [branches[m] for m in MODES])
+        return jax.lax.switch(num.mode, [branches[m] for m in MODES])
 
     grad = jax.grad(mode_loss, argnums=2)
 
@@ -322,13 +333,13 @@ def _program(
         io.require_float(x, "x")
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected images of shape (B, H, W, 3), got {x.shape}")
-        mode, l2, eps, step_size, confidence = numbers[:5]
         x0 = io.quantize(x)  # a no-op for images read from PNG files
         clean = detect(params, x0)
-        is_obj = objects(clean, confidence)
+        is_obj = objects(clean, numbers.confidence)
         shift = jax.random.randint(key, clean.labels.shape, 1, max(k, 2))
         adv_labels = (jnp.maximum(clean.labels, 0) + shift) % k
-        dag = mode == MODES.index("dag")
+        dag = numbers.mode == MODES.index("dag")
+        l2, eps = numbers.l2, numbers.eps
 
         def body(_, x):
             g = grad(params, x0, x, clean, is_obj, adv_labels, numbers)
@@ -337,7 +348,7 @@ def _program(
             # by its largest entry, not its sign.
             scale = jnp.max(jnp.abs(g), axis=(1, 2, 3), keepdims=True)
             linf_step = jnp.where(dag, g / jnp.maximum(scale, 1e-12), step_direction(g, "linf"))
-            x = x - step_size * jnp.where(l2, step_direction(g, "l2"), linf_step)
+            x = x - numbers.step_size * jnp.where(l2, step_direction(g, "l2"), linf_step)
             d = x - x0
             d = jnp.where(l2, project(d, eps, "l2"), project(d, eps, "linf"))
             return jnp.clip(x0 + d, 0.0, 1.0)
