@@ -320,6 +320,7 @@ def eval_cmd(
     steps_given = click.get_current_context().get_parameter_source("steps")
     if not modes and steps_given is not click.core.ParameterSource.DEFAULT:
         raise FoolError("--steps is for --attack; a clean evaluation takes none")
+    budget = {"eps": parse_eps(eps)} if modes and eps else {}
     _check_eval_memory(n, attacked=bool(modes))
     data = synthetic.make_dataset(synthetic.TEST_SEED, n)
     kinds = ("yolo", "faster-rcnn") if detectors == "both" else (detectors,)
@@ -329,11 +330,9 @@ def eval_cmd(
     for kind in kinds:
         det = _load(kind, None, None)
         for mode in modes or (None,):
-            kw: dict[str, Any] = {"steps": steps} if mode else {}
+            kw: dict[str, Any] = {"steps": steps, **budget} if mode else {}
             if mode == "mislabel":
                 kw["target_class"] = _target_index(det, target_class)
-            if mode and eps:
-                kw["eps"] = parse_eps(eps)
             if mode:
                 check(det, mode, **kw)
             runs.append((det, mode, kw))

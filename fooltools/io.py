@@ -461,13 +461,11 @@ def images_in(directory: str | os.PathLike[str]) -> list[pathlib.Path]:
         entries = list(pathlib.Path(directory).iterdir())
     except OSError as err:
         raise ImageError(f"cannot list {os.fspath(directory)}: {one_line(err)}") from None
+    # One directory's entries: sorted as paths is sorted by name.
     return sorted(
-        (
-            p
-            for p in entries
-            if p.suffix.lower() in readable and not p.name.startswith(".") and p.is_file()
-        ),
-        key=lambda p: p.name,
+        p
+        for p in entries
+        if p.suffix.lower() in readable and not p.name.startswith(".") and p.is_file()
     )
 
 

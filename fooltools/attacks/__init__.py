@@ -1,7 +1,7 @@
 """Gradient attacks: factories of ``run(key, x, target, *, progress=None) -> AttackResult``.
 
-Each ``run`` is a :func:`.base.run_loop` over jitted pieces compiled once per shape (PGD's
-are kept per model and settings, with its budget as their argument).
+Each ``run`` is a :func:`.base.run_loop` over jitted pieces compiled once per shape (PGD's,
+C&W's and L-BFGS's are kept per model and settings, with their numbers as arguments).
 """
 
 from fooltools.attacks.base import AttackResult
