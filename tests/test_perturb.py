@@ -37,7 +37,7 @@ def test_pgd_linf_succeeds_on_two_samples_at_their_own_resolution_after_saving(l
     # square one, one target each. Every photo x all 3 targets is attacked at the model's
     # resolution in test_perturb_minimal.py; each further resolution here compiles the
     # attack again (~10 s of the suite's time apiece).
-    run = attacks.pgd(lite0.logits, lite0.params, eps=8 / 255, steps=40)
+    run = attacks.pgd(lite0.logits, lite0.params, eps=8 / 255, steps=10)
     rows = []
     for i, s in enumerate(OWN_RESOLUTION):
         x = jnp.asarray(io.read_image(io.sample_path(s)))
