@@ -190,16 +190,17 @@ def test_a_class_outside_the_model_or_a_misspelt_selection_is_refused(tiny, tmp_
     # Class 1000 (or -1) of 1000 was clamped by the device gather: class 999 was evolved
     # under the name asked for. Any selection but "truncation" ran a tournament.
     cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
+    no_elites = dataclasses.replace(cfg, elites=0)  # the ES's and MAP-Elites'
     n = len(tiny.labels)
     for bad in (n, -1):
         with pytest.raises(FoolError, match="class indices"):
             evolve_single(tiny, direct(height=S, width=S), "direct", bad, cfg, seed=0, out=tmp_path)
         with pytest.raises(FoolError, match="class indices"):
-            evolve_es(tiny, cppn(**ES_CPPN), "cppn", bad, cfg, ES_TEST, seed=0, out=tmp_path)
+            evolve_es(tiny, cppn(**ES_CPPN), "cppn", bad, no_elites, ES_TEST, seed=0, out=tmp_path)
         with pytest.raises(FoolError, match="class indices"):
-            evolve_map_elites(tiny, cppn(), "cppn", [0, bad], cfg, seed=0, out=tmp_path)
+            evolve_map_elites(tiny, cppn(), "cppn", [0, bad], no_elites, seed=0, out=tmp_path)
     with pytest.raises(FoolError, match="no classes"):
-        evolve_map_elites(tiny, cppn(), "cppn", [], cfg, seed=0, out=tmp_path)
+        evolve_map_elites(tiny, cppn(), "cppn", [], no_elites, seed=0, out=tmp_path)
     with pytest.raises(ValueError, match="selection"):
         SearchConfig(selection="tournement")
     for bad in ({"elites": -1}, {"tournament": 0}, {"generations": -1}, {"cxpb": 1.5},
@@ -560,9 +561,13 @@ def test_a_full_disk_under_the_history_is_one_error(tmp_path):
 
 
 def _cppn_search(kind, tiny, cfg, out, resume=False):
-    """The CPPN GA (``kind`` "ga") or ES ("es") search for class 15 on ``tiny``, seed 3."""
+    """The CPPN GA (``kind`` "ga") or ES ("es") search for class 15 on ``tiny``, seed 3.
+
+    The ES keeps no elites: it runs ``cfg`` without them.
+    """
     kw = {"seed": 3, "out": out, "resume": resume}
     if kind == "es":
+        cfg = dataclasses.replace(cfg, elites=0)
         return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
     return evolve_single(tiny, cppn(), "cppn", 15, cfg, **kw)
 
@@ -824,7 +829,8 @@ def test_lookahead_stops_where_the_plain_loop_stops(tiny, tmp_path, search_kind)
     # hall of fame and checkpoint as the loop that dispatches after each collection.
     # The GA's run (SBX and mutation) picks its parents on the device, DEAP checking.
     def run(out, lookahead, stop_at):
-        cfg = SearchConfig(population=P, generations=8, elites=2, stop_at=stop_at)
+        elites = 0 if search_kind == "es" else 2
+        cfg = SearchConfig(population=P, generations=8, elites=elites, stop_at=stop_at)
         kw = {"seed": 2, "out": out, "lookahead": lookahead}
         if search_kind == "es":
             return evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, **kw)
@@ -849,6 +855,37 @@ def test_truncation_selection_without_elites_is_refused_before_the_run(tiny, tmp
     with pytest.raises(FoolError, match=r"truncation selection needs elites >= 1"):
         evolve_single(tiny, cppn(), "cppn", 15, cfg, seed=0, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "setting", "named"),
+    [
+        ("es", {"elites": 5}, "elites=5"),
+        ("es", {"cxpb": 0.9, "tournament": 2}, "tournament=2, cxpb=0.9: leave them out"),
+        ("es", {"selection": "tournament"}, "selection='tournament'"),
+        ("map-elites", {"elites": 3}, "elites=3"),
+        ("map-elites", {"stop_at": 0.5}, "stop_at=0.5"),
+    ],
+)
+def test_a_search_refuses_settings_it_does_not_use(tiny, tmp_path, kind, setting, named):
+    # The ES ran as if elites=5 or cxpb=0.9 were not there, MAP-Elites as if stop_at were.
+    cfg = SearchConfig(**{"population": P, "generations": 1, "elites": 0, **setting})
+    with pytest.raises(ValueError, match=rf"does not use SearchConfig's {named}"):
+        if kind == "es":
+            evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, seed=0, out=tmp_path / "r")
+        else:
+            evolve_map_elites(tiny, cppn(), "cppn", CELLS, cfg, seed=0, out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_map_elites_resumes_whatever_elites_and_tournament_it_is_given(tiny, tmp_path):
+    # Neither is MAP-Elites', but both were in its checkpoint: a run the CLI started
+    # (elites 0) resumed from Python with SearchConfig's default elites was "another run".
+    first = SearchConfig(population=P, generations=1, elites=0, stop_at=None)
+    evolve_map_elites(tiny, cppn(), "cppn", CELLS, first, seed=0, out=tmp_path)
+    more = SearchConfig(population=P, generations=2, stop_at=None)  # elites 10, tournament 3
+    out = evolve_map_elites(tiny, cppn(), "cppn", CELLS, more, seed=0, out=tmp_path, resume=True)
+    assert out["generation"] == 2
 
 
 def test_ga_lookahead_needs_truncation_selection(tiny, tmp_path):
@@ -920,7 +957,7 @@ def _rewrite_meta(path, edit):
 def test_a_resume_with_other_encoding_settings_is_refused(tiny, tmp_path, kind, other, named):
     # The encoding's hyper-parameters were not in the checkpoint: a run resumed with
     # other mutation rates went on as another run, without a word.
-    cfg = SearchConfig(population=P, generations=1, elites=0 if kind == "map-elites" else 2)
+    cfg = SearchConfig(population=P, generations=1, elites=2 if kind == "ga" else 0)
     base = {"es": dict(ES_CPPN), "map-elites": {"height": S, "width": S}}.get(kind, {})
 
     def run(settings, resume, generations=1):
@@ -1014,8 +1051,9 @@ def test_checkpoint_without_the_state_a_resume_reads_is_refused(tmp_path):
 def test_a_checkpoint_whose_state_has_another_shape_is_corrupt(tiny, tmp_path, kind, name, bad):
     # The state arrays' shapes were not checked: a resume ran into a traceback or, worse,
     # on with the wrong state. The genome arrays were, and these are checked the same way.
-    cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
-    longer = SearchConfig(population=P, generations=2, elites=2, stop_at=None)
+    elites = 2 if kind == "single" else 0
+    cfg = SearchConfig(population=P, generations=1, elites=elites, stop_at=None)
+    longer = dataclasses.replace(cfg, generations=2)
     runs = {
         "single": lambda c, r: evolve_single(tiny, cppn(), "cppn", 15, c, seed=0, out=tmp_path,
                                              resume=r),

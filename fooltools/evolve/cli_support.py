@@ -188,7 +188,8 @@ def parse_job(
         raise FoolError(f"--stop-at must be in [0, 1], got {stop_at}")
     if out_dir is None:
         out_dir = default_out_dir(kind="evolve")
-    elites = 0 if map_elites else min(2, population - 1)
+    # Only the GA keeps elites (the searches refuse settings they do not use).
+    elites = min(2, population - 1) if strategy == "ga" and not map_elites else 0
     cfg = SearchConfig(
         population=population,
         generations=generations,

@@ -180,8 +180,10 @@ def evolve_es(
     Raises:
         FoolError: ``target`` not a class of ``clf``, a population that is odd or < 2,
             or a bad checkpoint on resume.
+        ValueError: ``cfg`` sets a field the strategy does not use (elites, cxpb, ...).
         Interrupted: Ctrl-C, after saving the state (see :meth:`.run.Loop.run`).
     """
+    cfg.check_used(("population", "generations", "stop_at"), "the evolution strategy")
     (target,) = check_classes(clf, [target])
     seed = operator.index(seed)
     out = Path(out)

@@ -338,13 +338,14 @@ def _meta(
         "seed": seed,
         "classes": classes,
         "population": cfg.population,
-        "elites": cfg.elites,
-        "tournament": cfg.tournament,
         "cxpb": cfg.cxpb,
         # A tournament run resumed with truncation (or the reverse) ran on as another run.
         # None for truncation, the default: checkpoints written before it was recorded
         # (the CLI only ever ran truncation) resume as truncation runs, as before.
         "selection": None if kind != "single" or cfg.selection == "truncation" else cfg.selection,
+        # Only the GA's: MAP-Elites, which uses neither, refused a resume whose unused
+        # elites differed from the run's (the CLI's 0 against SearchConfig's default 10).
+        **({"elites": cfg.elites, "tournament": cfg.tournament} if kind == "single" else {}),
     }
 
 
@@ -569,7 +570,9 @@ def evolve_map_elites(
     Raises:
         FoolError: ``classes`` empty, not all classes of ``clf`` or one given twice, a
             population < 2, or a bad checkpoint on resume.
+        ValueError: ``cfg`` sets a field MAP-Elites does not use (elites, stop_at, ...).
     """
+    cfg.check_used(("population", "generations", "cxpb"), "MAP-Elites")
     classes = check_classes(clf, classes)
     seed = operator.index(seed)
     out = Path(out)

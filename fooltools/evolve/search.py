@@ -77,7 +77,12 @@ class Individual:
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """Hyper-parameters shared by both searches.
+    """Hyper-parameters of the searches.
+
+    The GA (:func:`~fooltools.evolve.run.evolve_single`) uses every field; the evolution
+    strategy (:func:`~fooltools.evolve.es.evolve_es`) ``population``, ``generations`` and
+    ``stop_at``; MAP-Elites ``population``, ``generations`` and ``cxpb``. A search refuses
+    a field it does not use that is set (see :meth:`check_used`).
 
     Attributes:
         population: Individuals per generation (single target) or offspring per
@@ -126,6 +131,38 @@ class SearchConfig:
             bad.append("stop_at must be a number (above 1: no stop) or None, got nan")
         if bad:
             raise ValueError("; ".join(bad))
+
+    def check_used(self, used: Iterable[str], search: str) -> None:
+        """Raise ValueError naming each field that ``search`` does not use and that is set.
+
+        A field left at its default, or at the value that means "none" (``elites=0``,
+        ``stop_at=None``), passes: one config may serve several searches. Before this, an
+        evolution strategy given ``elites=5`` or ``cxpb=0.9`` ran as if they were not there.
+
+        Args:
+            used: The names of the fields ``search`` reads.
+            search: The search, as the message names it.
+        """
+        used = set(used)
+        default = SearchConfig()
+        unused = [
+            f"{f.name}={value!r}"
+            for f in dataclasses.fields(self)
+            if f.name not in used
+            and (value := getattr(self, f.name)) != getattr(default, f.name)
+            and (f.name not in _NONE or value != _NONE[f.name])
+        ]
+        if unused:
+            raise ValueError(
+                f"{search} does not use SearchConfig's {', '.join(unused)}: leave "
+                f"{'it' if len(unused) == 1 else 'them'} out (it uses "
+                f"{', '.join(f.name for f in dataclasses.fields(self) if f.name in used)})"
+            )
+
+
+# The value of a SearchConfig field that means "none": a search without elites or without
+# a stop takes these as well as the defaults.
+_NONE: dict[str, Any] = {"elites": 0, "stop_at": None}
 
 
 def take(genomes: Genomes, idx: jax.Array) -> Genomes:
