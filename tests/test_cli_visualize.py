@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from fooltools import cli
+from fooltools import cli, io
 from fooltools.cli import main
 from fooltools.cli_visualize import COMMANDS
 
@@ -199,6 +199,16 @@ def test_unknown_layer_lists_the_valid_ones(capsys):
     )
     code, _, err = run(capsys, "dream", "sample:cat", "--layer", "Head")
     assert_one_line_error(code, err, "unknown layer 'Head'", "head")
+
+
+def test_a_style_strip_is_one_line(capsys, tmp_path):
+    # Resizing it to cover the content would have made it 66 times the content's size.
+    strip = tmp_path / "strip.png"
+    io.write_png(strip, np.full((2, 200, 3), 0.5, np.float32))
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "style", "sample:cat", strip, "--size", "32", "--out", out)
+    assert_one_line_error(code, err, "the style image of 200x2 pixels", "crop it nearer")
+    assert not out.joinpath("report.json").exists()
 
 
 def test_style_layers_must_be_spatial(capsys):

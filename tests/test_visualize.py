@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fooltools import io
+from fooltools.errors import ImageError
 from fooltools.visualize import classviz, common, engine, inversion, layers, priors, run, style
 
 # --- priors against direct float64 computations ---------------------------------------
@@ -248,6 +249,19 @@ def test_style_loss_of_the_result_is_below_10_percent_of_the_content_photos(styl
     )
     # ... while keeping some of the content (a pure texture would be far from it).
     assert stylized.content_loss < 1.0
+
+
+def test_a_style_image_far_more_elongated_than_the_content_is_refused():
+    # It was resized to cover the content before the centre crop: a 1 x 20000 strip for
+    # a 512 x 512 content asked for a 512 x 10,240,000 image (63 GB of float32).
+    strip = np.full((1, 33, 3), 0.5, np.float32)
+    with pytest.raises(ImageError, match=r"33x1 pixels is 33 times as elongated as the 1x1"):
+        style.match_size(strip, (1, 1))
+    with pytest.raises(ImageError, match="crop it nearer to the content's shape"):
+        style.match_size(strip.transpose(1, 0, 2), (1, 1))
+    # Up to io.MAX_ASPECT (32) it is resized and cropped as before.
+    ok = style.match_size(np.linspace(0, 1, 64 * 3, dtype=np.float32).reshape(2, 32, 3), (4, 2))
+    assert ok.shape == (4, 2, 3) and 0 <= ok.min() <= ok.max() <= 1
 
 
 def test_gram_matrix_is_position_free(lite0):

@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from fooltools import io
+from fooltools.errors import ImageError
 from fooltools.models.base import Classifier
 from fooltools.visualize import common, engine, layers, priors
 
@@ -111,12 +112,32 @@ def _optimizer(
 
 
 def match_size(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize (shorter side) and centre-crop ``image`` to exactly ``shape`` = (H, W)."""
+    """Resize (shorter side) and centre-crop ``image`` to exactly ``shape`` = (H, W).
+
+    Args:
+        image: The style image, (H0, W0, 3) in [0, 1].
+        shape: (H, W) of the content image.
+
+    Returns:
+        (H, W, 3) on the 8-bit grid.
+
+    Raises:
+        ImageError: ``image`` is more than :data:`fooltools.io.MAX_ASPECT`
+            times as elongated as ``shape``: the resize before the crop would be that many
+            times the content's size (a 1 x 20000 strip for 512 x 512 asked for 63 GB).
+    """
     io.require_float(image, "the style image")
     io.require_pixel_range(image, "the style image")
     h, w = shape
     x = jnp.asarray(image)
     scale = max(h / x.shape[0], w / x.shape[1])
+    stretch = max(x.shape[0] * scale / h, x.shape[1] * scale / w)
+    if stretch > io.MAX_ASPECT:
+        raise ImageError(
+            f"the style image of {x.shape[1]}x{x.shape[0]} pixels is {stretch:.0f} times as "
+            f"elongated as the {w}x{h} content (at most {io.MAX_ASPECT}): crop it nearer to "
+            "the content's shape"
+        )
     size = (max(h, round(x.shape[0] * scale)), max(w, round(x.shape[1] * scale)), 3)
     x = jax.image.resize(x, size, method="linear", antialias=True)
     return np.asarray(io.quantize(io.center_crop(x, (h, w))))
