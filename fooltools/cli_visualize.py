@@ -74,6 +74,27 @@ def _check_every(every: int | None, steps: int, runs: int = 1) -> None:
         )
 
 
+def _dream_every(every: int | None, steps: int, octaves: int) -> int | None:
+    """``--every`` of ``fool dream``: as given, else steps/2 or what keeps the strip whole.
+
+    The default period (steps/2, two snapshots an octave) over more than 50 octaves took
+    more snapshots than the strip holds, with nothing refused: the frames of thousands of
+    octaves (a scale near 1) were all kept in memory. Past 50 octaves the default is the
+    shortest period that fits; past :data:`MAX_SNAPSHOTS` octaves none does.
+    """
+    if every is not None:
+        return every
+    if octaves > MAX_SNAPSHOTS:
+        raise FoolError(
+            f"--octaves {octaves}: each octave ends in a snapshot of the progress strip, "
+            f"which holds at most {MAX_SNAPSHOTS}: use --octaves {MAX_SNAPSHOTS} or fewer"
+        )
+    every = max(steps // 2, 1)
+    if octaves * -(-steps // every) > MAX_SNAPSHOTS:
+        every = -(-steps // (MAX_SNAPSHOTS // octaves))
+    return every
+
+
 def _check_jitter(jitter: int | None, side: int) -> None:
     """Raise FoolError unless ``--jitter`` is at most ``side``, the image's longer side.
 
@@ -435,7 +456,7 @@ def visualize_cmd(
     type=int,
     help="Random shift per step in pixels, <= the image side [default: octave side/16].",
 )
-@_every("steps/2, within each octave")
+@_every("steps/2 within each octave, longer past 50 octaves")
 @_model_options
 @_run_options("dream")
 def dream_cmd(
@@ -455,6 +476,7 @@ def dream_cmd(
     _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--jitter", jitter, 0)
+    every = _dream_every(every, steps, octaves)
     _check_every(every, steps, octaves)
     import jax
 

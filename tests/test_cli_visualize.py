@@ -401,7 +401,8 @@ def test_cli_defaults_are_the_librarys():
 
 def test_every_default_in_the_help_is_the_one_each_command_uses(capsys):
     # Deep Dream strips each octave's steps at steps // 2; the others at steps / 8.
-    for command, default in [("dream", "steps/2, within each octave"), ("invert", "steps/8")]:
+    dream = "steps/2 within each octave, longer past 50 octaves"
+    for command, default in [("dream", dream), ("invert", "steps/8")]:
         code, out, _ = run(capsys, command, "--help")
         assert code == 0 and f"[default: {default}]" in " ".join(out.split())
 
@@ -507,6 +508,10 @@ def test_starts_past_int32_are_refused(capsys, tmp_path, monkeypatch):
          "progress strip holds at most 100, and each of the 150 octaves ends in one: use "
          "--octaves 100 or fewer"),
         (["style", "a.png", "b.png", "--steps", "100000", "--every", "1"], "100000 snapshots"),
+        # Without --every, its default took 2 snapshots an octave, all kept, past 100 too.
+        (["dream", "sample:cat", "--layer", "pool", "--octaves", "150", "--octave-scale",
+          "1.01"], "--octaves 150: each octave ends in a snapshot of the progress strip, "
+         "which holds at most 100: use --octaves 100 or fewer"),
     ],
 )  # fmt: skip
 def test_an_every_past_the_progress_strip_is_refused(capsys, tmp_path, args, message):
@@ -515,3 +520,15 @@ def test_an_every_past_the_progress_strip_is_refused(capsys, tmp_path, args, mes
     code, _, err = run(capsys, *args, "--out", str(tmp_path / "run"))
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("steps", "octaves", "every"), [(20, 3, 10), (20, 50, 10), (20, 51, 20), (9, 40, 5), (7, 20, 3)]
+)
+def test_dreams_default_every_keeps_the_strip_within_its_100_snapshots(steps, octaves, every):
+    # steps/2 (two snapshots an octave) over 51 octaves or more took past 100, all kept.
+    from fooltools.cli_visualize import MAX_SNAPSHOTS, _dream_every
+
+    assert _dream_every(None, steps, octaves) == every
+    assert octaves * -(-steps // every) <= MAX_SNAPSHOTS
+    assert _dream_every(4, steps, octaves) == 4  # a given --every is checked, not changed
