@@ -74,16 +74,14 @@ def _check_every(every: int | None, steps: int, runs: int = 1) -> None:
         )
 
 
-def _dream_every(every: int | None, steps: int, octaves: int) -> int | None:
-    """``--every`` of ``fool dream``: as given, else steps/2 or what keeps the strip whole.
+def _dream_every(steps: int, octaves: int) -> int:
+    """The default ``--every`` of ``fool dream``: steps/2, or what keeps the strip whole.
 
     The default period (steps/2, two snapshots an octave) over more than 50 octaves took
     more snapshots than the strip holds, with nothing refused: the frames of thousands of
     octaves (a scale near 1) were all kept in memory. Past 50 octaves the default is the
     shortest period that fits; past :data:`MAX_SNAPSHOTS` octaves none does.
     """
-    if every is not None:
-        return every
     if octaves > MAX_SNAPSHOTS:
         raise FoolError(
             f"--octaves {octaves}: each octave ends in a snapshot of the progress strip, "
@@ -476,7 +474,6 @@ def dream_cmd(
     _check_steps(steps)
     _at_least("--size", size, 16)
     _at_least("--jitter", jitter, 0)
-    every = _dream_every(every, steps, octaves)
     _check_every(every, steps, octaves)
     import jax
 
@@ -489,6 +486,9 @@ def dream_cmd(
     h, w = photo.shape[:2]
     photo = common.fit(photo, size)
     _check_jitter(jitter, max(photo.shape[:2]))
+    if every is None and octaves <= deepdream.max_octaves(photo.shape[:2], octave_scale):
+        # More octaves than the photo has room for: dream() says how many it has.
+        every = _dream_every(steps, octaves)
     settings = {
         "layer": layer, "octaves": octaves, "octave_scale": octave_scale, "steps": steps,
         "size": size, "lr": lr, "jitter": jitter, "seed": seed,

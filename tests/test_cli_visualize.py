@@ -529,6 +529,5 @@ def test_dreams_default_every_keeps_the_strip_within_its_100_snapshots(steps, oc
     # steps/2 (two snapshots an octave) over 51 octaves or more took past 100, all kept.
     from fooltools.cli_visualize import MAX_SNAPSHOTS, _dream_every
 
-    assert _dream_every(None, steps, octaves) == every
+    assert _dream_every(steps, octaves) == every
     assert octaves * -(-steps // every) <= MAX_SNAPSHOTS
-    assert _dream_every(4, steps, octaves) == 4  # a given --every is checked, not changed
