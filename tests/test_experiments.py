@@ -1143,6 +1143,40 @@ def test_failures_are_isolated_on_ray(cluster, tmp_path):
     assert rows[2]["success"] is True  # cat -> ostrich, as in the smoke spec
 
 
+def test_a_run_whose_worker_dies_is_a_failed_run_and_the_batch_goes_on(
+    cluster, tmp_path, monkeypatch
+):
+    # A worker killed mid-run (the OOM killer, a lost node) cannot write its result: the
+    # driver records the run as failed and the batch finishes. Ray's retries are turned off
+    # here (they would run the same kill again), and the task is a closure, which Ray
+    # pickles by value, so the kill happens in the worker.
+    from fooltools.experiments import executors
+
+    real_task, real_options = executors._ray_task, RayExecutor.options
+
+    def dying(kind, params, out_dir, base_dir):
+        if params["target"] == "ostrich":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_task(kind, params, out_dir, base_dir)
+
+    monkeypatch.setattr(executors, "_ray_task", dying)
+    monkeypatch.setattr(RayExecutor, "options", lambda self, r: {**real_options(self, r),
+                                                                 "max_retries": 0})  # fmt: skip
+    doc = {"kind": "perturb", "fixed": {"image": "sample:cat", "method": "nope"},
+           "grid": {"target": ["ostrich", "robin"]}}  # fmt: skip
+    lines = []
+    out = run_batch(parse_spec(doc, name="lost"), tmp_path, executor=RayExecutor(),
+                    echo=lines.append)  # fmt: skip
+    rows = {r["target"]: r for r in load_results(out)}
+    assert rows["ostrich"]["status"] == "failed", rows
+    assert rows["ostrich"]["error"].startswith("worker lost: "), rows["ostrich"]["error"]
+    assert "unknown method 'nope'" in rows["robin"]["error"]  # the other run ran as usual
+    [echoed] = [line for line in lines if "target=ostrich" in line]
+    assert re.search(r"\] perturb target=ostrich \.\.\. failed.*: worker lost: ", echoed), lines
+    lost = next(r for r in parse_spec(doc, name="lost").runs() if r.params["target"] == "ostrich")
+    assert read_result(out / "runs" / lost.id)["status"] == "failed"  # written by the driver
+
+
 def test_an_address_where_nothing_listens_is_refused(tmp_path, monkeypatch):
     # ray.init retried it for ever, deaf to Ctrl-C and SIGTERM.
     with socket.socket() as sock:
