@@ -87,7 +87,9 @@ def _dream_every(steps: int, octaves: int) -> int:
             f"--octaves {octaves}: each octave ends in a snapshot of the progress strip, "
             f"which holds at most {MAX_SNAPSHOTS}: use --octaves {MAX_SNAPSHOTS} or fewer"
         )
-    every = max(steps // 2, 1)
+    from fooltools.visualize.deepdream import default_every
+
+    every = default_every(steps)
     if octaves * -(-steps // every) > MAX_SNAPSHOTS:
         every = -(-steps // (MAX_SNAPSHOTS // octaves))
     return every

@@ -1164,16 +1164,15 @@ def test_a_run_whose_worker_dies_is_a_failed_run_and_the_batch_goes_on(
                                                                  "max_retries": 0})  # fmt: skip
     doc = {"kind": "perturb", "fixed": {"image": "sample:cat", "method": "nope"},
            "grid": {"target": ["ostrich", "robin"]}}  # fmt: skip
-    lines = []
-    out = run_batch(parse_spec(doc, name="lost"), tmp_path, executor=RayExecutor(),
-                    echo=lines.append)  # fmt: skip
+    spec, lines = parse_spec(doc, name="lost"), []
+    out = run_batch(spec, tmp_path, executor=RayExecutor(), echo=lines.append)
     rows = {r["target"]: r for r in load_results(out)}
     assert rows["ostrich"]["status"] == "failed", rows
     assert rows["ostrich"]["error"].startswith("worker lost: "), rows["ostrich"]["error"]
     assert "unknown method 'nope'" in rows["robin"]["error"]  # the other run ran as usual
     [echoed] = [line for line in lines if "target=ostrich" in line]
     assert re.search(r"\] perturb target=ostrich \.\.\. failed.*: worker lost: ", echoed), lines
-    lost = next(r for r in parse_spec(doc, name="lost").runs() if r.params["target"] == "ostrich")
+    lost = next(r for r in spec.runs() if r.params["target"] == "ostrich")
     assert read_result(out / "runs" / lost.id)["status"] == "failed"  # written by the driver
 
 

@@ -15,10 +15,13 @@ Two solvers of the seed formulation:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 from fooltools import io
 from fooltools.attacks import base
@@ -130,13 +133,20 @@ def lbfgs(
     """
     if steps < 1 or search_steps < 1 or not c > 0:
         raise ValueError("steps and search_steps must be >= 1 and c > 0")
-    numbers = (np.float32(c), np.int32(steps))  # the initial c, L-BFGS steps per round
+    numbers = LBFGSNumbers(np.float32(c), np.int32(steps))
     pieces = _kept_lbfgs_loop(model, targeted, quantize)
     return base.run_loop(pieces, search_steps * steps, (params, numbers))
 
 
+class LBFGSNumbers(NamedTuple):
+    """L-BFGS's numbers, passed to its compiled loop as arguments (float32/int32 scalars)."""
+
+    c: ArrayLike  # the initial weight of |r|^2
+    steps: ArrayLike  # L-BFGS iterations per round of the search over c
+
+
 def _lbfgs_loop(model: base.Model, targeted: bool, quantize: bool) -> base.Loop:
-    """L-BFGS's jitted pieces for one model and settings; ``p = (params, (c, steps))``."""
+    """L-BFGS's jitted pieces for one model and settings; ``p = (params, LBFGSNumbers)``."""
     opt = optax.lbfgs(memory_size=10)
 
     def loss_at(p, x0, target, w, const):
@@ -154,7 +164,8 @@ def _lbfgs_loop(model: base.Model, targeted: bool, quantize: bool) -> base.Loop:
         return (x0, target, w0), (search, (w0, opt.init(w0)), (x0, jnp.asarray(jnp.inf)))
 
     def step_one(pn, ctx, j, carry):
-        p, (_, steps) = pn
+        p, num = pn
+        steps = num.steps
         x0, target, w0 = ctx
         search, (w, state), best = carry
         # Each round minimises afresh from the original, with a fresh curvature estimate.
@@ -192,14 +203,15 @@ def _lbfgs_loop(model: base.Model, targeted: bool, quantize: bool) -> base.Loop:
 
     def start(pn, key, x, target):
         del key
-        _, (c, _) = pn
+        _, num = pn
         x0, target = base.prepare(x, target, quantize)
-        return jax.vmap(start_one, in_axes=(None, 0, 0))(c, x0, target)
+        return jax.vmap(start_one, in_axes=(None, 0, 0))(num.c, x0, target)
 
     def finish(pn, ctx, carry):
         x0, target, _ = ctx
         xf = carry[2][0]
-        return base.result(x0, xf, model(pn[0], xf), target, targeted)
+        p, _ = pn
+        return base.result(x0, xf, model(p, xf), target, targeted)
 
     step = jax.vmap(step_one, in_axes=(None, 0, None, 0))
     return base.loop(start, step, finish)

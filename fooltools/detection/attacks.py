@@ -244,8 +244,8 @@ def detection_attack(
         np.float32(match_iou),
         np.int32(0 if target_class is None else target_class),
     )
-    shape = (detector.dense, detector.detect, len(detector.class_names), detector.multilabel)
-    run = _kept_program(*shape, steps, fabrication)
+    k, multi = len(detector.class_names), detector.multilabel
+    run = _kept_program(detector.dense, detector.detect, k, multi, steps, fabrication)
     parallel = sharding.data_parallel(run, detector.params, batch_arg=2)
 
     def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:

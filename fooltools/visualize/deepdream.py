@@ -107,6 +107,11 @@ def max_octaves(shape: tuple[int, int], scale: float) -> int:
     return k + 1
 
 
+def default_every(steps: int) -> int:
+    """The progress-strip period within an octave when none is given: ``steps // 2``."""
+    return max(steps // 2, 1)
+
+
 def _resize(x: np.ndarray | jax.Array, shape: tuple[int, int]) -> jax.Array:
     return jax.image.resize(jnp.asarray(x), (*shape, x.shape[-1]), method="linear")
 
@@ -176,7 +181,7 @@ def dream(
             "or a larger image"
         )
     shapes = octave_shapes((h, w), octaves, octave_scale)
-    every = max(steps // 2, 1) if every is None else every
+    every = default_every(steps) if every is None else every
     frames, labels = [original], ["photo"]
     detail = jnp.zeros((*shapes[0], 3), jnp.float32)
     x = original
