@@ -220,6 +220,15 @@ def test_a_resumed_batch_keeps_the_runs_it_recorded(tmp_path):
         ("detect-attack", {"image": "synthetic:0", "mode": "vanish", "norm": "l2"},
          {"eps": 3, "step_size": 0.75}),
         ("perturb", {"image": "sample:cat", "target": "ostrich"}, {"eps": "8/255", "steps": 40}),
+        ("perturb", {"image": "sample:cat", "untargeted": True},
+         {"model": "efficientnet_lite0.in1k", "norm": "linf"}),
+        # The evolve defaults have no spec default (the CLI's depend on the search).
+        ("evolve", {"class": "robin"},
+         {"strategy": "es", "generations": 1000, "population": 100, "crops": 1,
+          "model": "efficientnet_lite0.in1k"}),
+        ("evolve", {"class": "robin", "encoding": "direct"}, {"strategy": "ga"}),
+        ("map-elites", {"classes": "robin,ostrich"},
+         {"generations": 5000, "population": 400, "crops": 1}),
     ],
 )  # fmt: skip
 def test_a_spec_spelling_out_the_defaults_resumes_its_batch(tmp_path, kind, fixed, spelled):

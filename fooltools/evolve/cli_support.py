@@ -34,6 +34,18 @@ SAVED_SEARCH = {
     "es": "--class NAME --strategy es",
     "map-elites": "--map-elites",
 }
+# What --generations and --population default to: (one class, MAP-Elites).
+GENERATIONS = (1000, 5000)
+POPULATION = (100, 400)
+
+
+def default_strategy(encoding: str, map_elites: bool) -> str:
+    """The search a run left without ``--strategy`` gets (on a fresh start).
+
+    The evolution strategy moves one CPPN's weights towards one class: the default there;
+    the paper's genetic algorithm everywhere else.
+    """
+    return "es" if encoding == "cppn" and not map_elites else "ga"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,13 +149,12 @@ def parse_job(
         encoding = saved["encoding"] if saved.get("encoding") in ENCODINGS else "cppn"
     if encoding not in ENCODINGS:
         raise FoolError(f"--encoding must be cppn or direct, got {encoding!r}")
-    # The evolution strategy moves one CPPN's weights towards one class: the default
-    # there; the paper's genetic algorithm everywhere else (and on request). A resume
-    # keeps the run's own search: the default would refuse a GA run's checkpoint.
+    # A resume keeps the run's own search: the default would refuse a GA run's checkpoint.
+    strategy_given = strategy is not None
     if strategy is None and not map_elites and saved.get("kind") in SAVED_STRATEGY:
         strategy = SAVED_STRATEGY[saved["kind"]]
     if strategy is None:
-        strategy = "es" if encoding == "cppn" and not map_elites else "ga"
+        strategy = default_strategy(encoding, map_elites)
     # The checkpoint would refuse another search as "kind = 'single', this run has 'es'",
     # in its own terms and only once the model is loaded: say it in the options' terms.
     here = "--map-elites" if map_elites else f"--class NAME --strategy {strategy}"
@@ -152,6 +163,12 @@ def parse_job(
         raise FoolError(
             f"{out_dir} holds a `{there}` run, not a `{here}` one; resume it with its own "
             "search, or use another --out"
+        )
+    if strategy == "es" and encoding != "cppn" and not strategy_given and not map_elites:
+        # The search is the checkpoint's, not an option given: it was blamed on --strategy.
+        raise FoolError(
+            f"{out_dir} holds a CPPN run (--strategy es), not a {encoding} one; resume it "
+            "without --encoding, or use another --out"
         )
     if strategy == "es" and (encoding != "cppn" or map_elites):
         raise FoolError(
@@ -163,9 +180,9 @@ def parse_job(
         value = saved.get("seed")
         seed = value if isinstance(value, int) and not isinstance(value, bool) else 0
     if generations is None:
-        generations = _saved_number(saved, "generations", 5000 if map_elites else 1000)
+        generations = _saved_number(saved, "generations", GENERATIONS[map_elites])
     if population is None:
-        population = _saved_number(saved, "population", 400 if map_elites else 100)
+        population = _saved_number(saved, "population", POPULATION[map_elites])
     if stop_at is None and not map_elites and "stop_at" in saved:
         stop_at = _saved_number(saved, "stop_at", None) or 0.0  # None there: no stop
     if population < 2:

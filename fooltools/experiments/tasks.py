@@ -120,8 +120,8 @@ def _perturb_identity(p: dict[str, Any]) -> dict[str, Any]:
     steps = cfg.steps
     if steps is None and cfg.method != "fgsm":
         steps = DEFAULT_STEPS.get(cfg.method)
-    return {**p, "target": _imagenet_index(p["target"]), "norm": cfg.norm, "eps": eps,
-            "steps": steps}  # fmt: skip
+    return {**_model_identity(p), "target": _imagenet_index(p["target"]), "norm": cfg.norm,
+            "eps": eps, "steps": steps}  # fmt: skip
 
 
 def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -174,21 +174,50 @@ def _evolve(p: dict[str, Any], out: Path, *, map_elites: bool) -> dict[str, Any]
     return cli_support.run_job(_classifier(p), job)
 
 
+def _model_identity(p: dict[str, Any]) -> dict[str, Any]:
+    from fooltools.models import DEFAULT_MODEL
+
+    return {**p, "model": p["model"] or DEFAULT_MODEL}
+
+
+def _evolve_defaults(p: dict[str, Any], map_elites: bool) -> dict[str, Any]:
+    """``p`` with the evolve defaults a spec may leave unset spelled out, as ``parse_job``.
+
+    They have no spec default, so that run ids from before keep theirs.
+    """
+    from fooltools.evolve import cli_support
+
+    used = _model_identity(p)
+    for key, default in (
+        ("generations", cli_support.GENERATIONS[map_elites]),
+        ("population", cli_support.POPULATION[map_elites]),
+        ("crops", 1),
+    ):
+        if used[key] is None:
+            used[key] = default
+    return used
+
+
 def _evolve_identity(p: dict[str, Any]) -> dict[str, Any]:
-    used = {**p, "class": _imagenet_index(p["class"])}
+    from fooltools.evolve import cli_support
+
+    used = _evolve_defaults({**p, "class": _imagenet_index(p["class"])}, map_elites=False)
+    if used["strategy"] is None:
+        used["strategy"] = cli_support.default_strategy(used["encoding"], map_elites=False)
     if isinstance(p["stop_at"], int):
         used["stop_at"] = float(p["stop_at"])  # 1 and 1.0 are one threshold
     return used
 
 
 def _map_elites_identity(p: dict[str, Any]) -> dict[str, Any]:
+    used = _evolve_defaults(p, map_elites=True)
     # As cli_support.parse_job reads them: a comma-separated string or a list, "all".
     names = p["classes"].split(",") if isinstance(p["classes"], str) else p["classes"]
     names = [n.strip() if isinstance(n, str) else n for n in names]
     if [n.lower() if isinstance(n, str) else n for n in names] == ["all"]:
-        return {**p, "classes": "all"}  # any spelling, as the CLI reads it
+        return {**used, "classes": "all"}  # any spelling, as the CLI reads it
     indices = (_imagenet_index(n) for n in names if n != "")
-    return {**p, "classes": list(dict.fromkeys(indices))}
+    return {**used, "classes": list(dict.fromkeys(indices))}
 
 
 def _crops(report: dict[str, Any]) -> str:
