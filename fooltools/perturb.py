@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fooltools import __version__, attacks, io
+from fooltools import __version__, attacks, io, words
 from fooltools.attacks.pgd import MAX_EPS
 from fooltools.errors import FoolError, one_line
 from fooltools.models.base import Classifier
@@ -374,7 +374,7 @@ def perturb_file(
     aimed = ("target", target) if targeted else ("source", source)
     report["metrics"] = {
         "success": report["success"],
-        f"{aimed[0]} confidence": round(float(probs[aimed[1]]), 4),
+        f"{aimed[0]} confidence": words.figure(probs[aimed[1]]),
         "L-inf (0-255)": round(report["distortion_255"]["linf"], 2),
         "L2 (0-255)": round(report["distortion_255"]["l2"], 2),
         "L0 (values)": report["distortion_255"]["l0"],

@@ -22,7 +22,7 @@ from PIL import Image
 from sharding_probe import S
 from test_cli import run as fool
 
-from fooltools import io
+from fooltools import io, words
 from fooltools.errors import FoolError, Interrupted
 from fooltools.evolve import checkpoint, cli_support, es, report, search
 from fooltools.evolve import run as run_module
@@ -500,6 +500,13 @@ def test_resume_after_a_kill_mid_history_line(tiny, tmp_path):
     with pytest.raises(FoolError, match=r"corrupt .*history.jsonl \(line 1\); left untouched"):
         run(tmp_path / "part", 6, resume=True)
     assert (tmp_path / "part" / HISTORY).read_text() == damaged
+    # JSON that is no generation's record, even last (a torn line is never JSON): refused.
+    for bad in ("5", '{"gen": 3}', '{"generation": "3", "best": 0.1}'):
+        edited = "\n".join([*lines, bad]) + "\n"
+        (tmp_path / "part" / HISTORY).write_text(edited)
+        with pytest.raises(FoolError, match=r"history.jsonl \(line 6: not a generation's rec"):
+            run(tmp_path / "part", 6, resume=True)
+        assert (tmp_path / "part" / HISTORY).read_text() == edited
 
 
 def test_generation_bar_paces_the_time_left_from_the_first_generation_it_sees():
@@ -784,6 +791,19 @@ def test_a_resume_of_another_search_names_the_options(capsys, tmp_path, kind, op
     code, _, err = fool(capsys, "evolve", *options, "--out", str(tmp_path), "--resume")
     assert code == 2 and f"holds a `{there}` run, not a `{here}` one; resume it with" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_resume_of_an_es_run_as_direct_blames_the_encoding(capsys, tmp_path):
+    # The ES came from the checkpoint, but the line blamed a --strategy es never given.
+    checkpoint.save(tmp_path / "checkpoint.npz", {}, {}, {"kind": "es", "encoding": "cppn"})
+    options = ["--class", "robin", "--encoding", "direct", "--out", str(tmp_path), "--resume"]
+    code, _, err = fool(capsys, "evolve", *options)
+    assert code == 2 and "--strategy es" not in err.replace("(--strategy es)", "")
+    assert f"{tmp_path} holds a CPPN run (--strategy es), not a direct one" in err
+    assert len(err.strip().splitlines()) == 1
+    # Given on the command line, it is the option that is wrong.
+    code, _, err = fool(capsys, "evolve", *options, "--strategy", "es")
+    assert code == 2 and err.startswith("error: --strategy es evolves one CPPN for one class")
 
 
 def test_ctrl_c_while_writing_the_outputs_says_resume_writes_them(tiny, tmp_path, monkeypatch):
@@ -1076,18 +1096,30 @@ def test_a_checkpoint_whose_state_has_another_shape_is_corrupt(tiny, tmp_path, k
 def test_figures_shown_are_cut_so_a_failed_run_never_reads_99(tiny, tmp_path, monkeypatch):
     # best.png re-read at 98.996%: rounded, its title, caption and metrics said 99.0%,
     # 99.00% and 0.99 beside success false.
-    assert report.percent(0.98996, 1) == "98.9%" and report.cut(0.98996, 4) == 0.9899
+    assert report.percent(0.98996, 1) == "98.9%" and words.cut(0.98996, 4) == 0.9899
     assert report.percent(0.99, 1) == "99.0%" and report.percent(np.float32(0.99), 2) == "99.00%"
     # A small confidence keeps two significant digits instead of reading as zero.
     small = [report.percent(c, 1) for c in (0.00034, 0.005, 0.0099999, 3.4e-9, 0.0)]
     assert small == ["0.034%", "0.50%", "0.99%", "3.4e-07%", "0.0%"]
-    assert report.cut(0.99, 4) == 0.99  # 0.99 * 1e4 is 9899.999999999998 in floats
+    assert words.cut(0.99, 4) == 0.99  # 0.99 * 1e4 is 9899.999999999998 in floats
     cfg = SearchConfig(population=P, generations=1, elites=2, stop_at=None)
     out = evolve_single(tiny, direct(height=S, width=S), "direct", 15, cfg, seed=0, out=tmp_path)
     monkeypatch.setattr(report, "_confidence", lambda *args: 0.98996)
     rep = report.write_single(tmp_path, tiny, 15, out, {"encoding": "direct"})
     assert not rep["success"] and rep["title"] == "robin (direct) 98.9%"
     assert rep["images"][0]["caption"] == "robin 98.99%" and rep["metrics"]["confidence"] == 0.9899
+    # And the metrics' confidence of a run that barely moved is not 0 beside its title.
+    monkeypatch.setattr(report, "_confidence", lambda *args: 5.8e-05)
+    rep = report.write_single(tmp_path, tiny, 15, out, {"encoding": "direct"})
+    assert rep["title"] == "robin (direct) 0.0058%" and rep["metrics"]["confidence"] == 5.8e-05
+    assert "<td>5.8e-05</td>" in (tmp_path / "index.html").read_text()
+    assert [words.figure(v) for v in (0.123456, 0.0123456, 0.00123456, 0.0)] == [
+        0.1235,
+        0.0123,
+        0.0012,
+        0.0,
+    ]
+    assert words.figure(0.98996, cut_down=True) == 0.9899 and words.figure(0.98996) == 0.99
 
 
 def test_the_plot_of_a_one_generation_run_shows_its_confidences(tmp_path):

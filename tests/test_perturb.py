@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_cli import run as run_cli
 
-from fooltools import attacks, io
+from fooltools import attacks, io, words
 
 TARGETS = [9, 15, 130]  # ostrich, robin, flamingo: none is a sample's own class
 SAMPLES = io.sample_names()
@@ -68,7 +68,7 @@ def test_perturb_file_reuses_the_compiled_attack_with_each_calls_progress(lite0,
         # showed as the "target confidence".
         assert report["target"] is None and report["final"]["target_confidence"] is None
         assert "target confidence" not in report["metrics"]
-        want = round(report["final"]["source_confidence"], 4)
+        want = words.figure(report["final"]["source_confidence"])
         assert report["metrics"]["source confidence"] == want
     after = perturb._cached_attack.cache_info()
     assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1

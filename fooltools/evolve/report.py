@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fooltools import gallery, io
+from fooltools import gallery, io, words
 from fooltools.classify import probabilities
 from fooltools.models.base import Classifier
 from fooltools.perturb import versions
@@ -76,20 +76,8 @@ def _scoring(common: dict[str, Any]) -> str:
     return common["encoding"] + (f", mean of {crops} crops" if crops > 1 else "")
 
 
-def cut(value: float, decimals: int) -> float:
-    """``value`` cut (not rounded) to ``decimals`` decimals: 0.98996 -> 0.9899 at 4.
-
-    Cut, so that a figure shown is always reached: 0.98996 rounded would read 0.99 (and
-    99.0%) beside a run that failed its 99% target. Rounded to 6 places of the scaled
-    value first, so that float noise (100 * 0.99 = 98.99999999999999) does not cut a
-    figure that is exact.
-    """
-    scale = 10**decimals
-    return math.floor(round(value * scale, 6)) / scale
-
-
 def percent(confidence: float, digits: int) -> str:
-    """``confidence`` as a percentage :func:`cut` to ``digits`` decimals: ``99.0%``.
+    """``confidence`` as a percentage :func:`.words.cut` to ``digits`` decimals: ``99.0%``.
 
     Below 1% with two significant digits at least (``0.034%``, not ``0.0%``: a search
     that has barely moved, or a MAP-Elites cell, is not at zero), and below 0.0001% in
@@ -100,7 +88,7 @@ def percent(confidence: float, digits: int) -> str:
         return f"{value:.1e}%"
     if 0 < value < 1:
         digits = max(digits, 1 - math.floor(math.log10(value)))
-    return f"{cut(value, digits):.{digits}f}%"
+    return f"{words.cut(value, digits):.{digits}f}%"
 
 
 def _rate(summary: dict[str, Any]) -> float:
@@ -147,7 +135,7 @@ def write_single(
             {"file": PLOT, "caption": "confidence by generation"},
         ],
         "metrics": {
-            "confidence": cut(conf, 4),
+            "confidence": words.figure(conf, cut_down=True),
             "generation": summary["best_generation"],
             "evaluations": evals,
             "seconds": round(secs, 1),
@@ -201,7 +189,7 @@ def write_map_elites(
         "images": [{"file": PLOT, "caption": "confidence by generation"}, *panels],
         "metrics": {
             "filled": f"{len(panels)}/{len(classes)}",
-            "median": cut(median, 4),
+            "median": words.figure(median, cut_down=True),
             ">= 99%": report_count(confs),
             "evaluations": evals,
             "seconds": round(secs, 1),

@@ -37,6 +37,16 @@ HISTORY = "history.jsonl"
 Progress = Callable[[int, dict[str, Any]], None]
 
 
+def _is_history_line(record: Any) -> bool:
+    """Whether ``record`` has what a history line has: an int generation, numeric figures."""
+    if not isinstance(record, dict):
+        return False
+    keys = ("generation", "evaluations", "seconds", "best", "median", "mean")
+    figures = [record.get(k) for k in keys]
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in figures)
+    return numbers and isinstance(record["generation"], int)
+
+
 @dataclasses.dataclass
 class Loop:
     """Book-keeping shared by both searches: history, checkpoints, interruption."""
@@ -68,12 +78,19 @@ class Loop:
         history = []
         for i, line in enumerate(lines):
             try:
-                history.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 # A run killed mid-append (SIGKILL, power loss) leaves a torn last line,
                 # from a generation after the checkpoint; anything else is damage.
                 if i < len(lines) - 1:
                     raise FoolError(f"corrupt {path} (line {i + 1}); left untouched") from None
+                continue
+            # JSON, but no history line (an edit by hand): it would be a traceback below.
+            if not _is_history_line(record):
+                raise FoolError(
+                    f"corrupt {path} (line {i + 1}: not a generation's record); left untouched"
+                )
+            history.append(record)
         self.history = [h for h in history if h["generation"] <= generation]
         self.seconds = sum(h["seconds"] for h in self.history)
         text = "".join(json.dumps(h) + "\n" for h in self.history)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fooltools import gallery, io
+from fooltools import gallery, io, words
 from fooltools.models.base import Classifier
 from fooltools.perturb import versions
 
@@ -244,9 +244,9 @@ def write_classviz(
     keys = [f"{n} #{i + 1}" if names.count(n) > 1 else n for i, n in enumerate(names)]
     if is_class:
         report["success"] = bool(np.all(top1 == viz.targets))
-        metrics["lowest confidence"] = round(min(confidences), 4)
+        metrics["lowest confidence"] = words.figure(min(confidences))
         metrics.update(
-            {f"{k} confidence": round(c, 4) for k, c in zip(keys, confidences, strict=True)}
+            {f"{k} confidence": words.figure(c) for k, c in zip(keys, confidences, strict=True)}
         )
     else:
         metrics.update(
