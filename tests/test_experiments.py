@@ -858,10 +858,12 @@ def test_perturb_smoke_local(capsys, tmp_path_factory):
     assert {float(r["linf"]) for r in rows} <= {7.0, 8.0}  # within the 8/255 budget
     cat = rows[0]  # 3 PGD steps are enough for this one pair (~95% ostrich)
     assert cat["success"] == "true" and cat["class"] == "ostrich" and float(cat["confidence"]) > 0.5
-    for row in rows:
+    for row in table(out, drop=()):
         run_dir = out / "runs" / row["id"]
         report = json.loads((run_dir / "report.json").read_text())
         assert report["steps"] == 3 and report["method"] == "pgd"
+        # The run's time as its report and gallery card give it, not the attempt's.
+        assert float(row["seconds"]) == pytest.approx(report["seconds"], abs=0.005)
         assert (run_dir / "adversarial.png").is_file()
         assert read_result(run_dir)["metrics"]["success"] == (row["success"] == "true")
     code, stdout, _ = cli(capsys, "results", str(out))
@@ -877,12 +879,14 @@ def test_perturb_smoke_local(capsys, tmp_path_factory):
 
 def test_evolve_smoke_local(capsys, tmp_path_factory):
     out, stdout = _run_smoke(capsys, "evolve-smoke", tmp_path_factory)
-    rows = table(out)
+    rows = table(out, drop=())
     assert [r["method"] for r in rows] == ["direct", "cppn-es"]
     assert {r["status"] for r in rows} == {"ok"} and {r["class"] for r in rows} == {"robin"}
     for row in rows:
         report = json.loads((out / "runs" / row["id"] / "report.json").read_text())
         assert report["population"] == 4 and report["generations_run"] == 2
+        # The search's seconds, summed over resumes (the table had the last attempt's).
+        assert float(row["seconds"]) == pytest.approx(report["seconds"], abs=0.005)
         assert float(row["confidence"]) == pytest.approx(report["best_confidence"], abs=1e-6)
         assert (out / "runs" / row["id"] / "best.png").is_file()
 
@@ -896,11 +900,12 @@ def test_map_elites_smoke_local(tmp_path):
     assert report["filled"] == 3 and report["generations_run"] == 2
     assert row["success"] is False  # 3 cells at low confidence: not fooled at 99%
     assert row["confidence"] == pytest.approx(report["median_confidence"], abs=1e-6)
+    assert row["seconds"] == pytest.approx(report["seconds"], abs=0.005)
 
 
 def test_detect_smoke_local(capsys, tmp_path_factory):
     out, stdout = _run_smoke(capsys, "detect-smoke", tmp_path_factory)
-    rows = table(out)
+    rows = table(out, drop=())
     assert [(r["model"].split()[0], r["method"]) for r in rows] == [
         ("yolo", "vanish-linf"),
         ("faster-rcnn", "vanish-linf"),
@@ -910,6 +915,7 @@ def test_detect_smoke_local(capsys, tmp_path_factory):
     for row in rows:
         report = json.loads((out / "runs" / row["id"] / "report.json").read_text())
         assert report["attack"]["steps"] == 2 and report["kind"] == "detect-attack"
+        assert float(row["seconds"]) == pytest.approx(report["metrics"]["seconds"], abs=0.005)
         assert report["metrics"]["clean_objects"] >= 1
         assert (out / "runs" / row["id"] / "synthetic-0.png").is_file()
 

@@ -3,7 +3,8 @@
 The table has one row per run of ``batch.json``, in grid order, whichever executor ran
 them and in whatever order they finished. Columns: ``id``, ``status`` (ok / failed /
 unfinished), the grid's parameters (``param_<key>`` where a key is also a metric
-column), the task metrics (:data:`~.tasks.METRICS`), ``seconds`` and ``error``. Floats are
+column), the task metrics (:data:`~.tasks.METRICS`), ``seconds`` (the run's attack or search,
+as its report times it) and ``error``. Floats are
 rounded (confidence to 6 decimals, distortions to 3, seconds to 2) so tables from two
 executors compare equal; ``seconds`` is the only column that differs between them.
 """

@@ -28,7 +28,9 @@ RESULT = "result.json"
 # Image arguments that name built-in images rather than paths.
 _NAMED = ("sample:", "synthetic:")
 ERROR_LOG = "error.txt"
-# Columns a task's metrics may fill, in table order.
+# Columns a task's metrics may fill, in table order. A task's metrics also give the run's
+# ``seconds``, as its report has them (its attack or search, summed over the attempts a
+# resume continued): result.json's own are the last attempt's, model loading included.
 METRICS = ("model", "method", "class", "source", "success", "confidence", "linf", "l2")
 
 
@@ -148,6 +150,7 @@ def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
         "confidence": final["target_confidence"] if report["targeted"] else final["confidence"],
         "linf": dist["linf"],
         "l2": dist["l2"],
+        "seconds": report["seconds"],
     }
 
 
@@ -237,6 +240,7 @@ def run_evolve(p: dict[str, Any], out: Path) -> dict[str, Any]:
         "class": report["target"]["label"],
         "success": report["success"],
         "confidence": report["best_confidence"],
+        "seconds": report["seconds"],
     }
 
 
@@ -249,6 +253,7 @@ def run_map_elites(p: dict[str, Any], out: Path) -> dict[str, Any]:
         "class": f"{len(report['classes'])} classes",
         "success": report["success"],
         "confidence": report["median_confidence"],
+        "seconds": report["seconds"],
     }
 
 
@@ -326,6 +331,7 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
         "success": report["success"],
         "linf": m["linf_255"],
         "l2": round(m["l2"] * 255, 3),
+        "seconds": m["seconds"],
     }
 
 
