@@ -78,7 +78,14 @@ def _decode(path: str) -> np.ndarray:
             # "I" is how older Pillow and TIFF hand over 16-bit gray; anything wider is clipped.
             arr = np.clip(np.asarray(im, dtype=np.float32) / 65535, 0, 1)[..., None]
         elif im.mode == "F":
-            arr = np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None]
+            arr = np.asarray(im, dtype=np.float32)[..., None]
+            lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+            # Clipped, a float TIFF of 0-255 values was a white image, classified as such.
+            if not PIXEL_RANGE[0] <= lo <= hi <= PIXEL_RANGE[1]:  # also NaN
+                raise ImageError(
+                    f"floating-point image with values in [{lo:g}, {hi:g}], expected [0, 1]: {path}"
+                )
+            arr = np.clip(arr, 0, 1)
         elif im.mode in ("1", "L"):
             arr = _LEVELS8[np.asarray(im.convert("L"))][..., None]
         else:

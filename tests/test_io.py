@@ -101,6 +101,18 @@ def test_gray_and_alpha_modes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(fio.read_image(tmp_path / "rgba.png"), a / np.float32(255))
 
 
+def test_float_tiff_in_0_1_is_read_other_scales_refused(tmp_path: Path) -> None:
+    # Clipped to [0, 1], a float TIFF of 0-255 values was read as a white image.
+    values = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(values).save(tmp_path / "unit.tif")
+    got = fio.read_image(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(got, np.repeat(values[..., None], 3, axis=-1))
+    for name, bad in (("scaled.tif", values * 255), ("nan.tif", values * np.nan)):
+        Image.fromarray(bad.astype(np.float32)).save(tmp_path / name)
+        with pytest.raises(ImageError, match=r"floating-point image with values in \["):
+            fio.read_image(tmp_path / name)
+
+
 @pytest.mark.parametrize("transparency", [None, 2])
 def test_palette_png(tmp_path: Path, transparency: int | None) -> None:
     im = Image.fromarray(rgb8()).quantize(colors=8)
