@@ -43,7 +43,11 @@ def _refuse_blank(
     directory instead of what the user meant to name.
     """
     if isinstance(value, str) and not value.strip():
-        flag = param.opts[0] if param is not None and param.opts else "the option"
+        if isinstance(param, click.Argument):
+            flag = param.human_readable_name  # IMAGE, or "one of IMAGES"
+            flag = flag if param.nargs == 1 else f"one of {flag}"
+        else:
+            flag = param.opts[0] if param is not None and param.opts else "the option"
         raise click.UsageError(f"{flag} is empty; give {what}", ctx)
 
 
@@ -61,15 +65,21 @@ class _Name(click.ParamType):
 
     name = "text"
 
+    def __init__(self, what: str = "a name") -> None:
+        self.what = what
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """``value`` itself, or a UsageError if blank."""
-        _refuse_blank(value, param, ctx, "a name")
+        _refuse_blank(value, param, ctx, self.what)
         return value
 
 
 OUT_DIR = _Path(file_okay=False)  # a run's directory, to write into
 IN_FILE = _Path(dir_okay=False)  # a file to read (weights, cfg)
 NAME = _Name()
+# An image argument: a blank one (`fool classify "$IMG"`, IMG unset) was the path "", the
+# current directory, whose every image `fool classify` then classified.
+IMAGE = _Name("an image file or sample:NAME")
 
 
 def resolve_image(arg: str) -> Path:
@@ -153,7 +163,7 @@ def models() -> None:
 
 
 @cli.command()
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=True, type=IMAGE)
 @_model_options
 @click.option("--top", "k", default=5, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
@@ -273,7 +283,7 @@ def parse_eps(text: str | None, option: str = "--eps") -> float | None:
 
 
 @cli.command()
-@click.argument("image")
+@click.argument("image", type=IMAGE)
 @click.option("--target", help="Class to reach: name, synonym, WordNet id or index.")
 @click.option("--untargeted", is_flag=True, help="Just leave the current class.")
 @click.option(
@@ -320,6 +330,7 @@ def perturb(
     from fooltools.labels import imagenet
     from fooltools.models import DEFAULT_MODEL, load_model
     from fooltools.perturb import (
+        OUTPUTS,
         PerturbConfig,
         check_out_dir,
         default_out_dir,
@@ -348,7 +359,7 @@ def perturb(
     ).resolved()
     path = resolve_image(image)
     if out_dir:
-        check_out_dir(out_dir)
+        check_out_dir(out_dir, [path], lambda name: name in OUTPUTS)
     clf = load_model(model_name or DEFAULT_MODEL, weights=weights)
     out = Path(out_dir) if out_dir else default_out_dir()
     bar = Progress(total_steps(cfg), label=f"{method} {path.name}")

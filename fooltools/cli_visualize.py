@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from fooltools.cli import _model_options, _run_options, resolve_image
+from fooltools.cli import IMAGE, _model_options, _run_options, resolve_image
 from fooltools.errors import FoolError, one_line
 from fooltools.limits import INT32_MAX
 
@@ -159,22 +159,10 @@ def _check_out(
         images: The command's image arguments (paths or ``sample:NAME``).
         writes: Whether the run writes a file of this name into ``out_dir``.
     """
-    import os
-
     from fooltools.perturb import check_out_dir
 
-    if not out_dir:
-        return
-    check_out_dir(out_dir)
-    for arg in images:
-        path = resolve_image(arg)
-        target = Path(out_dir) / path.name
-        if writes(path.name) and path.is_file() and target.is_file():
-            if os.path.samefile(path, target):
-                raise FoolError(
-                    f"{arg} is in --out {out_dir} and the run writes its own {path.name} "
-                    "there (it would replace your photo): choose another --out"
-                )
+    if out_dir:
+        check_out_dir(out_dir, [resolve_image(arg) for arg in images], writes)
 
 
 def _out(out_dir: str | None, kind: str) -> Path:
@@ -237,7 +225,7 @@ def _every(default: str) -> Callable:
 
 
 @click.command(name="invert")
-@click.argument("image")
+@click.argument("image", type=IMAGE)
 @_layer_option(
     "Layer to invert (`fool layers` lists them); repeat for several.",
     multiple=True,
@@ -429,7 +417,7 @@ def visualize_cmd(
 
 
 @click.command(name="dream")
-@click.argument("image")
+@click.argument("image", type=IMAGE)
 @_layer_option(
     "Layer whose activations to amplify (`fool layers`).",
     required=True,
@@ -526,8 +514,8 @@ def _split(text: str | None) -> list[str] | None:
 
 
 @click.command(name="style")
-@click.argument("content")
-@click.argument("style")
+@click.argument("content", type=IMAGE)
+@click.argument("style", type=IMAGE)
 @click.option("--content-weight", type=float, default=_STYLE["content"], show_default=True)
 @click.option("--style-weight", type=float, default=_STYLE["style"], show_default=True)
 @click.option("--tv-weight", type=float, default=_STYLE["tv"], show_default=True)
@@ -592,13 +580,14 @@ def style_cmd(
 
     outputs = ("content.png", "style.png", "result.png", run.STRIP)
     _check_out(out_dir, (content, style), lambda name: name in outputs)
+    content_path, content_img = _image(content)
+    style_path, style_img = _image(style)
+    _check_style_side(content_img.shape[:2], size)
     clf = _model(model_name, weights)
     if content_layer is not None:
         layers.check_layer(clf, content_layer, option="--content-layer")
     for name in chosen or ():
         layers.check_layer(clf, name, spatial=True, option="--style-layers")
-    content_path, content_img = _image(content)
-    style_path, style_img = _image(style)
 
     def work(progress):
         # stylize takes a key for the common signature only: any key, the same image.
@@ -623,6 +612,28 @@ def style_cmd(
     judged = run.style_verdict(report["style_loss"], report["style_ratio"])
     click.echo(f"{judged}; content loss {report['content_loss']:.3f}")
     click.echo(f"open {out / 'index.html'}")
+
+
+def _check_style_side(shape: tuple[int, int], size: int) -> None:
+    """Refuse a content image whose working image (shrunk to ``size``) is under 16 pixels.
+
+    A 1 x 1 photo was styled into a 1 x 1 result, its feature maps and Gram matrices of
+    one position, and reported as a style loss like any other.
+    """
+    from fooltools.visualize.deepdream import MIN_SIDE
+
+    h, w = shape
+    scale = min(1.0, size / max(h, w))
+    wh = (max(1, round(w * scale)), max(1, round(h * scale)))  # as common.fit shrinks it
+    if min(wh) >= MIN_SIDE:
+        return
+    why = "use a larger image"
+    if scale < 1:
+        why = f"use a larger --size (it shrank the {w}x{h} photo)"
+    raise FoolError(
+        f"the content image is {wh[0]}x{wh[1]} pixels, too small to style (each side must "
+        f"be >= {MIN_SIDE}); {why}"
+    )
 
 
 @click.command(name="layers")

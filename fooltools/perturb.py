@@ -15,7 +15,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,15 @@ def release_out_dirs() -> None:
             _MADE.pop().rmdir()  # only ever removes an empty directory
 
 
-def check_out_dir(out_dir: str | os.PathLike[str]) -> None:
+# The images perturb_file writes into its run directory.
+OUTPUTS = ("original.png", "adversarial.png", "perturbation.png")
+
+
+def check_out_dir(
+    out_dir: str | os.PathLike[str],
+    inputs: Iterable[str | os.PathLike[str]] = (),
+    writes: Callable[[str], bool] = lambda name: False,
+) -> None:
     """Refuse a run directory that already holds a run, before any work is done.
 
     :func:`perturb_file` writes its files one after another: into an earlier run's
@@ -211,13 +219,30 @@ def check_out_dir(out_dir: str | os.PathLike[str]) -> None:
     leave a mix of the two. ``fool perturb`` checks its ``--out`` with this; a batch
     re-running one of its own runs (``fool run --resume``) writes over it on purpose.
 
+    Args:
+        out_dir: The ``--out`` given.
+        inputs: The command's input files: one in ``out_dir`` under a name the run writes
+            (``fool perturb runs/x/adversarial.png --out runs/x``) would be replaced by
+            the run's output, and its report would name the output as its input.
+        writes: Whether the run writes a file of this name into ``out_dir``.
+
     Raises:
-        FoolError: ``out_dir`` holds a ``report.json``, or cannot be a directory we write
-            into: its nearest existing ancestor (or itself) is a file, or not writable.
+        FoolError: ``out_dir`` holds a ``report.json``, or an input the run would write
+            over, or cannot be a directory we write into: its nearest existing ancestor
+            (or itself) is a file, or not writable.
     """
     path = Path(out_dir)
     if (path / REPORT).exists():
         raise FoolError(f"{out_dir} already holds a run ({REPORT}); choose another --out")
+    for given in map(Path, inputs):
+        target = path / given.name
+        # samefile: the photo named through a link, or as dir/../dir/photo.png.
+        if writes(given.name) and given.is_file() and target.is_file():
+            if os.path.samefile(given, target):
+                raise FoolError(
+                    f"{given} is in --out {out_dir} and the run writes its own {given.name} "
+                    "there (it would replace your photo): choose another --out"
+                )
     # Found only when the first file was written, after the model had loaded and the whole
     # attack had run (minutes for cw on a large photo).
     existing = path

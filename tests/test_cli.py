@@ -348,6 +348,11 @@ def test_a_group_alone_prints_its_help(capsys, group):
         (["classify", "sample:cat", "--weights", ""], "--weights is empty; give a file"),
         (["detect", "synthetic:0", "--cfg", ""], "--cfg is empty; give a file"),
         (["detect", "synthetic:0", "--weights", ""], "--weights is empty; give a file"),
+        # An empty image was the path "", the current directory: classify read its images.
+        (["classify", "sample:cat", " "], "one of IMAGES is empty; give an image file"),
+        (["perturb", "", "--target", "ostrich"], "IMAGE is empty; give an image file"),
+        (["detect", "attack", "", "--mode", "vanish"], "IMAGE is empty; give an image file"),
+        (["style", "sample:cat", ""], "STYLE is empty; give an image file"),
     ],
 )
 def test_an_empty_model_or_file_is_refused_not_read_as_the_default(capsys, args, fragment):

@@ -361,6 +361,22 @@ def test_an_image_too_small_for_one_octave_asks_for_a_larger_one(capsys, tmp_pat
     assert "fewer octaves" not in err  # 1 is the fewest there are
 
 
+def test_style_of_a_content_image_too_small_asks_for_a_larger_one(capsys, tmp_path, monkeypatch):
+    # A 1 x 1 photo was styled into a 1 x 1 result and reported like any other.
+    from fooltools import io, models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    one = io.write_png(tmp_path / "one.png", np.full((1, 1, 3), 0.5, np.float32))
+    code, _, err = run(capsys, "style", one, "sample:coffee", "--out", tmp_path / "a")
+    assert_one_line_error(code, err, "content image is 1x1 pixels, too small to style",
+                          "use a larger image")  # fmt: skip
+    # The 451 x 300 cat at --size 20 is 20 x 13: it is --size that made it small.
+    code, _, err = run(capsys, "style", "sample:cat", "sample:coffee", "--size", "20",
+                       "--out", tmp_path / "b")  # fmt: skip
+    assert_one_line_error(code, err, "is 20x13 pixels", "use a larger --size (it shrank the")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("octaves", ["1", "3"])
 def test_a_photo_shrunk_too_small_by_size_asks_for_a_larger_size(capsys, tmp_path, octaves):
     # "use a larger image" for the 451x300 cat at --size 20 sent the user looking for

@@ -269,6 +269,26 @@ def test_an_out_that_cannot_be_a_directory_is_refused_before_any_work(
     assert str(blocker) in err and blocker.read_text() == "not a directory"
 
 
+@pytest.mark.parametrize("photo", ["original.png", "adversarial.png", "perturbation.png"])
+def test_an_input_photo_the_run_would_write_over_is_refused(capsys, tmp_path, monkeypatch, photo):
+    # `fool perturb runs/x/adversarial.png --out runs/x` replaced the photo by the attack's
+    # output, and the report named the output as its input.
+    import shutil
+
+    from fooltools import models
+
+    shutil.copy(io.sample_path("cat"), tmp_path / photo)
+    before = (tmp_path / photo).read_bytes()
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    spelled = tmp_path / ".." / tmp_path.name  # another name for the directory
+    code, _, err = run_cli(capsys, "perturb", str(tmp_path / photo), "--target", "ostrich",
+                           "--method", "fgsm", "--out", str(spelled))  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"is in --out {spelled} and the run writes its own {photo} there" in err
+    assert [p.name for p in tmp_path.iterdir()] == [photo]
+    assert (tmp_path / photo).read_bytes() == before
+
+
 def test_unreadable_image(capsys, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really")
