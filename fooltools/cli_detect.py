@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fooltools.cli import IN_FILE, OUT_DIR, SEED
+from fooltools.cli import IMAGE, IN_FILE, OUT_DIR, SEED
 from fooltools.errors import FoolError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def detect() -> None:
 
 
 @detect.command()
-@click.argument("image")
+@click.argument("image", type=IMAGE)
 @_detector_options
 @click.option("--out", "out_dir", type=OUT_DIR, help="Output directory.")
 def image(
@@ -147,7 +147,7 @@ def image(
     if out_dir:
         # An earlier detection's boxes.png and detections.json were overwritten without a
         # word; a run of another kind is refused as fool perturb refuses it.
-        check_out_dir(out_dir)
+        check_out_dir(out_dir, _user_image(image), lambda name: name == "boxes.png")
         if (Path(out_dir) / DETECTIONS).exists():
             raise FoolError(
                 f"{out_dir} already holds detections ({DETECTIONS}); choose another --out"
@@ -171,8 +171,15 @@ def image(
     click.echo(f"{len(dets)} objects (score >= {confidence}) -> {out}")
 
 
+def _user_image(arg: str) -> list[Path]:
+    """The user's own image file an IMAGE names (none for ``synthetic:N``, written by us)."""
+    from fooltools.cli import resolve_image
+
+    return [] if arg.startswith("synthetic:") else [resolve_image(arg)]
+
+
 @detect.command()
-@click.argument("image")
+@click.argument("image", type=IMAGE)
 @click.option("--mode", type=click.Choice(_MODES), required=True, help="TOG attack, or DAG.")
 @click.option("--target-class", help="Class name or index to mislabel objects as.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default="linf", show_default=True)
@@ -200,12 +207,19 @@ def attack(
     already holds a run is refused.
     """
     from fooltools.cli import parse_eps
-    from fooltools.detection.attack_run import attack_file, check, resolve_image
+    from fooltools.detection.attack_run import OUTPUTS, attack_file, check, resolve_image
     from fooltools.perturb import check_out_dir, default_out_dir
 
+    seed_source = click.get_current_context().get_parameter_source("seed")
+    if mode != "dag" and seed_source != click.core.ParameterSource.DEFAULT:
+        # As fool perturb: runs over seeds were one run, each report recording another seed.
+        raise FoolError(
+            f"--seed draws dag's random labels; {mode} draws no random numbers, so every "
+            "seed would give the same run"
+        )
     if out_dir:
         # As fool perturb: writing into an earlier run would overwrite its results.
-        check_out_dir(out_dir)
+        check_out_dir(out_dir, _user_image(image), lambda name: name in OUTPUTS)
     det = _load(detector, cfg, weights, variant)
     if mode == "mislabel" and target_class is None:
         raise FoolError("--mode mislabel needs --target-class")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_cli import assert_one_line_error, run, run_ok
 
-from fooltools.detection import attacks, synthetic
+from fooltools.detection import attack_run, attacks, synthetic
 from fooltools.detection.detectors import BUNDLED
 from fooltools.io import read_image, write_png
 
@@ -82,6 +82,11 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
     assert report["metrics"]["clean_objects"] == 0
     assert report["success"] is None and report["note"] == "no objects at score >= 1.0"
     assert f"nothing to attack: {shapes_png} has no objects at score >= 1.0" in out
+    # The image unchanged, as fool perturb's "nothing to do": the attack's output had
+    # moved pixels for no goal.
+    assert read_image(tmp_path / "adversarial.png").tobytes() == read_image(shapes_png).tobytes()
+    assert report["metrics"]["linf_255"] == 0 and report["metrics"]["l2"] == 0
+    assert "L-inf 0/255  L2 0.0/255" in out
 
 
 def test_eval_runs_each_mode_of_a_list_in_turn(capsys):
@@ -131,6 +136,9 @@ def test_eval_runs_each_mode_of_a_list_in_turn(capsys):
         (["eval", "--attack", "vanish", "--steps", "1001"], ["steps must be in 1..1000"]),
         (["attack", "{img}", "--mode", "vanish", "--seed", str(2**64), *NET],
          ["--seed", "0<=x<=4294967295"]),
+        # Only DAG's random labels draw from it: runs over seeds were one run.
+        (["attack", "{img}", "--mode", "vanish", "--seed", "3", *NET],
+         ["--seed draws dag's random labels; vanish draws no random numbers"]),
         (["attack", "{img}", "--mode", "vanish", "--target-class", "class1", *NET],
          ["--target-class is for --mode mislabel; vanish takes none"]),
         (["eval", "--attack", "vanish", "--target-class", "star"], ["is for --attack mislabel"]),
@@ -176,6 +184,24 @@ def test_detect_refuses_an_out_holding_detections_or_a_run(capsys, tmp_path, sha
     (run_dir / "report.json").write_text("{}")
     code, _, err = run(capsys, "detect", shapes_png, *NET, "--out", str(run_dir))
     assert_one_line_error(code, err, "already holds a run")
+
+
+@pytest.mark.parametrize(
+    ("command", "photo"),
+    [(["detect"], "boxes.png"), *((["detect", "attack", "--mode", "vanish"], name)
+                                  for name in attack_run.OUTPUTS)],
+)  # fmt: skip
+def test_an_input_photo_the_run_would_write_over_is_refused(
+    capsys, tmp_path, shapes_png, command, photo
+):
+    # The clean photo was replaced by the attacked image (or the drawing of its boxes),
+    # and the report named that as the image attacked.
+    (tmp_path / photo).write_bytes(open(shapes_png, "rb").read())
+    before = (tmp_path / photo).read_bytes()
+    code, _, err = run(capsys, *command, str(tmp_path / photo), *NET, "--out", str(tmp_path))
+    assert_one_line_error(code, err, f"writes its own {photo} there (it would replace your")
+    assert [p.name for p in tmp_path.iterdir()] == [photo]
+    assert (tmp_path / photo).read_bytes() == before
 
 
 def test_attack_refuses_an_out_holding_a_run(capsys, tmp_path, shapes_png):

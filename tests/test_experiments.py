@@ -64,7 +64,7 @@ def test_grid_is_a_cartesian_product_in_written_order():
     spec = parse_spec(
         {
             "kind": "perturb",
-            "fixed": {"method": "fgsm", "eps": "4/255"},
+            "fixed": {"method": "pgd", "eps": "4/255"},
             "grid": {
                 "image": ["sample:cat", "sample:coffee"],
                 "target": ["ostrich", 7, "goldfish"],  # 7: cock (9 is ostrich)
@@ -84,7 +84,7 @@ def test_grid_is_a_cartesian_product_in_written_order():
     assert runs[-1].varying == {"image": "sample:coffee", "target": "goldfish", "seed": 2}
     first = runs[0].params
     assert first["eps"] == pytest.approx(4 / 255)  # fractions are normalised to floats
-    assert first["method"] == "fgsm" and first["norm"] == "linf"  # fixed, then defaults
+    assert first["method"] == "pgd" and first["norm"] == "linf"  # fixed, then defaults
     assert first["steps"] is None  # not set: the method's own default applies at run time
     assert len({r.id for r in runs}) == len(runs)
     assert runs[0].describe() == "perturb image=sample:cat target=ostrich seed=0"
@@ -145,6 +145,14 @@ def _old_ids(spec):
         ),
         ("perturb", {"image": "sample:cat"}, {"target": ["ostrich", "Ostrich", 9]},
          ["target=ostrich"]),
+        (  # only pgd's random start draws from the seed, only dag's labels
+            "perturb",
+            {"image": "sample:cat", "target": "ostrich"},
+            {"method": ["pgd", "cw"], "seed": [0, 1]},
+            ["method=pgd seed=0", "method=pgd seed=1", "method=cw"],
+        ),
+        ("detect-attack", {"image": "synthetic:0"}, {"mode": ["vanish", "dag"], "seed": [0, 1]},
+         ["mode=vanish", "mode=dag seed=0", "mode=dag seed=1"]),
         ("evolve", {"class": "robin"}, {"stop_at": [1, 1.0]}, ["stop_at=1"]),
         ("evolve", {"stop_at": 0.5}, {"class": ["robin", "American robin", 15]}, ["class=robin"]),
         ("map-elites", {}, {"classes": [["robin", "ostrich"], "robin,ostrich", [15, "9"]]},
@@ -384,8 +392,18 @@ def test_grids_without_such_points_keep_their_ids():
             },
             "fixed.target: no run of this spec takes it (target is for mode mislabel)",
         ),
+        # Runs over seeds of a method or mode that draws no random numbers were one run.
+        (
+            {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish"},
+             "grid": {"seed": [0, 1]}},
+            "grid.seed: no run of this spec takes it (seed is for mode dag)",
+        ),
+        (
+            {"kind": "perturb", "fixed": {"image": "a", "method": "cw", "seed": 3}},
+            "fixed.seed: no run of this spec takes it",
+        ),
     ],
-)
+)  # fmt: skip
 def test_spec_errors_are_one_line_and_name_the_key(doc, fragment):
     with pytest.raises(FoolError) as info:
         parse_spec(doc, name="bad", path=Path("bad.toml"))

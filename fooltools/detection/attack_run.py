@@ -26,6 +26,9 @@ from fooltools.detection.detectors import Detector
 from fooltools.detection.draw import draw_boxes, records
 from fooltools.errors import FoolError
 
+# The images attack_file writes into its run directory.
+OUTPUTS = ("adversarial.png", "perturbation.png", "clean_boxes.png", "adversarial_boxes.png")
+
 
 def resolve_image(arg: str, out: Path) -> Path:
     """The image a detector command names, as a path.
@@ -135,19 +138,25 @@ def attack_file(
     norm = attack_kw.get("norm", "linf")
     eps, step_size = det_attacks.budget(norm, attack_kw.get("eps"), attack_kw.get("step_size"))
     result = run(jax.random.key(seed), x[None])
-    io.write_png(out / "adversarial.png", result.x[0])
-    xa = io.read_image(out / "adversarial.png")  # judge what the file holds
     names = det.class_names
     clean = records(result.clean, 0, names, confidence)
-    adv = records(det.detect(det.params, xa[None]), 0, names, confidence)
+    target = attack_kw.get("target_class")
     x0 = io.to_uint8(x).astype(np.float32) / 255
+    if success(mode, clean, [], target) is None:
+        # Nothing to attack: the run is the image unchanged, as fool perturb's "nothing to
+        # do" (the attack's output moved pixels for no goal, an L2 of 49/255 on 33 x 1).
+        io.write_png(out / "adversarial.png", x0)
+        xa, adv = x0, clean
+    else:
+        io.write_png(out / "adversarial.png", result.x[0])
+        xa = io.read_image(out / "adversarial.png")  # judge what the file holds
+        adv = records(det.detect(det.params, xa[None]), 0, names, confidence)
     delta = xa - x0
     scale = max(float(np.abs(delta).max()), 1 / 255)
     io.write_png(out / "perturbation.png", np.clip(0.5 + delta / (2 * scale), 0, 1))
     to_png = lambda a: a.astype(np.float32) / 255  # noqa: E731
     io.write_png(out / "clean_boxes.png", to_png(draw_boxes(io.to_uint8(x), clean)))
     io.write_png(out / "adversarial_boxes.png", to_png(draw_boxes(io.to_uint8(xa), adv)))
-    target = attack_kw.get("target_class")
     ok = success(mode, clean, adv, target)
     target_text = f" as {names[target]}" if mode == "mislabel" else ""
     report = {

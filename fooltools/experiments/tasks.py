@@ -122,8 +122,10 @@ def _perturb_identity(p: dict[str, Any]) -> dict[str, Any]:
     steps = cfg.steps
     if steps is None and cfg.method != "fgsm":
         steps = DEFAULT_STEPS.get(cfg.method)
+    # Only PGD's random start draws from the seed (the CLI refuses one for the others).
+    seed = p["seed"] if cfg.method == "pgd" else None
     return {**_model_identity(p), "target": _imagenet_index(p["target"]), "norm": cfg.norm,
-            "eps": eps, "steps": steps}  # fmt: skip
+            "eps": eps, "steps": steps, "seed": seed}  # fmt: skip
 
 
 def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -295,6 +297,8 @@ def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
         used.update(norm=norm, eps=float(eps), step_size=float(step_size))
     if used["steps"] is None:
         used["steps"] = attacks.TOG_STEPS
+    if used["mode"] != "dag":
+        used["seed"] = None  # only DAG's random labels draw from it
     # Class names are known before loading only for the bundled detectors.
     if used["weights"] is None and used["target"] in synthetic.CLASSES:
         used["target"] = synthetic.CLASSES.index(used["target"])
@@ -461,7 +465,7 @@ TASKS: dict[str, TaskKind] = {
             # nor its cfg.
             "cfg": Param((str,), path=True, only="detector yolo", splits=True),
             "weights": Param((str,), path=True, splits=True),
-            "seed": Param((int,), default=0, normalise=_seed),
+            "seed": Param((int,), default=0, normalise=_seed, only="mode dag"),
         },
         _detect_identity,
         _detect_check,
