@@ -1129,6 +1129,11 @@ def test_the_plot_of_a_one_generation_run_shows_its_confidences(tmp_path):
     inside = plot[30:-40, 55:]  # within the axes (x = 1 is the right edge), not the legend
     for colour in ((200, 30, 30), (30, 30, 200), (30, 150, 30)):
         assert (inside == colour).all(-1).any(), colour
+    # The axis labels are apart: 0.99's, 3 pixels under 1.00's, was drawn over it.
+    dark = (plot[:, :48] < 128).all(-1).any(1)
+    bands = np.flatnonzero(np.diff(dark.astype(int)))  # where each label's rows start, end
+    heights = bands[1::2] - bands[0::2]
+    assert len(heights) == 5 and heights.max() == heights.min(), heights
 
 
 def test_single_outputs_report_the_saved_file(tiny, tmp_path):
