@@ -458,8 +458,12 @@ def evolve(
     """
     from fooltools.evolve import cli_support
     from fooltools.models import DEFAULT_MODEL, load_model
-    from fooltools.perturb import check_out_dir
+    from fooltools.perturb import check_out_dir, claim_out_dir
 
+    if out_dir and out_dir.strip():
+        # Before its checkpoint is looked for: two runs given one --out both found none,
+        # and then wrote over each other (the blank --out is parse_job's to refuse).
+        claim_out_dir(out_dir)
     job = cli_support.parse_job(
         target=target,
         map_elites=map_elites,

@@ -45,11 +45,21 @@ def run(
     finished ok and runs the rest again (unfinished and failed). A failing run is recorded
     and the others go on; the exit status is 1 if any run failed.
     """
-    from fooltools.experiments import get_executor, load_spec, run_batch, write_results
+    from fooltools.experiments import (
+        default_out,
+        get_executor,
+        load_spec,
+        run_batch,
+        write_results,
+    )
+    from fooltools.perturb import claim_out_dir
 
     spec = load_spec(spec_path)
     chosen = get_executor(executor, address)
-    out = run_batch(spec, out_dir, executor=chosen, resume=resume, echo=click.echo)
+    # The default, runs/<spec name>, is the same every time: two batches of one spec
+    # (or two resumes) ran the same runs into the same directories.
+    out = claim_out_dir(out_dir or default_out(spec))
+    out = run_batch(spec, out, executor=chosen, resume=resume, echo=click.echo)
     written = write_results(out, gallery=False)
     click.echo(written["summary"])
     # Quoted: a batch named "eps sweep" is runs/eps sweep, two arguments when pasted.

@@ -193,11 +193,74 @@ def default_out_dir(root: str | os.PathLike[str] = "runs", kind: str = "perturb"
 _MADE: list[Path] = []  # directories default_out_dir made, for release_out_dirs
 
 
-def release_out_dirs() -> None:
-    """Remove the directories :func:`default_out_dir` made that are still empty.
+# The directories claim_out_dir holds locked: (st_dev, st_ino) -> descriptor.
+_CLAIMS: dict[tuple[int, int], int] = {}
 
-    A run that failed before writing anything left one; a run's own files keep it.
+
+def claim_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Hold the run directory ``out_dir`` for this command (created if missing).
+
+    Another ``fool`` command claiming it before :func:`release_out_dirs` is refused: two
+    commands given one ``--out`` each passed the checks for an earlier run (they run before
+    the first file is written) and wrote their files over each other's, one's history
+    and the other's images. The claim is an advisory ``flock`` on the directory, which the
+    kernel drops when the process ends, killed or not; on a file system without locks
+    (some network mounts) the directory is used unguarded, as before. Claiming a
+    directory this process holds already does nothing.
+
+    Raises:
+        FoolError: Another command holds it, or it cannot be a directory we write into:
+            its nearest existing ancestor (or itself) is a file, or not writable, or it
+            cannot be created.
     """
+    import fcntl
+
+    path = Path(out_dir)
+    # Found only when the first file was written, after the model had loaded and the whole
+    # attack had run (minutes for cw on a large photo).
+    existing = path
+    # os.path's, not Path's: a name too long for the file system is "missing", not OSError.
+    while not os.path.exists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FoolError(f"cannot create directory {out_dir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FoolError(f"cannot create directory {out_dir}: {existing} is not writable")
+    made = not os.path.exists(path)
+    io.make_dir(path)  # a name too long is its one-line error
+    if made:
+        _MADE.append(path)  # a command that then fails leaves no empty directory behind
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return path
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) in _CLAIMS:
+        os.close(fd)  # a second flock of ours would refuse ourselves
+        return path
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FoolError(
+            f"another fool command is writing into {out_dir}: let it finish, or choose "
+            "another --out"
+        ) from None
+    except OSError:
+        os.close(fd)
+        return path
+    _CLAIMS[st.st_dev, st.st_ino] = fd
+    return path
+
+
+def release_out_dirs() -> None:
+    """Release the claimed directories; remove the ones made here that are still empty.
+
+    Made here: by :func:`default_out_dir`, or a claimed ``--out``. A run that failed
+    before writing anything left one; a run's own files keep it.
+    """
+    while _CLAIMS:
+        os.close(_CLAIMS.popitem()[1])  # closing the last descriptor drops the flock
     while _MADE:
         with contextlib.suppress(OSError):
             _MADE.pop().rmdir()  # only ever removes an empty directory
@@ -226,12 +289,15 @@ def check_out_dir(
             the run's output, and its report would name the output as its input.
         writes: Whether the run writes a file of this name into ``out_dir``.
 
+    The directory is created and claimed (:func:`claim_out_dir`) for the rest of the
+    command.
+
     Raises:
         FoolError: ``out_dir`` holds a ``report.json``, or an input the run would write
-            over, or cannot be a directory we write into: its nearest existing ancestor
-            (or itself) is a file, or not writable.
+            over, or :func:`claim_out_dir` refuses it.
     """
-    path = Path(out_dir)
+    # Held from here on: the checks below then hold until the run has written its files.
+    path = claim_out_dir(out_dir)
     if (path / REPORT).exists():
         raise FoolError(f"{out_dir} already holds a run ({REPORT}); choose another --out")
     for given in map(Path, inputs):
@@ -243,15 +309,6 @@ def check_out_dir(
                     f"{given} is in --out {out_dir} and the run writes its own {given.name} "
                     "there (it would replace your photo): choose another --out"
                 )
-    # Found only when the first file was written, after the model had loaded and the whole
-    # attack had run (minutes for cw on a large photo).
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise FoolError(f"cannot create directory {out_dir}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise FoolError(f"cannot create directory {out_dir}: {existing} is not writable")
 
 
 def _top(clf: Classifier, logits: np.ndarray, k: int = 5) -> list[dict[str, Any]]:

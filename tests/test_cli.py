@@ -360,3 +360,51 @@ def test_an_empty_model_or_file_is_refused_not_read_as_the_default(capsys, args,
     # bundled detector) as if nothing had been asked.
     code, _, err = run(capsys, *args)
     assert_one_line_error(code, err, fragment)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["perturb", "sample:cat", "--target", "ostrich", "--method", "fgsm"],
+        ["evolve", "--class", "robin", "--generations", "1", "--population", "2"],
+        ["evolve", "--class", "robin", "--resume"],
+        ["run", str(Path(__file__).parents[1] / "experiments" / "perturb-smoke.toml")],
+        ["detect", "synthetic:0"],
+        ["dream", "sample:cat", "--layer", "head"],
+    ],
+    ids=lambda args: " ".join(args[:3]).replace(str(Path(__file__).parents[1]), ""),
+)
+def test_an_out_another_command_is_writing_into_is_refused(capsys, tmp_path, monkeypatch, args):
+    # Two commands given one --out both passed the checks for an earlier run (made before
+    # the first file is written) and wrote over each other: one's history, the other's
+    # images. A flock of our own on the directory stands for the other command.
+    import fcntl
+
+    from fooltools import models
+
+    monkeypatch.setattr(models, "load_model", None)  # refused before it is needed
+    out = tmp_path / "out"
+    out.mkdir()
+    other = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = run(capsys, *args, "--out", str(out))
+        assert_one_line_error(code, err, f"another fool command is writing into {out}")
+        assert list(out.iterdir()) == []
+    finally:
+        os.close(other)
+
+
+def test_a_claimed_out_is_released_and_removed_if_nothing_was_written(capsys, tmp_path):
+    # Claimed (created) before the checkpoint is looked for; a command that then fails
+    # leaves no empty directory, and its claim ends with it.
+    from fooltools import perturb
+
+    out = tmp_path / "new" / "out"
+    code, _, err = run(capsys, "evolve", "--class", "robin", "--resume", "--out", str(out))
+    assert code == 2 and "resume" in err and not out.exists()
+    assert perturb._CLAIMS == {}
+    held = perturb.claim_out_dir(out)
+    assert perturb.claim_out_dir(out) == held  # held already by this process: nothing to do
+    perturb.release_out_dirs()
+    assert perturb._CLAIMS == {} and not out.exists()
