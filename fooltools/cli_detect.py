@@ -93,15 +93,9 @@ def _load(detector: str, cfg: str | None, weights: str | None, variant: str | No
 
 
 def _target_index(det: Any, name: str | None) -> int | None:
-    if name is None:
-        return None
-    names = det.class_names
-    if name in names:
-        return names.index(name)
-    # isdigit alone takes '²', which int() refuses.
-    if name.isascii() and name.isdigit() and int(name) < len(names):
-        return int(name)
-    raise FoolError(f"unknown class {name!r} for {det.name}; classes: {', '.join(names)}")
+    from fooltools.detection.attack_run import class_index
+
+    return None if name is None else class_index(det, name)
 
 
 def _write_json(path: Path, data: Any) -> None:

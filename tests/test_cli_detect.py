@@ -42,7 +42,8 @@ def test_detect_writes_boxes_and_json(capsys, tmp_path, shapes_png):
 
 def test_attack_run_directory(capsys, tmp_path, shapes_png):
     out, _ = run_ok(
-        capsys, "detect", "attack", shapes_png, "--mode", "mislabel", "--target-class", "class1",
+        # In any case, as classifier classes are named (STAR was an unknown class).
+        capsys, "detect", "attack", shapes_png, "--mode", "mislabel", "--target-class", "Class1",
         *NET, "--confidence", "0.3", "--steps", "3", "--out", str(tmp_path),
     )  # fmt: skip
     report = json.loads((tmp_path / "report.json").read_text())
@@ -117,6 +118,9 @@ def test_eval_runs_each_mode_of_a_list_in_turn(capsys):
         (["synthetic:\u00b2", *NET], ["synthetic:N needs an image number"]),
         (["attack", "{img}", "--mode", "mislabel", "--target-class", "\u00b2", *NET],
          ["unknown class '\u00b2'", "class0"]),
+        # An index past the classes was an "unknown class '999'".
+        (["attack", "{img}", "--mode", "mislabel", "--target-class", "999", *NET],
+         ["class index 999 is out of range for", "its classes are 0-", "class0"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "-1", *NET], ["eps"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "inf", *NET], ["--eps must be a number"]),
         (["attack", "{img}", "--mode", "vanish", "--eps", "1e400", *NET], ["--eps must be a"]),

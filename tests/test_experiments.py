@@ -984,7 +984,7 @@ def test_a_detector_run_its_detector_refuses_fails_in_one_line(tmp_path):
     params = {**defaults, **net, "image": "synthetic:0", "mode": "mislabel", "target": 99}
     result = run_one("detect-attack", params, tmp_path)
     assert result["status"] == "failed"
-    assert result["error"].startswith("mislabel needs a target class in [0, ")
+    assert result["error"].startswith("class index 99 is out of range for yolo (tiny_v3.weights)")
     assert not (tmp_path / "error.txt").exists()
 
 

@@ -190,6 +190,21 @@ def test_a_pytorch_checkpoint_given_as_darknet_weights_is_named(name):
         darknet.read_weights(path, darknet.parse_cfg(DATA / "tiny_v2.cfg"))
 
 
+def test_an_image_or_other_file_given_as_darknet_weights_says_so(tmp_path):
+    # A PNG read as Darknet's header said "transposed Darknet weights (version
+    # 1196314761.169478669) are unsupported".
+    from fooltools import io
+
+    cfg = darknet.parse_cfg(DATA / "tiny_v2.cfg")
+    png = io.write_png(tmp_path / "small.png", np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ModelError, match=r"^small\.png is a PNG image, not Darknet weights$"):
+        darknet.read_weights(png, cfg)
+    other = tmp_path / "notes.weights"
+    other.write_bytes(b"these are not weights at all, only some text")
+    with pytest.raises(ModelError, match=r"^notes\.weights is not Darknet weights we read: its h"):
+        darknet.read_weights(other, cfg)
+
+
 def test_a_cfg_or_weights_that_is_not_a_regular_file_is_refused(fifo):
     # `--cfg /dev/zero` was read until the OOM killer came; a FIFO blocked forever.
     with pytest.raises(ModelError, match=r"cannot read Darknet cfg /dev/zero: not a regular file"):

@@ -51,6 +51,26 @@ def resolve_image(arg: str, out: Path) -> Path:
     return io.write_png(out / f"synthetic-{index}.png", image)
 
 
+def class_index(detector: Detector, name: str | int) -> int:
+    """The index of ``detector``'s class ``name``: a name in any case, or an index.
+
+    Raises:
+        FoolError: No such class (the message lists them), or an index out of range.
+    """
+    names = detector.class_names
+    if isinstance(name, int) or (name.isascii() and name.isdigit()):  # isdigit takes '²'
+        if int(name) < len(names):
+            return int(name)
+        raise FoolError(
+            f"class index {name} is out of range for {detector.name}: its classes are "
+            f"0-{len(names) - 1} ({', '.join(names)})"
+        )
+    folded = [n.casefold() for n in names]
+    if name.strip().casefold() in folded:  # as the classifiers' class names are looked up
+        return folded.index(name.strip().casefold())
+    raise FoolError(f"unknown class {name!r} for {detector.name}; classes: {', '.join(names)}")
+
+
 def check(detector: Detector, mode: str, **kwargs: Any) -> None:
     """:func:`~fooltools.detection.attacks.check_arguments`, its refusal as one line.
 

@@ -376,6 +376,11 @@ def raw_shapes(cfg: DarknetCfg) -> dict[str, dict[str, tuple[int, ...]]]:
     return out
 
 
+# First bytes of image files, given as --weights by mistake (--weights small.png).
+_IMAGE_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
+                (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))  # fmt: skip
+
+
 def _header_size(data: bytes, path: pathlib.Path) -> int:
     """Bytes of the Darknet header that ``data`` (at least 16 bytes) starts."""
     # A torch.save file (zip, or a legacy pickle stream) read as Darknet's header was
@@ -383,10 +388,16 @@ def _header_size(data: bytes, path: pathlib.Path) -> int:
     if data.startswith((b"PK\x03\x04", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")):
         raise ModelError(f"{path.name} is a PyTorch checkpoint, not Darknet weights "
                          "(for a Faster R-CNN: --detector faster-rcnn)")  # fmt: skip
+    for magic, kind in _IMAGE_MAGIC:
+        if data.startswith(magic):  # was "transposed Darknet weights (version 1196314761.x)"
+            raise ModelError(f"{path.name} is a {kind} image, not Darknet weights")
     major, minor, _revision = struct.unpack_from("<3i", data)
     if major > 1000 or minor > 1000:
-        raise ModelError(f"{path.name}: transposed Darknet weights (version {major}.{minor}) "
-                         "are unsupported")  # fmt: skip
+        # Darknet reads such a header as its transposed layout; no file of ours is one,
+        # and other bytes (a file of another kind) read the same.
+        raise ModelError(f"{path.name} is not Darknet weights we read: its header says "
+                         f"version {major}.{minor} (Darknet's own are 0.x and 1.x; over "
+                         "1000, its transposed layout, is unsupported)")  # fmt: skip
     return 20 if major * 10 + minor >= 2 else 16
 
 

@@ -300,23 +300,20 @@ def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
     if used["mode"] != "dag":
         used["seed"] = None  # only DAG's random labels draw from it
     # Class names are known before loading only for the bundled detectors.
-    if used["weights"] is None and used["target"] in synthetic.CLASSES:
-        used["target"] = synthetic.CLASSES.index(used["target"])
+    target = used["target"]
+    folded = [c.casefold() for c in synthetic.CLASSES]
+    if used["weights"] is None and isinstance(target, str) and target.casefold() in folded:
+        used["target"] = folded.index(target.casefold())
     return used
 
 
 def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """``fool detect attack``: TOG/DAG on one image (see :mod:`fooltools.detection`)."""
-    from fooltools.detection.attack_run import attack_file, check, resolve_image
+    from fooltools.detection.attack_run import attack_file, check, class_index, resolve_image
 
     p = _detect_applicable(p)
     det = _detector(p["detector"], p["cfg"], p["weights"])
-    target = p["target"]
-    if isinstance(target, str):
-        if target not in det.class_names:
-            names = ", ".join(det.class_names)
-            raise FoolError(f"unknown class {target!r} for {det.name}; classes: {names}")
-        target = det.class_names.index(target)
+    target = None if p["target"] is None else class_index(det, p["target"])
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm") if p[k] is not None}
     # What only the loaded detector can tell (its classes): one line, as on the CLI.
     check(det, p["mode"], target_class=target, confidence=p["confidence"], **kw)
