@@ -90,6 +90,22 @@ def test_pgd_distortion_within_budget(eps_steps, norm, steps, seed, quantize):
     assert float(res.x.min()) >= 0.0 and float(res.x.max()) <= 1.0
 
 
+def test_pgd_random_start_covers_what_the_model_sees_whatever_its_logits_sum_to():
+    # The start's noise went where grad(sum(logits)) != 0: for logits (z, -z) (or centred
+    # ones, or probabilities) that is nowhere, and the random start was silently off.
+    w = jax.random.normal(jax.random.key(1), (H * (W - 2) * 3,))
+
+    def model(p, x):  # the last two columns are never seen, as a centre crop's margin
+        z = x[:, :, : W - 2].reshape(len(x), -1) @ p
+        return jnp.stack([z, -z], -1)
+
+    x0 = images(2)
+    run = attacks.pgd(model, w, eps=8 / 255, steps=1, step_size=1e-6, quantize=False)
+    moved = np.abs(np.asarray(run(jax.random.key(0), x0, jnp.array([0, 1])).x - x0))
+    assert moved[:, :, : W - 2].max() > 7 / 255  # a start of up to 8/255 where it sees
+    assert moved[:, :, W - 2 :].max() == 0  # and none where it does not
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_another_budget_runs_the_compiled_attack_and_honours_its_numbers(schedule):
     # A grid over eps, step size or steps (fool run) compiled one attack per point.
@@ -276,6 +292,16 @@ def test_snap_rounds_towards_original_and_is_straight_through():
         lambda m, p: attacks.cw(m, p, lr=0.0),
         lambda m, p: attacks.cw(m, p, kappa=float("nan")),
         lambda m, p: attacks.cw(m, p, kappa=-1.0),
+        # Infinite constants: the input back as a failure, or NaN images as a success.
+        lambda m, p: attacks.cw(m, p, c=float("inf")),
+        lambda m, p: attacks.lbfgs(m, p, c=float("inf")),
+        lambda m, p: attacks.szegedy(m, p, lam=float("inf")),
+        # 2.0 (from JSON or argparse) failed inside lax.fori_loop, a TypeError on types.
+        lambda m, p: attacks.pgd(m, p, eps=0.1, steps=2.0),
+        lambda m, p: attacks.cw(m, p, steps=2.0),
+        lambda m, p: attacks.cw(m, p, search_steps=2.0),
+        lambda m, p: attacks.lbfgs(m, p, steps=True),
+        lambda m, p: attacks.szegedy(m, p, steps=2.0),
     ],
 )
 def test_invalid_configuration_raises(make):
@@ -313,6 +339,11 @@ def test_a_target_outside_the_logits_is_refused(name):
     for bad in (K, -1):
         with pytest.raises(ValueError, match=rf"0\.\.{K - 1}, got \[{bad}\]"):
             run(jax.random.key(0), x, jnp.asarray([0, 1, bad]))
+    # Cast to int32, [2.9, 3.5] attacked classes 2 and 3 and reported their success.
+    with pytest.raises(ValueError, match="target must be integer class indices, got dtype f"):
+        run(jax.random.key(0), x, jnp.asarray([0.0, 1.0, 2.9]))
+    with pytest.raises(ValueError, match=r"x holds no images \(shape \(0, "):
+        run(jax.random.key(0), x[:0], jnp.asarray([], jnp.int32))
 
 
 @pytest.mark.parametrize("targeted", [True, False])

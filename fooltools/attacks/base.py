@@ -20,6 +20,7 @@ Conventions for every attack in this package:
 from __future__ import annotations
 
 import functools
+import numbers
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -190,6 +191,7 @@ def run_loop(pieces: Loop, steps: int, params: Params) -> Run:
     Raises:
         ValueError: ``steps`` out of range.
     """
+    check_integers(steps=steps)
     if not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be in 1..{MAX_STEPS} (int32 loop counters), got {steps}")
     start_j, chunk, finish_j = pieces
@@ -201,6 +203,11 @@ def run_loop(pieces: Loop, steps: int, params: Params) -> Run:
         x, target = (v if isinstance(v, jax.Array) else np.asarray(v) for v in (x, target))
         # Before start_j, so that a refused image costs no compilation.
         io.require_float(x, "x")
+        if x.ndim == 4 and x.shape[0] == 0:  # was "zero-size array to reduction operation"
+            raise ValueError(f"x holds no images (shape {x.shape})")
+        if not jnp.issubdtype(target.dtype, jnp.integer):
+            # Cast to int32, [2.9, 3.5] attacked classes 2 and 3 and reported success.
+            raise ValueError(f"target must be integer class indices, got dtype {target.dtype}")
         if not isinstance(x, jax.core.Tracer):
             # Images on another scale (8-bit values as floats, np.asarray(img, np.float32),
             # or normalised ones) were clipped to [0, 1] and attacked without a word.
@@ -303,6 +310,18 @@ def result(
     """Assemble an :class:`AttackResult` for final images ``x`` with their ``logits``."""
     linf, l2, l0 = distortions(x0, x)
     return AttackResult(x, criterion(logits, target, targeted), logits, linf, l2, l0)
+
+
+def check_integers(**counts: Any) -> None:
+    """Refuse a count (steps, search steps) that is not an int (a bool neither).
+
+    Raises:
+        ValueError: Naming the first that is not: ``steps=2.0`` (from JSON or argparse)
+            failed inside ``lax.fori_loop`` as a TypeError on its bounds' types.
+    """
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
 def prepare(x0: jax.Array, target: jax.Array, quantize: bool) -> tuple[jax.Array, jax.Array]:

@@ -61,10 +61,11 @@ def cw(
     Raises:
         ValueError: steps or search_steps < 1, c or lr not > 0, kappa not >= 0.
     """
+    base.check_integers(steps=steps, search_steps=search_steps)
     if steps < 1 or search_steps < 1:
         raise ValueError("steps and search_steps must be >= 1")
-    if not c > 0:
-        raise ValueError(f"c must be > 0, got {c}")
+    if not 0 < c < math.inf:  # inf returned the input unchanged, as a failure
+        raise ValueError(f"c must be finite and > 0, got {c}")
     # A negative rate ascended the objective and 0 stood still, each reporting a failure.
     if not 0 < lr < math.inf:
         raise ValueError(f"lr must be finite and > 0, got {lr}")

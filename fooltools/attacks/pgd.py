@@ -100,6 +100,7 @@ def pgd(
         # No change reaches a whole 8-bit level (snap rounds towards the original): the
         # attack returned its input unchanged, as a failure.
         raise ValueError(f"eps must be at least 1/255 (one 8-bit level) with quantize, got {eps}")
+    base.check_integers(steps=steps)
     if not 1 <= steps <= base.MAX_STEPS:  # the budget holds it as an int32
         raise ValueError(f"steps must be in 1..{base.MAX_STEPS}, got {steps}")
     if loss not in ("ce", "margin"):
@@ -153,8 +154,13 @@ def _loop(
         x0, target = base.prepare(x, target, quantize)
         if random_start:
             # Only where the model can see: pixels that preprocessing crops away have zero
-            # gradient, and noise there would be pure, never-undone distortion.
-            seen = jax.grad(lambda x: jnp.sum(model(p, x)))(x0) != 0
+            # gradient, and noise there would be pure, never-undone distortion. Along a
+            # random direction of the logits, not their sum: logits whose sum is constant
+            # ((z, -z), centred ones, probabilities) have a zero gradient everywhere, and
+            # the random start was silently off.
+            logits, pullback = jax.vjp(lambda x: model(p, x), x0)
+            probe = jax.random.normal(jax.random.key(0), logits.shape, logits.dtype)
+            seen = pullback(probe)[0] != 0
             noise = jnp.where(seen, _random_start(key, x0.shape, b.eps, norm), 0.0)
             x = jnp.clip(x0 + noise, 0.0, 1.0)
         else:

@@ -15,6 +15,7 @@ Two solvers of the seed formulation:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -53,8 +54,10 @@ def szegedy(
         :func:`.base.run_loop`): the smallest-L2 successful iterate of each example, else
         its final iterate.
     """
-    if steps < 1 or not lam >= 0:
-        raise ValueError("steps must be >= 1 and lam >= 0")
+    base.check_integers(steps=steps)
+    # lam = inf made NaN images, whose NaN logits' argmax (class 0) read as a success.
+    if steps < 1 or not 0 <= lam < math.inf:
+        raise ValueError(f"steps must be >= 1 and lam finite and >= 0, got {steps}, {lam}")
     opt = optimizer or optax.adam(1e-3)
 
     def objective(p, x0, r, target):
@@ -131,8 +134,12 @@ def lbfgs(
         :func:`.base.run_loop`) holding the smallest successful perturbation found for
         each example (else the unperturbed input).
     """
-    if steps < 1 or search_steps < 1 or not c > 0:
-        raise ValueError("steps and search_steps must be >= 1 and c > 0")
+    base.check_integers(steps=steps, search_steps=search_steps)
+    if steps < 1 or search_steps < 1 or not 0 < c < math.inf:
+        raise ValueError(
+            f"steps and search_steps must be >= 1 and c finite and > 0, got {steps}, "
+            f"{search_steps}, {c}"
+        )
     numbers = LBFGSNumbers(np.float32(c), np.int32(steps))
     pieces = _kept_lbfgs_loop(model, targeted, quantize)
     return base.run_loop(pieces, search_steps * steps, (params, numbers))
