@@ -186,6 +186,23 @@ def test_evolution_strategy_improves_confidence(tiny, tmp_path):
     assert out["best_confidence"] == max(h["best"] for h in hist)
 
 
+@pytest.mark.parametrize(
+    "settings", [{"sigma": 0.0}, {"sigma": float("nan")}, {"learning_rate": -1}, {"sigma": "1"}]
+)
+def test_es_settings_that_cannot_search_are_refused(settings):
+    # sigma 0 ran to the end on nan fitness; nan returned a black image at confidence -1.
+    with pytest.raises(ValueError, match=r"must be a finite number > 0, got"):
+        ESConfig(**settings)
+
+
+def test_an_es_run_of_no_generations_is_refused(tiny, tmp_path):
+    # It scores only its generations' samples: none reported a black image at -1.
+    cfg = SearchConfig(population=P, generations=0, stop_at=None)
+    with pytest.raises(FoolError, match="the evolution strategy needs generations >= 1, got 0"):
+        evolve_es(tiny, cppn(**ES_CPPN), "cppn", 15, cfg, ES_TEST, seed=0, out=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_class_outside_the_model_or_a_misspelt_selection_is_refused(tiny, tmp_path):
     # Class 1000 (or -1) of 1000 was clamped by the device gather: class 999 was evolved
     # under the name asked for. Any selection but "truncation" ran a tournament.
@@ -333,6 +350,18 @@ def test_select_parents_equals_deap_over_the_whole_population(selection):
             dev = search.select_truncation(jnp.asarray(fitness), elites, p - elites)
             assert [d.dtype for d in dev] == [jnp.int32, jnp.int32]
             assert (dev[0].tolist(), dev[1].tolist()) == want
+
+
+def test_selection_leaves_the_callers_random_stream_as_it_was():
+    # DEAP draws from Python's global random, which the searches seeded for it: a script
+    # calling random.random() after a search got another number than without one.
+    random.seed(123)
+    want = random.random()
+    random.seed(123)
+    cfg = SearchConfig(population=6, elites=1, selection="tournament", tournament=2)
+    search.select_parents(np.arange(6, dtype=np.float32), cfg, 7)
+    search.select_random(np.array([True, False, True]), 4, 7)
+    assert random.random() == want
 
 
 class _RefInd:

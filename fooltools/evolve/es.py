@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import numbers
 import operator
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -78,6 +80,15 @@ class ESConfig:
 
     sigma: float = 0.02
     learning_rate: float = 0.02
+
+    def __post_init__(self) -> None:
+        # sigma 0 ran to the end on nan fitness after generation 1; nan gave a black image
+        # with a best confidence of -1.
+        for name in ("sigma", "learning_rate"):
+            value = getattr(self, name)
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            if not (real and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @functools.lru_cache(maxsize=16)
@@ -191,6 +202,9 @@ def evolve_es(
         raise FoolError(
             f"the evolution strategy needs an even population >= 2, got {cfg.population}"
         )
+    if cfg.generations < 1:
+        # It scores only the samples of its generations: none left a black image, -1.
+        raise FoolError(f"the evolution strategy needs generations >= 1, got {cfg.generations}")
     io.make_dir(out)
     key = jax.random.key(seed)
     opt = make_strategy(cfg.population, es)[2]

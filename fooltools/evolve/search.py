@@ -19,11 +19,12 @@ bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import jax
@@ -367,7 +368,11 @@ def select_parents(
         (population - elites,), of the best and of the parents of the children (see
         ``SearchConfig.selection``).
     """
-    random.seed(seed)
+    with _seeded(seed):
+        return _select_parents(fitness, cfg)
+
+
+def _select_parents(fitness: np.ndarray, cfg: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
     pool: Any = range(len(fitness))
     if cfg.selection == "truncation" and 0 < cfg.elites < len(fitness):
         # Only individuals at least as fit as the elites-th best can be picked, and DEAP's
@@ -418,10 +423,26 @@ def select_random(filled: np.ndarray, k: int, seed: int) -> np.ndarray:
     Returns:
         The cells' indices, int32 of shape (k,).
     """
+    with _seeded(seed):
+        # selRandom reads no fitness: it draws from the cell indices themselves (an
+        # Individual per cell cost 2 ms a generation for 1000 cells).
+        return _indices(tools.selRandom(np.flatnonzero(filled).tolist(), k))
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Python's ``random`` seeded with ``seed`` within, as it was outside.
+
+    DEAP's operators draw from the module's global generator: seeding it for them
+    changed the caller's own stream (``random.random()`` after a search gave another
+    number than without it).
+    """
+    state = random.getstate()
     random.seed(seed)
-    # selRandom reads no fitness: it draws from the cell indices themselves (an
-    # Individual per cell cost 2 ms a generation for 1000 cells).
-    return _indices(tools.selRandom(np.flatnonzero(filled).tolist(), k))
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 @jax.jit
