@@ -60,12 +60,19 @@ def probabilities(clf: Classifier, images: Iterable[np.ndarray]) -> np.ndarray:
         Shape (number of images, num_classes), float32; (0, num_classes) for no images.
 
     Raises:
-        ValueError: An image is not of shape (H, W, 3) (a batch would be cut to its first
-            image), has an integer dtype, or values outside
+        ValueError: ``images`` is one image, not an iterable of them; an image is not of
+            shape (H, W, 3) (a batch would be cut to its first image), has an integer
+            dtype, or values outside
             :data:`fooltools.io.PIXEL_RANGE`.
         ImageError: An image is too elongated for the model's resize (see
             :func:`fooltools.io.resize_shorter`); raised by the iterator's reads too.
     """
+    if getattr(images, "ndim", None) == 3:
+        # Iterated, one (H, W, 3) image was H images of shape (W, 3), refused as such.
+        raise ValueError(
+            f"expected images, one (H, W, 3) array each: for a single image of shape "
+            f"{images.shape}, pass [image]"
+        )
     preprocess, apply = _jitted(clf)
     inputs = [preprocess(_one_image(img))[0] for img in images]
     if not inputs:
@@ -83,10 +90,14 @@ def top_k(clf: Classifier, probs: np.ndarray, k: int) -> Prediction:
     """The k most probable classes of one probability vector of shape (num_classes,).
 
     Raises:
-        ValueError: ``k`` is negative (a slice ``[:-1]`` gave all classes but one).
+        ValueError: ``k`` is negative (a slice ``[:-1]`` gave all classes but one), or
+            ``probs`` is not one vector (a batch: call it per row).
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
+    probs = np.asarray(probs)
+    if probs.ndim != 1:  # a batch's (N, K) was a TypeError from float() of a row
+        raise ValueError(f"expected one probability vector (num_classes,), got {probs.shape}")
     idx = np.argsort(-probs, kind="stable")[:k]
     return Prediction(
         indices=tuple(int(i) for i in idx),

@@ -228,7 +228,11 @@ def quantize(image: jax.Array) -> jax.Array:
 
     Returns:
         float32 array of the same shape with values in {0, 1/255, ..., 1}.
+
+    Raises:
+        ValueError: ``image`` has an integer dtype (8-bit pixels gave a 0/1 image).
     """
+    require_float(image)
     x = jnp.asarray(image, dtype=jnp.float32)
     # _LEVELS8[k] without the table's gather (0.56 ms per 224x224 image on XLA:CPU, a
     # quarter of a CPPN render) or a division (see _LEVELS8): K = 65793 k is exact
@@ -322,10 +326,12 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> pathlib.Pat
 
 
 def _check_image(x: jax.Array) -> jax.Array:
+    # 8-bit pixels were cast to floats of 0..255 and normalised as such (max 373.9).
+    require_float(x)
     x = jnp.asarray(x)
     if x.ndim not in (3, 4):
         raise ValueError(f"expected an (H, W, C) or (N, H, W, C) image, got shape {x.shape}")
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+    return x
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -405,3 +405,18 @@ def test_uint8_images_are_written_as_they_are_other_integers_refused(tmp_path) -
     with pytest.raises(ValueError, match="integer dtype int64"):
         fio.write_png(tmp_path / "b.png", pixels.astype(np.int64))
     assert not (tmp_path / "b.png").exists()
+
+
+def test_8bit_images_are_refused_by_the_pixel_functions() -> None:
+    # Cast to floats of 0..255: preprocess normalised them to a max of 373.9, quantize
+    # made a 0/1 image, without a word (Classifier.preprocess already refused them).
+    x = np.full((2, 8, 8, 3), 200, np.uint8)
+    for f in (
+        fio.quantize,
+        lambda x: fio.normalize(x, 0.5, 0.5),
+        lambda x: fio.preprocess(x, size=4, mean=0.5, std=0.5),
+        lambda x: fio.resize_shorter(x, 4),
+        lambda x: fio.center_crop(x, 4),
+    ):
+        with pytest.raises(ValueError, match="integer dtype uint8"):
+            f(x)

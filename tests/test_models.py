@@ -289,3 +289,9 @@ def test_classify_takes_no_images_refuses_a_batch_as_one_and_a_negative_k(lite0)
     # k=-1 sliced [:-1]: every class but one.
     with pytest.raises(ValueError, match="k must be >= 0"):
         classify.top_k(lite0, np.full(len(lite0.labels), 1e-3, np.float32), -1)
+    # One image given bare was iterated as rows: "got shape (8, 3)" of an image it was not.
+    with pytest.raises(ValueError, match=r"for a single image of shape \(8, 8, 3\), pass \[im"):
+        classify.probabilities(lite0, np.zeros((8, 8, 3), np.float32))
+    # A batch's probabilities: a TypeError from float() of a row.
+    with pytest.raises(ValueError, match=r"one probability vector \(num_classes,\), got \(2, "):
+        classify.top_k(lite0, np.full((2, len(lite0.labels)), 1e-3, np.float32), 3)
