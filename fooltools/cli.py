@@ -6,6 +6,7 @@ them (and click's usage errors) as one line on stderr and exits with status 2.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import math
@@ -544,6 +545,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
     exit code 2. Later SIGTERMs are ignored so that they cannot cut that save short
     (SIGKILL still ends the process; every file is written by rename, so a kill leaves
     either the old file or the new one). Only the main thread can set a handler.
+
+    An interrupt that lands while Python runs a gc callback or a ``__del__``, where an
+    exception is reported and dropped, is raised again in the main thread.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -553,10 +557,24 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
+    unraisable = sys.unraisablehook
+
+    def redeliver(info: Any) -> None:
+        # An interrupt raised while Python ran a gc callback (JAX's _xla_gc_callback) or a
+        # __del__ is printed and dropped there: the command went on to its end, exit 0,
+        # with later SIGTERMs ignored. Raised again in the main thread, as Ctrl-C is.
+        if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+            # From another thread, a moment later: in this hook it would be dropped again.
+            threading.Timer(0.05, _thread.interrupt_main).start()
+            return
+        unraisable(info)
+
     previous = signal.signal(signal.SIGTERM, interrupt)
+    sys.unraisablehook = redeliver
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -568,6 +586,14 @@ def _interruption(err: click.Abort | KeyboardInterrupt) -> str:
     stop = err.__cause__ if isinstance(err, click.Abort) else err
     text = " ".join(str(stop).split()) if isinstance(stop, KeyboardInterrupt) else ""
     return text or "interrupted"
+
+
+_STOPPED: list[bool] = []  # main() ended on an interrupt (for the console script's exit)
+
+
+def interrupted() -> bool:
+    """Whether :func:`main` ended on an interrupt (Ctrl-C or SIGTERM), in this process."""
+    return bool(_STOPPED)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -591,6 +617,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(e.ctx.get_help())
         sys.exit(0)
     except (click.Abort, KeyboardInterrupt) as e:
+        _STOPPED.append(True)
         click.echo(f"error: {_interruption(e)}", err=True)
         sys.exit(EXIT_USAGE)
     except click.ClickException as e:

@@ -112,6 +112,16 @@ def fool() -> None:
     """
     if wanted(sys.argv[1:]):
         ensure()
-    from fooltools.cli import main
+    from fooltools import cli
 
-    main()
+    try:
+        cli.main()
+    except SystemExit as done:
+        if not cli.interrupted():
+            raise
+        # Stopped (Ctrl-C, SIGTERM) with its state saved and its line printed: out now,
+        # without the interpreter's teardown, which crashed (SIGSEGV, exit 139) in some
+        # runs stopped while XLA still ran their work on its threads.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code if isinstance(done.code, int) else 2)

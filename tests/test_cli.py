@@ -306,6 +306,23 @@ def test_console_script_exit_code_and_compilation_cache(tmp_path):
     assert first.stdout == second.stdout
 
 
+def test_the_console_script_stopped_by_sigterm_exits_2_with_one_line(tmp_path):
+    # Its interpreter's teardown, with XLA still running the attack's work, crashed
+    # (SIGSEGV, exit 139) in some stopped runs: the script now leaves without it.
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "fooltools", "perturb", "sample:cat", "--target", "9",
+            "--steps", "2000", "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # into the work: loading, compiling or attacking
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert err.strip() == "error: interrupted"
+    assert not (tmp_path / "run").exists()  # nothing written, nothing left behind
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -408,3 +425,25 @@ def test_a_claimed_out_is_released_and_removed_if_nothing_was_written(capsys, tm
     assert perturb.claim_out_dir(out) == held  # held already by this process: nothing to do
     perturb.release_out_dirs()
     assert perturb._CLAIMS == {} and not out.exists()
+
+
+def test_an_interrupt_dropped_in_a_gc_callback_or_del_is_raised_again():
+    # SIGTERM landing in JAX's gc callback (_xla_gc_callback) raised its KeyboardInterrupt
+    # where Python prints and drops exceptions: `fool perturb` ran on to the end, exit 0,
+    # and ignored later SIGTERMs.
+    import gc
+    import time
+
+    from fooltools.cli import _terminate_as_interrupt
+
+    class Dropped:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    deadline = time.monotonic() + 10
+    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+        Dropped()  # collected at once: its interrupt is raised in __del__ and dropped
+        gc.collect()
+        while time.monotonic() < deadline:  # the command's work goes on
+            time.sleep(0.01)
+    assert time.monotonic() < deadline
