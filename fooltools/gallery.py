@@ -360,6 +360,7 @@ def build_gallery(
     columns: int = 4,
     skip_broken: bool = False,
     labels: Mapping[str | os.PathLike[str], str] | None = None,
+    left_out: Sequence[str] = (),
 ) -> pathlib.Path:
     """Write ``out_dir/index.html`` linking every run, and ``out_dir/contact_sheet.png``.
 
@@ -376,6 +377,8 @@ def build_gallery(
         labels: a line for a run's card and contact-sheet header, by its directory: what
             tells apart the runs of a batch (``fool results``: their grid values,
             ``seed=1``), whose titles are alike.
+        left_out: lines listed on the page as skipped, for runs the caller left out of
+            ``run_dirs`` (``fool results``: a finished run whose report was deleted).
 
     Returns:
         The path of the gallery page.
@@ -392,7 +395,7 @@ def build_gallery(
     if (out / REPORT).exists():  # its index.html is the run's page, not ours to overwrite
         raise FoolError(f"output directory is a run directory: {out_dir}")
     lines = {pathlib.Path(os.path.abspath(d)): text for d, text in (labels or {}).items()}
-    runs, skipped = [], []
+    runs, skipped = [], [f"skipped: {line}" for line in left_out]
     for run, named in _scan(run_dirs).items():
         try:
             runs.append((run, load_report(run)))

@@ -372,6 +372,12 @@ def test_grids_without_such_points_keep_their_ids():
             {"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "confidence": 70}},
             "fixed.confidence: a detection score threshold is in [0, 1], got 70",
         ),
+        # Checked as the spec loads: "PGD" with an eps read "eps: no run of this spec takes
+        # it", and without one every run failed.
+        (
+            {"kind": "perturb", "fixed": {"image": "a", "method": "PGD", "eps": "4/255"}},
+            "fixed.method: unknown method 'PGD'; choose from pgd, fgsm,",
+        ),
         # Set, but taken by no run: refused, as the command line refuses it.
         (
             {"kind": "perturb", "fixed": {"image": "a", "method": "cw", "eps": 0.1}},
@@ -449,12 +455,39 @@ def test_a_top_level_key_written_below_a_table_says_so(tmp_path, capsys, text, f
     assert not (tmp_path / "o").exists()
 
 
+def test_a_resume_never_writes_outside_the_batch_for_an_id_edited_by_hand(tmp_path, toy_kinds):
+    # The run directory was out / "runs" / <recorded id>: "../../escaped" wrote the run
+    # (and deleted any result.json) outside the batch, and kept the id in batch.json.
+    spec = parse_spec({"kind": "square", "grid": {"x": [1]}}, name="t")
+    out = run_batch(spec, tmp_path / "b", executor=_NoOp(), echo=lambda line: None)
+    record = json.loads((out / "batch.json").read_text())
+    (rid,) = [r["id"] for r in record["runs"]]
+    for bad in ("../../escaped", str(tmp_path / "abs")):
+        record["runs"][0].update(id=bad, dir=f"runs/{bad}")
+        (out / "batch.json").write_text(json.dumps(record))
+        run_batch(spec, out, resume=True, echo=lambda line: None)
+        assert not (tmp_path / "escaped").exists() and not (tmp_path / "abs").exists()
+        assert [r["id"] for r in json.loads((out / "batch.json").read_text())["runs"]] == [rid]
+        assert read_result(out / "runs" / rid)["status"] == "ok"
+
+
 @pytest.mark.parametrize(
     ("batch", "result", "fragment"),
     [
         ({}, None, "batch.json is not a batch record: name is missing"),
         ([1], None, "batch.json is not a batch record: not a JSON object"),
         ({"name": "t", "kind": "square", "grid": ["x"], "runs": [1]}, None, "runs[0] is not a run"),
+        # Read from out / dir: "../" (or an absolute dir) was outside the batch.
+        (
+            {
+                "name": "t",
+                "kind": "square",
+                "grid": ["x"],
+                "runs": [{"id": "../../x", "dir": "runs/../../x", "params": {}, "varying": {}}],
+            },
+            None,
+            "runs[0] is not a run of this batch (id '../../x', dir 'runs/../../x')",
+        ),
         (None, {"status": "ok", "metrics": [1]}, "is not a run's result (metrics is not an"),
         (None, {"status": "ok", "metrics": {"confidence": "high"}}, "(confidence is not a number"),
         (None, {"status": "done", "metrics": {}}, "(status is not ok or failed)"),
@@ -479,9 +512,16 @@ def test_results_of_a_batch_edited_by_hand_are_one_line(
         assert (out / "batch.json").read_bytes() == before
 
 
-@pytest.mark.parametrize("broken", [[2], [1, 2]])
-def test_results_skip_and_list_a_run_whose_image_is_missing(capsys, tmp_path, toy_kinds, broken):
-    # One run's adversarial.png deleted stopped `fool results` with no gallery or summary.
+@pytest.mark.parametrize(
+    ("broken", "missing"),
+    # With no report at all, the batch is taken for a kind that writes none: no gallery.
+    [([2], "adversarial.png"), ([1, 2], "adversarial.png"), ([2], "report.json")],
+)
+def test_results_skip_and_list_a_run_whose_image_is_missing(
+    capsys, tmp_path, toy_kinds, broken, missing
+):
+    # One run's adversarial.png deleted stopped `fool results` with no gallery or summary;
+    # one whose report.json was deleted vanished from the gallery without a word.
     from fooltools.io import write_png
 
     out = run_batch(parse_spec({"kind": "square", "grid": {"x": [1, 2]}}, name="t"),
@@ -490,14 +530,16 @@ def test_results_skip_and_list_a_run_whose_image_is_missing(capsys, tmp_path, to
     for x, run_dir in dirs.items():
         report = {"title": f"square {x}", "images": [{"file": "adversarial.png"}]}
         (run_dir / "report.json").write_text(json.dumps(report))
-        if x not in broken:
-            write_png(run_dir / "adversarial.png", np.zeros((4, 4, 3), np.float32))
+        write_png(run_dir / "adversarial.png", np.zeros((4, 4, 3), np.float32))
+        if x in broken:
+            (run_dir / missing).unlink()
     code, text, err = cli(capsys, "results", str(out))
     assert code == 0, err
     assert "2 runs: 2 ok, 0 failed" in text  # the summary
     listed = [line for line in text.splitlines() if line.startswith("not in the gallery: ")]
     assert len(listed) == len(broken)
-    assert all("adversarial.png" in line and "file not found" in line for line in listed)
+    why = "file not found" if missing == "adversarial.png" else "no report.json in"
+    assert all(missing in line and why in line for line in listed)
     page = (out / "gallery" / "index.html").read_text()
     assert page.count('<article class="card">') == 2 - len(broken)
     assert page.count('class="skipped"') == len(broken)
@@ -576,6 +618,13 @@ def test_an_out_that_cannot_be_made_is_one_line(capsys, tmp_path, toy_kinds, mon
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(capsys, "run", str(long))
     assert_one_line_error(code, err, "cannot create directory runs/ccc", "File name too long")
+    # A file named runs where the run directories go: each run's mkdir was a traceback,
+    # after batch.json was written (the next plain `fool run` then refused the batch).
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "runs").write_text("a file")
+    code, _, err = cli(capsys, "run", str(spec), "--out", str(tmp_path / "q"))
+    assert_one_line_error(code, err, f"cannot create directory {tmp_path / 'q' / 'runs'}")
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["runs"]
 
 
 def test_resolved_spec_reads_back_to_the_same_runs(tmp_path):
@@ -1164,15 +1213,16 @@ def test_smoke_spec_through_ray_equals_local(cluster, name, tmp_path, tmp_path_f
 def test_failures_are_isolated_on_ray(cluster, tmp_path):
     doc = {
         "kind": "perturb",
-        "fixed": {"image": "sample:cat", "steps": 3},
-        "grid": {"target": ["no-such-class", "ostrich"], "method": ["pgd", "nope"]},
+        "fixed": {"steps": 3},
+        # Failures only a run finds (a spec's bad method is refused as it loads).
+        "grid": {"target": ["no-such-class", "ostrich"], "image": ["sample:cat", "gone.png"]},
     }
     out = run_batch(
         parse_spec(doc, name="iso"), tmp_path, executor=RayExecutor(), echo=lambda line: None
     )
     rows = load_results(out)
     assert [r["status"] for r in rows] == ["failed", "failed", "ok", "failed"]
-    assert "no-such-class" in rows[0]["error"] and "unknown method 'nope'" in rows[3]["error"]
+    assert "no-such-class" in rows[0]["error"] and "no such file" in rows[3]["error"]
     assert rows[2]["success"] is True  # cat -> ostrich, as in the smoke spec
 
 
@@ -1195,14 +1245,14 @@ def test_a_run_whose_worker_dies_is_a_failed_run_and_the_batch_goes_on(
     monkeypatch.setattr(executors, "_ray_task", dying)
     monkeypatch.setattr(RayExecutor, "options", lambda self, r: {**real_options(self, r),
                                                                  "max_retries": 0})  # fmt: skip
-    doc = {"kind": "perturb", "fixed": {"image": "sample:cat", "method": "nope"},
+    doc = {"kind": "perturb", "fixed": {"image": "gone.png"},
            "grid": {"target": ["ostrich", "robin"]}}  # fmt: skip
     spec, lines = parse_spec(doc, name="lost"), []
     out = run_batch(spec, tmp_path, executor=RayExecutor(), echo=lines.append)
     rows = {r["target"]: r for r in load_results(out)}
     assert rows["ostrich"]["status"] == "failed", rows
     assert rows["ostrich"]["error"].startswith("worker lost: "), rows["ostrich"]["error"]
-    assert "unknown method 'nope'" in rows["robin"]["error"]  # the other run ran as usual
+    assert "no such file" in rows["robin"]["error"]  # the other run ran as usual
     [echoed] = [line for line in lines if "target=ostrich" in line]
     assert re.search(r"\] perturb target=ostrich \.\.\. failed.*: worker lost: ", echoed), lines
     lost = next(r for r in spec.runs() if r.params["target"] == "ostrich")

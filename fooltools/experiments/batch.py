@@ -20,6 +20,7 @@ import datetime
 import functools
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,10 @@ def run_batch(
     out = Path(out) if out is not None else default_out(spec)
     executor = executor or LocalExecutor()
     # A directory that cannot be made (a name too long for the file system) is one line
-    # here; checking it for a batch would raise OSError.
+    # here; checking it for a batch would raise OSError. So is a file named runs in it,
+    # found before the batch is recorded (each run's mkdir was a traceback after).
     make_dir(out)
+    make_dir(out / RUNS)
     if (out / BATCH).exists() and not resume:
         raise FoolError(
             f"{out} already holds a batch; pass --resume to continue it or --out for a new one"
@@ -243,7 +246,9 @@ def _recorded(
         if not isinstance(entry, dict):
             continue
         rid, params = entry.get("id"), entry.get("params")
-        if not isinstance(rid, str) or not isinstance(params, dict):
+        # An id is run_id's 12 hex digits: "../../x" (a record edited by hand) was a run
+        # directory outside the batch, written and its result.json deleted there.
+        if not is_run_id(rid) or not isinstance(params, dict):
             continue
         try:
             key = identity_key(kind, params)
@@ -254,6 +259,11 @@ def _recorded(
     for _, key, rid, params in sorted(runs, key=lambda r: r[0]):  # stable: finished first
         found.setdefault(key, (rid, params))
     return found
+
+
+def is_run_id(value: Any) -> bool:
+    """Whether ``value`` is a run id as :func:`.spec.run_id` makes them: 12 hex digits."""
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{12}", value) is not None
 
 
 def _ok(result: dict[str, Any]) -> bool:

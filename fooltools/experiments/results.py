@@ -24,7 +24,7 @@ import numpy as np
 
 from fooltools import words
 from fooltools.errors import FoolError, one_line
-from fooltools.experiments.batch import BATCH, read_result
+from fooltools.experiments.batch import BATCH, RUNS, is_run_id, read_result
 from fooltools.experiments.spec import Run
 from fooltools.experiments.tasks import METRICS, TASKS
 
@@ -73,6 +73,10 @@ def _batch_problem(batch: Any) -> str | None:
     for i, entry in enumerate(batch["runs"]):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), t) for k, t in fields):
             return f"runs[{i}] is not a run (id, dir, params, varying)"
+        # Read (and the gallery written) from out / dir: "../x" or "/x" was outside it.
+        if not is_run_id(entry["id"]) or entry["dir"] != f"{RUNS}/{entry['id']}":
+            rid, where = entry["id"], entry["dir"]
+            return f"runs[{i}] is not a run of this batch (id {rid!r}, dir {where!r})"
     return None
 
 
@@ -240,22 +244,26 @@ def write_results(out: str | os.PathLike[str], *, gallery: bool = True) -> dict[
     batch = load_batch(out)  # once, for the columns, the summary's split and the title
     csv_path = write_bytes_atomic(out / "results.csv", to_csv(rows, table_columns(batch)).encode())
     page, skipped = None, []
-    shown = [
-        r["dir"] for r in rows if r["status"] == "ok" and (Path(r["dir"]) / "report.json").is_file()
-    ]
+    finished = [r["dir"] for r in rows if r["status"] == "ok"]
+    shown = [d for d in finished if (Path(d) / "report.json").is_file()]
+    # A kind that writes no reports has no gallery.
     if gallery and shown:
         from fooltools.gallery import build_gallery, load_report
 
+        # A finished run whose report.json was deleted vanished from the page unlisted.
+        gone = [f"{d}: no report.json in {d}" for d in finished if d not in shown]
+        skipped.extend(gone)
         for run_dir in shown:
             try:
                 load_report(run_dir)
             except FoolError as err:
                 skipped.append(f"{run_dir}: {err}")
-        title = f"{batch['name']}: {words.count(len(shown) - len(skipped), 'run')}"
+        title = f"{batch['name']}: {words.count(len(finished) - len(skipped), 'run')}"
         # The runs' titles are alike (a seed sweep's are one): each card says its grid
         # values, after the kind the card shows already ("seed=1" of "perturb seed=1").
         labels = {r["dir"]: r["label"].removeprefix(batch["kind"]).strip() for r in rows}
-        page = build_gallery(shown, out / "gallery", title=title, skip_broken=True, labels=labels)
+        page = build_gallery(shown, out / "gallery", title=title, skip_broken=True,
+                             labels=labels, left_out=gone)  # fmt: skip
     return {
         "rows": rows,
         "summary": format_summary(rows, split_columns(batch)),
