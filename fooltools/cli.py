@@ -6,7 +6,6 @@ them (and click's usage errors) as one line on stderr and exits with status 2.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import json
 import math
@@ -557,24 +556,33 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
+    def again(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
     unraisable = sys.unraisablehook
 
     def redeliver(info: Any) -> None:
         # An interrupt raised while Python ran a gc callback (JAX's _xla_gc_callback) or a
         # __del__ is printed and dropped there: the command went on to its end, exit 0,
-        # with later SIGTERMs ignored. Raised again in the main thread, as Ctrl-C is.
-        if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
-            # From another thread, a moment later: in this hook it would be dropped again.
-            threading.Timer(0.05, _thread.interrupt_main).start()
+        # with later SIGTERMs ignored. Raised again a moment later, by an alarm: raised in
+        # this hook it would be dropped again, and a SIGINT may be ignored (a job started
+        # with & by a script) or this SIGTERM's handler already SIG_IGN.
+        main = threading.current_thread() is threading.main_thread()
+        if main and info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt):
+            signal.signal(signal.SIGALRM, again)
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
             return
         unraisable(info)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    alarm = signal.getsignal(signal.SIGALRM)
     sys.unraisablehook = redeliver
     try:
         yield
     finally:
         sys.unraisablehook = unraisable
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, alarm)
         signal.signal(signal.SIGTERM, previous)
 
 

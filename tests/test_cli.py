@@ -431,7 +431,9 @@ def test_an_interrupt_dropped_in_a_gc_callback_or_del_is_raised_again():
     # SIGTERM landing in JAX's gc callback (_xla_gc_callback) raised its KeyboardInterrupt
     # where Python prints and drops exceptions: `fool perturb` ran on to the end, exit 0,
     # and ignored later SIGTERMs.
+    import contextlib
     import gc
+    import signal
     import time
 
     from fooltools.cli import _terminate_as_interrupt
@@ -441,9 +443,16 @@ def test_an_interrupt_dropped_in_a_gc_callback_or_del_is_raised_again():
             raise KeyboardInterrupt
 
     deadline = time.monotonic() + 10
-    with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+    # As in a job started with & by a script: SIGINT ignored (an earlier test may also
+    # have left its own handler), so redelivering through SIGINT did nothing.
+    previous, alarm = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.getsignal(signal.SIGALRM)
+    with contextlib.ExitStack() as stack:
+        stack.callback(signal.signal, signal.SIGINT, previous)
+        stack.enter_context(pytest.raises(KeyboardInterrupt))
+        stack.enter_context(_terminate_as_interrupt())
         Dropped()  # collected at once: its interrupt is raised in __del__ and dropped
         gc.collect()
         while time.monotonic() < deadline:  # the command's work goes on
             time.sleep(0.01)
     assert time.monotonic() < deadline
+    assert signal.getsignal(signal.SIGALRM) == alarm  # the alarm's handler undone
