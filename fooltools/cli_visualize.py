@@ -620,18 +620,18 @@ def _check_style_side(shape: tuple[int, int], size: int) -> None:
     A 1 x 1 photo was styled into a 1 x 1 result, its feature maps and Gram matrices of
     one position, and reported as a style loss like any other.
     """
+    from fooltools.visualize.common import fitted_shape
     from fooltools.visualize.deepdream import MIN_SIDE
 
-    h, w = shape
-    scale = min(1.0, size / max(h, w))
-    wh = (max(1, round(w * scale)), max(1, round(h * scale)))  # as common.fit shrinks it
-    if min(wh) >= MIN_SIDE:
+    fh, fw = fitted_shape(shape, size)
+    if min(fh, fw) >= MIN_SIDE:
         return
+    h, w = shape
     why = "use a larger image"
-    if scale < 1:
+    if (fh, fw) != (h, w):
         why = f"use a larger --size (it shrank the {w}x{h} photo)"
     raise FoolError(
-        f"the content image is {wh[0]}x{wh[1]} pixels, too small to style (each side must "
+        f"the content image is {fw}x{fh} pixels, too small to style (each side must "
         f"be >= {MIN_SIDE}); {why}"
     )
 

@@ -53,12 +53,19 @@ def fit(image: np.ndarray, max_side: int | None) -> np.ndarray:
     """
     io.require_float(image)
     io.require_pixel_range(image)
-    h, w = image.shape[:2]
-    if max_side is not None and max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        shape = (max(1, round(h * scale)), max(1, round(w * scale)), 3)
-        image = jax.image.resize(jnp.asarray(image), shape, method="linear", antialias=True)
+    shape = fitted_shape(image.shape[:2], max_side)
+    if shape != image.shape[:2]:
+        image = jax.image.resize(jnp.asarray(image), (*shape, 3), method="linear", antialias=True)
     return np.asarray(io.quantize(jnp.asarray(image)))
+
+
+def fitted_shape(shape: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """The (H, W) :func:`fit` gives an image of ``shape``: shrunk to ``max_side`` at most."""
+    h, w = shape
+    if max_side is None or max(h, w) <= max_side:
+        return h, w
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def flat_norm(a: np.ndarray | jax.Array) -> np.ndarray:
