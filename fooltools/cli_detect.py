@@ -95,7 +95,7 @@ def _load(detector: str, cfg: str | None, weights: str | None, variant: str | No
 def _target_index(det: Any, name: str | None) -> int | None:
     from fooltools.detection.attack_run import class_index
 
-    return None if name is None else class_index(det, name)
+    return None if name is None else class_index(det.class_names, name, det.name)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,24 +52,28 @@ def resolve_image(arg: str, out: Path) -> Path:
     return io.write_png(out / f"synthetic-{index}.png", image)
 
 
-def class_index(detector: Detector, name: str | int) -> int:
-    """The index of ``detector``'s class ``name``: a name in any case, or an index.
+def class_index(names: Sequence[str], name: str | int, owner: str) -> int:
+    """The index of class ``name`` among a detector's ``names``: a name in any case, or an index.
+
+    Args:
+        names: The detector's class names.
+        name: A class name (any case) or index, as given.
+        owner: The detector, as the message names it.
 
     Raises:
         FoolError: No such class (the message lists them), or an index out of range.
     """
-    names = detector.class_names
     if isinstance(name, int) or (name.isascii() and name.isdigit()):  # isdigit takes '²'
         if int(name) < len(names):
             return int(name)
         raise FoolError(
-            f"class index {name} is out of range for {detector.name}: its classes are "
+            f"class index {name} is out of range for {owner}: its classes are "
             f"0-{len(names) - 1} ({', '.join(names)})"
         )
     folded = [n.casefold() for n in names]
     if name.strip().casefold() in folded:  # as the classifiers' class names are looked up
         return folded.index(name.strip().casefold())
-    raise FoolError(f"unknown class {name!r} for {detector.name}; classes: {', '.join(names)}")
+    raise FoolError(f"unknown class {name!r} for {owner}; classes: {', '.join(names)}")
 
 
 def check(detector: Detector, mode: str, **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ is finished iff that file exists, so a killed worker never leaves a run that loo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -287,6 +288,7 @@ def _detect_check(p: dict[str, Any]) -> None:
 
 def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
     from fooltools.detection import attacks, synthetic
+    from fooltools.detection.attack_run import class_index
 
     used = _detect_applicable(p)
     # The attack's defaults spelled out (norm = "linf", eps = "8/255", steps = 10) are the
@@ -300,10 +302,9 @@ def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
     if used["mode"] != "dag":
         used["seed"] = None  # only DAG's random labels draw from it
     # Class names are known before loading only for the bundled detectors.
-    target = used["target"]
-    folded = [c.casefold() for c in synthetic.CLASSES]
-    if used["weights"] is None and isinstance(target, str) and target.casefold() in folded:
-        used["target"] = folded.index(target.casefold())
+    if used["weights"] is None and isinstance(used["target"], str):
+        with contextlib.suppress(FoolError):  # an identity must not raise: the run refuses it
+            used["target"] = class_index(synthetic.CLASSES, used["target"], "bundled")
     return used
 
 
@@ -313,7 +314,7 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
 
     p = _detect_applicable(p)
     det = _detector(p["detector"], p["cfg"], p["weights"])
-    target = None if p["target"] is None else class_index(det, p["target"])
+    target = None if p["target"] is None else class_index(det.class_names, p["target"], det.name)
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm") if p[k] is not None}
     # What only the loaded detector can tell (its classes): one line, as on the CLI.
     check(det, p["mode"], target_class=target, confidence=p["confidence"], **kw)
