@@ -596,12 +596,12 @@ def _interruption(err: click.Abort | KeyboardInterrupt) -> str:
     return text or "interrupted"
 
 
-_STOPPED: list[bool] = []  # main() ended on an interrupt (for the console script's exit)
+_stopped = False  # main() ended on an interrupt (for the console script's exit)
 
 
 def interrupted() -> bool:
     """Whether :func:`main` ended on an interrupt (Ctrl-C or SIGTERM), in this process."""
-    return bool(_STOPPED)
+    return _stopped
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -611,6 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     restart the process with huge-page buffers, then calls this. SIGTERM interrupts a
     command as Ctrl-C does (see :func:`_terminate_as_interrupt`).
     """
+    global _stopped
     from fooltools.cache import enable_compilation_cache
 
     enable_compilation_cache()
@@ -625,7 +626,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(e.ctx.get_help())
         sys.exit(0)
     except (click.Abort, KeyboardInterrupt) as e:
-        _STOPPED.append(True)
+        _stopped = True
         click.echo(f"error: {_interruption(e)}", err=True)
         sys.exit(EXIT_USAGE)
     except click.ClickException as e:

@@ -116,7 +116,7 @@ def fool() -> None:
 
     try:
         cli.main()
-    except SystemExit as done:
+    except SystemExit:
         if not cli.interrupted():
             raise
         # Stopped (Ctrl-C, SIGTERM) with its state saved and its line printed: out now,
@@ -124,4 +124,4 @@ def fool() -> None:
         # runs stopped while XLA still ran their work on its threads.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(done.code if isinstance(done.code, int) else 2)
+        os._exit(cli.EXIT_USAGE)
