@@ -160,6 +160,27 @@ def check_arguments(
     confidence: float | None = None,
 ) -> None:
     """Raise ValueError for arguments :func:`detection_attack` would refuse."""
+    check_settings(mode, eps, step_size, steps, norm, confidence)
+    k = len(detector.class_names)
+    if mode == "mislabel" and (target_class is None or not 0 <= target_class < k):
+        raise ValueError(f"mislabel needs a target class in [0, {k}), got {target_class}")
+    if mode == "dag" and k < 2:
+        # Every "other" label is the object's own: the loss is 0 and nothing changed.
+        raise ValueError(f"dag gives each object another label, and {detector.name} has 1 class")
+
+
+def check_settings(
+    mode: str,
+    eps: float | None = None,
+    step_size: float | None = None,
+    steps: int = TOG_STEPS,
+    norm: str = "linf",
+    confidence: float | None = None,
+) -> None:
+    """Raise ValueError for settings no detector's attack takes (a batch checks its spec).
+
+    :func:`check_arguments` without the detector: its classes are not looked at.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     eps, step_size = budget(norm, eps, step_size)
@@ -175,12 +196,6 @@ def check_arguments(
         raise ValueError(f"steps must be in 1..{MAX_STEPS} (the loop is unrolled), got {steps}")
     if confidence is not None and not 0 <= confidence <= 1:  # NaN too: nothing would count
         raise ValueError(f"confidence must be in [0, 1], got {confidence}")
-    k = len(detector.class_names)
-    if mode == "mislabel" and (target_class is None or not 0 <= target_class < k):
-        raise ValueError(f"mislabel needs a target class in [0, {k}), got {target_class}")
-    if mode == "dag" and k < 2:
-        # Every "other" label is the object's own: the loss is 0 and nothing changed.
-        raise ValueError(f"dag gives each object another label, and {detector.name} has 1 class")
 
 
 def detection_attack(

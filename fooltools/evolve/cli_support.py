@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,7 +18,7 @@ from fooltools.evolve.direct import direct
 from fooltools.evolve.es import ES_CPPN, ESConfig, evolve_es
 from fooltools.evolve.run import CHECKPOINT, evolve_map_elites, evolve_single
 from fooltools.evolve.search import SearchConfig
-from fooltools.labels import imagenet
+from fooltools.labels import LabelSet, imagenet
 from fooltools.limits import INT32_MAX, host_memory
 from fooltools.models import crops as crop_views
 from fooltools.models.base import Classifier
@@ -46,6 +46,29 @@ def default_strategy(encoding: str, map_elites: bool) -> str:
     the paper's genetic algorithm everywhere else.
     """
     return "es" if encoding == "cppn" and not map_elites else "ga"
+
+
+def class_set(
+    names: Sequence[str | int], labels: LabelSet, option: str = "--classes"
+) -> tuple[int, ...]:
+    """The class indices ``names`` lists (each once, in order); ``"all"`` alone: every class.
+
+    Blank names are skipped; ``option`` names the setting in messages.
+
+    Raises:
+        FoolError: An unknown class, ``all`` beside other names, or no name at all.
+    """
+    names = [n.strip() if isinstance(n, str) else n for n in names]
+    names = [n for n in names if n != ""]
+    lowered = [n.lower() if isinstance(n, str) else n for n in names]
+    if len(names) > 1 and "all" in lowered:
+        # Looked up as a class name, it was "unknown class 'all'; did you mean ...".
+        raise FoolError(f"{option} all stands alone (every class); or list classes only")
+    if lowered == ["all"]:
+        return tuple(range(len(labels)))
+    if not names:
+        raise FoolError(f"{option} is empty")
+    return tuple(dict.fromkeys(labels.lookup(n) for n in names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,18 +149,7 @@ def parse_job(
     elif map_elites:
         # Only a left-out --classes means all: an empty one (an unset shell variable)
         # must not start a 1000-class run.
-        names = [c.strip() for c in ("all" if classes is None else classes).split(",")]
-        names = [n for n in names if n]
-        if len(names) > 1 and "all" in (n.lower() for n in names):
-            # Looked up as a class name, it was "unknown class 'all'; did you mean ...".
-            raise FoolError("--classes all stands alone (every class); or list classes only")
-        cls = (
-            tuple(range(len(labels)))
-            if [n.lower() for n in names] == ["all"]
-            else tuple(dict.fromkeys(labels.lookup(n) for n in names))
-        )
-        if not cls:
-            raise FoolError("--classes is empty")
+        cls = class_set(("all" if classes is None else classes).split(","), labels)
         if saved_cells is not None and sorted(cls) == sorted(saved_cells):
             # The same cells listed in another order are the same archive, whose cell i
             # is the checkpoint's class i.

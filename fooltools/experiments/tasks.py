@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fooltools.errors import FoolError
-from fooltools.limits import SEED_MAX
+from fooltools.limits import INT32_MAX, SEED_MAX
 
 RESULT = "result.json"
 # Image arguments that name built-in images rather than paths.
@@ -129,18 +129,29 @@ def _perturb_identity(p: dict[str, Any]) -> dict[str, Any]:
             "eps": eps, "steps": steps, "seed": seed}  # fmt: skip
 
 
-def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
-    """``fool perturb`` on one image: see :func:`fooltools.perturb.perturb_file`."""
-    from fooltools.cli import resolve_image
+def _perturb_config(p: dict[str, Any]):
+    """The run's validated :class:`~fooltools.perturb.PerturbConfig` (FoolError if none)."""
     from fooltools.labels import imagenet
-    from fooltools.perturb import PerturbConfig, perturb_file
+    from fooltools.perturb import PerturbConfig
 
     if (p["target"] is None) == (not p["untargeted"]):
         raise FoolError("give exactly one of target = CLASS or untargeted = true")
     target = None if p["untargeted"] else imagenet().lookup(p["target"])
     cfg = PerturbConfig(p["method"], target, p["norm"], p["eps"], p["steps"], p["seed"])
     # A grid may fix a budget or steps over every method: each takes what it uses.
-    cfg = cfg.applicable().resolved()  # validate before the (slow) model load
+    return cfg.applicable().resolved()
+
+
+def _perturb_check(p: dict[str, Any]) -> None:
+    _perturb_config(p)
+
+
+def run_perturb(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``fool perturb`` on one image: see :func:`fooltools.perturb.perturb_file`."""
+    from fooltools.cli import resolve_image
+    from fooltools.perturb import perturb_file
+
+    cfg = _perturb_config(p)  # checked when the spec loaded; again, as a spec edited since
     report = perturb_file(_classifier(p), resolve_image(p["image"]), cfg, out)
     final, dist = report["final"], report["distortion_255"]
     return {
@@ -226,6 +237,34 @@ def _map_elites_identity(p: dict[str, Any]) -> dict[str, Any]:
     return {**used, "classes": list(dict.fromkeys(indices))}
 
 
+def _evolve_check(p: dict[str, Any]) -> None:
+    """What ``parse_job`` would refuse of a run, in the spec's words, before any runs."""
+    from fooltools.evolve import cli_support
+    from fooltools.labels import imagenet
+
+    imagenet().lookup(p["class"])
+    used = _evolve_defaults(p, map_elites=False)
+    strategy = p["strategy"] or cli_support.default_strategy(p["encoding"], map_elites=False)
+    if strategy == "es" and p["encoding"] != "cppn":
+        raise FoolError(
+            'strategy "es" evolves one CPPN: use it with encoding "cppn" (the direct '
+            'encoding uses "ga")'
+        )
+    if strategy == "es" and used["population"] % 2:
+        raise FoolError(
+            f'strategy "es" samples mirrored pairs: population must be even, got '
+            f"{used['population']}"
+        )
+
+
+def _map_elites_check(p: dict[str, Any]) -> None:
+    from fooltools.evolve import cli_support
+    from fooltools.labels import imagenet
+
+    names = p["classes"].split(",") if isinstance(p["classes"], str) else p["classes"]
+    cli_support.class_set(names, imagenet(), option="classes")
+
+
 def _crops(report: dict[str, Any]) -> str:
     # Runs scored over crops are another method: a grid over crops gets a row each.
     return f"-{report['crops']}crops" if report["crops"] > 1 else ""
@@ -274,7 +313,7 @@ def _detect_applicable(p: dict[str, Any]) -> dict[str, Any]:
 
 def _detect_check(p: dict[str, Any]) -> None:
     """Refuse a run that no detector can run, or the bundled one cannot, before any runs."""
-    from fooltools.detection import synthetic
+    from fooltools.detection import attacks, synthetic
 
     target = _detect_applicable(p)["target"]
     if isinstance(target, int) and target < 0:
@@ -282,8 +321,11 @@ def _detect_check(p: dict[str, Any]) -> None:
     if isinstance(target, int) and p["weights"] is None and target >= len(synthetic.CLASSES):
         classes = ", ".join(synthetic.CLASSES)
         raise FoolError(f"target {target}: the bundled detectors' classes are 0-4 ({classes})")
-    if (p["norm"] or "linf") == "linf" and p["eps"] is not None and p["eps"] > 1:
-        raise FoolError(f"eps {p['eps']:g}: an L-inf budget is at most 1 (pixels are in [0, 1])")
+    kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm", "confidence") if p[k] is not None}
+    try:
+        attacks.check_settings(p["mode"], **kw)
+    except ValueError as err:
+        raise FoolError(str(err)) from None
 
 
 def _detect_identity(p: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +428,36 @@ def _positive(value: int) -> int:
     return value
 
 
+def _count(least: int) -> Callable[[int], int]:
+    """A normaliser refusing a count below ``least`` or past int32 (device counters)."""
+
+    def check(value: int) -> int:
+        if not least <= value <= INT32_MAX:
+            raise FoolError(f"expected an integer in {least}..{INT32_MAX}, got {value}")
+        return value
+
+    return check
+
+
+def _stop_at(value: float | int) -> float | int:
+    if not 0 <= value <= 1:  # _check_value has refused NaN
+        raise FoolError(f"a stop is a confidence in [0, 1], got {value!r}")
+    return value
+
+
+def _crop_count(value: int) -> int:
+    from fooltools.models import crops
+
+    return crops.check(value, option="it")  # after the key: "fixed.crops: it must be"
+
+
+def _model_name(value: str) -> str:
+    from fooltools.models import model_info
+
+    model_info(value)  # an unknown name, with suggestions; installed or not is the worker's
+    return value
+
+
 def _seed(value: int) -> int:
     # As the CLI's --seed: JAX keys keep a seed's low 32 bits, so seeds 2^32 apart would
     # be one run with two ids and two reports.
@@ -407,7 +479,7 @@ def _strategy(value: str) -> str:
 
 
 _MODEL = {
-    "model": Param((str,)),
+    "model": Param((str,), normalise=_model_name),
     # A model's name is its architecture's: a grid over weights files (standard against
     # adversarially trained) would be one row of the summary.
     "weights": Param((str,), path=True, splits=True),
@@ -415,11 +487,11 @@ _MODEL = {
 }
 _EVOLVE = {
     "encoding": Param((str,), default="cppn", normalise=_encoding),
-    "generations": Param((int,), splits=True),
-    "population": Param((int,), splits=True),
+    "generations": Param((int,), normalise=_count(1), splits=True),
+    "population": Param((int,), normalise=_count(2), splits=True),
     "checkpoint_every": Param((int,), default=10, normalise=_positive),
     # No default: a run id leaves out unset parameters, so batches from before it keep theirs.
-    "crops": Param((int,)),
+    "crops": Param((int,), normalise=_crop_count),
     **_MODEL,
 }
 
@@ -439,16 +511,18 @@ TASKS: dict[str, TaskKind] = {
             **_MODEL,
         },
         _perturb_identity,
+        _perturb_check,
     ),
     "evolve": TaskKind(
         run_evolve,
         {
             "class": Param((str, int), required=True),
-            "stop_at": Param((float, int), default=0.99, splits=True),
+            "stop_at": Param((float, int), default=0.99, normalise=_stop_at, splits=True),
             "strategy": Param((str,), normalise=_strategy),
             **_EVOLVE,
         },
         _evolve_identity,
+        _evolve_check,
     ),
     "map-elites": TaskKind(
         run_map_elites,
@@ -456,6 +530,7 @@ TASKS: dict[str, TaskKind] = {
         # needs a row per set.
         {"classes": Param((str, list), default="all", splits=True), **_EVOLVE},
         _map_elites_identity,
+        _map_elites_check,
     ),
     "detect-attack": TaskKind(
         run_detect_attack,

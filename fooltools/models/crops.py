@@ -27,12 +27,15 @@ CROPS = (1, 5, 10)  # the model's own view; corners and centre; and their mirror
 CROP_FRACTION = 0.875  # crop side / image side (224 of 256)
 
 
-def check(crops: int | None) -> int:
-    """``crops`` as given on a command line (None: 1), or a FoolError naming the choices."""
+def check(crops: int | None, option: str = "--crops") -> int:
+    """``crops`` as given on a command line (None: 1), or a FoolError naming the choices.
+
+    ``option`` names the setting in the message (a batch spec's says "it", after the key).
+    """
     crops = 1 if crops is None else crops
     if crops not in CROPS:
         raise FoolError(
-            f"--crops must be 1 (the model's own view), 5 (corners and centre) or 10 "
+            f"{option} must be 1 (the model's own view), 5 (corners and centre) or 10 "
             f"(and their mirror images), got {crops}"
         )
     return crops
