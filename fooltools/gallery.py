@@ -242,12 +242,17 @@ def collect_runs(paths: Sequence[str | os.PathLike[str]]) -> list[pathlib.Path]:
     return list(_scan(paths))
 
 
-def _cell(path: pathlib.Path) -> Image.Image:
-    """A contact-sheet cell: the image scaled to THUMB_H high, centred on white if narrow."""
+def _cell(path: pathlib.Path, unreadable: list[str]) -> Image.Image:
+    """A contact-sheet cell: the image scaled to THUMB_H high, centred on white if narrow.
+
+    A file that cannot be read gets a grey cell, and its error is appended to ``unreadable``.
+    """
     try:
         image = Image.fromarray(to_uint8(read_image(path)))
-    except ImageError:
-        # The file exists (load_report checked); a corrupt one gets a grey cell, not an abort.
+    except ImageError as err:
+        # The file exists (load_report checked); a corrupt one gets a grey cell, not an
+        # abort, and is listed on the page (a grey box alone read as a grey image).
+        unreadable.append(str(err))
         return Image.new("RGB", (THUMB_H, THUMB_H), (190, 190, 190))
     scale = min(THUMB_H / image.height, MAX_THUMB_W / image.width)
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
@@ -273,12 +278,15 @@ def _write_sheet(
     path: pathlib.Path,
     runs: list[tuple[pathlib.Path, dict[str, Any]]],
     labels: Mapping[pathlib.Path, str],
-) -> int:
-    """Draw the contact sheet (layout in the module docstring); returns how many runs it shows.
+) -> tuple[int, list[str]]:
+    """Draw the contact sheet (layout in the module docstring).
 
     A run's header line gives its title, its ``labels`` entry (if any) and its success.
+
+    Returns:
+        How many runs it shows, and the errors of the images it could not read.
     """
-    blocks, height = [], PAD
+    blocks, height, unreadable = [], PAD, []
     for run, report in runs[:SHEET_RUNS]:
         panels = report["images"][:SHEET_PANELS]
         lines = [panels[i : i + SHEET_WRAP] for i in range(0, len(panels), SHEET_WRAP)]
@@ -289,7 +297,9 @@ def _write_sheet(
         head += f"  [{word}]" if (word := _success(report)) else ""
         if len(report["images"]) > len(panels):
             head += f"  (first {len(panels)} of {len(report['images'])} panels)"
-        cells = [[(_cell(run / p["file"]), _caption(p)) for p in line] for line in lines]
+        cells = [
+            [(_cell(run / p["file"], unreadable), _caption(p)) for p in line] for line in lines
+        ]
         blocks.append((height, head, cells))
         height += block_h
     widths = [PAD + sum(c.width + PAD for c, _ in line) for _, _, ls in blocks for line in ls]
@@ -312,7 +322,7 @@ def _write_sheet(
     sheet.save(buffer, format="PNG")
     # Not write_png: it takes floats, and a float copy of a 20000-pixel sheet costs gigabytes.
     write_bytes_atomic(path, buffer.getvalue())
-    return len(blocks)
+    return len(blocks), unreadable
 
 
 def _card(run: pathlib.Path, report: dict[str, Any], out: pathlib.Path, label: str = "") -> str:
@@ -406,7 +416,8 @@ def build_gallery(
     for run, report in runs:
         if not (run / PAGE).exists():
             write_bytes_atomic(run / PAGE, _run_html(run, report))
-    shown = _write_sheet(out / SHEET, runs, lines)
+    shown, unreadable = _write_sheet(out / SHEET, runs, lines)
+    skipped += [f"unreadable: {line} (a grey box on the contact sheet)" for line in unreadable]
     note = f" The contact sheet is truncated to the first {shown} runs." * (shown < len(runs))
     body = (
         f"<h1>{html.escape(title)}</h1>\n<p>{_tally([r for _, r in runs])}{note} "

@@ -226,12 +226,18 @@ def test_contact_sheet_is_capped(tmp_path):
         assert sheet.height == sheet_height([1] * gallery.SHEET_RUNS) <= gallery.SHEET_MAX_H
 
 
-def test_unreadable_panel_gets_placeholder(tmp_path):
+def test_unreadable_panel_gets_placeholder_and_is_listed(tmp_path):
     run = make_run(tmp_path / "run", n=2)
     (run / "panel 1.png").write_bytes(b"not a png")
-    gallery.build_gallery([run], tmp_path / "g")
+    page = gallery.build_gallery([run], tmp_path / "g")
     with Image.open(tmp_path / "g" / "contact_sheet.png") as sheet:
         assert sheet.width == gallery.PAD + 2 * (gallery.THUMB_H + gallery.PAD)
+        grey = np.asarray(sheet)[gallery.PAD + gallery.HEADER_H + 10, -gallery.PAD - 10]
+        assert grey.tolist() == [190, 190, 190]
+    # A grey box alone read as a grey image: the page names the file that is broken.
+    skipped = re.findall(r'<p class="skipped">(.*?)</p>', page.read_text(encoding="utf-8"))
+    assert len(skipped) == 1 and "unreadable:" in skipped[0], skipped
+    assert "panel 1.png" in html.unescape(skipped[0])
 
 
 def test_failed_write_is_atomic(tmp_path, monkeypatch):
