@@ -288,7 +288,7 @@ def invert_cmd(
     _check_out(
         out_dir,
         (image,),
-        lambda name: name in ("original.png", run.STRIP) or name.startswith("reconstruction-"),
+        lambda name: name in (run.ORIGINAL, run.STRIP) or name.startswith(run.RECONSTRUCTION),
     )
     clf = _model(model_name, weights)
     # Each layer once, in the order given (a repeated --layer would overwrite its files).
@@ -469,7 +469,7 @@ def dream_cmd(
 
     from fooltools.visualize import common, deepdream, layers, run
 
-    _check_out(out_dir, (image,), lambda name: name in ("original.png", "dream.png", run.STRIP))
+    _check_out(out_dir, (image,), lambda name: name in (run.ORIGINAL, run.DREAM, run.STRIP))
     clf = _model(model_name, weights)
     layer = layers.check_layer(clf, layer_names, option="--layer")
     path, photo = _image(image)
@@ -578,7 +578,7 @@ def style_cmd(
     from fooltools.visualize import layers, run
     from fooltools.visualize import style as style_mod
 
-    outputs = ("content.png", "style.png", "result.png", run.STRIP)
+    outputs = (run.CONTENT, run.STYLE, run.RESULT, run.STRIP)
     _check_out(out_dir, (content, style), lambda name: name in outputs)
     content_path, content_img = _image(content)
     style_path, style_img = _image(style)

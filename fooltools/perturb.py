@@ -266,8 +266,10 @@ def release_out_dirs() -> None:
             _MADE.pop().rmdir()  # only ever removes an empty directory
 
 
-# The images perturb_file writes into its run directory.
-OUTPUTS = ("original.png", "adversarial.png", "perturbation.png")
+# The images perturb_file writes into its run directory (an input there under one of
+# these names is refused: it would be written over).
+ORIGINAL, ADVERSARIAL, PERTURBATION = "original.png", "adversarial.png", "perturbation.png"
+OUTPUTS = (ORIGINAL, ADVERSARIAL, PERTURBATION)
 
 
 def check_out_dir(
@@ -386,11 +388,11 @@ def perturb_file(
     seconds = time.perf_counter() - t0
 
     # Judge the file, not the tensor: write, read back, classify what was read.
-    io.write_png(out / "original.png", x[0])
-    written = io.read_image(io.write_png(out / "adversarial.png", adv))
+    io.write_png(out / ORIGINAL, x[0])
+    written = io.read_image(io.write_png(out / ADVERSARIAL, adv))
     diff = written - np.asarray(x[0])
     gain = 0.5 / max(float(np.abs(diff).max()), 1 / 255)
-    io.write_png(out / "perturbation.png", np.clip(0.5 + gain * diff, 0, 1))
+    io.write_png(out / PERTURBATION, np.clip(0.5 + gain * diff, 0, 1))
     adv_logits = np.asarray(jax.jit(clf.logits)(clf.params, jnp.asarray(written)[None]))[0]
     top1 = int(adv_logits.argmax())
     targeted = cfg.target is not None
@@ -441,13 +443,13 @@ def perturb_file(
         "versions": versions(),
         "images": [
             {
-                "file": "original.png",
+                "file": ORIGINAL,
                 "caption": f"original: {clf.labels.name(source)} {100 * src_probs[source]:.1f}%",
                 "top": _top(clf, source_logits),
             },
-            {"file": "perturbation.png", "caption": f"perturbation x{gain:.0f}"},
+            {"file": PERTURBATION, "caption": f"perturbation x{gain:.0f}"},
             {
-                "file": "adversarial.png",
+                "file": ADVERSARIAL,
                 "caption": f"adversarial: {clf.labels.name(top1)} {100 * probs[top1]:.1f}%",
                 "top": _top(clf, adv_logits),
             },

@@ -27,8 +27,11 @@ from fooltools.detection.detectors import Detector
 from fooltools.detection.draw import draw_boxes, records
 from fooltools.errors import FoolError
 
-# The images attack_file writes into its run directory.
-OUTPUTS = ("adversarial.png", "perturbation.png", "clean_boxes.png", "adversarial_boxes.png")
+# The images attack_file writes into its run directory (an input there under one of
+# these names is refused: it would be written over).
+ADVERSARIAL, PERTURBATION = "adversarial.png", "perturbation.png"
+CLEAN_BOXES, ADVERSARIAL_BOXES = "clean_boxes.png", "adversarial_boxes.png"
+OUTPUTS = (ADVERSARIAL, PERTURBATION, CLEAN_BOXES, ADVERSARIAL_BOXES)
 
 
 def resolve_image(arg: str, out: Path) -> Path:
@@ -170,18 +173,18 @@ def attack_file(
     if success(mode, clean, [], target) is None:
         # Nothing to attack: the run is the image unchanged, as fool perturb's "nothing to
         # do" (the attack's output moved pixels for no goal, an L2 of 49/255 on 33 x 1).
-        io.write_png(out / "adversarial.png", x0)
+        io.write_png(out / ADVERSARIAL, x0)
         xa, adv = x0, clean
     else:
-        io.write_png(out / "adversarial.png", result.x[0])
-        xa = io.read_image(out / "adversarial.png")  # judge what the file holds
+        io.write_png(out / ADVERSARIAL, result.x[0])
+        xa = io.read_image(out / ADVERSARIAL)  # judge what the file holds
         adv = records(det.detect(det.params, xa[None]), 0, names, confidence)
     delta = xa - x0
     scale = max(float(np.abs(delta).max()), 1 / 255)
-    io.write_png(out / "perturbation.png", np.clip(0.5 + delta / (2 * scale), 0, 1))
+    io.write_png(out / PERTURBATION, np.clip(0.5 + delta / (2 * scale), 0, 1))
     to_png = lambda a: a.astype(np.float32) / 255  # noqa: E731
-    io.write_png(out / "clean_boxes.png", to_png(draw_boxes(io.to_uint8(x), clean)))
-    io.write_png(out / "adversarial_boxes.png", to_png(draw_boxes(io.to_uint8(xa), adv)))
+    io.write_png(out / CLEAN_BOXES, to_png(draw_boxes(io.to_uint8(x), clean)))
+    io.write_png(out / ADVERSARIAL_BOXES, to_png(draw_boxes(io.to_uint8(xa), adv)))
     ok = success(mode, clean, adv, target)
     target_text = f" as {names[target]}" if mode == "mislabel" else ""
     report = {
@@ -202,10 +205,10 @@ def attack_file(
             "step_size": step_size,
         },
         "images": [
-            {"file": "clean_boxes.png", "caption": f"clean: {len(clean)} objects"},
-            {"file": "adversarial_boxes.png", "caption": f"attacked: {len(adv)} objects"},
-            {"file": "perturbation.png", "caption": f"change x{0.5 / scale:.0f}"},
-            {"file": "adversarial.png", "caption": "adversarial image"},
+            {"file": CLEAN_BOXES, "caption": f"clean: {len(clean)} objects"},
+            {"file": ADVERSARIAL_BOXES, "caption": f"attacked: {len(adv)} objects"},
+            {"file": PERTURBATION, "caption": f"change x{0.5 / scale:.0f}"},
+            {"file": ADVERSARIAL, "caption": "adversarial image"},
         ],
         "clean_objects": clean,
         "adversarial_objects": adv,

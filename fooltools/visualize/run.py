@@ -25,6 +25,10 @@ from fooltools.models.base import Classifier
 from fooltools.perturb import versions
 
 STRIP = "progress.png"
+# The images the commands write beside STRIP, by name: an input photo in --out under one of
+# them is refused (the run would write over it). Inversions are RECONSTRUCTION-*.png.
+ORIGINAL, DREAM, RECONSTRUCTION = "original.png", "dream.png", "reconstruction-"
+CONTENT, STYLE, RESULT = "content.png", "style.png", "result.png"
 CELL_H, LABEL_H, PAD = 112, 14, 4  # strip cell height, caption band, spacing (pixels)
 
 
@@ -132,7 +136,7 @@ def write_inversion(
     shapes = layers.layer_shapes(clf, (h, w))
     panels = [
         {
-            "file": save(out, "original.png", original),
+            "file": save(out, ORIGINAL, original),
             "caption": f"target: {source} as the network sees it ({w}x{h})",
         }
     ]
@@ -142,7 +146,7 @@ def write_inversion(
         for n, (x, ratio) in enumerate(zip(inv.trace.x, inv.ratio, strict=True)):
             panels.append(
                 {
-                    "file": save(out, f"reconstruction-{inv.layer}-{n + 1}.png", x),
+                    "file": save(out, f"{RECONSTRUCTION}{inv.layer}-{n + 1}.png", x),
                     "caption": f"from {inv.layer}, random start {n + 1}: features "
                     f"{_pct(ratio)} as far from the target's as a random image's",
                 }
@@ -278,9 +282,9 @@ def write_dream(
     h, w = dream.original.shape[:2]
     before, after = (float(e) for e in dream.energy)
     panels = [
-        {"file": save(out, "original.png", dream.original), "caption": f"photo: {source}"},
+        {"file": save(out, ORIGINAL, dream.original), "caption": f"photo: {source}"},
         {
-            "file": save(out, "dream.png", dream.x),
+            "file": save(out, DREAM, dream.x),
             "caption": f"dream: {dream.layer} energy x{after / max(before, 1e-12):.1f}",
         },
     ]
@@ -363,9 +367,9 @@ def write_style(
     ratio = style_ratio(sty.style_loss, sty.content_style_loss)
     judged = style_verdict(sty.style_loss, ratio)
     panels = [
-        {"file": save(out, "content.png", sty.content), "caption": f"content: {content_name}"},
-        {"file": save(out, "style.png", sty.style), "caption": f"style: {style_name}"},
-        {"file": save(out, "result.png", sty.trace.x[0]), "caption": f"result: {judged}"},
+        {"file": save(out, CONTENT, sty.content), "caption": f"content: {content_name}"},
+        {"file": save(out, STYLE, sty.style), "caption": f"style: {style_name}"},
+        {"file": save(out, RESULT, sty.trace.x[0]), "caption": f"result: {judged}"},
     ]
     progress_strip(out / STRIP, step_rows(sty.trace.frames, sty.trace.frame_steps))
     panels.append({"file": STRIP, "caption": "progress: from the content photo, every few steps"})
