@@ -440,7 +440,9 @@ def test_grids_without_such_points_keep_their_ids():
         ({"kind": "perturb", "fixed": {"image": "a"}},
          "perturb: give exactly one of target = CLASS or untargeted = true"),
         ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "steps": 0}},
-         "detect-attack: steps must be in 1..")
+         "detect-attack: steps must be in 1.."),
+        ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "mislabel", "target": "stra"}},
+         "detect-attack: unknown class 'stra' for the bundled detectors; classes: circle,"),
     ],
 )  # fmt: skip
 def test_spec_errors_are_one_line_and_name_the_key(doc, fragment):

@@ -314,6 +314,7 @@ def _detect_applicable(p: dict[str, Any]) -> dict[str, Any]:
 def _detect_check(p: dict[str, Any]) -> None:
     """Refuse a run that no detector can run, or the bundled one cannot, before any runs."""
     from fooltools.detection import attacks, synthetic
+    from fooltools.detection.attack_run import class_index
 
     target = _detect_applicable(p)["target"]
     if isinstance(target, int) and target < 0:
@@ -321,6 +322,8 @@ def _detect_check(p: dict[str, Any]) -> None:
     if isinstance(target, int) and p["weights"] is None and target >= len(synthetic.CLASSES):
         classes = ", ".join(synthetic.CLASSES)
         raise FoolError(f"target {target}: the bundled detectors' classes are 0-4 ({classes})")
+    if isinstance(target, str) and p["weights"] is None:
+        class_index(synthetic.CLASSES, target, "the bundled detectors")  # a misspelt name
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm", "confidence") if p[k] is not None}
     try:
         attacks.check_settings(p["mode"], **kw)
