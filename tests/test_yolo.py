@@ -303,3 +303,94 @@ def test_bundled_real_cfgs_give_the_published_head_shapes(name):
     if n_values is not None:
         counts = darknet.raw_shapes(cfg).values()
         assert sum(int(np.prod(s)) for layer in counts for s in layer.values()) == n_values
+
+
+ODD = """[net]
+width=70
+height=50
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+filters=8
+size=3
+stride=2
+pad=1
+activation=leaky
+[convolutional]
+filters=21
+size=1
+stride=1
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=2
+num=3
+"""
+
+
+def test_yolo_boxes_are_sized_against_the_network_input_not_grid_times_stride(tmp_path):
+    # A 70 x 50 cfg gives an 18 x 13 grid: anchors were divided by 18 x 3 and 13 x 3 (the
+    # width's stride, rounded down), not by 70 and 50 as Darknet divides by net.w, net.h.
+    (tmp_path / "odd.cfg").write_text(ODD)
+    net = yolo.load_darknet(tmp_path / "odd.cfg")  # a random init: the maths is the point
+    x = jax.random.uniform(jax.random.key(1), (1, 50, 70, 3))
+    (raw,) = net.apply(net.params, x)
+    assert raw.shape[1:3] == (13, 18)
+    t = np.asarray(raw).reshape(1, 13, 18, 3, 7)
+    anchors = np.asarray([[10, 14], [23, 27], [37, 58]], np.float32)
+    want_w = np.exp(t[..., 2]) * anchors[:, 0] / 70
+    want_h = np.exp(t[..., 3]) * anchors[:, 1] / 50
+    want_cx = (np.arange(18)[None, None, :, None] + 1 / (1 + np.exp(-t[..., 0]))) / 18
+    boxes = np.asarray(net.decode([raw]).boxes).reshape(1, 13, 18, 3, 4)
+    np.testing.assert_allclose(boxes[..., 2] - boxes[..., 0], want_w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(boxes[..., 3] - boxes[..., 1], want_h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose((boxes[..., 0] + boxes[..., 2]) / 2, want_cx, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_with_different_classes_are_refused_naming_the_line():
+    # Loaded, then a concatenate traceback at the first detection.
+    second = ODD.split("[yolo]")[0] + (
+        "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=2\nnum=3\n"
+        "[route]\nlayers=-2\n[convolutional]\nfilters=24\nsize=1\nactivation=linear\n"
+        "[yolo]\nmask=0,1,2\nanchors=10,14, 23,27, 37,58\nclasses=3\nnum=3\n"
+    )
+    line = second.splitlines().index("[yolo]", 25) + 1
+    with pytest.raises(
+        ModelError, match=rf"t\.cfg line {line}: \[yolo\] classes=3, where the head"
+    ):
+        darknet.parse_cfg_text(second, name="t.cfg")
+
+
+def test_options_read_as_darknet_reads_them():
+    cfg = darknet.parse_cfg_text(
+        # Darknet keeps a key's first value; a conv without activation= is logistic there
+        # (OpenCV's importer: linear), a shortcut's linear.
+        ODD.replace("filters=8\n", "filters=8\nfilters=4\n", 1).replace(
+            "activation=leaky\n", "", 1
+        ),
+        name="t.cfg",
+    )
+    assert cfg.layers[0].filters == 8 and cfg.layers[0].activation == "logistic"
+    assert cfg.layers[1].activation == "leaky"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # Letterboxed input (AlexeyAB) is not what the images here get.
+        (
+            ("width=70\n", "width=70\nletter_box=1\n"),
+            r"line 3: \[net\] letter_box=1 is unsupported",
+        ),
+        (("width=70\n", "width=70\n=1\n"), r"line 3: expected \[section\] or key=value, got '=1'"),
+        (("mask=0,1,2\n", "mask=\n"), r"line 22: \[yolo\] mask= lists no anchors"),
+    ],
+)
+def test_cfg_lines_darknet_would_misread_are_refused(change, message):
+    with pytest.raises(ModelError, match=message):
+        darknet.parse_cfg_text(ODD.replace(*change, 1), name="t.cfg")

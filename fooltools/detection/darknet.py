@@ -142,9 +142,11 @@ def _sections(text: str, name: str) -> list[tuple[str, int, dict[str, tuple[str,
             if not line.endswith("]"):
                 raise ModelError(f"{name} line {lineno}: malformed section header {raw.strip()!r}")
             sections.append((line[1:-1], lineno, {}))
-        elif "=" in line and sections:
+        elif "=" in line and sections and not line.startswith("="):
             key, value = line.split("=", 1)
-            sections[-1][2][key] = (value, lineno)
+            # Darknet's option_find returns a key's first value (OpenCV's map keeps the
+            # first too): a later duplicate is ignored, not the one that counts.
+            sections[-1][2].setdefault(key, (value, lineno))
         else:
             raise ModelError(f"{name} line {lineno}: expected [section] or key=value, got {raw!r}")
     return sections
@@ -219,6 +221,11 @@ def parse_cfg_text(text: str, *, name: str = "<cfg>") -> DarknetCfg:
     height, width, channels = net.int("height", 416), net.int("width", 416), net.int("channels", 3)
     if min(height, width, channels) <= 0:
         raise net.error("needs positive width, height and channels")
+    if net.int("letter_box", 0):
+        # AlexeyAB's letterboxed input (aspect kept, padded): images here are stretched to
+        # width x height, which such a network was not trained on.
+        raise net.error("letter_box=1 is unsupported: images are resized to width x height "
+                        "without letterboxing", "letter_box")  # fmt: skip
     layers: list[Layer] = []
     shape = (height, width, channels)
     for kind_raw, line, opts in sections[1:]:
@@ -232,13 +239,22 @@ def parse_cfg_text(text: str, *, name: str = "<cfg>") -> DarknetCfg:
         layer = _LAYER_PARSERS[kind](o, len(layers), shape, layers)
         layers.append(layer)
         shape = layer.out_shape
-    if not any(layer.kind in ("region", "yolo") for layer in layers):
+    heads = [layer for layer in layers if layer.kind in ("region", "yolo")]
+    if not heads:
         raise ModelError(f"{name}: no [region] or [yolo] layer, so not a YOLO detector")
+    for head in heads[1:]:
+        if head.classes != heads[0].classes:
+            # Each anchor's class scores are one row of the detections: a traceback later.
+            raise ModelError(
+                f"{name} line {head.line}: [{head.kind}] classes={head.classes}, where the "
+                f"head at line {heads[0].line} has classes={heads[0].classes}: every head "
+                "must detect the same classes"
+            )
     return DarknetCfg(name, height, width, channels, tuple(layers))
 
 
-def _activation(o: _Options) -> str:
-    act = o.opts.get("activation", ("linear", 0))[0]
+def _activation(o: _Options, default: str) -> str:
+    act = o.opts.get("activation", (default, 0))[0]
     if act not in ACTIVATIONS:
         raise o.error(f"unsupported activation={act}", "activation")
     return act
@@ -255,8 +271,10 @@ def _conv(o: _Options, index: int, shape, layers) -> Layer:
     if h < 1 or w < 1:
         raise o.error(f"input {shape[0]}x{shape[1]} is smaller than the kernel")
     bn = bool(o.int("batch_normalize", 0))
+    # Darknet's parse_convolutional defaults to logistic (OpenCV's importer to linear):
+    # weights trained in Darknet were trained with Darknet's.
     return Layer("convolutional", o.line, (h, w, filters), filters, size, stride, padding, bn,
-                 _activation(o))  # fmt: skip
+                 _activation(o, default="logistic"))  # fmt: skip
 
 
 def _maxpool(o: _Options, index: int, shape, layers) -> Layer:
@@ -304,7 +322,9 @@ def _shortcut(o: _Options, index: int, shape, layers) -> Layer:
     if layers[src].out_shape != shape:
         # Darknet would add the overlapping part of differently sized maps; no YOLO does.
         raise o.error(f"adds shape {layers[src].out_shape} to {shape}, unsupported", "from")
-    return Layer("shortcut", o.line, shape, activation=_activation(o), sources=(src,))
+    return Layer(
+        "shortcut", o.line, shape, activation=_activation(o, default="linear"), sources=(src,)
+    )
 
 
 def _upsample(o: _Options, index: int, shape, layers) -> Layer:
@@ -323,6 +343,8 @@ def _head(o: _Options, index: int, shape, layers) -> Layer:
     coords = 4
     if o.kind == "yolo":
         mask = [int(v) for v in o.floats("mask")] if "mask" in o.opts else list(range(num))
+        if not mask:
+            raise o.error("mask= lists no anchors", "mask")
         if any(not 0 <= m < num for m in mask):
             raise o.error(f"mask {mask} indexes past num={num} anchors", "mask")
         anchors = [anchors[m] for m in mask]

@@ -65,7 +65,13 @@ class Head(NamedTuple):
         classes: Number of classes.
         softmax: Class probabilities by softmax (``[region] softmax=1``) or by sigmoid.
         scale_x_y: Darknet's ``scale_x_y`` (1 for plain YOLOv2/v3).
-        stride: Input pixels per grid cell at the cfg's input size.
+        stride: Input pixels per grid cell at the cfg's input size (the width's, rounded
+            down; for the training loss, whose inputs are multiples of it).
+        cell: Input pixels per grid cell (height, width) exactly, the cfg's size over the
+            head's grid: ``[yolo]`` anchors are divided by the grid size times these, which
+            is the network input's size, as Darknet divides by its ``net.w`` and ``net.h``
+            (with the stride, a 70 x 50 cfg's boxes came out 1.3 times too large). None:
+            ``(stride, stride)``.
     """
 
     kind: str
@@ -74,6 +80,7 @@ class Head(NamedTuple):
     softmax: bool
     scale_x_y: float
     stride: int
+    cell: tuple[float, float] | None = None
 
 
 class Detections(NamedTuple):
@@ -131,8 +138,10 @@ def heads(cfg: DarknetCfg) -> tuple[Head, ...]:
     out = []
     for i in cfg.head_indices:
         layer = cfg.layers[i]
+        gh, gw = layer.out_shape[:2]
+        cell = (cfg.height / gh, cfg.width / gw)
         out.append(Head(layer.kind, layer.anchors, layer.classes, layer.softmax,
-                        layer.scale_x_y, cfg.width // layer.out_shape[1]))  # fmt: skip
+                        layer.scale_x_y, cfg.width // gw, cell))  # fmt: skip
     return tuple(out)
 
 
@@ -253,7 +262,8 @@ def decode(
     t_classes): centre x = (col + s(tx)) / gw, y = (row + s(ty)) / gh, with
     s(t) = sigmoid(t) * scale_x_y - (scale_x_y - 1) / 2; w = exp(tw) * aw / norm_w and
     h = exp(th) * ah / norm_h, where norm is the grid size for ``[region]`` (anchors in cells)
-    and the network input size, gw * stride, for ``[yolo]`` (anchors in pixels);
+    and the network input size, (gw, gh) times the head's ``cell``, for ``[yolo]`` (anchors
+    in pixels);
     objectness = sigmoid(to); class probabilities softmax or sigmoid of t_classes.
 
     Args:
@@ -275,7 +285,8 @@ def decode(
         offset = 0.5 * (head.scale_x_y - 1.0)
         cx = (grid_x + jax.nn.sigmoid(t[..., 0]) * head.scale_x_y - offset) / gw
         cy = (grid_y + jax.nn.sigmoid(t[..., 1]) * head.scale_x_y - offset) / gh
-        norm_w, norm_h = (gw, gh) if head.kind == "region" else (gw * head.stride, gh * head.stride)
+        cell_h, cell_w = head.cell or (head.stride, head.stride)
+        norm_w, norm_h = (gw, gh) if head.kind == "region" else (gw * cell_w, gh * cell_h)
         w = jnp.exp(t[..., 2]) * anchors[:, 0] / norm_w
         h = jnp.exp(t[..., 3]) * anchors[:, 1] / norm_h
         cls = t[..., 5 : 5 + head.classes]
