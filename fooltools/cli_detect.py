@@ -41,7 +41,7 @@ def _not_nan(ctx: click.Context, param: click.Parameter, value: float | None) ->
 
 
 def _detector_options(f: Callable) -> Callable:
-    """``--detector``, ``--cfg``, ``--weights``, ``--confidence`` shared by every subcommand."""
+    """``--detector``, ``--cfg``, ``--weights``, ``--names``, ``--variant``, ``--confidence``."""
     for option in reversed(
         (
             click.option(
@@ -59,6 +59,12 @@ def _detector_options(f: Callable) -> Callable:
                 "--weights",
                 type=IN_FILE,
                 help="Darknet .weights or torchvision .pth [default: the bundled one].",
+            ),
+            click.option(
+                "--names",
+                type=IN_FILE,
+                help="Class names of your --weights, one per line (a Darknet .names file) "
+                "[default: class0, class1, ...; the bundled detectors' own].",
             ),
             click.option(
                 "--variant",
@@ -82,14 +88,25 @@ def _detector_options(f: Callable) -> Callable:
     return f
 
 
-def _load(detector: str, cfg: str | None, weights: str | None, variant: str | None = None) -> Any:
-    from fooltools.detection.detectors import load_detector
+def _load(
+    detector: str,
+    cfg: str | None,
+    weights: str | None,
+    variant: str | None = None,
+    names: str | None = None,
+) -> Any:
+    from fooltools.detection.detectors import load_detector, read_class_names
 
     if cfg and detector != "yolo":
         raise FoolError("--cfg is for --detector yolo (a Faster R-CNN needs only --weights)")
     if variant and (detector != "faster-rcnn" or not weights):
         raise FoolError("--variant is for --detector faster-rcnn with --weights")
-    return load_detector(detector, cfg=cfg, weights=weights, variant=variant)
+    if names and not weights:
+        raise FoolError("--names is for your own --weights (the bundled detectors have theirs)")
+    class_names = read_class_names(names) if names else None
+    return load_detector(
+        detector, cfg=cfg, weights=weights, variant=variant, class_names=class_names
+    )
 
 
 def _target_index(det: Any, name: str | None) -> int | None:
@@ -123,8 +140,8 @@ def detect() -> None:
 @_detector_options
 @click.option("--out", "out_dir", type=OUT_DIR, help="Output directory.")
 def image(
-    image: str, detector: str, cfg: str | None, weights: str | None, variant: str | None,
-    confidence: float | None, out_dir: str | None,
+    image: str, detector: str, cfg: str | None, weights: str | None, names: str | None,
+    variant: str | None, confidence: float | None, out_dir: str | None,
 ) -> None:  # fmt: skip
     """Detect objects in IMAGE: prints them, writes boxes.png and detections.json.
 
@@ -148,7 +165,7 @@ def image(
             )
     # Loaded first: synthetic:N is written into the run directory, which a wrong weights
     # file then left behind holding it.
-    det = _load(detector, cfg, weights, variant)
+    det = _load(detector, cfg, weights, variant, names)
     out = Path(out_dir) if out_dir else default_out_dir(kind="detect")
     path = resolve_image(image, out)
     x = read_image(path)
@@ -162,7 +179,9 @@ def image(
     for d in dets:
         box = ", ".join(f"{v:.0f}" for v in d["box"])
         click.echo(f"{d['label']:>12} {100 * d['score']:5.1f}%  [{box}]")
-    click.echo(f"{len(dets)} objects (score >= {confidence}) -> {out}")
+    # A detection lists a fixed number of boxes (torchvision's box_detections_per_img).
+    full = f"; at most {slots} are listed" if len(dets) >= (slots := found.valid.shape[-1]) else ""
+    click.echo(f"{len(dets)} objects (score >= {confidence}{full}) -> {out}")
 
 
 def _user_image(arg: str) -> list[Path]:
@@ -193,7 +212,8 @@ def _user_image(arg: str) -> list[Path]:
 def attack(
     image: str, mode: str, target_class: str | None, norm: str, eps: str | None,
     step_size: str | None, steps: int, detector: str, cfg: str | None, weights: str | None,
-    variant: str | None, confidence: float | None, seed: int, out_dir: str | None,
+    names: str | None, variant: str | None, confidence: float | None, seed: int,
+    out_dir: str | None,
 ) -> None:  # fmt: skip
     """Attack the detector on IMAGE; writes clean/adversarial images with boxes and a report.
 
@@ -214,7 +234,7 @@ def attack(
     if out_dir:
         # As fool perturb: writing into an earlier run would overwrite its results.
         check_out_dir(out_dir, _user_image(image), lambda name: name in OUTPUTS)
-    det = _load(detector, cfg, weights, variant)
+    det = _load(detector, cfg, weights, variant, names)
     if mode == "mislabel" and target_class is None:
         raise FoolError("--mode mislabel needs --target-class")
     if mode != "mislabel" and target_class is not None:
@@ -231,8 +251,10 @@ def attack(
     m = report["metrics"]
     if report["success"] is None:
         click.echo(f"nothing to attack: {path} has {report['note']}")
+    counts = (m["clean_objects"], m["adversarial_objects"])
+    full = f" (at most {m['max_objects']} are listed)" if max(counts) >= m["max_objects"] else ""
     click.echo(
-        f"{mode}: {m['clean_objects']} objects -> {m['adversarial_objects']}"
+        f"{mode}: {m['clean_objects']} objects -> {m['adversarial_objects']}{full}"
         # L2 in 0-255 units, as L-inf and as fool perturb prints both.
         f"  L-inf {m['linf_255']:.0f}/255  L2 {255 * m['l2']:.1f}/255  in {m['seconds']:.1f}s"
         f"  -> {out}"

@@ -261,3 +261,68 @@ def test_the_bundled_files_named_explicitly_are_the_bundled_detector(
     assert "square" in explicit and "class" not in explicit
     threshold = {"yolo": 0.7, "faster-rcnn": 0.8}[detector]
     assert f"(score >= {threshold})" in explicit
+
+
+def test_class_names_of_your_own_weights(capsys, tmp_path, shapes_png):
+    # Every user cfg was labelled class0..classN: a COCO "person" was class0, and
+    # --target-class person was refused.
+    names = tmp_path / "three.names"
+    names.write_bytes("\ufeffperson\r\n\r\n stop sign \nN/A\n".encode())
+    out, _ = run_ok(capsys, "detect", shapes_png, *NET, "--names", str(names),
+                    "--confidence", "0.3", "--out", str(tmp_path / "d"))  # fmt: skip
+    record = json.loads((tmp_path / "d" / "detections.json").read_text())
+    assert record["objects"]
+    names_seen = {("person", "stop sign", "N/A")[o["class_index"]] for o in record["objects"]}
+    assert {o["label"] for o in record["objects"]} == names_seen
+    run_ok(capsys, "detect", "attack", shapes_png, "--mode", "mislabel", "--target-class",
+           "Stop Sign", *NET, "--names", str(names), "--steps", "1",
+           "--out", str(tmp_path / "a"))  # fmt: skip
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["attack"]["target_class"] == 1 and "as stop sign" in report["title"]
+    # torchvision's COCO names hold "N/A" for every unused id: the first was taken.
+    names.write_text("N/A\ncar\nN/A\n")
+    code, _, err = run(capsys, "detect", "attack", shapes_png, "--mode", "mislabel",
+                       "--target-class", "n/a", *NET, "--names", str(names))  # fmt: skip
+    assert_one_line_error(code, err, "class 'n/a' names 2 classes of", "(0, 2); give the index")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--names", "{names2}", *NET], ["2 class names for a 3-class YOLO"]),
+        (["--names", "{binary}", *NET], ["is not a class names file (one name per line)"]),
+        (["--names", "{empty}", *NET], ["names no class"]),
+        (["--names", "{names2}"], ["--names is for your own --weights"]),
+        # Either alone was read with the bundled other half: "yolo-synth.weights does
+        # not fit tiny_v3.cfg", a file the user never gave.
+        (["--cfg", CFG], ["the cfg tiny_v3.cfg needs its Darknet weights (--weights)"]),
+        (["--weights", WEIGHTS], ["the weights tiny_v3.weights need their Darknet cfg (--cfg)"]),
+    ],
+)
+def test_bad_names_and_half_a_detector(capsys, tmp_path, shapes_png, args, fragments):
+    (tmp_path / "two.names").write_text("a\nb\n")
+    (tmp_path / "binary.names").write_bytes(b"\x89PNG\r\n\x1a\n\0\0")
+    (tmp_path / "empty.names").write_text("\n \n")
+    paths = {k: str(tmp_path / f"{v}.names") for k, v in
+             (("names2", "two"), ("binary", "binary"), ("empty", "empty"))}  # fmt: skip
+    code, _, err = run(capsys, "detect", shapes_png, *(a.format(**paths) for a in args))
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_a_full_list_of_detections_says_it_is_capped(capsys, tmp_path):
+    # 154 boxes above 0.05 read as "100 objects", and fabrication's success stopped there.
+    from test_yolo import ODD
+
+    from fooltools.detection import yolo
+
+    (tmp_path / "odd.cfg").write_text(ODD)
+    net = yolo.load_darknet(tmp_path / "odd.cfg")  # random init: boxes everywhere
+    yolo.save_darknet_weights(tmp_path / "odd.weights", net.params, tmp_path / "odd.cfg")
+    image = str(write_png(tmp_path / "noise.png", np.random.default_rng(0).random((50, 70, 3))))
+    odd = ["--cfg", str(tmp_path / "odd.cfg"), "--weights", str(tmp_path / "odd.weights")]
+    out, _ = run_ok(capsys, "detect", image, *odd, "--confidence", "0.05",
+                    "--out", str(tmp_path / "d"))  # fmt: skip
+    assert "100 objects (score >= 0.05; at most 100 are listed)" in out
+    out, _ = run_ok(capsys, "detect", image, *odd, "--confidence", "0.5",
+                    "--out", str(tmp_path / "e"))  # fmt: skip
+    assert "listed" not in out

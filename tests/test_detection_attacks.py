@@ -215,3 +215,15 @@ def test_success_verdicts():
     assert success("mislabel", one, one, 1) is False
     assert success("untargeted", one, moved, None) is True
     assert success("dag", one, one, None) is False
+
+
+def test_yolo_input_is_resized_plainly_as_darknet_and_opencv_resize_it():
+    # jax's bilinear resize antialiases by default: a 4x shrink averaged 4 x 4 pixels
+    # where Darknet and OpenCV's INTER_LINEAR sample between two (up to 0.27 apart).
+    net = yolo.load_darknet(f"{DATA}/yolo/tiny_v3.cfg", f"{DATA}/yolo/tiny_v3.weights")
+    h, w = net.input_hw
+    x = np.random.default_rng(0).random((1, 4 * h, 4 * w, 3), dtype=np.float32)
+    # Half-pixel centres: output pixel i samples input 4i + 1.5, between pixels 4i+1, 4i+2.
+    want = x[:, 1::4] + x[:, 2::4]
+    want = (want[:, :, 1::4] + want[:, :, 2::4]) / 4
+    np.testing.assert_allclose(detectors._to_input(net, jax.numpy.asarray(x)), want, atol=1e-6)

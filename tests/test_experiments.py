@@ -441,6 +441,8 @@ def test_grids_without_such_points_keep_their_ids():
          "perturb: give exactly one of target = CLASS or untargeted = true"),
         ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "steps": 0}},
          "detect-attack: steps must be in 1.."),
+        ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "names": "x.names"}},
+         "fixed.names: no run of this spec takes it (names is for your own weights)"),
         ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "mislabel", "target": "stra"}},
          "detect-attack: unknown class 'stra' for the bundled detectors; classes: circle,"),
     ],

@@ -74,8 +74,16 @@ def class_index(names: Sequence[str], name: str | int, owner: str) -> int:
             f"0-{len(names) - 1} ({', '.join(names)})"
         )
     folded = [n.casefold() for n in names]
-    if name.strip().casefold() in folded:  # as the classifiers' class names are looked up
-        return folded.index(name.strip().casefold())
+    # Any case, as the classifiers' class names are looked up.
+    found = [i for i, n in enumerate(folded) if n == name.strip().casefold()]
+    if len(found) > 1:
+        # torchvision's COCO names hold "N/A" for each unused id: the first was taken.
+        raise FoolError(
+            f"class {name!r} names {len(found)} classes of {owner} "
+            f"({', '.join(map(str, found))}); give the index of the one you mean"
+        )
+    if found:
+        return found[0]
     raise FoolError(f"unknown class {name!r} for {owner}; classes: {', '.join(names)}")
 
 
@@ -215,6 +223,8 @@ def attack_file(
         "metrics": {
             "clean_objects": len(clean),
             "adversarial_objects": len(adv),
+            # What a detection lists at most (a count here is never more).
+            "max_objects": int(result.clean.valid.shape[-1]),
             "linf_255": round(float(np.abs(delta).max()) * 255, 3),
             "l2": round(float(np.sqrt((delta**2).sum())), 4),
             "seconds": round(time.perf_counter() - start, 2),

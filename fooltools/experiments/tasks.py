@@ -308,6 +308,7 @@ def _detect_applicable(p: dict[str, Any]) -> dict[str, Any]:
         **p,
         "target": p["target"] if p["mode"] == "mislabel" else None,
         "cfg": p["cfg"] if p["detector"] == "yolo" else None,
+        "names": p["names"] if p["weights"] is not None else None,
     }
 
 
@@ -358,7 +359,7 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from fooltools.detection.attack_run import attack_file, check, class_index, resolve_image
 
     p = _detect_applicable(p)
-    det = _detector(p["detector"], p["cfg"], p["weights"])
+    det = _detector(p["detector"], p["cfg"], p["weights"], p["names"])
     target = None if p["target"] is None else class_index(det.class_names, p["target"], det.name)
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm") if p[k] is not None}
     # What only the loaded detector can tell (its classes): one line, as on the CLI.
@@ -385,13 +386,14 @@ def run_detect_attack(p: dict[str, Any], out: Path) -> dict[str, Any]:
 _DETECTORS: dict[tuple, Any] = {}
 
 
-def _detector(kind: str, cfg: str | None, weights: str | None):
+def _detector(kind: str, cfg: str | None, weights: str | None, names: str | None):
     # One load (and jit cache) per worker process, as for the classifiers.
-    from fooltools.detection.detectors import load_detector
+    from fooltools.detection.detectors import load_detector, read_class_names
 
-    key = (kind, cfg, weights)
+    key = (kind, cfg, weights, names)
     if key not in _DETECTORS:
-        _DETECTORS[key] = load_detector(kind, cfg=cfg, weights=weights)
+        class_names = None if names is None else read_class_names(names)
+        _DETECTORS[key] = load_detector(kind, cfg=cfg, weights=weights, class_names=class_names)
     return _DETECTORS[key]
 
 
@@ -551,6 +553,7 @@ TASKS: dict[str, TaskKind] = {
             # nor its cfg.
             "cfg": Param((str,), path=True, only="detector yolo", splits=True),
             "weights": Param((str,), path=True, splits=True),
+            "names": Param((str,), path=True, only="your own weights"),
             "seed": Param((int,), default=0, normalise=_seed, only="mode dag"),
         },
         _detect_identity,
