@@ -95,7 +95,12 @@ def _model_options(f: Callable) -> Callable:
     """The ``--model`` and ``--weights`` options every model-using command shares."""
     f = click.option("--weights", type=IN_FILE, help="Weights file to load instead.")(f)
     return click.option(
-        "--model", "model_name", default=None, type=NAME, help="Registry name (see `fool models`)."
+        "--model",
+        "model_name",
+        default=None,
+        type=NAME,
+        # Written out: importing the registry to read it would slow down every --help.
+        help="Registry name (see `fool models`) [default: efficientnet_lite0.in1k].",
     )(f)
 
 
@@ -303,7 +308,12 @@ def parse_eps(text: str | None, option: str = "--eps") -> float | None:
     help="Budget for pgd/fgsm in [0,1] pixel units, at least 1/255: e.g. 8/255 (default) for "
     "linf, 3.0 for l2.",
 )
-@click.option("--steps", type=int, help="Iterations (per search round for lbfgs/cw).")
+@click.option(
+    "--steps",
+    type=int,
+    help="Iterations, per search round for lbfgs and cw (5 rounds: values of c) "
+    "[default: pgd 40, szegedy 300, lbfgs 20, cw 100; fgsm is one step].",
+)
 @_model_options
 @_run_options("perturb")
 def perturb(
@@ -380,7 +390,7 @@ def perturb(
     click.echo(f"wrote {out / 'adversarial.png'}; open {out / 'index.html'}")
 
 
-@cli.command()
+@cli.command(short_help="Evolve fooling images (Nguyen et al. 2015).")
 @click.option("--class", "target", help="Class to fool, e.g. robin (single-target search).")
 @click.option("--map-elites", is_flag=True, help="MAP-Elites: one archive cell per class.")
 @click.option(
@@ -433,7 +443,13 @@ def perturb(
     "stop, population, encoding, strategy, seed, crops, model, MAP-Elites classes) are "
     "the run's own.",
 )
-@click.option("--checkpoint-every", default=10, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--checkpoint-every",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Save the search's state every N generations (and on Ctrl-C or SIGTERM).",
+)
 def evolve(
     target: str | None,
     map_elites: bool,

@@ -138,15 +138,17 @@ def detect() -> None:
 @detect.command()
 @click.argument("image", type=IMAGE)
 @_detector_options
-@click.option("--out", "out_dir", type=OUT_DIR, help="Output directory.")
+@click.option(
+    "--out", "out_dir", type=OUT_DIR, help="Output directory [default: runs/detect-<timestamp>]."
+)
 def image(
     image: str, detector: str, cfg: str | None, weights: str | None, names: str | None,
     variant: str | None, confidence: float | None, out_dir: str | None,
 ) -> None:  # fmt: skip
     """Detect objects in IMAGE: prints them, writes boxes.png and detections.json.
 
-    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set. An --out that
-    already holds detections or a run is refused.
+    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set (written beside
+    them as synthetic-N.png). An --out that already holds detections or a run is refused.
     """
     import numpy as np
 
@@ -204,7 +206,13 @@ def _user_image(arg: str) -> list[Path]:
 )
 @click.option("--steps", type=click.IntRange(1), default=10, show_default=True)
 @_detector_options
-@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=SEED,
+    help="Seed of dag's random labels (dag only).",
+)
 @click.option(
     "--out", "out_dir", type=OUT_DIR,
     help="Run directory [default: runs/detect-attack-<timestamp>].",
@@ -217,7 +225,9 @@ def attack(
 ) -> None:  # fmt: skip
     """Attack the detector on IMAGE; writes clean/adversarial images with boxes and a report.
 
-    IMAGE may be ``synthetic:N``, image N of the held-out synthetic set. An --out that
+    The run directory gets adversarial.png, perturbation.png (amplified), clean_boxes.png,
+    adversarial_boxes.png, report.json and index.html. IMAGE may be ``synthetic:N``, image
+    N of the held-out synthetic set (written there as synthetic-N.png). An --out that
     already holds a run is refused.
     """
     from fooltools.cli import parse_eps

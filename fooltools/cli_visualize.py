@@ -513,7 +513,7 @@ def _split(text: str | None) -> list[str] | None:
     return [t for t in (s.strip() for s in text.split(",")) if t] if text else None
 
 
-@click.command(name="style")
+@click.command(name="style", short_help="Paint CONTENT in the style of STYLE (Gatys et al. 2016).")
 @click.argument("content", type=IMAGE)
 @click.argument("style", type=IMAGE)
 @click.option("--content-weight", type=float, default=_STYLE["content"], show_default=True)

@@ -347,6 +347,24 @@ def test_an_empty_out_is_refused_not_read_as_the_default(capsys, tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_help_states_the_defaults_the_code_has(capsys):
+    # Written out in the help (reading them would import jax for every --help): checked
+    # here against the code, so that they cannot drift apart.
+    from fooltools.models import DEFAULT_MODEL
+    from fooltools.perturb import DEFAULT_STEPS, SEARCH_STEPS
+
+    help_text = " ".join(run(capsys, "perturb", "--help")[1].split())
+    for method, steps in DEFAULT_STEPS.items():
+        assert (f"{method} is one step" if steps == 1 else f"{method} {steps}") in help_text
+    assert f"({SEARCH_STEPS} rounds: values of c)" in help_text
+    for command in (["perturb"], ["evolve"], ["classify"], ["invert"], ["style"]):
+        help_text = " ".join(run(capsys, *command, "--help")[1].split())
+        assert f"[default: {DEFAULT_MODEL}]" in help_text, command
+    # Cut at "et al." in the command list, click's end of a first sentence.
+    listing = run(capsys, "--help")[1]
+    assert "(Nguyen et al. 2015)." in listing and "(Gatys et al. 2016)." in listing
+
+
 @pytest.mark.parametrize("group", [[], ["detect"]], ids=["fool", "fool detect"])
 def test_a_group_alone_prints_its_help(capsys, group):
     # Click reports a bare group as a usage error whose message is the whole help text:

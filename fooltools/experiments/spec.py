@@ -18,12 +18,12 @@ A spec::
     cpus = 1                         # 1 GPU when the cluster has GPUs)
 
 The grid expands in the order its keys are written, the last key varying fastest. Checks
-made here (before anything runs) are structural: known keys, value types, non-empty grid
-lists without duplicates, at most :data:`MAX_RUNS` grid points, required parameters
-present, and what a task's ``check`` refuses on any machine (an L-inf eps over 1, a class
-index outside the bundled detector's classes). Whether other values make sense (a class
-name that exists, steps >= 1) is checked by the run itself, so one bad grid value fails
-only the runs that use it.
+made here (before anything runs): known keys, value types, non-empty grid lists without
+duplicates, at most :data:`MAX_RUNS` grid points, required parameters present, each
+value's range (steps >= 1, a population >= 2) and what a task's ``check`` refuses on any
+machine (an unknown class or model, an L-inf eps over 1, an odd population for the ES).
+What depends on the machine (an image or weights file that exists, a model installed) is
+found by the run itself, so such a grid value fails only the runs that use it.
 
 A run's id is a short hash of the canonical JSON of its kind and resolved parameters
 (defaults filled in; parameters left unset are omitted, so a kind that gains a new
