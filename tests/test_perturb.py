@@ -13,6 +13,7 @@ import pytest
 from test_cli import run as run_cli
 
 from fooltools import attacks, io, words
+from fooltools.detection.detectors import BUNDLED
 
 TARGETS = [9, 15, 130]  # ostrich, robin, flamingo: none is a sample's own class
 SAMPLES = io.sample_names()
@@ -322,7 +323,17 @@ def test_default_out_dirs_are_claimed_so_concurrent_runs_never_share_one(
         (["dream", "nope.png", "--layer", "head"], "no such file: nope.png"),
         (["detect", "nope.png"], "no such file: nope.png"),
         # synthetic:N is written into the directory: it was left holding the image.
-        (["detect", "synthetic:2", "--weights", "junk.weights"], "does not fit yolo-synth.cfg"),
+        (
+            [
+                "detect",
+                "synthetic:2",
+                "--cfg",
+                str(BUNDLED["yolo"][0]),
+                "--weights",
+                "junk.weights",
+            ],
+            "does not fit yolo-synth.cfg",
+        ),
         (["evolve", "--class", "robin", "--model", "nope"], "unknown model 'nope'"),
     ):
         code, _, err = run_cli(capsys, *args)
