@@ -29,7 +29,9 @@ import math
 import os
 import pathlib
 import pickle
+import pickletools
 import re
+import reprlib
 import stat
 import struct
 import zipfile
@@ -43,6 +45,25 @@ from fooltools.errors import CheckpointError, ImageError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+
+# A state dict's pickle is a few hundred bytes per tensor (torchvision's ResNet-50 FPN
+# detector: 38 KB): these bound what a crafted one can make the unpickler allocate (a
+# memo index or a run of DUPs in a 500-byte bzip2 member took gigabytes).
+MAX_PICKLE_BYTES = 64 << 20
+MAX_PICKLE_OPS = 4_000_000
+# How many times their storages' bytes the tensors of a file may take (views may share a
+# storage, or repeat it as torch's expand does), above 256 MiB.
+MAX_EXPANSION = 64
+# Sizes, strides and offsets fit in 63 bits, and no integer of a checkpoint's pickles
+# needs over 128 (the legacy format's magic number has 77): a 4 MB integer in a size took
+# minutes of arithmetic before any check.
+_MAX_INT_BITS = 63
+_MAX_PICKLE_INT_BITS = 128
+# Objects from the file quoted in messages, cut short as they are formatted: a 300-byte
+# pickle of nested tuples had a repr of gigabytes, built whole before ``:.80`` cut it.
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxtuple = 2, 40, 40, 6
+_brief = _repr.repr
 
 # torch dtype name -> little-endian numpy dtype. numpy has no bfloat16: its raw 16 bits are
 # read as uint16 and widened to float32 (exactly) in _to_array.
@@ -120,13 +141,18 @@ class _Function(NamedTuple):
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> _Tensor:
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("tensor without a storage")
+    if not isinstance(size, tuple | list) or not isinstance(stride, tuple | list):
+        raise pickle.UnpicklingError("tensor size or stride is not a sequence")
+    ints = (offset, *size, *stride)
+    if len(size) > 64 or not all(type(i) is int and 0 <= i < 1 << _MAX_INT_BITS for i in ints):
+        raise pickle.UnpicklingError("bad tensor geometry (sizes, strides, offset)")
     return _Tensor(storage, storage.dtype, offset, tuple(size), tuple(stride))
 
 
 def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks=None, meta=None):
     # Non-empty metadata flags lazy conj/neg views, which plain weights never are.
     if meta:
-        raise pickle.UnpicklingError(f"unsupported tensor metadata {meta!r:.80}")
+        raise pickle.UnpicklingError(f"unsupported tensor metadata {_brief(meta)}")
     return _rebuild_tensor(storage, offset, size, stride)
 
 
@@ -175,17 +201,17 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> _Storage:
         if self._storages is None or not isinstance(pid, tuple) or len(pid) not in (5, 6):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unexpected persistent id {_brief(pid)}")
         kind, storage_type, key, _location, _numel, *view = pid
         if kind != "storage" or not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
+            raise pickle.UnpicklingError(f"unsupported persistent id {_brief(pid)}")
         key = str(key)
         self._storages.setdefault(key, storage_type.dtype)
         byte_offset = 0
         if view and view[0] is not None:  # legacy (view_key, offset, size), in elements
             byte_offset = int(view[0][1]) * np.dtype(_NUMPY_DTYPES[storage_type.dtype]).itemsize
             if byte_offset < 0:
-                raise pickle.UnpicklingError(f"negative storage view offset in {pid!r:.80}")
+                raise pickle.UnpicklingError(f"negative storage view offset in {_brief(pid)}")
         return _Storage(key, storage_type.dtype, byte_offset)
 
 
@@ -221,6 +247,40 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         raise
 
 
+def _check_pickle(f: BinaryIO, path: str) -> None:
+    """Refuse a pickle stream the unpickler would spend unbounded memory or time on.
+
+    Scans the opcodes from ``f``'s position to the stream's STOP, then seeks back: at most
+    :data:`MAX_PICKLE_OPS` of them, memo indices no larger than the opcodes before them
+    (a state dict's are 0, 1, 2, ...), integers within 63 bits. A stream genops cannot read
+    is left for the unpickler to refuse as corrupt.
+    """
+    start, ops = f.tell(), 0
+    try:
+        for op, arg, _ in pickletools.genops(f):
+            ops += 1
+            if ops > MAX_PICKLE_OPS:
+                raise CheckpointError(
+                    f"refusing to load {path}: its pickle has over {MAX_PICKLE_OPS} opcodes, "
+                    "far more than a state dict's (a corrupt or malicious file)"
+                )
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= ops:
+                raise CheckpointError(
+                    f"refusing to load {path}: its pickle stores memo entry {int(arg)} after "
+                    f"{ops} opcodes (a corrupt or malicious file)"
+                )
+            if isinstance(arg, int) and arg.bit_length() > _MAX_PICKLE_INT_BITS:
+                raise CheckpointError(
+                    f"refusing to load {path}: its pickle holds a {arg.bit_length()}-bit "
+                    "integer, which no weights file does (a corrupt or malicious file)"
+                )
+    except CheckpointError:
+        raise
+    except Exception:  # malformed: the unpickler refuses it in its own words
+        pass
+    f.seek(start)
+
+
 def _read_exact(f: BinaryIO, n: int) -> bytes:
     # Check against the file size before reading, so a corrupt count cannot make us
     # allocate gigabytes.
@@ -231,8 +291,12 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
 
 
 def _load_legacy(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
+    def load(storages: dict[str, str] | None = None) -> Any:
+        _check_pickle(f, path)
+        return _Unpickler(f, path, storages).load()
+
     try:
-        magic = _Unpickler(f, path).load()
+        magic = load()
     except CheckpointError:
         raise
     except Exception:
@@ -244,15 +308,15 @@ def _load_legacy(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
         raise CheckpointError(
             f"{path} is a pickle but not a PyTorch checkpoint (no torch.save magic number)"
         )
-    version = _Unpickler(f, path).load()
-    sys_info = _Unpickler(f, path).load()
+    version = load()
+    sys_info = load()
     if version != _LEGACY_PROTOCOL:
-        raise CheckpointError(f"{path}: unsupported legacy checkpoint protocol {version!r}")
+        raise CheckpointError(f"{path}: unsupported legacy checkpoint protocol {_brief(version)}")
     if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
         raise CheckpointError(f"{path} was saved on a big-endian machine, which is unsupported")
     storages: dict[str, str] = {}
-    tree = _Unpickler(f, path, storages).load()
-    keys = _Unpickler(f, path).load()
+    tree = load(storages)
+    keys = load()
     if not isinstance(keys, list):
         raise pickle.UnpicklingError("storage key list is not a list")
     data = {}
@@ -278,9 +342,31 @@ def _check_memory(path: str, need: int) -> None:
         )
 
 
+def _member(zf: zipfile.ZipFile, path: str, name: str) -> zipfile.ZipInfo:
+    """The zip member ``name``, refused if compressed as torch.save never compresses.
+
+    torch.save stores members uncompressed; a bzip2 member of 2 KB held 2 GiB of zeros.
+    Deflate (a re-zipped file) is let through up to 64:1, about what zeros reach.
+    """
+    info = zf.getinfo(name)
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or ratio > 64:
+        raise CheckpointError(
+            f"refusing to load {path}: its member {ascii(name[-60:])} is compressed "
+            f"{ratio:.0f}:1 (method {info.compress_type}), which torch.save never writes "
+            "(a corrupt or malicious file)"
+        )
+    return info
+
+
 def _load_zip(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
     with zipfile.ZipFile(f) as zf:
         names = zf.namelist()
+        if len(set(names)) != len(names):
+            # zipfile reads the last of two members of one name; torch may read the first.
+            raise CheckpointError(
+                f"{path} holds two zip members of one name (a corrupt or malicious file)"
+            )
         pickles = [n for n in names if n.split("/")[-1] == "data.pkl" and n.count("/") <= 1]
         if len(pickles) != 1 or any(n.endswith("constants.pkl") for n in names):
             raise CheckpointError(
@@ -296,10 +382,17 @@ def _load_zip(f: BinaryIO, path: str) -> tuple[Any, dict[str, bytes]]:
                     f"{path} was saved with byte order {order.decode('ascii', 'replace')!r}; "
                     "only little-endian checkpoints are supported"
                 )
-        _check_memory(path, zf.getinfo(pickles[0]).file_size)
+        info = _member(zf, path, pickles[0])
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"refusing to load {path}: its data.pkl is {info.file_size / 2**20:.0f} MiB, "
+                f"over the {MAX_PICKLE_BYTES >> 20} MiB of any state dict's"
+            )
+        stream = io.BytesIO(zf.read(info))
+        _check_pickle(stream, path)
         storages: dict[str, str] = {}
-        tree = _Unpickler(io.BytesIO(zf.read(pickles[0])), path, storages).load()
-        members = {key: zf.getinfo(f"{prefix}data/{key}") for key in storages}
+        tree = _Unpickler(stream, path, storages).load()
+        members = {key: _member(zf, path, f"{prefix}data/{key}") for key in storages}
         _check_memory(path, sum(info.file_size for info in members.values()))
         data = {key: zf.read(info) for key, info in members.items()}
     return tree, data
@@ -341,9 +434,19 @@ def _array_bytes(t: _Tensor) -> int:
     return math.prod(t.size) * (itemsize + (4 if t.dtype == "bfloat16" else 0))
 
 
+def _plain(tree: Any) -> Any:
+    """A dict's items as a plain dict, read with ``dict``'s own methods.
+
+    The pickle may BUILD attributes onto its OrderedDict (torch sets ``_metadata``): an
+    attribute ``values`` or ``items`` shadowed the methods, and the memory check summed
+    nothing while the tensors were still built.
+    """
+    return dict(dict.items(tree)) if isinstance(tree, dict) else tree
+
+
 def _is_state_dict(tree: Any) -> bool:
     return isinstance(tree, dict) and all(
-        isinstance(k, str) and isinstance(v, _Tensor) for k, v in tree.items()
+        isinstance(k, str) and isinstance(v, _Tensor) for k, v in dict.items(tree)
     )
 
 
@@ -380,16 +483,29 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             is_zip = f.read(2) == b"PK"
             f.seek(0)
             tree, data = (_load_zip if is_zip else _load_legacy)(f, path)
+            tree = _plain(tree)
             if isinstance(tree, dict) and not _is_state_dict(tree):
                 inner = [tree[k] for k in ("state_dict", "model") if isinstance(tree.get(k), dict)]
-                tree = inner[0] if inner else tree
+                tree = _plain(inner[0]) if inner else tree
             if not _is_state_dict(tree):
                 raise CheckpointError(
                     f"{path} holds a {type(tree).__name__} that is not a state dict "
                     "(a dict of parameter name -> tensor)"
                 )
+            odd = next((k for k in tree if not k.isprintable() or len(k) > 1000), None)
+            if odd is not None:
+                # Quoted in later messages, a name could carry terminal escape sequences.
+                raise CheckpointError(f"{path}: {ascii(odd[:80])} is not a parameter name")
             held = sum(len(raw) for raw in data.values())
-            _check_memory(path, held + sum(_array_bytes(t) for t in tree.values()))
+            made = sum(_array_bytes(t) for t in tree.values())
+            if made > max(MAX_EXPANSION * held, 256 << 20):
+                # Views repeating their storage (stride 0, as torch's expand): 532 bytes
+                # made a 4 GiB array. A real file's views cover their storages about once.
+                raise CheckpointError(
+                    f"refusing to load {path}: its tensors would take {made / 2**20:.0f} MiB "
+                    f"from {held / 2**20:.1f} MiB of storage (a corrupt or malicious file)"
+                )
+            _check_memory(path, held + made)
             return {name: _to_array(t, data) for name, t in tree.items()}
         except CheckpointError:
             raise

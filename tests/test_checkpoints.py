@@ -13,8 +13,10 @@ import re
 import shutil
 import struct
 import sys
+import time
 import tracemalloc
 import types
+import warnings
 import zipfile
 
 import numpy as np
@@ -322,7 +324,10 @@ def test_memory_bombs_are_refused_before_allocating(tmp_path, fake_torch, monkey
             else:
                 zout.writestr(info, zin.read(info))
     assert bomb.stat().st_size < 2**20
-    assert_refused(bomb, r"would need 0\.0 GiB of memory, more than this machine's 0\.0 GiB")
+    # torch.save never compresses: refused before it is inflated (bzip2 made 2 GiB of 2 KB).
+    assert_refused(bomb, r"its member 'zipfmt/data/7' is compressed 1024:1 \(method 8\)")
+    stored = rewrite_zip(DATA / "zipfmt.pth", tmp_path / "big.pth", {"zipfmt/data/7": bytes(2**21)})
+    assert_refused(stored, r"would need 0\.0 GiB of memory, more than this machine's 0\.0 GiB")
     order = tmp_path / "order.pth"
     with zipfile.ZipFile(DATA / "zipfmt.pth") as zin, zipfile.ZipFile(order, "w") as zout:
         for info in zin.infolist():
@@ -427,6 +432,96 @@ def handmade_legacy(torch, offset, size, stride, view=None) -> bytes:
     pickles.insert(3, main.getvalue())
     storage = struct.pack("<q", 10) + np.arange(10, dtype="<f4").tobytes()
     return b"".join(pickles) + storage
+
+
+def handmade_pickle(ops: bytes) -> bytes:
+    """A zip checkpoint whose data.pkl is protocol 2 ``ops``, then an empty state dict."""
+    return zip_archive(b"\x80\x02" + ops + b"0}.")  # POP what ops left; {}; STOP
+
+
+@pytest.mark.parametrize(
+    ("ops", "refusal"),
+    [
+        # The C unpickler grows its memo to twice an index it is given: 2 GB for 2^27.
+        (b"N" + b"r" + struct.pack("<I", 2**27), "stores memo entry 134217728 after 3 opcodes"),
+        # Each DUP is a stack slot: 2^28 of them (a 500-byte bzip2 member) took 2.4 GB.
+        (b"N" + b"2" * 3000 + b"0" * 3000, "over 1000 opcodes"),
+        # Sizes of megabytes of digits: minutes of arithmetic before any check.
+        (b"\x8b" + struct.pack("<I", 40) + b"\xff" * 39 + b"\x7f", "holds a 319-bit integer"),
+    ],
+    ids=["memo", "dup", "long"],
+)
+def test_pickles_that_would_exhaust_memory_or_time_are_refused(tmp_path, monkeypatch, ops, refusal):
+    monkeypatch.setattr(checkpoints, "MAX_PICKLE_OPS", 1000)
+    assert_refused(write(tmp_path / "x.pth", handmade_pickle(ops)), refusal)
+
+
+def test_a_quoted_object_from_the_file_is_cut_short_as_it_is_formatted(tmp_path):
+    # A persistent id of 26 nested pairs (300 bytes) had a repr of 700 MB, built whole
+    # (23 s) before ":.80" cut it to the message.
+    nested = b"X" + struct.pack("<I", 1) + b"a" + b"2\x86" * 26  # ((a, a), (a, a)) ...
+    data = zip_archive(b"\x80\x02" + nested + b"Q.")  # BINPERSID; STOP
+    start = time.perf_counter()
+    assert_refused(write(tmp_path / "x.pth", data), "unexpected persistent id")
+    assert time.perf_counter() - start < 5
+
+
+class ShadowedDict(collections.OrderedDict):
+    """Pickled as an OrderedDict whose BUILD sets instance attribute ``values``."""
+
+    def __reduce__(self):
+        shadow = {"values": sys.modules["torch"].Size}
+        return collections.OrderedDict, (), shadow, None, iter(self.items())
+
+
+def test_attributes_set_on_the_state_dict_do_not_shadow_its_methods(
+    tmp_path, fake_torch, monkeypatch
+):
+    # An attribute "values" (torch.Size, read as tuple) made the memory check sum over
+    # nothing while the tensors were still built: 24 GiB on a 23.5 GiB machine.
+    monkeypatch.setattr(limits, "host_memory", lambda: 2**20)  # a 1 MiB machine
+    fake_torch.Size = type("Size", (), {"__module__": "torch"})
+    pid = ("storage", fake_torch.FloatStorage, "root", "cpu", 10, None)
+    tensor = TensorRef(StorageRef(pid), 0, (2**18,), (0,), False, collections.OrderedDict())
+    main = io.BytesIO()
+    LegacyPickler(main, protocol=2).dump(ShadowedDict(t=tensor))
+    header = [pickle.dumps(x, protocol=2) for x in (LEGACY_MAGIC, 1001, SYS_INFO)]
+    storage = struct.pack("<q", 10) + bytes(40)
+    data = b"".join(header) + main.getvalue() + pickle.dumps(["root"], protocol=2) + storage
+    assert_refused(write(tmp_path / "x.pth", data), "would need")
+
+
+def test_views_repeating_their_storage_are_bounded(tmp_path, fake_torch):
+    # 532 bytes made a 4 GiB array (stride 0), under the machine's memory.
+    data = handmade_legacy(fake_torch, 0, (2**27,), (0,))
+    assert_refused(write(tmp_path / "x.pth", data), r"would take 512 MiB from 0\.0 MiB of storage")
+
+
+def test_parameter_names_that_are_not_names_are_refused(tmp_path):
+    # Quoted in "unexpected ..." lines, a name's escape sequences retitled the terminal.
+    src, dst = DATA / "zipfmt.pth", tmp_path / "x.pth"
+    with zipfile.ZipFile(src) as zf:
+        prefix = next(n for n in zf.namelist() if n.endswith("data.pkl"))
+        pkl = zf.read(prefix)
+    name = next(k for k in load_state_dict(src))
+    evil = "evil\x1b]0;PWNED\x07"
+    enc = lambda t: b"X" + struct.pack("<I", len(t.encode())) + t.encode()  # noqa: E731
+    assert enc(name) in pkl
+    rewrite_zip(src, dst, {prefix: pkl.replace(enc(name), enc(evil), 1)})
+    assert_refused(dst, r"'evil\\x1b\]0;PWNED\\x07' is not a parameter name")
+
+
+def test_two_members_of_one_name_are_refused(tmp_path):
+    # zipfile reads the last of them, torch may read the first.
+    with zipfile.ZipFile(DATA / "zipfmt.pth") as zf:
+        members = [(info, zf.read(info)) for info in zf.infolist()]
+    dst = tmp_path / "x.pth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name it writes
+        with zipfile.ZipFile(dst, "w") as zout:
+            for info, data in members + [members[-1]]:
+                zout.writestr(info, data)
+    assert_refused(dst, "two zip members of one name")
 
 
 def test_legacy_storage_view(tmp_path, fake_torch):
