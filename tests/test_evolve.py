@@ -9,7 +9,8 @@ import signal
 import subprocess
 import sys
 import time
-from io import StringIO
+import zipfile
+from io import BytesIO, StringIO
 from pathlib import Path
 
 import jax
@@ -1076,13 +1077,55 @@ def test_checkpoint_without_the_state_a_resume_reads_is_refused(tmp_path):
     checkpoint.save(ck, {}, {"best": np.zeros(3)}, {"kind": "single", "generation": 2})
     with pytest.raises(FoolError, match=r"corrupt checkpoint .*\(no fitness\); left untouched"):
         checkpoint.load(ck, {}, {"kind": "single"}, state=fitness)
-    checkpoint.save(ck, {}, {"fitness": np.zeros(3)}, {"kind": "single", "generation": "2"})
+    checkpoint.save(ck, {}, {"fitness": np.zeros(3)}, {"kind": "single", "generation": -1})
     with pytest.raises(FoolError, match=r"\(no generation\)"):
         checkpoint.load(ck, {}, {"kind": "single"}, state=fitness)
     checkpoint.save(ck, {}, {"fitness": np.zeros(3)}, {"kind": "single", "generation": 2})
     _, arrays, meta = checkpoint.load(ck, {}, {"kind": "single"}, state=fitness)
     # Saved as float64, read as the run's float32: a dtype of the same kind is cast.
     assert meta["generation"] == 2 and arrays["fitness"].dtype == np.float32
+
+
+def _npz(path, members, compression=zipfile.ZIP_STORED, stored=()):
+    """Write ``members`` (name -> array) as an .npz: compressed but those named ``stored``."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, arr in members.items():
+            buf = BytesIO()
+            np.save(buf, arr)
+            how = zipfile.ZIP_STORED if name in stored else compression
+            zf.writestr(f"{name}.npy", buf.getvalue(), compress_type=how)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # An .npy under the name: np.load gave an array, and `with` a TypeError traceback.
+        lambda p: np.save(open(p, "wb"), np.zeros(3)),
+        # Meta entries of another type: TypeError tracebacks (unhashable kind; a float
+        # population in JAX).
+        lambda p: checkpoint.save(p, {}, {}, {"kind": ["single"]}),
+        lambda p: checkpoint.save(p, {}, {}, {"kind": "single", "population": 3.5}),
+        lambda p: checkpoint.save(p, {}, {}, {"kind": "single", "seed": True}),
+        # A compressed member (np.savez stores them): 1 KB of bzip2 declared, and held, a
+        # gigabyte, which numpy allocated before reading.
+        lambda p: _npz(
+            p, {"meta": np.frombuffer(b'{"format": 1}' + bytes(2**20), np.uint8)}, zipfile.ZIP_BZIP2
+        ),  # fmt: skip
+    ],
+    ids=["npy", "kind-list", "population-float", "seed-bool", "bzip2"],
+)
+def test_a_checkpoint_that_is_not_ours_is_one_line(tmp_path, make):
+    ck = tmp_path / "checkpoint.npz"
+    make(ck)
+    before = ck.read_bytes()
+    with pytest.raises(FoolError, match=r"^corrupt checkpoint .*; left untouched$"):
+        checkpoint.read_meta(ck)
+    assert ck.read_bytes() == before
+    # A member the resume never reads is not read (it was, whole, before any check).
+    meta = np.frombuffer(b'{"format": 1}', np.uint8)
+    _npz(ck, {"meta": meta, "other": np.zeros(2**20, np.uint8)}, zipfile.ZIP_BZIP2, ["meta"])
+    assert checkpoint.read_meta(ck) == {"format": 1}
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,26 @@ from fooltools import io
 from fooltools.errors import FoolError
 
 FORMAT = 1
+# The meta entries a resume reads before the checkpoint is matched to the run, and what
+# each must be: a list for "kind" was a TypeError traceback on --resume, a float
+# population a JAX one.
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,),
+    "model": (str,),
+    "encoding": (str,),
+    "seed": (int,),
+    "population": (int,),
+    "generations": (int,),
+    "generation": (int,),
+    "stop_at": (int, float, type(None)),
+    "classes": (list,),
+}
+_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+# The meta blob is a few hundred bytes (a MAP-Elites run's 1000 classes: a few KB).
+MAX_META_BYTES = 1 << 20
 
 
 def save(path: Path, genomes: Any, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -153,9 +173,9 @@ def _read(
     if not Path(path).is_file():
         raise FoolError(f"no checkpoint to resume from: {path}")
     try:
+        wanted = _members(path, arrays)
         with np.load(path, allow_pickle=False) as data:
-            names = data.files if arrays else ["meta"]
-            files = {k: data[k] for k in names}
+            files = {k: data[k] for k in wanted}
         meta = json.loads(files.pop("meta").tobytes().decode())
         if not isinstance(meta, dict):
             raise ValueError("meta is not an object")
@@ -171,8 +191,52 @@ def _read(
     ) as e:
         raise FoolError(f"corrupt checkpoint {path} ({type(e).__name__}); left untouched") from None
     if meta.get("format") != FORMAT:
-        raise FoolError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT}")
+        raise FoolError(
+            f"checkpoint {path} has format {_shown(meta.get('format'))[:40]}, expected {FORMAT}"
+        )
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if key in meta and (not isinstance(value, types) or isinstance(value, bool)):
+            raise FoolError(
+                f"corrupt checkpoint {path} ({key} is a {type(value).__name__}); left untouched"
+            )
     return files, meta
+
+
+def _members(path: str | os.PathLike[str], arrays: bool) -> list[str]:
+    """The ``.npy`` members :func:`_read` loads (by array name), each checked first.
+
+    Only the names :func:`save` writes; each stored uncompressed (``np.savez``) and
+    holding the data its header declares. numpy allocates a member's declared shape before
+    reading it, and a 1 KB bzip2 member declared, and held, a gigabyte.
+
+    Raises:
+        ValueError: A member that is compressed, or declares more than it holds.
+        zipfile.BadZipFile: Not a zip archive (an ``.npy`` under the name loaded as an
+            array, and failed as a traceback).
+    """
+    size = os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename.removesuffix(".npy"): i for i in zf.infolist()}
+        names = [
+            n for n in infos if n == "meta" or (arrays and n.startswith(("genome_", "state_")))
+        ]
+        if "meta" not in names:
+            raise KeyError("meta")
+        for name in names:
+            info = infos[name]
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > size:
+                raise ValueError(f"member {name} is compressed or larger than the file")
+            with zf.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read = _HEADERS.get(version)
+                if read is None:
+                    raise ValueError(f"member {name} has .npy format {version}")
+                shape, _, dtype = read(member)
+                need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if need > info.file_size or (name == "meta" and need > MAX_META_BYTES):
+                    raise ValueError(f"member {name} declares {need} bytes")
+    return names
 
 
 def exists(path: str | os.PathLike[str]) -> bool:
