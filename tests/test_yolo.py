@@ -394,3 +394,24 @@ def test_options_read_as_darknet_reads_them():
 def test_cfg_lines_darknet_would_misread_are_refused(change, message):
     with pytest.raises(ModelError, match=message):
         darknet.parse_cfg_text(ODD.replace(*change, 1), name="t.cfg")
+
+
+def test_a_huge_cfg_or_line_is_refused_without_reading_or_quoting_it_whole(tmp_path):
+    # A 1 GB sparse "cfg" was read whole (18 GB at its peak), a 30 GB one a MemoryError
+    # traceback; a zero-filled cfg's one line was quoted whole: 32 MB of error "line".
+    big = tmp_path / "big.cfg"
+    with open(big, "wb") as f:
+        f.truncate(darknet.MAX_CFG_BYTES + 1)
+    with pytest.raises(ModelError, match=r"big\.cfg is over 1024 KiB: not a Darknet cfg"):
+        darknet.parse_cfg(big)
+    with pytest.raises(ModelError, match=r"line 2: expected .*, got '(x){60}'\.\.\.$"):
+        darknet.parse_cfg_text("[net]\n" + "x" * 10**6, name="t.cfg")
+
+
+def test_weights_holding_nan_are_refused(tmp_path):
+    # Loaded, every score was NaN: "0 objects", exit 0.
+    data = bytearray((DATA / "tiny_v2.weights").read_bytes())
+    data[-4:] = np.float32(np.nan).tobytes()
+    (tmp_path / "nan.weights").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"nan\.weights holds NaN or infinite values"):
+        yolo.load_darknet(DATA / "tiny_v2.cfg", tmp_path / "nan.weights")

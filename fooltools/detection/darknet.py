@@ -34,6 +34,9 @@ from fooltools.errors import ImageError, ModelError
 # value is a keyword; the default is the maintained Darknet's.
 BN_EPS = 1e-5
 
+# yolov3.cfg is 8 KB, the largest cfgs of AlexeyAB's darknet about 40 KB.
+MAX_CFG_BYTES = 1 << 20
+
 ACTIVATIONS = ("linear", "leaky", "relu", "logistic", "mish", "swish")
 
 # Darknet's alternative section names.
@@ -131,6 +134,12 @@ class DarknetCfg:
         return tuple(i for i, layer in enumerate(self.layers) if layer.kind in ("region", "yolo"))
 
 
+def _cut(line: str) -> str:
+    """A cfg line as quoted in a message: its repr, at most 60 characters of it."""
+    line = line.strip()
+    return repr(line) if len(line) <= 60 else f"{line[:60]!r}..."
+
+
 def _sections(text: str, name: str) -> list[tuple[str, int, dict[str, tuple[str, int]]]]:
     sections: list[tuple[str, int, dict[str, tuple[str, int]]]] = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -140,7 +149,7 @@ def _sections(text: str, name: str) -> list[tuple[str, int, dict[str, tuple[str,
             continue
         if line[0] == "[":
             if not line.endswith("]"):
-                raise ModelError(f"{name} line {lineno}: malformed section header {raw.strip()!r}")
+                raise ModelError(f"{name} line {lineno}: malformed section header {_cut(raw)}")
             sections.append((line[1:-1], lineno, {}))
         elif "=" in line and sections and not line.startswith("="):
             key, value = line.split("=", 1)
@@ -148,7 +157,9 @@ def _sections(text: str, name: str) -> list[tuple[str, int, dict[str, tuple[str,
             # first too): a later duplicate is ignored, not the one that counts.
             sections[-1][2].setdefault(key, (value, lineno))
         else:
-            raise ModelError(f"{name} line {lineno}: expected [section] or key=value, got {raw!r}")
+            raise ModelError(
+                f"{name} line {lineno}: expected [section] or key=value, got {_cut(raw)}"
+            )
     return sections
 
 
@@ -201,10 +212,13 @@ def parse_cfg(path: str | os.PathLike[str]) -> DarknetCfg:
     try:
         # /dev/zero was read until memory ran out, a FIFO blocked forever.
         with checkpoints.open_regular(path) as f:
-            text = f.read().decode("utf-8", errors="replace")
+            data = f.read(MAX_CFG_BYTES + 1)
     except OSError as err:
         raise ModelError(f"cannot read Darknet cfg {path}: {err.strerror or err}") from None
-    return parse_cfg_text(text, name=path.name)
+    if len(data) > MAX_CFG_BYTES:
+        # A 1 GB (sparse) file was read whole, 18 GB at its peak; a larger, MemoryError.
+        raise ModelError(f"{path.name} is over {MAX_CFG_BYTES >> 10} KiB: not a Darknet cfg")
+    return parse_cfg_text(data.decode("utf-8", errors="replace"), name=path.name)
 
 
 def parse_cfg_text(text: str, *, name: str = "<cfg>") -> DarknetCfg:
@@ -466,6 +480,13 @@ def read_weights(path: str | os.PathLike[str], cfg: DarknetCfg) -> dict[str, dic
     header = _header_size(data, path)
     found = _check_count(path, cfg, header, expected, len(data))  # the file may have changed
     values = np.frombuffer(data, dtype="<f4", offset=header, count=found).astype(np.float32)
+    if not np.isfinite(values).all():
+        # Loaded, every score was NaN: "0 objects", exit 0 (the classifiers refuse such).
+        bad = int(np.argmin(np.isfinite(values)))
+        raise ModelError(
+            f"{path.name} holds NaN or infinite values (the first is value {bad} after the "
+            "header): not usable weights"
+        )
     out, pos = {}, 0
     for name, layer in shapes.items():
         out[name] = {}
