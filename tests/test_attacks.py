@@ -360,3 +360,20 @@ def test_cw_returns_examples_with_the_confidence_kappa(targeted):
     assert bool(jnp.all(res.success))
     lead = -base.margin(model(params, res.x), tgt, targeted, kappa=1e9)
     assert bool(jnp.all(lead >= kappa)), lead
+
+
+@pytest.mark.parametrize("targeted", [True, False])
+def test_cw_is_no_success_where_no_iterate_reached_kappa(targeted):
+    # An input already of the target class (targeted) or already off its label
+    # (untargeted), returned unchanged when no iterate led by kappa, was reported a success.
+    model, params = linear_model()
+    x0 = images()
+    top = jnp.argmax(model(params, x0), -1)
+    label = top if targeted else (top + 1) % K
+    lead = -base.margin(model(params, x0), label, targeted, kappa=1e9)
+    assert bool(jnp.all(lead > 0))  # already fooled at the start
+    for kappa, fooled in ((0.0, True), (float(lead.max()) + 100.0, False)):
+        run = attacks.cw(model, params, kappa=kappa, steps=3, search_steps=1, lr=1e-4,
+                         targeted=targeted)  # fmt: skip
+        res = run(jax.random.key(0), x0, label)
+        assert res.success.tolist() == [fooled] * len(x0), (kappa, res.success)
