@@ -7,6 +7,8 @@ import pytest
 
 from fooltools.detection import attacks, detectors, faster_rcnn, yolo
 from fooltools.detection.attack_run import success
+from fooltools.detection.detectors import Found
+from fooltools.detection.evaluate import mislabel_rate
 
 DATA = "tests/data"
 
@@ -215,6 +217,30 @@ def test_success_verdicts():
     assert success("mislabel", one, one, 1) is False
     assert success("untargeted", one, moved, None) is True
     assert success("dag", one, one, None) is False
+
+
+@pytest.mark.parametrize("mode", ["untargeted", "dag"])
+def test_an_object_still_detected_beside_a_closer_fabricated_box_is_not_fooled(mode):
+    # Matched to the attacked box overlapping it most alone, an object still detected
+    # with its label (IoU 0.9) read as fooled when a fabricated box covered it exactly.
+    clean = [_obj(0, (0, 0, 10, 10))]
+    adv = [_obj(0, (0, 0, 10, 9)), _obj(2, (0, 0, 10, 10))]
+    assert success(mode, clean, adv, None) is False
+    assert success(mode, clean, adv[1:], None) is True
+
+
+def test_mislabel_needs_the_target_over_each_object_and_its_own_class_gone():
+    clean = [_obj(0, (0, 0, 10, 10))]
+    target_near = [_obj(1, (0, 0, 10, 9)), _obj(2, (0, 0, 10, 10))]  # was False: 2 closer
+    assert success("mislabel", clean, target_near, 1) is True
+    both = [_obj(1, (0, 0, 10, 10)), _obj(0, (0, 0, 10, 9))]  # was True: still a class 0
+    assert success("mislabel", clean, both, 1) is False
+    clean_found = Found(*(np.asarray(a)[None] for a in ([[0, 0, 10, 10]], [0.9], [0], [True])))
+    for adv, rate in ((target_near, 1.0), (both, 0.0)):
+        arrays = ([a["box"] for a in adv], [0.9] * len(adv), [a["class_index"] for a in adv],
+                  [True] * len(adv))  # fmt: skip
+        adv_found = Found(*(np.asarray(a)[None] for a in arrays))
+        assert mislabel_rate(clean_found, adv_found, 1, 0.5) == rate
 
 
 def test_yolo_input_is_resized_plainly_as_darknet_and_opencv_resize_it():

@@ -99,26 +99,29 @@ def check(detector: Detector, mode: str, **kwargs: Any) -> None:
         raise FoolError(str(err)) from None
 
 
-def _kept(clean: list[dict], adv: list[dict], label_of: Any) -> int:
-    """How many clean objects have an adversarial object (IoU >= 0.5) with ``label_of(obj)``."""
+def _found_as(clean: list[dict], adv: list[dict]) -> list[set[int]]:
+    """Per clean object, the classes of the adversarial objects over it (IoU >= 0.5).
+
+    Any such object, as VOC counts a detection: with the one overlapping most alone, an
+    object still detected with its own label read as fooled when a fabricated box covered
+    it more closely.
+    """
     if not clean or not adv:
-        return 0
+        return [set() for _ in clean]
     iou = box_ops.np_box_iou([c["box"] for c in clean], [a["box"] for a in adv])
-    best = iou.argmax(1)
-    return sum(
-        int(iou[i, best[i]] >= 0.5 and adv[best[i]]["class_index"] == label_of(c))
-        for i, c in enumerate(clean)
-    )
+    return [{a["class_index"] for a, v in zip(adv, row, strict=True) if v >= 0.5} for row in iou]
 
 
 def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -> bool | None:
     """The attack's own goal on one image, from its object lists (see :func:`records`).
 
     vanish: no object left; fabricate: at least three times as many objects (and at least
-    one); mislabel: every object not already of the target class now is; untargeted and
-    DAG: no object keeps its label. None, no verdict, when the image has no object for
-    any but fabricate to attack, or (mislabel) only objects of the target class already:
-    those goals hold before the attack, which did nothing.
+    one); mislabel: every object not already of the target class is detected as it (an
+    attacked object of the target class over it, IoU >= 0.5) and no longer as its own
+    class; untargeted and DAG: no object is still detected with its label. None, no
+    verdict, when the image has no object for any but fabricate to attack, or (mislabel)
+    only objects of the target class already: those goals hold before the attack, which
+    did nothing.
     """
     if not clean and mode != "fabricate":
         return None
@@ -128,9 +131,12 @@ def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -
         return len(adv) >= max(3 * len(clean), 1)
     if mode == "mislabel":
         todo = [c for c in clean if c["class_index"] != target]
-        # All already the target: a success would count one the attack did not earn.
-        return _kept(todo, adv, lambda c: target) == len(todo) if todo else None
-    return _kept(clean, adv, lambda c: c["class_index"]) == 0
+        if not todo:  # all already the target: a success the attack did not earn
+            return None
+        found = zip(todo, _found_as(todo, adv), strict=True)
+        return all(target in f and c["class_index"] not in f for c, f in found)
+    found = zip(clean, _found_as(clean, adv), strict=True)
+    return not any(c["class_index"] in f for c, f in found)
 
 
 def _nothing_note(clean: list[dict], confidence: float, names: tuple[str, ...],

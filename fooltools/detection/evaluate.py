@@ -149,10 +149,13 @@ def operating_point(detector: Detector, data: Dataset) -> tuple[float, float]:
 
 
 def mislabel_rate(clean: Found, adv: Found, target: int, confidence: float) -> float:
-    """Fraction of clean objects (label != target) whose attacked counterpart is ``target``.
+    """Fraction of clean objects (label != target) relabelled ``target`` by the attack.
 
-    The counterpart is the attacked object (score >= ``confidence``) overlapping the clean
-    one most, if their IoU is at least 0.5; no counterpart counts as a failure.
+    An object is relabelled when an attacked object (score >= ``confidence``) of class
+    ``target`` overlaps it (IoU >= 0.5) and none of its own class does, as
+    :func:`fooltools.detection.attack_run.success` judges a mislabel run. (With the most
+    overlapping attacked object alone, a target box beside one of the object's own class
+    counted, or not, by which overlapped more.)
     """
     hits, total = 0, 0
     for i in range(clean.boxes.shape[0]):
@@ -163,9 +166,10 @@ def mislabel_rate(clean: Found, adv: Found, target: int, confidence: float) -> f
         total += int(keep_c.sum())
         if not keep_a.any():
             continue
-        iou = box_ops.np_box_iou(clean.boxes[i][keep_c], adv.boxes[i][keep_a])
-        best = iou.argmax(1)
-        ok = (iou.max(1) >= 0.5) & (adv.labels[i][keep_a][best] == target)
+        over = box_ops.np_box_iou(clean.boxes[i][keep_c], adv.boxes[i][keep_a]) >= 0.5
+        labels = np.asarray(adv.labels[i][keep_a])
+        own = np.asarray(clean.labels[i][keep_c])[:, None] == labels[None, :]
+        ok = (over & (labels == target)[None, :]).any(1) & ~(over & own).any(1)
         hits += int(ok.sum())
     return hits / total if total else float("nan")
 
