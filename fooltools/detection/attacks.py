@@ -7,19 +7,29 @@ steps on a loss of the detector's raw outputs:
 * ``vanish``: every candidate's objectness towards "no object" (for Faster R-CNN also the
   RPN's): the objects disappear;
 * ``fabricate``: gradient *ascent* on the expected number of objects, the sum of every
-  candidate's objectness probability. TOG ascends its vanishing loss instead (the mean of
-  ``softplus(objectness)``, kept as ``fabrication="tog"``), whose gradient weighs each
-  candidate by its probability, so it mostly pushes candidates that are objects already;
-  the expected count's gradient ``p (1 - p)`` goes to the candidates near the decision,
-  which is what adds detections. Measured on 48 held-out images at TOG's budget: the
-  bundled YOLO's objects x4.08 instead of x2.81, Faster R-CNN's x6.77 instead of x3.85;
-* ``mislabel``: the candidates that overlap a clean detection (IoU >= ``match_iou``)
-  towards "object of ``target_class``", all others towards "no object", i.e. TOG's
-  detection loss with the clean detections relabelled as targets;
+  candidate's objectness probability. TOG's paper ascends its vanishing loss instead (the
+  mean of ``softplus(objectness)``, kept as ``fabrication="tog"``), whose gradient weighs
+  each candidate by its probability, so it mostly pushes candidates that are objects
+  already; the expected count's gradient ``p (1 - p)`` goes to the candidates near the
+  decision, which is what adds detections. Measured on 48 held-out images at TOG's
+  budget: the bundled YOLO's objects x4.08 instead of x2.81, Faster R-CNN's x6.77 instead
+  of x3.85. (TOG's released code differs from its paper here: it descends BCE towards
+  objectness 1, a gradient weighing each candidate by ``1 - p``; neither option is it.);
+* ``mislabel``: the candidates that overlap a clean detection (IoU >= ``match_iou``, the
+  set recomputed each step as boxes move) towards "object of ``target_class``", all
+  others towards "no object": TOG's detection loss with the clean detections relabelled,
+  less its box-regression terms (the boxes stay where they are) and with the class term
+  weighted by ``CLASS_WEIGHT``. Every object goes to the one ``target_class``; TOG's code
+  also offers each object its own most- or least-likely other class (ML/LL), which
+  fooltools does not, so its rates compare with TOG's fixed-target setting only;
 * ``untargeted``: gradient *ascent* on the same detection loss with the clean labels.
 
+TOG's code starts from a random point of the ball; these attacks start from the image.
+
 DAG (Xie et al., "Adversarial Examples for Semantic Segmentation and Object Detection",
-ICCV 2017) gives each clean detection a random other label and, while a matched
+ICCV 2017) gives each clean detection a random other label (drawn per batch from the
+key: :func:`fooltools.detection.evaluate.evaluate` folds in the batch's first image, so
+its labels depend on ``batch``) and, while a matched
 candidate still scores its true class highest, lowers ``logit_true - logit_adv``; steps
 are DAG's ``step_size * g / max|g|`` (L-inf) or the L2-normalised gradient, here within
 the same ``eps`` ball as TOG so that the two are comparable.

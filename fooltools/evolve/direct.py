@@ -5,6 +5,14 @@ Operators are DEAP's bounded real-valued ones — polynomial mutation
 (``deap.tools.cxSimulatedBinaryBounded``) — rewritten as vectorised JAX so that a
 150k-gene genome mutates in one fused kernel instead of a Python loop per gene. Each
 operator is written for one individual; ``jax.vmap`` makes it a population operator.
+
+They are DEAP's, as the issue asked, not the paper's own code's (sferes2's
+``evo_float``), which differs in two ways: its polynomial mutation is the unbounded form
+clipped to [0, 1] (a gene near a bound lands on it about a third of the time; the bounded
+form never puts it there), and a mated pair is crossed at every gene, where DEAP's
+``indpb`` (``crossover_rate``, 0.5 by default) crosses each gene with that probability,
+so about a quarter of an offspring's genes are recombined rather than half.
+``direct(crossover_rate=1.0)`` gives sferes2's crossover.
 """
 
 from __future__ import annotations
