@@ -8,7 +8,9 @@ generation samples ``P`` mirrored perturbations ``center.weight +- sigma * eps``
 CPPN whose topology stays fixed (a layered genome, see :data:`ES_CPPN`), renders and
 classifies them in one call, and moves the centre along ``sum_i rank_i * eps_i`` with
 Adam. Only the confidences' ranks are used: no gradient of the network, so the images
-are found by evolution as in the paper, just with a different selection rule.
+are found by evolution as in the paper, just with a different selection rule. The paper's
+algorithm, not its released code: no L2 weight decay (the code's ``l2coeff`` 0.005), and
+the centre's weights are not clipped.
 
 Randomness derives from ``fold_in(key, generation)``; the state (centre genome, Adam
 moments, hall of fame) is checkpointed like the GA's, so a resumed run is bit-identical.
