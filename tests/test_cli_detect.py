@@ -295,8 +295,8 @@ def test_class_names_of_your_own_weights(capsys, tmp_path, shapes_png):
         (["--names", "{names2}"], ["--names is for your own --weights"]),
         # Either alone was read with the bundled other half: "yolo-synth.weights does
         # not fit tiny_v3.cfg", a file the user never gave.
-        (["--cfg", CFG], ["the cfg tiny_v3.cfg needs its Darknet weights (--weights)"]),
-        (["--weights", WEIGHTS], ["the weights tiny_v3.weights need their Darknet cfg (--cfg)"]),
+        (["--cfg", CFG], ["the cfg tiny_v3.cfg needs its Darknet weights: give both"]),
+        (["--weights", WEIGHTS], ["the weights tiny_v3.weights need their Darknet cfg: give both"]),
     ],
 )
 def test_bad_names_and_half_a_detector(capsys, tmp_path, shapes_png, args, fragments):

@@ -443,6 +443,8 @@ def test_grids_without_such_points_keep_their_ids():
          "detect-attack: steps must be in 1.."),
         ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "names": "x.names"}},
          "fixed.names: no run of this spec takes it (names is for your own weights)"),
+        ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "vanish", "cfg": "my.cfg"}},
+         "detect-attack: the cfg my.cfg needs its Darknet weights: give both"),
         ({"kind": "detect-attack", "fixed": {"image": "a", "mode": "mislabel", "target": "stra"}},
          "detect-attack: unknown class 'stra' for the bundled detectors; classes: circle,"),
     ],

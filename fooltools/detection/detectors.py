@@ -251,6 +251,27 @@ def read_class_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
     return names
 
 
+def check_pair(
+    kind: str, cfg: str | os.PathLike[str] | None, weights: str | os.PathLike[str] | None
+) -> None:
+    """Refuse a YOLO cfg given without its weights, or weights without their cfg.
+
+    Either alone was read with the bundled other half: "yolo-synth.weights does not fit
+    my.cfg", naming a file the user never gave. The bundled files alone are the bundled
+    detector.
+
+    Raises:
+        ModelError: Naming what is missing.
+    """
+    if kind != "yolo":
+        return
+    bundled_cfg, bundled_weights = BUNDLED["yolo"]
+    if cfg is None and weights is not None and not _same_file(weights, bundled_weights):
+        raise ModelError(f"the weights {Path(weights).name} need their Darknet cfg: give both")
+    if cfg is not None and weights is None and not _same_file(cfg, bundled_cfg):
+        raise ModelError(f"the cfg {Path(cfg).name} needs its Darknet weights: give both")
+
+
 def _same_file(path: str | os.PathLike[str], other: Path) -> bool:
     """Whether ``path`` is the file ``other`` (False when either is missing)."""
     try:
@@ -310,13 +331,7 @@ def load_detector(
     bundled = _same_file(weights, bundled_weights)
     if bundled and variant is not None:
         raise ModelError("a variant is for other Faster R-CNN weights; the bundled one has its own")
-    # Either alone was read with the bundled other half: "yolo-synth.weights does not fit
-    # my.cfg", naming a file the user never gave.
-    if kind == "yolo" and cfg is None and not bundled:
-        raise ModelError(f"the weights {Path(weights).name} need their Darknet cfg (--cfg)")
-    if kind == "yolo" and cfg is not None and not weights_given:
-        if not _same_file(cfg, bundled_cfg):
-            raise ModelError(f"the cfg {Path(cfg).name} needs its Darknet weights (--weights)")
+    check_pair(kind, cfg, weights if weights_given else None)
     names = class_names or (synthetic.CLASSES if bundled else None)
     confidence = OPERATING_POINTS[kind] if bundled else 0.5
     if kind == "yolo":

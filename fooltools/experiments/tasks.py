@@ -314,7 +314,7 @@ def _detect_applicable(p: dict[str, Any]) -> dict[str, Any]:
 
 def _detect_check(p: dict[str, Any]) -> None:
     """Refuse a run that no detector can run, or the bundled one cannot, before any runs."""
-    from fooltools.detection import attacks, synthetic
+    from fooltools.detection import attacks, detectors, synthetic
     from fooltools.detection.attack_run import class_index
 
     target = _detect_applicable(p)["target"]
@@ -325,6 +325,7 @@ def _detect_check(p: dict[str, Any]) -> None:
         raise FoolError(f"target {target}: the bundled detectors' classes are 0-4 ({classes})")
     if isinstance(target, str) and p["weights"] is None:
         class_index(synthetic.CLASSES, target, "the bundled detectors")  # a misspelt name
+    detectors.check_pair(p["detector"], _detect_applicable(p)["cfg"], p["weights"])
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm", "confidence") if p[k] is not None}
     try:
         attacks.check_settings(p["mode"], **kw)
