@@ -100,16 +100,10 @@ def check(detector: Detector, mode: str, **kwargs: Any) -> None:
 
 
 def _found_as(clean: list[dict], adv: list[dict]) -> list[set[int]]:
-    """Per clean object, the classes of the adversarial objects over it (IoU >= 0.5).
-
-    Any such object, as VOC counts a detection: with the one overlapping most alone, an
-    object still detected with its own label read as fooled when a fabricated box covered
-    it more closely.
-    """
-    if not clean or not adv:
-        return [set() for _ in clean]
-    iou = box_ops.np_box_iou([c["box"] for c in clean], [a["box"] for a in adv])
-    return [{a["class_index"] for a, v in zip(adv, row, strict=True) if v >= 0.5} for row in iou]
+    """Per clean object, the classes of the adversarial objects over it (IoU >= 0.5)."""
+    return box_ops.np_labels_over(
+        [c["box"] for c in clean], [a["box"] for a in adv], [a["class_index"] for a in adv]
+    )
 
 
 def success(mode: str, clean: list[dict], adv: list[dict], target: int | None) -> bool | None:

@@ -481,6 +481,22 @@ def np_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
 
 
+def np_labels_over(
+    boxes: Any, other_boxes: Any, other_labels: Any, iou: float = 0.5
+) -> list[set[int]]:
+    """Per box of ``boxes``, the labels of the ``other_boxes`` over it (IoU >= ``iou``).
+
+    Any such box, as VOC counts a detection (with the one overlapping most alone, an object
+    still detected with its own label read as fooled beside a closer fabricated box).
+    ``[N, 4], [M, 4], [M] -> N sets``.
+    """
+    if len(boxes) == 0 or len(other_boxes) == 0:
+        return [set() for _ in range(len(boxes))]
+    over = np_box_iou(np.asarray(boxes), np.asarray(other_boxes)) >= iou
+    labels = np.asarray(other_labels)
+    return [set(labels[row].tolist()) for row in over]
+
+
 def _match_image(
     dboxes: np.ndarray, gboxes: np.ndarray, gdiff: np.ndarray, iou_threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -166,11 +166,11 @@ def mislabel_rate(clean: Found, adv: Found, target: int, confidence: float) -> f
         total += int(keep_c.sum())
         if not keep_a.any():
             continue
-        over = box_ops.np_box_iou(clean.boxes[i][keep_c], adv.boxes[i][keep_a]) >= 0.5
-        labels = np.asarray(adv.labels[i][keep_a])
-        own = np.asarray(clean.labels[i][keep_c])[:, None] == labels[None, :]
-        ok = (over & (labels == target)[None, :]).any(1) & ~(over & own).any(1)
-        hits += int(ok.sum())
+        found = box_ops.np_labels_over(
+            clean.boxes[i][keep_c], adv.boxes[i][keep_a], adv.labels[i][keep_a]
+        )
+        own = np.asarray(clean.labels[i][keep_c]).tolist()
+        hits += sum(target in f and label not in f for label, f in zip(own, found, strict=True))
     return hits / total if total else float("nan")
 
 

@@ -317,7 +317,8 @@ def _detect_check(p: dict[str, Any]) -> None:
     from fooltools.detection import attacks, detectors, synthetic
     from fooltools.detection.attack_run import class_index
 
-    target = _detect_applicable(p)["target"]
+    used = _detect_applicable(p)
+    target = used["target"]
     if isinstance(target, int) and target < 0:
         raise FoolError(f"target {target}: a class index is >= 0")
     if isinstance(target, int) and p["weights"] is None and target >= len(synthetic.CLASSES):
@@ -325,7 +326,7 @@ def _detect_check(p: dict[str, Any]) -> None:
         raise FoolError(f"target {target}: the bundled detectors' classes are 0-4 ({classes})")
     if isinstance(target, str) and p["weights"] is None:
         class_index(synthetic.CLASSES, target, "the bundled detectors")  # a misspelt name
-    detectors.check_pair(p["detector"], _detect_applicable(p)["cfg"], p["weights"])
+    detectors.check_pair(p["detector"], used["cfg"], p["weights"])
     kw = {k: p[k] for k in ("eps", "step_size", "steps", "norm", "confidence") if p[k] is not None}
     try:
         attacks.check_settings(p["mode"], **kw)
