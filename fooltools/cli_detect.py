@@ -153,6 +153,7 @@ def image(
     import numpy as np
 
     from fooltools.detection.attack_run import resolve_image
+    from fooltools.detection.detectors import detect_images
     from fooltools.detection.draw import draw_boxes, records
     from fooltools.io import make_dir, read_image, to_uint8, write_png
     from fooltools.perturb import check_out_dir, default_out_dir
@@ -172,7 +173,7 @@ def image(
     path = resolve_image(image, out)
     x = read_image(path)
     make_dir(out)
-    found = det.detect(det.params, x[None])
+    found = detect_images(det, x[None])
     confidence = det.confidence if confidence is None else confidence
     dets = records(found, 0, det.class_names, confidence)
     write_png(out / "boxes.png", draw_boxes(to_uint8(x), dets).astype(np.float32) / 255)

@@ -23,7 +23,7 @@ from fooltools import gallery, io
 from fooltools.detection import attacks as det_attacks
 from fooltools.detection import boxes as box_ops
 from fooltools.detection import synthetic
-from fooltools.detection.detectors import Detector
+from fooltools.detection.detectors import Detector, detect_images
 from fooltools.detection.draw import draw_boxes, records
 from fooltools.errors import FoolError
 
@@ -186,7 +186,7 @@ def attack_file(
     else:
         io.write_png(out / ADVERSARIAL, result.x[0])
         xa = io.read_image(out / ADVERSARIAL)  # judge what the file holds
-        adv = records(det.detect(det.params, xa[None]), 0, names, confidence)
+        adv = records(detect_images(det, xa[None]), 0, names, confidence)
     delta = xa - x0
     scale = max(float(np.abs(delta).max()), 1 / 255)
     io.write_png(out / PERTURBATION, np.clip(0.5 + delta / (2 * scale), 0, 1))

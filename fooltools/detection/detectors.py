@@ -120,6 +120,21 @@ class Detector(NamedTuple):
     confidence: float = 0.5
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted(detect: Callable[[Any, jax.Array], Found]) -> Callable[[Any, jax.Array], Found]:
+    return jax.jit(detect)
+
+
+def detect_images(detector: Detector, x: jax.Array) -> Found:
+    """``detector.detect(detector.params, x)`` for images x (B, H, W, 3), as one program.
+
+    Compiled once per detector and shape in a process: called eagerly, each of the
+    network's ops was compiled and run on its own (`fool detect` on the bundled YOLO,
+    no compilation cache: 12.7 -> 6.7 s).
+    """
+    return _jitted(detector.detect)(detector.params, x)
+
+
 def _to_input(net: yolo.YOLO, x: jax.Array) -> jax.Array:
     # Darknet (and OpenCV's blobFromImage) resize plainly to the cfg's size: bilinear
     # without jax's default antialiasing, which on a 256 -> 64 shrink moved pixels by up
