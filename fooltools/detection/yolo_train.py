@@ -170,7 +170,7 @@ def to_darknet_raw(params: Params, bn_state: Params, cfg: DarknetCfg) -> dict:
 def fold(params: Params, bn_state: Params, cfg: DarknetCfg, *, bn_eps: float = BN_EPS) -> Params:
     """Inference params (``YOLO.params`` layout) of training params, batch norm folded."""
     folded = darknet.fold_batchnorm(to_darknet_raw(params, bn_state, cfg), cfg, bn_eps=bn_eps)
-    return jax.tree_util.tree_map(jnp.asarray, folded)
+    return jax.device_put(folded)
 
 
 def train_apply(
