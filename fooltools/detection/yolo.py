@@ -420,9 +420,9 @@ def load_darknet(
         params = init_params(jax.random.key(0), cfg)
     else:
         raw = darknet.read_weights(weights_path, cfg)
-        params = jax.tree_util.tree_map(
-            jnp.asarray, darknet.fold_batchnorm(raw, cfg, bn_eps=bn_eps)
-        )
+        # device_put, not jnp.asarray per leaf: in JAX 0.10 that compiles an identity per
+        # shape.
+        params = jax.device_put(darknet.fold_batchnorm(raw, cfg, bn_eps=bn_eps))
     info = heads(cfg)
     return YOLO(
         cfg=cfg,
