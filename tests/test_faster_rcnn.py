@@ -78,7 +78,9 @@ def test_features_and_rpn_head_match(model, name):
     assert list(feats) == list(LEVELS)
     for k in LEVELS:
         np.testing.assert_allclose(feats[k], GOLDEN[f"{name}/feat_{k}"], atol=1e-3, err_msg=k)
-    objectness, deltas = fr.rpn_head_outputs(model.config, model.params, golden_features(name))
+    # Jitted, as the model runs it: eagerly each op compiled on its own.
+    rpn = jax.jit(functools.partial(fr.rpn_head_outputs, model.config))
+    objectness, deltas = rpn(model.params, golden_features(name))
     for level in range(len(LEVELS)):
         np.testing.assert_allclose(
             objectness[level][0], GOLDEN[f"{name}/objectness_{level}"], atol=1e-4
@@ -92,9 +94,8 @@ def test_features_and_rpn_head_match(model, name):
 def test_box_head_on_given_proposals_matches(model, name):
     proposals = jnp.asarray(GOLDEN[f"{name}/proposals"])[None]
     size = tuple(int(s) for s in GOLDEN[f"{name}/image_size"])
-    logits, regression = fr.box_head_outputs(
-        model.config, model.params, golden_features(name), proposals, size
-    )
+    head = jax.jit(functools.partial(fr.box_head_outputs, model.config), static_argnums=3)
+    logits, regression = head(model.params, golden_features(name), proposals, size)
     np.testing.assert_allclose(logits[0], GOLDEN[f"{name}/class_logits"], atol=1e-3)
     np.testing.assert_allclose(regression[0], GOLDEN[f"{name}/box_regression"], atol=1e-3)
 
