@@ -58,7 +58,7 @@ def test_bundled_weights_find_the_objects_of_one_image(held_out):
         gt_boxes, gt_labels = held_out.boxes[i, :n], held_out.labels[i, :n]
         boxes = out.boxes[i][out.valid[i]]
         labels = out.labels[i][out.valid[i]]
-        iou = np.asarray(box_ops.box_iou(jnp.asarray(boxes), jnp.asarray(gt_boxes)))
+        iou = box_ops.np_box_iou(boxes, gt_boxes)  # numpy: jax's compiled per shape
         for g in range(n):
             found += bool(np.any((iou[:, g] >= 0.5) & (labels == gt_labels[g])))
     assert found >= 0.85 * held_out.counts[:8].sum()
@@ -90,6 +90,11 @@ def _heads():
     )
 
 
+def _targets(heads):
+    # Jitted, as training runs it: eagerly each op compiled on its own (~100 programs).
+    return jax.jit(lambda boxes, labels: yolo_loss.build_targets(boxes, labels, heads, (128, 128)))
+
+
 def test_targets_put_each_box_in_its_cell_and_best_anchor():
     heads = _heads()
     boxes = np.zeros((1, 3, 4), np.float32)
@@ -97,7 +102,7 @@ def test_targets_put_each_box_in_its_cell_and_best_anchor():
     boxes[0, 0] = [60, 20, 100, 60]  # 40x40, centre (80, 40): head 0, cell (row 2, col 5), a1
     boxes[0, 1] = [3, 100, 13, 110]  # 10x10, centre (8, 105): head 1, cell (13, 1), a0
     labels[0, :2] = [3, 1]
-    t = yolo_loss.build_targets(jnp.asarray(boxes), jnp.asarray(labels), heads, (128, 128))
+    t = _targets(heads)(jnp.asarray(boxes), jnp.asarray(labels))
     assert t[0].obj.shape == (1, 8, 8, 3) and t[1].obj.shape == (1, 16, 16, 3)
     assert float(t[0].obj.sum()) == 1.0 and float(t[0].obj[0, 2, 5, 1]) == 1.0
     assert float(t[1].obj.sum()) == 1.0 and float(t[1].obj[0, 13, 1, 0]) == 1.0
@@ -126,8 +131,8 @@ def _logits_from_targets(targets, heads, *, scale=8.0):
 def test_loss_is_lowest_at_the_targets():
     heads = _heads()
     data = synthetic.make_dataset(synthetic.TRAIN_SEED, 4)
-    targets = yolo_loss.build_targets(data.boxes, data.labels, heads, (128, 128))
-    perfect = _logits_from_targets(targets, heads)
+    targets = _targets(heads)(data.boxes, data.labels)
+    perfect = jax.jit(lambda t: _logits_from_targets(t, heads))(targets)
     loss_fn = jax.jit(
         lambda raw: yolo_loss.yolo_loss(raw, data.boxes, data.labels, heads, (128, 128))
     )
@@ -149,14 +154,16 @@ def test_ignore_threshold_spares_good_unassigned_predictions():
     heads = _heads()[:1]
     boxes = jnp.asarray([[[48.0, 48.0, 80.0, 80.0]]])  # 32x32 at (64, 64): cell (4, 4), a0
     labels = jnp.asarray([[2]])
-    targets = yolo_loss.build_targets(boxes, labels, heads, (128, 128))
+    targets = _targets(heads)(boxes, labels)
     raw = _logits_from_targets(targets, heads)[0].reshape(1, 8, 8, 3, 10)
     # Anchor 1 of the same cell predicts the ground truth box (centre at the cell corner).
     raw = raw.at[0, 4, 4, 1, :5].set(jnp.asarray([-8.0, -8.0, np.log(32 / 40), np.log(32 / 40), 8]))
     raw = raw.reshape(1, 8, 8, 30)
-    _, kept = yolo_loss.yolo_loss([raw], boxes, labels, heads, (128, 128), ignore_thresh=0.5)
-    # IoU is never > 1: nothing is ignored.
-    _, hit = yolo_loss.yolo_loss([raw], boxes, labels, heads, (128, 128), ignore_thresh=1.0)
+    loss = jax.jit(
+        lambda t: yolo_loss.yolo_loss([raw], boxes, labels, heads, (128, 128), ignore_thresh=t)
+    )
+    _, kept = loss(0.5)
+    _, hit = loss(1.0)  # IoU is never > 1: nothing is ignored
     assert float(hit["noobj"]) > float(kept["noobj"]) + 7.0  # BCE(8, 0) ~ 8 when not ignored
     assert float(hit["obj"]) == pytest.approx(float(kept["obj"]))
 
