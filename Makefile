@@ -37,7 +37,7 @@ HUGEPAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hu
 
 ## test: the whole suite (no network, no torch), on two workers (see tests/conftest.py)
 test: $(VENV)/.test-installed
-	$(HUGEPAGES) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(HUGEPAGES) $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 ## bench: fooltools vs the PyTorch peers on the same weights, same run
 bench: $(VENV)/.bench-installed

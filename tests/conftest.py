@@ -71,10 +71,29 @@ def fifo(tmp_path):
 
 # `make test` runs the suite on two xdist workers (`-n 2 --dist loadfile`): each module
 # runs on one worker, so its module-scoped fixtures (compiled attacks, loaded detectors)
-# are built once. xdist starts the modules with the most tests first. Forcing the longest
-# modules first instead (`--no-loadscope-reorder`) balanced the two workers (831 and
-# 832 s) but ran slower: 845 s twice against 787 s, with 988 s of compilation against
-# 874 (the heavy modules, started together, compiled more of the same programs twice).
+# are built once. xdist would start the modules with the most tests first. Forcing the
+# longest modules first instead balanced the two workers (831 and 832 s) but ran slower:
+# 845 s twice against 787 s, with 988 s of compilation against 874 (the heavy modules,
+# started together, compiled more of the same programs twice). So the order below is
+# xdist's, with one exception, and `make test` passes `--no-loadscope-reorder` to keep it.
+#
+# test_sharding.py has two tests, so it came last, and ran alone for its ~110 s (a
+# subprocess on two forced devices) while the other worker had finished.
+EARLY = {"tests/test_sharding.py": 2}  # module -> its place in the order
+
+
+def pytest_collection_modifyitems(items):
+    counts: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        counts[module] = counts.get(module, 0) + 1
+    order = sorted(counts, key=lambda m: -counts[m])  # stable: xdist's order
+    for module, place in EARLY.items():
+        if module in order:
+            order.remove(module)
+            order.insert(place, module)
+    rank = {m: i for i, m in enumerate(order)}
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
 
 
 def pytest_configure(config):
