@@ -77,9 +77,10 @@ def fifo(tmp_path):
 # started together, compiled more of the same programs twice). So the order below is
 # xdist's, with one exception, and `make test` passes `--no-loadscope-reorder` to keep it.
 #
-# test_sharding.py has two tests, so it came last, and ran alone for its ~110 s (a
-# subprocess on two forced devices) while the other worker had finished.
-EARLY = {"tests/test_sharding.py": 2}  # module -> its place in the order
+# The two modules with few tests and a long run came last: test_sharding.py (~110 s, a
+# subprocess on two forced devices) and test_perturb_minimal.py (~130 s, compiling three
+# attacks on Lite0), each running alone at the end while the other worker had finished.
+EARLY = {"tests/test_sharding.py": 2, "tests/test_perturb_minimal.py": 3}  # module -> place
 
 
 def pytest_collection_modifyitems(items):
