@@ -121,10 +121,7 @@ class Detector(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_detect(
-    detect: Callable[[Any, jax.Array], Found],
-) -> Callable[[Any, jax.Array], Found]:
-    """``jax.jit(detect)`` for a detector's ``detect``, kept: traced once per shape per process."""
+def _jitted(detect: Callable[[Any, jax.Array], Found]) -> Callable[[Any, jax.Array], Found]:
     return jax.jit(detect)
 
 
@@ -135,7 +132,7 @@ def detect_images(detector: Detector, x: jax.Array) -> Found:
     network's ops was compiled and run on its own (`fool detect` on the bundled YOLO,
     no compilation cache: 12.7 -> 6.7 s).
     """
-    return jitted_detect(detector.detect)(detector.params, x)
+    return _jitted(detector.detect)(detector.params, x)
 
 
 def _to_input(net: yolo.YOLO, x: jax.Array) -> jax.Array:
