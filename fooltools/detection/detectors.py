@@ -121,7 +121,10 @@ class Detector(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(detect: Callable[[Any, jax.Array], Found]) -> Callable[[Any, jax.Array], Found]:
+def jitted_detect(
+    detect: Callable[[Any, jax.Array], Found],
+) -> Callable[[Any, jax.Array], Found]:
+    """``jax.jit(detect)`` for a detector's ``detect``, kept: traced once per shape per process."""
     return jax.jit(detect)
 
 
@@ -132,7 +135,7 @@ def detect_images(detector: Detector, x: jax.Array) -> Found:
     network's ops was compiled and run on its own (`fool detect` on the bundled YOLO,
     no compilation cache: 12.7 -> 6.7 s).
     """
-    return _jitted(detector.detect)(detector.params, x)
+    return jitted_detect(detector.detect)(detector.params, x)
 
 
 def _to_input(net: yolo.YOLO, x: jax.Array) -> jax.Array:

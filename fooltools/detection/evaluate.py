@@ -20,7 +20,7 @@ import numpy as np
 from fooltools import sharding
 from fooltools.detection import attacks as det_attacks
 from fooltools.detection import boxes as box_ops
-from fooltools.detection.detectors import Detector, Found
+from fooltools.detection.detectors import Detector, Found, jitted_detect
 from fooltools.detection.synthetic import Dataset
 
 
@@ -104,7 +104,7 @@ def _batches(images: np.ndarray, batch: int):
 
 def detect_all(detector: Detector, images: np.ndarray, batch: int = 16) -> Found:
     """Detections of ``images`` (n, H, W, 3) in jitted batches, as numpy arrays."""
-    detect = sharding.data_parallel(jax.jit(detector.detect), detector.params)
+    detect = sharding.data_parallel(jitted_detect(detector.detect), detector.params)
     parts = [Found(*(np.asarray(a)[:n] for a in detect(x))) for x, n in _batches(images, batch)]
     return _concat(parts)
 
