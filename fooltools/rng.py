@@ -1,4 +1,4 @@
-"""``jax.random.bits``/``uniform``/``randint``, bit for bit, in one fused pass on XLA:CPU.
+"""``jax.random.bits``/``uniform``/``normal``/``randint``, bit for bit, fused on XLA:CPU.
 
 JAX lowers its Threefry-2x32 hash on CPU as a rolled loop of five iterations whose
 state, two full-size uint32 arrays, goes through memory at every iteration, and then
@@ -7,6 +7,11 @@ population of 200 that was 250 ms of a ~3 s generation on a 2-core VM, most of t
 of breeding. Written here as the same 20 unrolled rounds on the same counters, XLA fuses
 it into one elementwise loop: 5-7x faster, and the same numbers as ``jax.random``
 (tested), so results do not depend on which one drew them.
+
+It also compiles faster: jax.random derives each element's counter from one iota per
+axis, in 64-bit arithmetic on pairs of words, which XLA:CPU takes seconds to compile
+for an image-shaped draw (a uniform (4, 224, 224, 3) inside a jitted program: 2.8 s,
+against 0.2 s here, where the counter is one flat iota reshaped).
 
 Any other key (``rbg``, ``unsafe_rbg``), ``jax_threefry_partitionable`` switched off or
 more than 2^32 values fall back to ``jax.random`` itself.
@@ -78,11 +83,46 @@ def bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     return a ^ b
 
 
-def uniform(key: jax.Array, shape: Sequence[int]) -> jax.Array:
-    """``jax.random.uniform(key, shape)``: float32 in [0, 1), from :func:`bits`."""
+def uniform(
+    key: jax.Array,
+    shape: Sequence[int],
+    minval: float | jax.Array = 0.0,
+    maxval: float | jax.Array = 1.0,
+) -> jax.Array:
+    """``jax.random.uniform(key, shape, minval=minval, maxval=maxval)``, float32.
+
+    jax.random's own construction on :func:`bits`, so the values are the same: 23 random
+    mantissa bits under exponent 0 give [1, 2), minus 1, scaled into [minval, maxval).
+    The bounds may be traced scalars.
+    """
     mantissa = bits(key, shape) >> np.uint32(9)  # 23 bits, as jax.random takes them
     one = np.array(1.0, np.float32).view(np.uint32)
-    return jax.lax.bitcast_convert_type(mantissa | one, jnp.float32) - 1.0
+    floats = jax.lax.bitcast_convert_type(mantissa | one, jnp.float32) - np.float32(1.0)
+    if _constant(minval) and _constant(maxval) and (minval, maxval) == (0.0, 1.0):
+        return floats  # jax.random's scaling by 1 and shift by 0 change no value
+    lo, hi = (_f32(v) for v in (minval, maxval))
+    return jax.lax.max(lo, floats * (hi - lo) + lo)
+
+
+def _constant(v: object) -> bool:
+    return isinstance(v, (int, float, np.number))
+
+
+def _f32(v: float | jax.Array) -> np.float32 | jax.Array:
+    # A number stays a numpy scalar: no eager op on the device just to convert it.
+    return np.float32(v) if _constant(v) else jnp.asarray(v, jnp.float32)
+
+
+def normal(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+    """``jax.random.normal(key, shape)``, float32: the same numbers, as jax.random makes them.
+
+    ``sqrt(2) * erf_inv(u)`` of a uniform ``u`` in (-1, 1). Inside a jitted program this
+    compiles ~8x faster than jax.random's own (for a (4, 224, 224, 3) draw on XLA:CPU
+    0.35 s against 2.6 s), which computes each element's counter from one iota per axis.
+    """
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    u = uniform(key, shape, lo, 1.0)
+    return np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
 
 
 def randint(key: jax.Array, shape: Sequence[int], maxval: int) -> jax.Array:

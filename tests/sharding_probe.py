@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jax
 
-from fooltools import sharding
+from fooltools import rng, sharding
 from fooltools.detection import evaluate, synthetic
 from fooltools.detection.detectors import load_detector
 from fooltools.evolve.direct import direct
@@ -25,7 +25,7 @@ S = 12  # tiny input size
 
 def tiny() -> Classifier:
     """A linear 'ImageNet' classifier on 12x12 images (also test_evolve.py's)."""
-    w = jax.random.normal(jax.random.key(0), (S * S * 3, 1000)) * 0.05
+    w = jax.jit(rng.normal, static_argnums=1)(jax.random.key(0), (S * S * 3, 1000)) * 0.05
     info = ModelInfo("tiny", (S, S), S, (0.5,) * 3, (0.5,) * 3, (0.0, 1.0), 0.0, "test", "-", "-")
     return Classifier(
         info=info,

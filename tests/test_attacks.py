@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fooltools import attacks, io
+from fooltools import attacks, io, rng
 from fooltools.attacks import base
 
 H, W, K = 6, 5, 4
 
 
 def linear_model(trace_log=None):
-    w = jax.random.normal(jax.random.key(1), (H * W * 3, K))
+    w = jax.jit(rng.normal, static_argnums=1)(jax.random.key(1), (H * W * 3, K))
     b = jnp.zeros(K)
 
     def model(p, x):
@@ -26,7 +26,7 @@ def linear_model(trace_log=None):
 
 
 def images(n=3, seed=0):
-    x = jax.random.uniform(jax.random.key(seed), (n, H, W, 3))
+    x = jax.jit(rng.uniform, static_argnums=1)(jax.random.key(seed), (n, H, W, 3))
     return io.quantize(x)
 
 
@@ -93,7 +93,7 @@ def test_pgd_distortion_within_budget(eps_steps, norm, steps, seed, quantize):
 def test_pgd_random_start_covers_what_the_model_sees_whatever_its_logits_sum_to():
     # The start's noise went where grad(sum(logits)) != 0: for logits (z, -z) (or centred
     # ones, or probabilities) that is nowhere, and the random start was silently off.
-    w = jax.random.normal(jax.random.key(1), (H * (W - 2) * 3,))
+    w = jax.jit(rng.normal, static_argnums=1)(jax.random.key(1), (H * (W - 2) * 3,))
 
     def model(p, x):  # the last two columns are never seen, as a centre crop's margin
         z = x[:, :, : W - 2].reshape(len(x), -1) @ p

@@ -12,7 +12,7 @@ from sharding_probe import S
 from test_cli import run as fool
 from test_experiments import run_grid
 
-from fooltools import io
+from fooltools import io, rng
 from fooltools.classify import probabilities
 from fooltools.errors import FoolError
 from fooltools.evolve import cli_support
@@ -51,7 +51,7 @@ def test_averaged_softmax_is_the_mean_of_the_crops_softmax(tiny, crops):
     side = views.view_size((S, S))
     assert scorer.info.input_size == side == (14, 14)
     assert scorer.name == f"tiny, mean of {crops} crops"
-    x = np.asarray(jax.random.uniform(jax.random.key(1), (3, *side, 3)))
+    x = np.asarray(jax.jit(rng.uniform, static_argnums=1)(jax.random.key(1), (3, *side, 3)))
     # Reference: cut each crop with numpy, classify it alone, average the probabilities.
     probs = []
     for top, left, mirrored in views.crop_offsets(side, (S, S), crops):

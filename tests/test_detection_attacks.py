@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from fooltools import rng
 from fooltools.detection import attacks, detectors, faster_rcnn, yolo
 from fooltools.detection.attack_run import success
 from fooltools.detection.detectors import Found
@@ -30,7 +31,7 @@ def tiny_rcnn():
 
 @pytest.fixture(scope="module")
 def images():
-    return jax.random.uniform(jax.random.key(0), (2, 64, 96, 3))
+    return jax.jit(rng.uniform, static_argnums=1)(jax.random.key(0), (2, 64, 96, 3))
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ def test_second_call_does_not_retrace(tiny_yolo, images):
     run = attacks.detection_attack(tiny_yolo._replace(dense=dense), mode="vanish", steps=2)
     run(jax.random.key(0), images)
     traced = len(traces)
-    run(jax.random.key(1), jax.random.uniform(jax.random.key(5), images.shape))
+    run(jax.random.key(1), jax.jit(rng.uniform, static_argnums=1)(jax.random.key(5), images.shape))
     assert traced > 0 and len(traces) == traced
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from sharding_probe import S
 from test_cli import run as fool
 
-from fooltools import io, words
+from fooltools import io, rng, words
 from fooltools.errors import FoolError, Interrupted
 from fooltools.evolve import checkpoint, cli_support, es, report, search
 from fooltools.evolve import run as run_module
@@ -305,7 +305,8 @@ def test_python_seeds_in_blocks_equal_one_generation_at_a_time():
 
 
 def test_row_uint8_is_the_saved_png_rounding():
-    images = jax.random.uniform(jax.random.key(0), (3, 5, 4, 3), minval=-0.2, maxval=1.2)
+    uniform = jax.jit(rng.uniform, static_argnums=(1, 2, 3))  # = jax.random.uniform's
+    images = uniform(jax.random.key(0), (3, 5, 4, 3), -0.2, 1.2)
     images = images.at[1, 0, 0].set(0.5 / 255)  # a tie: rounds to even, as numpy does
     np.testing.assert_array_equal(search.row_uint8(images, 1), io.to_uint8(images[1]))
 
@@ -329,12 +330,12 @@ def test_selection_individuals_carry_deap_fitness():
 def test_select_parents_equals_deap_over_the_whole_population(selection):
     # Truncation builds Individuals only for the candidates; the picks (ties included:
     # fitness on a coarse grid) must be DEAP's over all P individuals.
-    rng = np.random.default_rng(0)
+    gen = np.random.default_rng(0)
     for trial in range(40):
-        p, elites = int(rng.integers(3, 40)), int(rng.integers(1, 6))
+        p, elites = int(gen.integers(3, 40)), int(gen.integers(1, 6))
         if elites >= p:
             continue
-        fitness = (rng.integers(0, 5, p) / 4).astype(np.float32)
+        fitness = (gen.integers(0, 5, p) / 4).astype(np.float32)
         cfg = SearchConfig(population=p, elites=elites, selection=selection, tournament=2)
         random.seed(trial)
         inds = [_RefInd(i, float(f)) for i, f in enumerate(fitness)]

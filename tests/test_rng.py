@@ -18,6 +18,10 @@ def test_same_numbers_as_jax_random(shape, seed):
     key = jax.random.key(seed)
     np.testing.assert_array_equal(rng.bits(key, shape), jax.random.bits(key, shape, jnp.uint32))
     np.testing.assert_array_equal(rng.uniform(key, shape), jax.random.uniform(key, shape))
+    np.testing.assert_array_equal(
+        rng.uniform(key, shape, -0.3, 0.7), jax.random.uniform(key, shape, minval=-0.3, maxval=0.7)
+    )
+    np.testing.assert_array_equal(rng.normal(key, shape), jax.random.normal(key, shape))
     # Spans below and above 2^16 (where jax.random's multiplier wraps to 0), and 2^31 - 1.
     for span in (1, 7, 1000, 65536, 65537, 150528, 2**31 - 1):
         np.testing.assert_array_equal(
@@ -27,9 +31,21 @@ def test_same_numbers_as_jax_random(shape, seed):
 
 def test_same_numbers_vmapped_and_jitted():
     keys = jax.random.split(jax.random.key(5), 6)
-    ours = jax.jit(jax.vmap(lambda k: (rng.uniform(k, (4, 9)), rng.randint(k, (4, 9), 150528))))
+    ours = jax.jit(
+        jax.vmap(
+            lambda k: (
+                rng.uniform(k, (4, 9), -2.0, 2.0),
+                rng.normal(k, (4, 9)),
+                rng.randint(k, (4, 9), 150528),
+            )
+        )
+    )
     theirs = jax.vmap(
-        lambda k: (jax.random.uniform(k, (4, 9)), jax.random.randint(k, (4, 9), 0, 150528))
+        lambda k: (
+            jax.random.uniform(k, (4, 9), minval=-2.0, maxval=2.0),
+            jax.random.normal(k, (4, 9)),
+            jax.random.randint(k, (4, 9), 0, 150528),
+        )
     )
     for a, b in zip(ours(keys), theirs(keys), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -39,6 +55,7 @@ def test_other_generators_fall_back_to_jax_random():
     key = jax.random.key(3, impl="rbg")
     np.testing.assert_array_equal(rng.bits(key, (5, 3)), jax.random.bits(key, (5, 3), jnp.uint32))
     np.testing.assert_array_equal(rng.uniform(key, (8,)), jax.random.uniform(key, (8,)))
+    np.testing.assert_array_equal(rng.normal(key, (8,)), jax.random.normal(key, (8,)))
 
 
 def test_threefry_matches_the_published_known_answer():

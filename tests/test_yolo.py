@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fooltools import rng
 from fooltools.detection import darknet, yolo
 from fooltools.errors import ModelError
 
@@ -338,7 +339,7 @@ def test_yolo_boxes_are_sized_against_the_network_input_not_grid_times_stride(tm
     # width's stride, rounded down), not by 70 and 50 as Darknet divides by net.w, net.h.
     (tmp_path / "odd.cfg").write_text(ODD)
     net = yolo.load_darknet(tmp_path / "odd.cfg")  # a random init: the maths is the point
-    x = jax.random.uniform(jax.random.key(1), (1, 50, 70, 3))
+    x = jax.jit(rng.uniform, static_argnums=1)(jax.random.key(1), (1, 50, 70, 3))
     (raw,) = net.apply(net.params, x)
     assert raw.shape[1:3] == (13, 18)
     t = np.asarray(raw).reshape(1, 13, 18, 3, 7)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
+from fooltools import rng
 from fooltools.attacks import base
 
 # The largest budget (and step) taken. Two images in [0, 1] are at most sqrt(3 H W) apart in
@@ -45,12 +46,12 @@ def step_direction(grad: jax.Array, norm: str) -> jax.Array:
 
 def _random_start(key: jax.Array, shape: tuple[int, ...], eps: float, norm: str) -> jax.Array:
     if norm == "linf":
-        return jax.random.uniform(key, shape, minval=-eps, maxval=eps)
+        return rng.uniform(key, shape, -eps, eps)
     # Uniform in the L2 ball: a random direction times radius eps * u^(1/d).
     kd, kr = jax.random.split(key)
-    g = jax.random.normal(kd, shape)
+    g = rng.normal(kd, shape)
     d = shape[1] * shape[2] * shape[3]
-    r = eps * jax.random.uniform(kr, (shape[0], 1, 1, 1)) ** (1.0 / d)
+    r = eps * rng.uniform(kr, (shape[0], 1, 1, 1)) ** (1.0 / d)
     return g / _flat_norm(g) * r
 
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fooltools import rng
 from fooltools.detection import boxes as box_ops
 from fooltools.detection import faster_rcnn as fr
 from fooltools.detection import resnet_fpn, rpn
@@ -157,7 +158,7 @@ def sample(
     """
     n = labels.shape[0]
     max_pos = min(int(batch * positive_fraction), n)
-    u_pos, u_neg = jax.random.uniform(key, (2, n))
+    u_pos, u_neg = rng.uniform(key, (2, n))
     # Random priorities in [0, 1) for the eligible, -1 for the rest: the top k are a
     # uniformly random subset of the eligible (or all of them, when fewer than k).
     pv, pi = jax.lax.top_k(jnp.where(labels == 1, u_pos, -1.0), max_pos)
@@ -238,7 +239,7 @@ def _box_targets(
     s = settings.box_batch_per_image
     pos, neg = sample(k1, fg, batch=s, positive_fraction=settings.box_positive_fraction)
     # Gather the sampled candidates into s fixed slots (random order; unused slots masked).
-    pv, idx = jax.lax.top_k(jnp.where(pos | neg, jax.random.uniform(k2, fg.shape), -1.0), s)
+    pv, idx = jax.lax.top_k(jnp.where(pos | neg, rng.uniform(k2, fg.shape), -1.0), s)
     taken = pv >= 0
     rois = candidates[idx]
     classes = jnp.where(pos[idx], gt_labels[matched[idx]] + 1, 0)
@@ -378,15 +379,15 @@ def _init_params(key: jax.Array, config: fr.FasterRCNNConfig) -> Any:
         resnet_conv = module == "conv1" or re.fullmatch(r"layer\d+_\d+_\w+", module)
         if names[0] == "backbone" and resnet_conv:
             std = 0.0 if module.endswith("conv3") else np.sqrt(2.0 / fan_in)
-            out.append(std * jax.random.normal(k, leaf.shape))
+            out.append(std * rng.normal(k, leaf.shape))
         elif names[0] == "rpn" and module != "conv":
-            out.append(0.01 * jax.random.normal(k, leaf.shape))
+            out.append(0.01 * rng.normal(k, leaf.shape))
         elif module in ("cls_score", "bbox_pred"):
             std = 0.01 if module == "cls_score" else 0.001
-            out.append(std * jax.random.normal(k, leaf.shape))
+            out.append(std * rng.normal(k, leaf.shape))
         else:  # kaiming_uniform(a=sqrt(5)) / a=1: U(+-sqrt(3 / fan_in))
             bound = np.sqrt(3.0 / fan_in)
-            out.append(jax.random.uniform(k, leaf.shape, minval=-bound, maxval=bound))
+            out.append(rng.uniform(k, leaf.shape, -bound, bound))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -405,7 +406,7 @@ def augment(key: jax.Array, images: jax.Array, gt_boxes: jax.Array) -> tuple[jax
         The transformed ``(images, gt_boxes)``, same shapes.
     """
     n, h, w, _ = images.shape
-    flip_x, flip_y, swap = jax.random.bernoulli(key, 0.5, (3, n))
+    flip_x, flip_y, swap = rng.uniform(key, (3, n)) < 0.5  # jax.random.bernoulli
     if h != w:
         swap = jnp.zeros_like(swap)
     sel = lambda m, a, b: jnp.where(m.reshape(-1, *([1] * (a.ndim - 1))), a, b)  # noqa: E731

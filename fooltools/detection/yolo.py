@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fooltools import rng
 from fooltools.detection import boxes as box_ops
 from fooltools.detection import darknet
 from fooltools.detection.darknet import DarknetCfg, parse_cfg, parse_cfg_text
@@ -380,7 +381,7 @@ def _init_params(key: jax.Array, cfg: DarknetCfg) -> Params:
         fan_in = layer.size * layer.size * darknet.in_channels(cfg, i)
         shape = (layer.size, layer.size, darknet.in_channels(cfg, i), layer.filters)
         params[f"conv{i}"] = {
-            "kernel": jax.random.normal(k, shape) * np.sqrt(2.0 / fan_in),
+            "kernel": rng.normal(k, shape) * np.sqrt(2.0 / fan_in),
             "bias": jnp.zeros((layer.filters,)),
         }
     return params

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fooltools import rng
 from fooltools.evolve import cppn_pallas
 from fooltools.evolve.cppn_render import ACTIVATIONS, N_INPUTS, render_graph
 
@@ -80,7 +81,7 @@ def _tree_where(pred: jax.Array, a: CPPNGenome, b: CPPNGenome) -> CPPNGenome:
 
 def _pick(key: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A uniformly random True position of a flat ``mask``, and whether there was one."""
-    scores = jnp.where(mask, jax.random.uniform(key, mask.shape), -1.0)
+    scores = jnp.where(mask, rng.uniform(key, mask.shape), -1.0)
     return jnp.argmax(scores), mask.any()
 
 
@@ -195,7 +196,7 @@ class CPPN(NamedTuple):
         """
         k_each, k_fire, k_ops = jax.random.split(key, 3)
         if self.rate_weight_each > 0:
-            p_hit = jax.random.uniform(k_each, genome.conn.shape)
+            p_hit = rng.uniform(k_each, genome.conn.shape)
             hit = genome.conn & (p_hit < self.rate_weight_each)
             genome = self._perturb(jax.random.fold_in(k_each, 1), genome, hit)
         ops = (
@@ -206,7 +207,7 @@ class CPPN(NamedTuple):
             (self.rate_add_neuron, self._add_neuron),
             (self.rate_del_neuron, self._del_neuron),
         )
-        fire = jax.random.uniform(k_fire, (len(ops),))
+        fire = rng.uniform(k_fire, (len(ops),))
         for i, (k, (rate, op)) in enumerate(
             zip(jax.random.split(k_ops, len(ops)), ops, strict=True)
         ):
@@ -238,16 +239,16 @@ class CPPN(NamedTuple):
     def _random_weight(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         lim = self.weight_limit
         if self.init_weight == "uniform":
-            return jax.random.uniform(key, shape, minval=-lim, maxval=lim)
-        return jnp.clip(jax.random.normal(key, shape), -lim, lim)
+            return rng.uniform(key, shape, -lim, lim)
+        return jnp.clip(rng.normal(key, shape), -lim, lim)
 
     def _perturb(self, key: jax.Array, g: CPPNGenome, hit: jax.Array) -> CPPNGenome:
         """``g`` with the weights where ``hit`` (bool[M, M]) mutated."""
         w, lim = g.weight, self.weight_limit
         if self.weight_mutation == "gaussian":
-            new = w + self.weight_sigma * jax.random.normal(key, w.shape)
+            new = w + self.weight_sigma * rng.normal(key, w.shape)
         else:  # sferes2's evo_float: a step in [-1, 1] of the range, mostly small
-            u = jax.random.uniform(key, w.shape)
+            u = rng.uniform(key, w.shape)
             p = 1.0 / (self.poly_eta + 1.0)
             new = w + jnp.where(u < 0.5, (2 * u) ** p - 1, 1 - (2 * (1 - u)) ** p) * 2 * lim
         return g._replace(weight=jnp.where(hit, jnp.clip(new, -lim, lim), w))

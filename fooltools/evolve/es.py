@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fooltools import io
+from fooltools import io, rng
 from fooltools.errors import FoolError
 from fooltools.evolve import checkpoint, cppn_pallas, search
 from fooltools.evolve.cppn import CPPN, CPPNGenome
@@ -110,7 +110,7 @@ def make_strategy(
     opt = optax.adam(es.learning_rate)
 
     def noise(key, center):
-        eps = jax.random.normal(key, (half, *center.weight.shape))
+        eps = rng.normal(key, (half, *center.weight.shape))
         return eps * center.conn  # only existing edges move: the topology stays as it is
 
     @jax.jit

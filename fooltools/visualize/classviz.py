@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fooltools import rng
 from fooltools.models.base import Classifier
 from fooltools.visualize import common, engine, layers, priors
 
@@ -137,7 +138,7 @@ def visualize(
     target = jnp.asarray(targets, jnp.int32)
     key_start, key_jitter = jax.random.split(key)
     # Faint noise around grey: a neutral start that still breaks the symmetry.
-    x0 = 0.5 + NOISE * (jax.random.uniform(key_start, (len(targets), h, w, 3)) - 0.5)
+    x0 = 0.5 + NOISE * (rng.uniform(key_start, (len(targets), h, w, 3)) - 0.5)
     aux = {"target": target, "tv_weight": jnp.float32(tv_weight)}
     trace = _optimizer(clf, layer, jitter).run(
         key_jitter,

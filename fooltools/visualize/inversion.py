@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fooltools import rng
 from fooltools.models.base import Classifier
 from fooltools.visualize import common, engine, layers, priors
 
@@ -162,7 +163,7 @@ def invert(
     maps = feats(clf.params, original[None])
     targets = {name: maps[name] for name in names}
     n = len(names) * starts
-    x0 = jax.random.uniform(key, (n, *original.shape), jnp.float32)
+    x0 = rng.uniform(key, (n, *original.shape))
     aux = {
         "targets": targets,
         "norms": {k: jnp.maximum(jnp.sum(t**2), 1e-12) for k, t in targets.items()},
