@@ -1,4 +1,4 @@
-"""``jax.random.bits``/``uniform``/``normal``/``randint``, bit for bit, fused on XLA:CPU.
+"""jax.random's ``bits``/``uniform``/``bernoulli``/``normal``/``randint``, bit for bit.
 
 JAX lowers its Threefry-2x32 hash on CPU as a rolled loop of five iterations whose
 state, two full-size uint32 arrays, goes through memory at every iteration, and then
@@ -111,6 +111,11 @@ def _constant(v: object) -> bool:
 def _f32(v: float | jax.Array) -> np.float32 | jax.Array:
     # A number stays a numpy scalar: no eager op on the device just to convert it.
     return np.float32(v) if _constant(v) else jnp.asarray(v, jnp.float32)
+
+
+def bernoulli(key: jax.Array, p: float, shape: Sequence[int]) -> jax.Array:
+    """``jax.random.bernoulli(key, p, shape)``: bool, a :func:`uniform` below ``p``."""
+    return uniform(key, shape) < p
 
 
 def normal(key: jax.Array, shape: Sequence[int]) -> jax.Array:

@@ -22,9 +22,8 @@ def test_same_numbers_as_jax_random(shape, seed):
         rng.uniform(key, shape, -0.3, 0.7), jax.random.uniform(key, shape, minval=-0.3, maxval=0.7)
     )
     np.testing.assert_array_equal(rng.normal(key, shape), jax.random.normal(key, shape))
-    # The detectors' training flips, written as a uniform below one half.
     np.testing.assert_array_equal(
-        rng.uniform(key, shape) < 0.5, jax.random.bernoulli(key, 0.5, shape)
+        rng.bernoulli(key, 0.5, shape), jax.random.bernoulli(key, 0.5, shape)
     )
     # Spans below and above 2^16 (where jax.random's multiplier wraps to 0), and 2^31 - 1.
     for span in (1, 7, 1000, 65536, 65537, 150528, 2**31 - 1):

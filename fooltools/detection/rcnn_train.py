@@ -406,7 +406,7 @@ def augment(key: jax.Array, images: jax.Array, gt_boxes: jax.Array) -> tuple[jax
         The transformed ``(images, gt_boxes)``, same shapes.
     """
     n, h, w, _ = images.shape
-    flip_x, flip_y, swap = rng.uniform(key, (3, n)) < 0.5  # jax.random.bernoulli
+    flip_x, flip_y, swap = rng.bernoulli(key, 0.5, (3, n))
     if h != w:
         swap = jnp.zeros_like(swap)
     sel = lambda m, a, b: jnp.where(m.reshape(-1, *([1] * (a.ndim - 1))), a, b)  # noqa: E731

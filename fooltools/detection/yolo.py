@@ -421,8 +421,7 @@ def load_darknet(
         params = init_params(jax.random.key(0), cfg)
     else:
         raw = darknet.read_weights(weights_path, cfg)
-        # device_put, not jnp.asarray per leaf: in JAX 0.10 that compiles an identity per
-        # shape.
+        # device_put, not jnp.asarray per leaf: in JAX 0.10 that compiles an identity per shape.
         params = jax.device_put(darknet.fold_batchnorm(raw, cfg, bn_eps=bn_eps))
     info = heads(cfg)
     return YOLO(

@@ -78,8 +78,8 @@ def augment(
     """
     b, height, width, _ = images.shape
     kh, kv, kt, kb, kc = jax.random.split(key, 5)
-    hflip = rng.uniform(kh, (b,)) < 0.5  # jax.random.bernoulli, compiled faster
-    vflip = rng.uniform(kv, (b,)) < 0.5
+    hflip = rng.bernoulli(kh, 0.5, (b,))
+    vflip = rng.bernoulli(kv, 0.5, (b,))
     x1, y1, x2, y2 = (boxes[..., i] for i in range(4))
     images = jnp.where(hflip[:, None, None, None], images[:, :, ::-1], images)
     x1, x2 = jnp.where(hflip[:, None], width - x2, x1), jnp.where(hflip[:, None], width - x1, x2)
@@ -89,7 +89,7 @@ def augment(
         jnp.where(vflip[:, None], height - y1, y2),
     )
     if height == width:
-        tr = rng.uniform(kt, (b,)) < 0.5
+        tr = rng.bernoulli(kt, 0.5, (b,))
         images = jnp.where(tr[:, None, None, None], images.transpose(0, 2, 1, 3), images)
         x1, y1 = jnp.where(tr[:, None], y1, x1), jnp.where(tr[:, None], x1, y1)
         x2, y2 = jnp.where(tr[:, None], y2, x2), jnp.where(tr[:, None], x2, y2)
