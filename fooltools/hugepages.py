@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,12 +105,21 @@ def wanted(argv: list[str]) -> bool:
     return command in COMMANDS
 
 
+def _stopped_before_the_command(signum: int, frame: object) -> None:
+    os.write(2, b"error: interrupted\n")  # as `fool` says it for a stopped command
+    os._exit(2)  # cli.EXIT_USAGE, not imported yet
+
+
 def fool() -> None:
     """The ``fool`` console script: :func:`ensure` for :data:`COMMANDS`, then the CLI.
 
     It lives here, not in ``fooltools.cli``, so that a restart comes before the command
     line's imports (jax and the models: 1.4 s that a restart would otherwise pay twice).
     """
+    # A SIGTERM before the command line has set its own handler (a restart, the imports of
+    # jax and the models: seconds on a busy machine) ended the process at once with no
+    # word (exit -15). Nothing is written yet, so a stop there is only this line and code 2.
+    signal.signal(signal.SIGTERM, _stopped_before_the_command)
     if wanted(sys.argv[1:]):
         ensure()
     from fooltools import cli
