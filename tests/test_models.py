@@ -1,5 +1,6 @@
 import errno
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from fooltools import cache, io, rng
 from fooltools.errors import ModelError
@@ -95,6 +97,56 @@ def test_depthwise_implementations_agree(k, stride, hw):
     gg = jax.jit(jax.grad(lambda *v: (layers.depthwise_grouped(*v, stride) * cot).sum(), (0, 1, 2)))
     for u, v in zip(ga(x, w, b), gg(x, w, b), strict=True):
         np.testing.assert_allclose(u, v, atol=1e-4)
+
+
+CONVS = [
+    # (kernel, stride, padding, lhs dilation, rhs dilation, groups)
+    (3, 1, "SAME", None, None, 1),
+    (3, 2, ((1, 1), (1, 1)), None, None, 1),  # torch's padding, as the detectors' nn.Conv
+    (1, 1, "VALID", None, None, 1),
+    (3, 1, ((0, 2), (1, 0)), (2, 1), (1, 2), 1),  # dilations and uneven padding
+    (3, 2, "SAME", None, None, 2),  # groups: passed through to lax
+]
+
+
+@pytest.mark.parametrize(("k", "stride", "pad", "lhs_d", "rhs_d", "groups"), CONVS)
+def test_conv_and_its_gradients_are_laxs(k, stride, pad, lhs_d, rhs_d, groups):
+    normal = jax.jit(rng.normal, static_argnums=1)
+    x = normal(jax.random.key(0), (2, 9, 10, 4))
+    w = normal(jax.random.key(1), (k, k, 4 // groups, 6))
+    kw = {
+        "window_strides": (stride, stride),
+        "padding": pad,
+        "lhs_dilation": lhs_d,
+        "rhs_dilation": rhs_d,
+        "dimension_numbers": ("NHWC", "HWIO", "NHWC"),
+        "feature_group_count": groups,
+    }
+    ours = jax.jit(lambda x, w: layers.conv_general_dilated(x, w, **kw))
+    ref = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, **kw))
+    np.testing.assert_array_equal(ours(x, w), ref(x, w))
+    cot = normal(jax.random.key(2), ref(x, w).shape)
+    grads = [
+        jax.jit(jax.grad(lambda x, w, f=f: (f(x, w) * cot).sum(), (0, 1))) for f in (ours, ref)
+    ]
+    for u, v in zip(grads[0](x, w), grads[1](x, w), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+
+
+def test_input_gradient_in_a_rolled_loop_reads_hwio_kernels():
+    # XLA:CPU's fast (Eigen) convolution takes HWIO kernels only. With lax's conv, the
+    # input gradient's HWOI convolutions inside a while loop (an attack's iterations) ran
+    # on its generic loops, ~3x slower (benchmarks/bench_detect.py measures the speed).
+    w = jnp.ones((3, 3, 3, 8))
+
+    def loss(x):
+        dn = ("NHWC", "HWIO", "NHWC")
+        return layers.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn).sum()
+
+    step = jax.jit(lambda x: lax.fori_loop(0, 4, lambda _, x: x - jax.grad(loss)(x), x))
+    hlo = step.lower(jnp.zeros((1, 16, 16, 3))).compile().as_text()
+    labels = re.findall(r"convolution\(.*?dim_labels=(\S+?),", hlo)
+    assert labels and set(labels) == {"b01f_01io->b01f"}, labels
 
 
 def test_same_padding_matches_tensorflow_rule():

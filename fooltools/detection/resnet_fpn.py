@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from fooltools.models import layers
+
 BN_EPS = 1e-5  # torchvision.ops.misc.FrozenBatchNorm2d's default
 BODY = "backbone.body"
 FPN = "backbone.fpn"
@@ -165,7 +167,13 @@ def _conv(features: int, k: int, stride: int = 1, groups: int = 1, name: str = "
     # torch's symmetric k // 2 padding (not TF "SAME", which pads bottom/right for stride 2).
     p = k // 2
     return nn.Conv(
-        features, (k, k), (stride, stride), ((p, p), (p, p)), feature_group_count=groups, name=name
+        features,
+        (k, k),
+        (stride, stride),
+        ((p, p), (p, p)),
+        feature_group_count=groups,
+        conv_general_dilated=layers.conv_general_dilated,
+        name=name,
     )
 
 

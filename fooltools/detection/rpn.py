@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fooltools.detection import boxes as box_ops
+from fooltools.models import layers
 
 ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
@@ -92,9 +93,18 @@ class RPNHead(nn.Module):
             ``(objectness, deltas)``: per level (N, h, w, A) logits and (N, h, w, A, 4)
             ``(dx, dy, dw, dh)``; torchvision's channel ``a * 4 + k`` is ``[..., a, k]``.
         """
-        conv = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), name="conv")
-        cls = nn.Conv(self.num_anchors, (1, 1), name="cls_logits")
-        bbox = nn.Conv(4 * self.num_anchors, (1, 1), name="bbox_pred")
+        lax_conv = layers.conv_general_dilated  # fast input gradients in an attack's loop
+        conv = nn.Conv(
+            self.channels,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            conv_general_dilated=lax_conv,
+            name="conv",
+        )
+        cls = nn.Conv(self.num_anchors, (1, 1), conv_general_dilated=lax_conv, name="cls_logits")
+        bbox = nn.Conv(
+            4 * self.num_anchors, (1, 1), conv_general_dilated=lax_conv, name="bbox_pred"
+        )
         objectness, deltas = [], []
         for f in features:
             t = nn.relu(conv(f))

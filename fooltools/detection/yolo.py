@@ -34,6 +34,7 @@ from fooltools.detection import boxes as box_ops
 from fooltools.detection import darknet
 from fooltools.detection.darknet import DarknetCfg, parse_cfg, parse_cfg_text
 from fooltools.errors import ModelError
+from fooltools.models import layers
 
 __all__ = [
     "YOLO",
@@ -188,7 +189,7 @@ def _reorg(x: jax.Array, s: int) -> jax.Array:
 def conv2d(x: jax.Array, kernel: jax.Array, layer: darknet.Layer) -> jax.Array:
     """A cfg convolution without bias: x (B, H, W, Cin), kernel (k, k, Cin, F), NHWC out."""
     pad = ((layer.padding, layer.padding),) * 2
-    return lax.conv_general_dilated(
+    return layers.conv_general_dilated(
         x, kernel, (layer.stride, layer.stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 

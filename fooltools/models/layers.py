@@ -9,10 +9,92 @@ bottom/right), so a model runs at any input resolution.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+_NHWC_HWIO = lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+# The same kernel stored with its feature axes swapped, (k, k, Cout, Cin): "HWOI".
+_NHWC_HWOI = lax.ConvDimensionNumbers((0, 3, 1, 2), (2, 3, 0, 1), (0, 3, 1, 2))
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """``lax.conv_general_dilated`` whose input gradient XLA:CPU runs as fast in a loop.
+
+    The input gradient of a convolution is a convolution with the kernel's feature axes
+    swapped ("HWOI"). XLA:CPU's fast (Eigen) convolution takes only HWIO kernels: in a
+    straight-line program it hoists one transposed copy of each kernel, but inside a
+    rolled while loop (an attack's iterations) it ran the HWOI convolutions with its
+    generic loops, ~3x slower (3 convs on 8 x 128 x 128 images, 10 gradient steps: 7.8 s
+    rolled vs 2.8 s unrolled). Here the backward pass takes the vjp of the same
+    convolution written on an explicitly transposed kernel, so its input-gradient
+    convolution reads an HWIO array: the same numbers (JAX's own transpose rule, on the
+    same function), as fast in a loop as unrolled.
+
+    Same arguments and result as ``lax.conv_general_dilated``; NHWC/HWIO convolutions
+    without groups take this path, the others are passed through.
+    """
+    kw = {
+        "window_strides": tuple(window_strides),
+        "padding": padding if isinstance(padding, str) else tuple(map(tuple, padding)),
+        "lhs_dilation": None if lhs_dilation is None else tuple(lhs_dilation),
+        "rhs_dilation": None if rhs_dilation is None else tuple(rhs_dilation),
+        "precision": precision,
+        "preferred_element_type": preferred_element_type,
+    }
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if dn != _NHWC_HWIO or feature_group_count != 1 or batch_group_count != 1:
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            dimension_numbers=dn,
+            feature_group_count=feature_group_count,
+            batch_group_count=batch_group_count,
+            **kw,
+        )
+    return _conv(tuple(kw.items()), lhs, rhs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv(kw: tuple, x: jax.Array, w: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, w, dimension_numbers=_NHWC_HWIO, **dict(kw))
+
+
+def _conv_fwd(kw: tuple, x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple]:
+    return _conv(kw, x, w), (x, w)
+
+
+def _conv_bwd(kw: tuple, res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, w = res
+    wt = jnp.swapaxes(w, 2, 3)  # HWOI storage of the same kernel
+
+    def on_wt(x):
+        return lax.conv_general_dilated(x, wt, dimension_numbers=_NHWC_HWOI, **dict(kw))
+
+    def on_w(w):
+        return lax.conv_general_dilated(x, w, dimension_numbers=_NHWC_HWIO, **dict(kw))
+
+    # Two vjps: what is not needed (the kernel's gradient in an attack, the input's in
+    # the first layer's training) is dead code to XLA.
+    return jax.vjp(on_wt, x)[1](g)[0], jax.vjp(on_w, w)[1](g)[0]
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -51,7 +133,7 @@ def conv2d_same(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int) -
         Shape (N, ceil(H / stride), ceil(W / stride), Cout).
     """
     k = kernel.shape[0]
-    y = lax.conv_general_dilated(
+    y = conv_general_dilated(
         pad_same(x, k, stride),
         kernel,
         window_strides=(stride, stride),
