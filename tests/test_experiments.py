@@ -1029,9 +1029,7 @@ def test_detect_smoke_local(capsys, tmp_path_factory):
         assert (out / "runs" / row["id"] / "synthetic-0.png").is_file()
 
 
-# The detector attacks below run detect-smoke.toml's 2 steps (its budget and image too): the
-# attack's loop is unrolled, so 1 step compiled each detector's vanishing attack again where
-# 2 load the smoke test's programs from the compilation cache (the two tests: 55 -> 18 s).
+# The detector attacks below run detect-smoke.toml's 2 steps (its budget and image too).
 DETECT_STEPS = 2
 
 
@@ -1053,8 +1051,6 @@ def test_a_target_fixed_over_detector_modes_is_mislabels_alone(tmp_path):
 
 def test_detector_attacks_in_each_norm_are_methods_of_their_own(tmp_path):
     # Else the summary merged L-inf and L2 runs into one row, with medians of neither.
-    # 1 step, not DETECT_STEPS: the L2 attack compiles either way, and its 2 unrolled steps
-    # cost more than the L-inf one they would have shared.
     fixed = {"image": "synthetic:0", "mode": "vanish", "steps": 1}
     results, reports = run_grid(tmp_path, "detect-attack", fixed, {"norm": ["linf", "l2"]})
     assert [r["metrics"]["method"] for r in results] == ["vanish-linf", "vanish-l2"]

@@ -64,11 +64,7 @@ MODES = ("vanish", "fabricate", "mislabel", "untargeted", "dag")
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 3.0}
 DEFAULT_STEP = {"linf": 2 / 255, "l2": 0.75}
 TOG_STEPS = 10
-# The loop is unrolled when compiled, so compile time and memory grow with the steps: on
-# 2 CPU cores 100 steps on the bundled YOLO took ~45 s and 1.5 GB (10 steps: 12 s and
-# 0.7 GB), and 2^31 - 1 steps still compiled after a minute. TOG runs 10 steps, DAG a
-# few hundred at most.
-MAX_STEPS = 1000
+MAX_STEPS = base.MAX_STEPS  # the loop's counter is an int32 argument of the program
 # Weight of the class term against the objectness terms in the mislabel / untargeted loss.
 # With 1 (a plain sum) the many background terms dominate the signed gradient: the bundled
 # YOLO relabelled 86% of the held-out objects to "star", 93% with 5.
@@ -203,7 +199,7 @@ def check_settings(
     if norm == "linf" and eps > 1:
         raise ValueError(f"an L-inf eps is at most 1 (pixel values are in [0, 1]), got {eps:g}")
     if not 1 <= steps <= MAX_STEPS:
-        raise ValueError(f"steps must be in 1..{MAX_STEPS} (the loop is unrolled), got {steps}")
+        raise ValueError(f"steps must be in 1..{MAX_STEPS}, got {steps}")
     if confidence is not None and not 0 <= confidence <= 1:  # NaN too: nothing would count
         raise ValueError(f"confidence must be in [0, 1], got {confidence}")
 
@@ -241,8 +237,8 @@ def detection_attack(
 
     Returns:
         ``run(key, x)`` for images x (B, H, W, 3) in [0, 1] at any size the detector
-        takes; jitted once per detector, steps and shape, with the mode, norm, eps,
-        step size, target class, confidence and match IoU as arguments of the program
+        takes; jitted once per detector and shape, with the mode, norm, eps, step
+        size, steps, target class, confidence and match IoU as arguments of the program
         (another mode, norm or value compiles nothing new). ``key`` draws DAG's adversarial
         labels.
 
@@ -256,9 +252,9 @@ def detection_attack(
     if fabrication not in ("count", "tog"):
         raise ValueError(f"fabrication must be 'count' or 'tog', got {fabrication!r}")
     confidence = detector.confidence if confidence is None else confidence
-    # Arguments of the compiled attack, not constants in it: one program per detector,
-    # steps and shape serves every mode (each mode's loss is a branch of it), norm,
-    # budget, target class and confidence, so a grid over them (fool run, fool detect
+    # Arguments of the compiled attack, not constants in it: one program per detector and
+    # shape serves every mode (each mode's loss is a branch of it), norm, budget, step
+    # count, target class and confidence, so a grid over them (fool run, fool detect
     # eval's modes) compiles it once.
     numbers = Numbers(
         np.int32(MODES.index(mode)),
@@ -268,9 +264,10 @@ def detection_attack(
         np.float32(confidence),
         np.float32(match_iou),
         np.int32(0 if target_class is None else target_class),
+        np.int32(steps),
     )
     k, multi = len(detector.class_names), detector.multilabel
-    run = _kept_program(detector.dense, detector.detect, k, multi, steps, fabrication)
+    run = _kept_program(detector.dense, detector.detect, k, multi, fabrication)
     parallel = sharding.data_parallel(run, detector.params, batch_arg=2)
 
     def checked(key: jax.Array, x: jax.Array) -> DetectionAttackResult:
@@ -294,6 +291,7 @@ class Numbers(NamedTuple):
     confidence: ArrayLike
     match_iou: ArrayLike
     target_class: ArrayLike
+    steps: ArrayLike
 
 
 def _program(
@@ -301,7 +299,6 @@ def _program(
     detect: Callable[[Any, jax.Array], Found],
     k: int,
     multi: bool,
-    steps: int,
     fabrication: str,
 ) -> Callable[..., DetectionAttackResult]:
     """The jitted attack ``run(params, numbers, key, x)`` of every mode, for one detector.
@@ -378,11 +375,13 @@ def _program(
             d = jnp.where(l2, project(d, eps, "l2"), project(d, eps, "linf"))
             return jnp.clip(x0 + d, 0.0, 1.0)
 
-        # Unrolled: XLA:CPU runs this body ~3x slower inside a rolled while loop (measured on
-        # the bundled YOLO: 146 vs 52 ms per iteration); TOG's 10 steps compile quickly.
+        # A rolled loop: compiled once for every step count, in about half the time of TOG's
+        # 10 steps unrolled and running as fast (the detectors' convolutions take
+        # fooltools.models.layers.conv_general_dilated, whose input gradients XLA:CPU ran
+        # ~3x slower in a loop before).
         # No random start, unlike TOG's code: measured on the bundled YOLO it lowered the
         # share of relabelled objects (78% vs 86%) and did not help the other modes.
-        xa = base.snap(x0, jax.lax.fori_loop(0, steps, body, x0, unroll=True))
+        xa = base.snap(x0, jax.lax.fori_loop(0, numbers.steps, body, x0))
         delta = (xa - x0).reshape(x0.shape[0], -1)
         return DetectionAttackResult(
             xa,
@@ -395,6 +394,6 @@ def _program(
     return run
 
 
-# Another mode, budget or target in this process runs the program already compiled (JAX's
-# persistent cache would spare the compile, not the trace of the unrolled loop).
+# Another mode, budget, step count or target in this process runs the program already
+# compiled (JAX's persistent cache would spare the compile, not the trace).
 _kept_program = base.kept(_program)
