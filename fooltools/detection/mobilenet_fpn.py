@@ -284,15 +284,7 @@ class _Depthwise(nn.Module):
 
 def _conv(features: int, k: int, stride: int = 1, name: str = "") -> nn.Conv:
     p = k // 2  # torch's symmetric padding
-    pad = ((p, p), (p, p))
-    return nn.Conv(
-        features,
-        (k, k),
-        (stride, stride),
-        pad,
-        conv_general_dilated=layers.conv_general_dilated,
-        name=name,
-    )
+    return layers.Conv(features, (k, k), (stride, stride), ((p, p), (p, p)), name=name)
 
 
 class MobileNetFPN(nn.Module):

@@ -166,14 +166,8 @@ def convert(sd: Mapping[str, np.ndarray], spec: ResNetFPNSpec) -> dict[str, dict
 def _conv(features: int, k: int, stride: int = 1, groups: int = 1, name: str = "") -> nn.Conv:
     # torch's symmetric k // 2 padding (not TF "SAME", which pads bottom/right for stride 2).
     p = k // 2
-    return nn.Conv(
-        features,
-        (k, k),
-        (stride, stride),
-        ((p, p), (p, p)),
-        feature_group_count=groups,
-        conv_general_dilated=layers.conv_general_dilated,
-        name=name,
+    return layers.Conv(
+        features, (k, k), (stride, stride), ((p, p), (p, p)), feature_group_count=groups, name=name
     )
 
 

@@ -93,18 +93,9 @@ class RPNHead(nn.Module):
             ``(objectness, deltas)``: per level (N, h, w, A) logits and (N, h, w, A, 4)
             ``(dx, dy, dw, dh)``; torchvision's channel ``a * 4 + k`` is ``[..., a, k]``.
         """
-        lax_conv = layers.conv_general_dilated  # fast input gradients in an attack's loop
-        conv = nn.Conv(
-            self.channels,
-            (3, 3),
-            padding=((1, 1), (1, 1)),
-            conv_general_dilated=lax_conv,
-            name="conv",
-        )
-        cls = nn.Conv(self.num_anchors, (1, 1), conv_general_dilated=lax_conv, name="cls_logits")
-        bbox = nn.Conv(
-            4 * self.num_anchors, (1, 1), conv_general_dilated=lax_conv, name="bbox_pred"
-        )
+        conv = layers.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), name="conv")
+        cls = layers.Conv(self.num_anchors, (1, 1), name="cls_logits")
+        bbox = layers.Conv(4 * self.num_anchors, (1, 1), name="bbox_pred")
         objectness, deltas = [], []
         for f in features:
             t = nn.relu(conv(f))

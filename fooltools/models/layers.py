@@ -12,6 +12,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -70,9 +71,13 @@ def conv_general_dilated(
     return _conv(tuple(kw.items()), lhs, rhs)
 
 
+def _lax_conv(kw: tuple, dn: lax.ConvDimensionNumbers, x: jax.Array, w: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, w, dimension_numbers=dn, **dict(kw))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _conv(kw: tuple, x: jax.Array, w: jax.Array) -> jax.Array:
-    return lax.conv_general_dilated(x, w, dimension_numbers=_NHWC_HWIO, **dict(kw))
+    return _lax_conv(kw, _NHWC_HWIO, x, w)
 
 
 def _conv_fwd(kw: tuple, x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple]:
@@ -82,19 +87,17 @@ def _conv_fwd(kw: tuple, x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple]:
 def _conv_bwd(kw: tuple, res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
     x, w = res
     wt = jnp.swapaxes(w, 2, 3)  # HWOI storage of the same kernel
-
-    def on_wt(x):
-        return lax.conv_general_dilated(x, wt, dimension_numbers=_NHWC_HWOI, **dict(kw))
-
-    def on_w(w):
-        return lax.conv_general_dilated(x, w, dimension_numbers=_NHWC_HWIO, **dict(kw))
-
     # Two vjps: what is not needed (the kernel's gradient in an attack, the input's in
     # the first layer's training) is dead code to XLA.
-    return jax.vjp(on_wt, x)[1](g)[0], jax.vjp(on_w, w)[1](g)[0]
+    gx = jax.vjp(lambda x: _lax_conv(kw, _NHWC_HWOI, x, wt), x)[1](g)[0]
+    gw = jax.vjp(lambda w: _lax_conv(kw, _NHWC_HWIO, x, w), w)[1](g)[0]
+    return gx, gw
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+# flax's nn.Conv on the convolution above: the detectors' torch-ported modules take it.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
