@@ -54,10 +54,11 @@ def probe() -> dict:
         run = evolve_single(clf, enc, "direct", 15, cfg, **kw)
         out["direct-lookahead"] = [h["best"] for h in run["history"]]
     det = load_detector("yolo")
-    data = synthetic.make_dataset(synthetic.TEST_SEED, 6)
+    # 8 images: on one device, the batch of 8 that test_detection_eval.py's attack takes.
+    data = synthetic.make_dataset(synthetic.TEST_SEED, 8)
     found = evaluate.detect_all(det, data.images, batch=3)  # 3 rows: padded to 4
     out["detect_scores"] = found.scores.tolist()
-    ev = evaluate.evaluate(det, data, attack="vanish", steps=1, batch=6)
+    ev = evaluate.evaluate(det, data, attack="vanish", steps=1, batch=8)
     out["vanish"] = [ev.clean_map50, ev.attacked_map50, ev.clean_objects, ev.attacked_objects]
     return out
 

@@ -92,7 +92,8 @@ def test_attack_on_an_image_without_objects_has_nothing_to_attack(capsys, tmp_pa
 
 def test_eval_runs_each_mode_of_a_list_in_turn(capsys):
     # One JSON line per detector and attack, in the order asked (all: the five modes).
-    small = ["detect", "eval", "--detector", "yolo", "--images", "2", "--steps", "2"]
+    # 8 images: one batch of 8, the attack program test_detection_eval.py compiles too.
+    small = ["detect", "eval", "--detector", "yolo", "--images", "8", "--steps", "2"]
     code, out, err = run(capsys, *small, "--attack", "fabricate,vanish,Vanish", "--json")
     assert code == 0, err
     lines = [json.loads(line) for line in out.strip().splitlines()]
