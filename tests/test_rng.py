@@ -32,6 +32,17 @@ def test_same_numbers_as_jax_random(shape, seed):
         )
 
 
+@pytest.mark.parametrize("maxval", [2, 3, 81, 70000])
+def test_a_shifted_randint_is_jax_randint_from_a_lower_bound(maxval):
+    # jax.random.randint(key, shape, lo, hi) draws its offset over the span hi - lo: the
+    # detector attacks' DAG labels (lo = 1) are drawn as 1 + rng.randint over hi - 1.
+    keys = jax.random.split(jax.random.key(9), 4)
+    for key in keys:
+        np.testing.assert_array_equal(
+            1 + rng.randint(key, (8, 30), maxval - 1), jax.random.randint(key, (8, 30), 1, maxval)
+        )
+
+
 def test_same_numbers_vmapped_and_jitted():
     keys = jax.random.split(jax.random.key(5), 6)
     ours = jax.jit(
