@@ -147,6 +147,9 @@ def enable_compilation_cache() -> None:
     instead of recompiling (seconds saved per model/shape). A cache that exists but
     cannot be written is still read, and JAX's warnings that it could not store a
     program there are silenced.
+
+    JAX's cache keys include the cache's own path (the compile options name a directory
+    under it), so a cache copied or moved elsewhere misses every program: it fills again.
     """
     path = cache_dir() / "xla"
     try:
