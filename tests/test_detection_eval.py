@@ -28,7 +28,7 @@ N_IMAGES = 8
 # `fool detect attack` and experiments/detect-smoke.toml compile (the step count and mode
 # are arguments of it, the batch is not): a second compile of ~20 s saved for ~3 s more
 # running per mode. YOLO's batch of 8 is test_sharding's and test_cli_detect's.
-BATCH = {"yolo": 16, "faster-rcnn": 1}
+BATCH = {"yolo": N_IMAGES, "faster-rcnn": 1}
 
 
 @pytest.fixture(scope="module")

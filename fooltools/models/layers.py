@@ -81,7 +81,7 @@ def _conv(kw: tuple, x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _conv_fwd(kw: tuple, x: jax.Array, w: jax.Array) -> tuple[jax.Array, tuple]:
-    return _conv(kw, x, w), (x, w)
+    return _lax_conv(kw, _NHWC_HWIO, x, w), (x, w)
 
 
 def _conv_bwd(kw: tuple, res: tuple, g: jax.Array) -> tuple[jax.Array, jax.Array]:
