@@ -35,9 +35,16 @@ demo: $(VENV)/.installed
 # and `fool classify` restart themselves with): test_evolve + test_perturb 101 -> 90 s.
 HUGEPAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 
+# Most of the suite's time is XLA:CPU compiling (~2900 distinct programs, most run once or
+# twice). Without its fusion emitters XLA:CPU compiles faster and runs somewhat slower:
+# the clean-clone suite took 808 s against 1048 s (benchmarks/RESULTS.md, session 30).
+# Tests only: `fool` and `make bench` keep XLA's defaults, which run Lite0's attacks up to
+# 45% faster. A user's XLA_FLAGS come after, so they can override it.
+TEST_XLA := XLA_FLAGS="--xla_cpu_use_fusion_emitters=false $${XLA_FLAGS:-}"
+
 ## test: the whole suite (no network, no torch), on two workers (see tests/conftest.py)
 test: $(VENV)/.test-installed
-	$(HUGEPAGES) $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(TEST_XLA) $(HUGEPAGES) $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 ## bench: fooltools vs the PyTorch peers on the same weights, same run
 bench: $(VENV)/.bench-installed
